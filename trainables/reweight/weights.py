@@ -1,0 +1,97 @@
+"""What carries the learned weights: a per-sample vector, or the amortised weight net (Eq. 11)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["WEIGHT_INITS", "WEIGHT_MODES", "WeightNet", "WeightVector", "class_balanced_weights"]
+
+WEIGHT_INITS = ("uniform", "class_balanced")
+WEIGHT_MODES = ("maintained", "scratch")
+
+
+def class_balanced_weights(class_counts: Tensor, beta: float = 0.9999) -> Tensor:
+    """Cui et al. (2019) effective-number weights ``(1 - beta) / (1 - beta^n_c)``, summing to K.
+
+    This is the released code's initialisation of the weight logits (beta 0.9999).
+    """
+    counts = class_counts.to(torch.float64)
+    if (counts <= 0).any():
+        raise ValueError("every class needs at least one sample for class-balanced weights")
+    w = (1.0 - beta) / (1.0 - beta**counts)
+    return (w * (counts.numel() / w.sum())).to(torch.get_default_dtype())
+
+
+class WeightVector(nn.Module):
+    """One learnable logit per training sample, indexed by dataset index.
+
+    The OT measure of a mini-batch is ``softmax(logits[idx])`` (the simplex of paper Eq. 4,
+    restricted to the batch). ``mode="maintained"`` keeps the logits across the whole of stage 2
+    (paper default); ``mode="scratch"`` resets a batch's logits to their initial values before
+    each OT step (Table 2, last row).
+
+    init ``"uniform"``: all logits 0. ``"class_balanced"``: each sample's logit is its class's
+    effective-number weight (needs ``labels`` and ``num_classes``), as the released code does.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        *,
+        init: str = "uniform",
+        labels: Tensor | None = None,
+        num_classes: int | None = None,
+        beta: float = 0.9999,
+        mode: str = "maintained",
+    ) -> None:
+        super().__init__()
+        if init not in WEIGHT_INITS:
+            raise ValueError(f"init must be one of {WEIGHT_INITS}, got {init!r}")
+        if mode not in WEIGHT_MODES:
+            raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
+        if init == "uniform":
+            start = torch.zeros(num_samples)
+        else:
+            if labels is None or num_classes is None:
+                raise ValueError("init='class_balanced' needs labels and num_classes")
+            if labels.shape != (num_samples,):
+                raise ValueError(
+                    f"labels must have shape ({num_samples},), got {tuple(labels.shape)}"
+                )
+            counts = torch.bincount(labels.cpu(), minlength=num_classes)
+            start = class_balanced_weights(counts, beta)[labels.cpu()]
+        self.mode = mode
+        self.logits = nn.Parameter(start.clone())
+        self.register_buffer("initial", start.clone())
+
+    def reset_(self, idx: Tensor) -> None:
+        """Put the logits of ``idx`` back to their initial values (the "scratch" mode)."""
+        with torch.no_grad():
+            self.logits[idx] = self.initial[idx]
+
+    def measure(self, idx: Tensor) -> Tensor:
+        """The batch's OT measure ``softmax(logits[idx])`` (differentiable w.r.t. the logits)."""
+        return torch.softmax(self.logits[idx], dim=0)
+
+    def raw(self, idx: Tensor) -> Tensor:
+        return self.logits[idx]
+
+
+class WeightNet(nn.Module):
+    """Amortised weights (paper Eq. 11): ``w = softmax_batch(w_att tanh(W_vz z + c))``.
+
+    in_dim E, hidden size A (the released code's unused module: E=64, A=100, bias on W_vz only).
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 100) -> None:
+        super().__init__()
+        self.proj = nn.Linear(in_dim, hidden)
+        self.att = nn.Linear(hidden, 1, bias=False)
+
+    def scores(self, z: Tensor) -> Tensor:
+        return self.att(torch.tanh(self.proj(z))).squeeze(-1)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z: ``[B, E]`` -> weights ``[B]`` on the simplex over the batch."""
+        return torch.softmax(self.scores(z), dim=0)
