@@ -131,7 +131,7 @@ def sinkhorn(
                 err = (col.exp() - b).abs().sum(-1).max()
             else:
                 err = (eps * (v - v_prev)).abs().sum(-1).mean()
-            if float(err) < tol:
+            if float(err.detach()) < tol:
                 break
 
     log_plan = u.unsqueeze(-1) + v.unsqueeze(-2) + neg_c

