@@ -127,3 +127,15 @@ def test_file_list_experiments_train_end_to_end_on_a_jpeg_fixture(tmp_path, name
     assert out["data_source"] in ("ImageNet-LT", "Places-LT")
     sel = out["stage2"]["validation_selected"]
     assert 0.0 <= sel["test"]["balanced_acc"] <= 100.0
+
+
+def test_cifar10_jpeg_smoke_runs_the_paper_preset_with_the_virtual_step():
+    """ResNet-32 on a CI subset of the real CIFAR-10 JPEG copy in ../shared, all parameters
+    training in stage 2 (step (a) through torch.func), end to end."""
+    proc = _run("image_cifar10_lt", "--smoke")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["data_source"] == "CIFAR-10 (JPEG q75 copy)"
+    assert out["preset"] == "paper"
+    assert len(out["train_counts"]) == 10 and out["train_counts"][0] > out["train_counts"][-1]
+    assert out["stage2"]["last_epoch"]["test"]["balanced_acc"] >= 0.0
