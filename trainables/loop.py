@@ -51,7 +51,6 @@ class StageResult:
     last: dict = field(default_factory=dict)
     selected: dict = field(default_factory=dict)
     best_test_epoch: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
     weight_mass: list[list[float]] = field(default_factory=list)
     state: dict | None = None
 
@@ -359,6 +358,4 @@ def train_stage2(
             )
     if frozen:
         model.features.requires_grad_(True)
-    if isinstance(weights, WeightVector):
-        sel.result.history.append({"final_logits": weights.logits.detach().cpu().tolist()})
     return sel.result
