@@ -1,10 +1,13 @@
-"""Typed experiment configs and (later) define-by-run search spaces, one module per table.
+"""Typed experiment configs and define-by-run search spaces, one module per paper table.
 
-``EXPERIMENTS`` is the registry: a literal dict from name to config builder.
+``EXPERIMENTS`` is the registry: a literal dict from name to config builder. ``SPACES`` maps the
+same names to the table's search-space module, which has ``space(trial)`` (Optuna define-by-run,
+dotted config keys) and ``best()`` (the published settings, enqueued as the first trial).
 """
 
 from __future__ import annotations
 
+from . import cifar_lt, imagenet_lt, offline, places_lt
 from .experiments import (
     image_cifar10_lt,
     image_cifar100_lt,
@@ -13,7 +16,7 @@ from .experiments import (
     image_places_lt,
 )
 
-__all__ = ["EXPERIMENTS"]
+__all__ = ["EXPERIMENTS", "SPACES"]
 
 EXPERIMENTS = {
     "image_cifar10_lt": image_cifar10_lt,
@@ -21,4 +24,12 @@ EXPERIMENTS = {
     "image_imagenet_lt": image_imagenet_lt,
     "image_places_lt": image_places_lt,
     "image_mnist_lt": image_mnist_lt,
+}
+
+SPACES = {
+    "image_cifar10_lt": cifar_lt,
+    "image_cifar100_lt": cifar_lt,
+    "image_imagenet_lt": imagenet_lt,
+    "image_places_lt": places_lt,
+    "image_mnist_lt": offline,
 }

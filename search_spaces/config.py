@@ -22,6 +22,8 @@ __all__ = [
     "Stage2Config",
     "apply_overrides",
     "apply_preset",
+    "apply_values",
+    "flatten",
     "to_dict",
 ]
 
@@ -263,3 +265,29 @@ def _set(obj: object, path: list[str], raw: str, key: str) -> object:
 def to_dict(cfg: ExperimentConfig) -> dict[str, object]:
     """The resolved config as a JSON-ready dict (logged whole with every run)."""
     return dataclasses.asdict(cfg)
+
+
+def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> ExperimentConfig:
+    """Apply already-typed values (e.g. a search space's sample) by dotted key.
+
+    Values go through the same parser as ``--set`` so a wrong key or type fails the same way;
+    ``str(float)`` round-trips exactly, so nothing is lost on the way.
+    """
+    return apply_overrides(cfg, [f"{k}={v}" for k, v in values.items()])
+
+
+def flatten(cfg: ExperimentConfig) -> dict[str, str]:
+    """``{"stage2.eps": "0.1", ...}``: the resolved config as flat strings (MLflow params)."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, obj: object) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(key + ".", value)
+            else:
+                out[key] = str(value)
+
+    walk("", cfg)
+    return out

@@ -162,12 +162,19 @@ def build_image_data(cfg: DataConfig, seed: int) -> StageData:
     )
 
 
-def build_image_model(cfg: ModelConfig, data: StageData) -> SplitNet:
-    in_channels = int(data.train.x.shape[1])
+def build_image_model(
+    cfg: ModelConfig,
+    data: StageData,
+    *,
+    in_channels: int | None = None,
+    load_pretrained: bool = True,
+) -> SplitNet:
+    """``load_pretrained=False`` when a checkpoint is loaded next (the hub weights would be
+    overwritten anyway, and need not exist on the machine running stage 2)."""
     return build_model(
         cfg.arch,
         data.num_classes,
-        in_channels=in_channels,
+        in_channels=int(data.train.x.shape[1]) if in_channels is None else in_channels,
         normed_classifier=cfg.normed_classifier,
-        pretrained=cfg.pretrained,
+        pretrained=cfg.pretrained and load_pretrained,
     )

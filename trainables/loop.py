@@ -52,6 +52,7 @@ class StageResult:
     selected: dict = field(default_factory=dict)
     best_test_epoch: dict = field(default_factory=dict)
     weight_mass: list[list[float]] = field(default_factory=list)
+    sample_weights: list[float] = field(default_factory=list)
     state: dict | None = None
 
 
@@ -107,17 +108,20 @@ class _Selector:
         self.best_test = -1.0
         self.result = StageResult()
 
-    def update(self, epoch: int, metrics: dict[str, dict], model: nn.Module) -> None:
+    def update(self, epoch: int, metrics: dict[str, dict], model: nn.Module) -> bool:
+        """Record an epoch; True when validation improved (the selected model changed)."""
         val, test = metrics["val"]["balanced_acc"], metrics["test"]["balanced_acc"]
         r = self.result
         r.last = {"epoch": epoch, **metrics}
-        if val > self.best_val:
+        improved = val > self.best_val
+        if improved:
             self.best_val = val
             r.selected = {"epoch": epoch, **metrics}
             r.state = copy.deepcopy(model.state_dict())
         if test > self.best_test:
             self.best_test = test
             r.best_test_epoch = {"epoch": epoch, "test": metrics["test"]}
+        return improved
 
 
 def lr_at(cfg: Stage1Config, epoch: int) -> float:
@@ -248,10 +252,12 @@ def frozen_feature_data(model: SplitNet, data: StageData) -> StageData:
     )
 
 
-def _class_mass(weights: WeightVector, y: Tensor, k: int) -> list[float]:
+def _class_mass(weights: WeightVector, y: Tensor, k: int) -> tuple[list[float], list[float]]:
+    """Mass per class and per sample of the normalised weights over the whole training set."""
     with torch.no_grad():
         w = torch.softmax(weights.logits, 0)
-        return torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w).tolist()
+        mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w)
+        return mass.tolist(), w.tolist()
 
 
 def train_stage2(
@@ -261,8 +267,16 @@ def train_stage2(
     *,
     generator: torch.Generator,
     callback: Callback | None = None,
+    features: StageData | None = None,
+    on_improve: Callable[[StageResult], None] | None = None,
 ) -> StageResult:
-    """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch."""
+    """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch.
+
+    ``features``: with ``cfg.train == "classifier"``, precomputed f1 features of every split
+    (:func:`frozen_feature_data`, e.g. from the stage-1 cache); ``data`` may then be the same
+    object and f1 never runs. ``on_improve(result)`` is called after each epoch whose validation
+    balanced accuracy is a new best (trackers upload the selected model's artifacts there).
+    """
     k = data.num_classes
     if cfg.method == "none":
         sel = _Selector()
@@ -274,7 +288,7 @@ def train_stage2(
         raise ValueError(f"stage2.train must be all or classifier, got {cfg.train!r}")
     frozen = cfg.train == "classifier"
     if frozen:
-        work_data = frozen_feature_data(model, data)
+        work_data = features if features is not None else frozen_feature_data(model, data)
         work = SplitNet(_Identity(), model.classifier, model.feature_dim)
         model.features.requires_grad_(False)
     else:
@@ -291,9 +305,9 @@ def train_stage2(
     device = data.train.y.device
     if cfg.weights == "vector":
         weights = WeightVector(
-            len(data.train),
+            len(work_data.train),
             init=cfg.weight_init,
-            labels=data.train.y.cpu(),
+            labels=work_data.train.y.cpu(),
             num_classes=k,
             mode=cfg.weight_mode,
         ).to(device)
@@ -320,7 +334,7 @@ def train_stage2(
         meta_all = torch.arange(len(work_data.meta))
         meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
         for idx in iterate_batches(
-            len(data.train), cfg.batch_size, shuffle=True, generator=generator
+            len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
         ):
             idx_dev = idx.to(device)
             x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
@@ -349,9 +363,13 @@ def train_stage2(
         _no_nan(ot_mean, "the OT loss", "stage 2", epoch)
         _no_nan(loss_mean, "the weighted training loss", "stage 2", epoch)
         metrics = evaluate(model, data) if not frozen else evaluate(work, work_data)
-        sel.update(epoch, metrics, model)
+        improved = sel.update(epoch, metrics, model)
         if isinstance(weights, WeightVector):
-            sel.result.weight_mass.append(_class_mass(weights, data.train.y, k))
+            mass, per_sample = _class_mass(weights, work_data.train.y, k)
+            sel.result.weight_mass.append(mass)
+            sel.result.sample_weights = per_sample
+        if improved and on_improve:  # before the callback: a scheduler may stop us there
+            on_improve(sel.result)
         if callback:
             callback(
                 "stage2", epoch, {"ot_loss": ot_mean, "train_loss": loss_mean, **_summary(metrics)}

@@ -2,16 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from search_spaces.config import ExperimentConfig, to_dict
+from trainables.data.arrays import StageData, TensorSplit
 from trainables.image import build_image_data, build_image_model
-from trainables.loop import Callback, StageResult, train_stage1, train_stage2
+from trainables.loop import (
+    Callback,
+    StageResult,
+    frozen_feature_data,
+    train_stage1,
+    train_stage2,
+)
 
-__all__ = ["pick_device", "run_trial", "scalar_summary"]
+__all__ = [
+    "Stage1Output",
+    "add_features",
+    "build_stage1",
+    "features_data",
+    "needs_features",
+    "pick_device",
+    "run_stage2",
+    "run_trial",
+    "scalar_summary",
+    "stage1_identity",
+    "trial_result",
+]
 
 
 def pick_device() -> torch.device:
@@ -39,6 +62,143 @@ def scalar_summary(res: StageResult) -> dict:
     }
 
 
+@dataclass
+class Stage1Output:
+    """What stage 2 needs from stage 1, as tensors and JSON only (cacheable, loadable with
+    ``torch.load(weights_only=True)``).
+
+    model_state: the model after the last stage-1 epoch. rng: the trial generator's and torch's
+    global RNG state after stage 1, so stage 2 continues exactly as in one uninterrupted run.
+    features: the frozen-f1 features of every split when stage 2 trains the classifier only.
+    info: data facts (train counts, source, classes) and the stage-1 metrics summary.
+    """
+
+    model_state: dict[str, Tensor]
+    rng: dict[str, Tensor]
+    info: dict
+    features: dict[str, Tensor] | None = None
+
+
+def stage1_identity(cfg: ExperimentConfig) -> dict:
+    """Everything stage 1's result depends on (the stage-1 cache key hashes this)."""
+    from trainables import __version__
+
+    return {
+        "data": dataclasses.asdict(cfg.data),
+        "model": dataclasses.asdict(cfg.model),
+        "stage1": dataclasses.asdict(cfg.stage1),
+        "seed": cfg.seed,
+        "version": __version__,
+    }
+
+
+def needs_features(cfg: ExperimentConfig) -> bool:
+    return cfg.stage2.method == "ot" and cfg.stage2.train == "classifier"
+
+
+_SPLITS = ("train", "meta", "val", "test")
+
+
+def _pack_features(data: StageData) -> dict[str, Tensor]:
+    out = {}
+    for name in _SPLITS:
+        split = getattr(data, name)
+        out[f"{name}_x"] = split.x.detach().cpu().contiguous()
+        out[f"{name}_y"] = split.y.detach().cpu().contiguous()
+    return out
+
+
+def features_data(stage1: Stage1Output, device: torch.device) -> StageData:
+    """The cached features as a :class:`StageData` (f1 frozen: stage 2 runs on these only)."""
+    if stage1.features is None:
+        raise ValueError("this stage-1 result has no cached features")
+    f = stage1.features
+    splits = {n: TensorSplit(f[f"{n}_x"], f[f"{n}_y"]).to(device) for n in _SPLITS}
+    return StageData(
+        **splits,
+        num_classes=int(stage1.info["num_classes"]),
+        train_counts=tuple(stage1.info["train_counts"]),
+        source=str(stage1.info["data_source"]),
+    )
+
+
+def build_stage1(
+    cfg: ExperimentConfig,
+    *,
+    callback: Callback | None = None,
+    device: torch.device | None = None,
+    with_features: bool | None = None,
+) -> Stage1Output:
+    """Stage 1 of ``cfg`` from scratch; every random choice seeded from ``cfg.seed``."""
+    device = device or pick_device()
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    data = build_image_data(cfg.data, cfg.seed).to(device)
+    model = build_image_model(cfg.model, data).to(device)
+    s1 = train_stage1(model, data, cfg.stage1, generator=generator, callback=callback)
+    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    feats = None
+    if needs_features(cfg) if with_features is None else with_features:
+        feats = _pack_features(frozen_feature_data(model, data))
+    info = {
+        "in_channels": int(data.train.x.shape[1]),
+        "num_classes": data.num_classes,
+        "train_counts": list(data.train_counts),
+        "data_source": data.source,
+        "summary": scalar_summary(s1),
+    }
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return Stage1Output(model_state=state, rng=rng, info=info, features=feats)
+
+
+def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.device) -> None:
+    """Compute the frozen-f1 features of a cached stage-1 result that lacks them."""
+    data = build_image_data(cfg.data, cfg.seed).to(device)
+    model = build_image_model(cfg.model, data, load_pretrained=False).to(device)
+    model.load_state_dict(stage1.model_state)
+    stage1.features = _pack_features(frozen_feature_data(model, data))
+
+
+def run_stage2(
+    cfg: ExperimentConfig,
+    stage1: Stage1Output,
+    *,
+    callback: Callback | None = None,
+    device: torch.device | None = None,
+    on_improve: Callable[[StageResult, StageData], None] | None = None,
+) -> tuple[StageResult, StageData]:
+    """Stage 2 of ``cfg`` starting from a stage-1 result; returns the result and the data it
+    evaluated on (images, or the cached features when f1 is frozen). ``on_improve(result,
+    data)`` runs after each epoch that improves validation."""
+    device = device or pick_device()
+    torch.set_rng_state(stage1.rng["torch"])
+    generator = torch.Generator()
+    generator.set_state(stage1.rng["generator"])
+    features = None
+    if needs_features(cfg):
+        if stage1.features is None:
+            add_features(cfg, stage1, device)
+        data = features = features_data(stage1, device)
+        model = build_image_model(
+            cfg.model, data, in_channels=int(stage1.info["in_channels"]), load_pretrained=False
+        )
+    else:
+        data = build_image_data(cfg.data, cfg.seed).to(device)
+        model = build_image_model(cfg.model, data, load_pretrained=False)
+    model = model.to(device)
+    model.load_state_dict(stage1.model_state)
+    s2 = train_stage2(
+        model,
+        data,
+        cfg.stage2,
+        generator=generator,
+        callback=callback,
+        features=features,
+        on_improve=(lambda r: on_improve(r, data)) if on_improve else None,
+    )
+    return s2, data
+
+
 def run_trial(
     cfg: ExperimentConfig,
     *,
@@ -49,24 +209,12 @@ def run_trial(
     """Stage 1 then stage 2; returns a JSON-ready dict and writes it (and the stage-1
     checkpoint) under ``out_dir`` when given. Every random choice is seeded from ``cfg.seed``."""
     device = device or pick_device()
-    torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    data = build_image_data(cfg.data, cfg.seed).to(device)
-    model = build_image_model(cfg.model, data).to(device)
-    s1 = train_stage1(model, data, cfg.stage1, generator=generator, callback=callback)
+    stage1 = build_stage1(cfg, callback=callback, device=device)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), out_dir / "stage1.pt")
-    s2 = train_stage2(model, data, cfg.stage2, generator=generator, callback=callback)
-    result = {
-        "experiment": cfg.name,
-        "data_source": data.source,
-        "preset": cfg.preset,
-        "seed": cfg.seed,
-        "train_counts": list(data.train_counts),
-        "stage1": scalar_summary(s1),
-        "stage2": scalar_summary(s2),
-    }
+        torch.save(stage1.model_state, out_dir / "stage1.pt")
+    s2, data = run_stage2(cfg, stage1, callback=callback, device=device)
+    result = trial_result(cfg, stage1, s2, data)
     if out_dir is not None:
         full = {
             **result,
@@ -77,3 +225,15 @@ def run_trial(
         }
         (out_dir / "result.json").write_text(json.dumps(full, indent=1))
     return result
+
+
+def trial_result(cfg: ExperimentConfig, stage1: Stage1Output, s2: StageResult, data) -> dict:
+    return {
+        "experiment": cfg.name,
+        "data_source": data.source,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "train_counts": list(data.train_counts),
+        "stage1": stage1.info["summary"],
+        "stage2": scalar_summary(s2),
+    }

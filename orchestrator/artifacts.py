@@ -1,0 +1,256 @@
+"""Per-trial artifacts of a sweep: confusion heat map, per-class CSV and weight plots.
+
+The files are written here and uploaded to MLflow by the caller, so this module stays free of
+torch and mlflow and can be tested on its own. Figures follow Guo et al. (NeurIPS 2022): classes
+are shown head first (Fig. 2) and learned per-sample weights are grouped by class (Fig. 1).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: trials run on workers without a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+__all__ = [
+    "frequency_order",
+    "mass_plot_classes",
+    "ordered_normalised_confusion",
+    "write_confusion_png",
+    "write_per_class_csv",
+    "write_weight_png",
+]
+
+_MAX_TICK_LABELS = 30  # above this many classes the tick labels are unreadable
+_MAX_MASS_LINES = 20  # above this many classes only the head and tail are drawn
+_MAX_LEGEND = 10
+_DPI = 120
+
+
+def frequency_order(train_counts: Sequence[int]) -> list[int]:
+    """Class indices by training count, descending; ties by class index so plots are stable."""
+    return sorted(range(len(train_counts)), key=lambda c: (-train_counts[c], c))
+
+
+def ordered_normalised_confusion(
+    confusion: Sequence[Sequence[int]], train_counts: Sequence[int]
+) -> tuple[np.ndarray, list[int]]:
+    """Row-normalise a confusion matrix and re-order rows and columns head classes first.
+
+    Rows are true classes, columns predicted ones. A row with no test samples stays all zeros
+    rather than NaN so the heat map has no holes. Returns the matrix and the order used.
+    """
+    k = len(train_counts)
+    rows = list(confusion)
+    if k == 0 or len(rows) != k or any(len(r) != k for r in rows):
+        shape = f"{len(rows)} rows of lengths {sorted({len(r) for r in rows})}"
+        raise ValueError(
+            f"confusion must be {k} x {k} (one per class in train_counts); got {shape}"
+        )
+    counts = np.asarray(rows, dtype=float)
+    if (counts < 0).any():
+        raise ValueError("confusion must not contain negative counts")
+    support = counts.sum(axis=1, keepdims=True)
+    normalised = np.divide(counts, support, out=np.zeros_like(counts), where=support > 0)
+    order = frequency_order(train_counts)
+    return normalised[np.ix_(order, order)], order
+
+
+def write_confusion_png(
+    confusion: Sequence[Sequence[int]],
+    train_counts: Sequence[int],
+    path: Path,
+    *,
+    title: str = "",
+) -> list[int]:
+    """Draw the row-normalised confusion matrix, head classes first, to ``path`` as a PNG.
+
+    Ordering by training frequency makes the tail's collapse onto head classes visible as mass
+    in the lower-left. Returns the class order used on both axes.
+    """
+    matrix, order = ordered_normalised_confusion(confusion, train_counts)
+    k = len(order)
+    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    try:
+        image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+        fig.colorbar(image, ax=ax, label="fraction of true class")
+        ax.set_ylabel("true class (by training frequency)")
+        ax.set_xlabel("predicted class")
+        if k <= _MAX_TICK_LABELS:
+            ticks = list(range(k))
+            names = [str(c) for c in order]
+            ax.set_xticks(ticks, names, rotation=90 if k > 10 else 0)
+            ax.set_yticks(ticks, names)
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if title:
+            ax.set_title(title)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+    return order
+
+
+def write_per_class_csv(
+    per_class_acc: Sequence[float | None], train_counts: Sequence[int], path: Path
+) -> None:
+    """Write ``class,train_count,test_accuracy`` rows in class-index order; None -> empty cell.
+
+    A class without test samples has no accuracy; an empty cell keeps it distinct from 0.
+    """
+    if len(per_class_acc) != len(train_counts):
+        raise ValueError(
+            f"per_class_acc has {len(per_class_acc)} entries but train_counts has "
+            f"{len(train_counts)}"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "train_count", "test_accuracy"])
+        for c, (acc, count) in enumerate(zip(per_class_acc, train_counts, strict=True)):
+            # float() so numpy scalars are written as plain numbers, not "np.float64(...)"
+            writer.writerow([c, int(count), "" if acc is None else float(acc)])
+
+
+def mass_plot_classes(num_classes: int, train_counts: Sequence[int] | None = None) -> list[int]:
+    """Classes drawn in the weight-mass panel: all of them, or head and tail when there are many.
+
+    Beyond 20 lines the plot is unreadable, so it keeps the 10 most and 10 least frequent
+    classes (by ``train_counts``), or the first 20 when counts are unknown.
+    """
+    if num_classes <= _MAX_MASS_LINES:
+        return list(range(num_classes))
+    if train_counts is None:
+        return list(range(_MAX_MASS_LINES))
+    order = frequency_order(train_counts)
+    half = _MAX_MASS_LINES // 2
+    return order[:half] + order[-half:]
+
+
+def write_weight_png(
+    weight_mass: Sequence[Sequence[float]],
+    path: Path,
+    *,
+    sample_weights: Sequence[float] | None = None,
+    labels: Sequence[int] | None = None,
+    train_counts: Sequence[int] | None = None,
+) -> None:
+    """Plot how the learned weights distribute over classes, to ``path`` as a PNG.
+
+    Left: total weight mass per class over stage-2 epochs (``weight_mass[e][c]``), against the
+    balanced share 1/K. Right, when ``sample_weights`` and ``labels`` are given: each training
+    sample's weight grouped by class, head classes first, as in Fig. 1 of Guo et al.
+    """
+    mass = _validate_mass(weight_mass)
+    k = mass.shape[1]
+    if train_counts is not None and len(train_counts) != k:
+        raise ValueError(f"train_counts has {len(train_counts)} entries but weight_mass has {k}")
+    if (sample_weights is None) != (labels is None):
+        raise ValueError("sample_weights and labels must be given together")
+    two_panels = sample_weights is not None and labels is not None
+    if two_panels:
+        weights, classes = _validate_samples(sample_weights, labels, k)
+
+    fig, axes = plt.subplots(1, 2 if two_panels else 1, figsize=(12.0 if two_panels else 6.0, 4.5))
+    try:
+        left = axes[0] if two_panels else axes
+        _draw_mass(left, mass, train_counts)
+        if two_panels:
+            _draw_samples(axes[1], weights, classes, k, train_counts)
+        fig.tight_layout()
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def _validate_mass(weight_mass: Sequence[Sequence[float]]) -> np.ndarray:
+    rows = list(weight_mass)
+    if not rows:
+        raise ValueError("weight_mass is empty; expected E x K with E >= 1 epochs")
+    lengths = {len(r) for r in rows}
+    if len(lengths) != 1:
+        raise ValueError(f"weight_mass is not rectangular: row lengths {sorted(lengths)}")
+    if 0 in lengths:
+        raise ValueError("weight_mass has no classes; expected E x K with K >= 1")
+    return np.asarray(rows, dtype=float)
+
+
+def _validate_samples(
+    sample_weights: Sequence[float], labels: Sequence[int], k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    if len(sample_weights) != len(labels):
+        raise ValueError(
+            f"sample_weights has {len(sample_weights)} entries but labels has {len(labels)}"
+        )
+    weights = np.asarray(sample_weights, dtype=float).reshape(-1)
+    classes = np.asarray(labels, dtype=int).reshape(-1)
+    if classes.size and (classes.min() < 0 or classes.max() >= k):
+        raise ValueError(f"labels must lie in [0, {k}) to match weight_mass")
+    return weights, classes
+
+
+def _draw_mass(ax: plt.Axes, mass: np.ndarray, train_counts: Sequence[int] | None) -> None:
+    epochs, k = mass.shape
+    x = np.arange(1, epochs + 1)
+    marker = "o" if epochs == 1 else None  # a single epoch would otherwise draw nothing
+    for c in mass_plot_classes(k, train_counts):
+        name = f"class {c}" if train_counts is None else f"class {c} (n={train_counts[c]})"
+        ax.plot(x, mass[:, c], marker=marker, linewidth=1.2, label=name)
+    ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=1.0, label="balanced (1/K)")
+    ax.set_xlabel("stage-2 epoch")
+    ax.set_ylabel("total weight mass")
+    if k > _MAX_MASS_LINES:
+        which = "10 most and 10 least frequent" if train_counts is not None else "first 20"
+        ax.set_title(f"weight mass per class ({which} of {k})")
+    else:
+        ax.set_title("weight mass per class")
+    if k <= _MAX_LEGEND:
+        ax.legend(fontsize="small")
+
+
+def _draw_samples(
+    ax: plt.Axes,
+    weights: np.ndarray,
+    classes: np.ndarray,
+    k: int,
+    train_counts: Sequence[int] | None,
+) -> None:
+    order = frequency_order(train_counts) if train_counts is not None else list(range(k))
+    position = np.empty(k, dtype=int)
+    position[order] = np.arange(k)
+    jitter = np.random.default_rng(0).uniform(-0.3, 0.3, size=weights.size)
+    ax.scatter(position[classes] + jitter, weights, s=6, alpha=0.4, linewidths=0, label="sample")
+    present = [c for c in order if (classes == c).any()]
+    means = [weights[classes == c].mean() for c in present]
+    ax.scatter(
+        position[present],
+        means,
+        marker="_",
+        s=200,
+        linewidths=2,
+        color="tab:red",
+        label="class mean",
+        zorder=3,
+    )
+    ax.set_xlim(-0.5, k - 0.5)
+    by_freq = train_counts is not None
+    ax.set_xlabel("class (by training frequency)" if by_freq else "class")
+    ax.set_ylabel("sample weight")
+    ax.set_title("per-sample weights by class")
+    if k <= _MAX_TICK_LABELS:
+        ax.set_xticks(list(range(k)), [str(c) for c in order], rotation=90 if k > 10 else 0)
+    else:
+        ax.set_xticks([])
+    ax.legend(fontsize="small")
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, bbox_inches="tight")

@@ -1,0 +1,262 @@
+"""The stage-1 cache: stage 1 runs once per content hash, every later trial loads it.
+
+An entry lives at ``<storage>/stage_cache/<hash>/``: ``checkpoint.pt`` (model state and the RNG
+states after stage 1), ``features.pt`` (frozen-f1 features of every split, when stage 2 trains
+the classifier only), ``info.json``, and ``manifest.json`` written last with the SHA-256 of
+each file. An entry without a manifest is partial; one whose files do not match it is corrupt;
+both are rebuilt, never used. Tensors are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+
+import torch
+
+from search_spaces.config import ExperimentConfig, flatten
+from trainables.trial import Stage1Output, needs_features, stage1_identity
+
+from . import tracking
+from .storage import Storage
+
+__all__ = [
+    "CACHE_DIR",
+    "CacheEntry",
+    "CorruptEntry",
+    "build_entry",
+    "ensure_stage1",
+    "invalidate",
+    "read_entry",
+    "stage1_hash",
+    "verify_entry",
+    "write_entry",
+]
+
+CACHE_DIR = "stage_cache"
+
+
+class CorruptEntry(RuntimeError):
+    """A cache entry that is partial or does not match its manifest."""
+
+
+def stage1_hash(cfg: ExperimentConfig) -> str:
+    """SHA-256 over (data, model, stage-1 config, seed, package version)."""
+    blob = json.dumps(stage1_identity(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """Where one stage-1 result lives: ``uri`` is all a trial receives."""
+
+    key: str
+    uri: str
+    has_features: bool
+
+
+def _rel(key: str, name: str = "") -> str:
+    return f"{CACHE_DIR}/{key[:24]}" + (f"/{name}" if name else "")
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _tensor_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def write_entry(storage: Storage, key: str, identity: dict, out: Stage1Output) -> CacheEntry:
+    """Write the files, then the manifest that makes the entry valid."""
+    files = {
+        "checkpoint.pt": _tensor_bytes({"model": out.model_state, **out.rng}),
+        "info.json": json.dumps(out.info, indent=1, sort_keys=True).encode(),
+    }
+    if out.features is not None:
+        files["features.pt"] = _tensor_bytes(out.features)
+    for name, data in files.items():
+        storage.write_bytes(_rel(key, name), data)
+    manifest = {
+        "key": key,
+        "identity": identity,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "files": {name: {"sha256": _sha(d), "bytes": len(d)} for name, d in files.items()},
+    }
+    storage.write_bytes(_rel(key, "manifest.json"), json.dumps(manifest, indent=1).encode())
+    return CacheEntry(key, storage.child_uri(_rel(key)), out.features is not None)
+
+
+def _manifest(storage: Storage, key: str) -> dict:
+    rel = _rel(key, "manifest.json")
+    if not storage.exists(rel):
+        raise CorruptEntry(f"stage-1 entry {key[:12]} is partial (no manifest)")
+    try:
+        manifest = json.loads(storage.read_bytes(rel))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptEntry(f"stage-1 entry {key[:12]}: unreadable manifest ({err})") from None
+    if manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
+        raise CorruptEntry(f"stage-1 entry {key[:12]}: manifest does not describe this entry")
+    return manifest
+
+
+def _checked(storage: Storage, key: str, manifest: dict, name: str) -> bytes:
+    meta = manifest["files"].get(name)
+    if meta is None:
+        raise CorruptEntry(f"stage-1 entry {key[:12]}: {name} is not in the manifest")
+    rel = _rel(key, name)
+    if not storage.exists(rel):
+        raise CorruptEntry(f"stage-1 entry {key[:12]}: {name} is missing")
+    data = storage.read_bytes(rel)
+    if len(data) != meta["bytes"] or _sha(data) != meta["sha256"]:
+        raise CorruptEntry(f"stage-1 entry {key[:12]}: {name} does not match its checksum")
+    return data
+
+
+def verify_entry(storage: Storage, key: str) -> CacheEntry | None:
+    """The entry when it is complete and every file matches its checksum; None when absent.
+    Raises :class:`CorruptEntry` for a partial or corrupt one."""
+    if not storage.is_dir(_rel(key)):
+        return None
+    manifest = _manifest(storage, key)
+    for name in manifest["files"]:
+        _checked(storage, key, manifest, name)
+    return CacheEntry(key, storage.child_uri(_rel(key)), "features.pt" in manifest["files"])
+
+
+def read_entry(entry_uri: str, *, features: bool) -> Stage1Output:
+    """Load a verified entry from its URI (what a trial does); checksums are checked again."""
+    parent, _, dirname = entry_uri.rstrip("/").rpartition("/")
+    storage = Storage(parent.rsplit("/", 1)[0])
+    key_dir = f"{CACHE_DIR}/{dirname}"
+    manifest_rel = f"{key_dir}/manifest.json"
+    if not storage.exists(manifest_rel):
+        raise CorruptEntry(f"stage-1 entry {entry_uri} is partial (no manifest)")
+    key = json.loads(storage.read_bytes(manifest_rel)).get("key", "")
+    if not key.startswith(dirname):
+        raise CorruptEntry(f"stage-1 entry {entry_uri}: manifest does not describe this entry")
+    manifest = _manifest(storage, key)
+
+    def load(name: str) -> dict:
+        data = _checked(storage, key, manifest, name)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+    ckpt = load("checkpoint.pt")
+    info = json.loads(_checked(storage, key, manifest, "info.json"))
+    feats = load("features.pt") if features and "features.pt" in manifest["files"] else None
+    rng = {k: ckpt[k] for k in ("generator", "torch")}
+    return Stage1Output(model_state=ckpt["model"], rng=rng, info=info, features=feats)
+
+
+def invalidate(storage: Storage, key: str) -> None:
+    storage.delete_dir(_rel(key))
+
+
+def build_entry(
+    cfg: ExperimentConfig,
+    storage_uri: str,
+    spec: tracking.TrackingSpec | None,
+    *,
+    threads: int = 1,
+    sweep_run_id: str = "",
+) -> CacheEntry:
+    """Run stage 1 and store it (the body of the Ray task); one MLflow run per build."""
+    from trainables.trial import build_stage1, pick_device
+
+    torch.set_num_threads(max(1, threads))
+    storage = Storage(storage_uri)
+    key = stage1_hash(cfg)
+    c = run_id = None
+    if spec is not None:
+        c = tracking.client(spec.uri)
+        run_id = c.create_run(
+            spec.experiment_id,
+            run_name=f"stage1-{key[:12]}",
+            tags={
+                tracking.KIND_TAG: "stage1_build",
+                "ot.stage1_hash": key,
+                "ot.experiment": cfg.name,
+                "ot.triggered_by": sweep_run_id,
+            },
+        ).info.run_id
+        identity_params = {
+            k: v
+            for k, v in flatten(cfg).items()
+            if k.split(".")[0] in ("data", "model", "stage1", "seed")
+        }
+        tracking.log_params(c, run_id, identity_params)
+
+    def log_epoch(stage: str, epoch: int, metrics: dict) -> None:
+        if c is not None:
+            tracking.log_metrics(c, run_id, metrics, step=epoch)
+
+    try:
+        out = build_stage1(cfg, callback=log_epoch, device=pick_device())
+        entry = write_entry(storage, key, stage1_identity(cfg), out)
+    except BaseException as err:
+        if c is not None:
+            c.set_tag(run_id, "ot.error", str(err)[:5000])
+            c.set_terminated(run_id, status="FAILED")
+        raise
+    if c is not None:
+        c.log_dict(run_id, out.info, "stage1_info.json")
+        c.set_terminated(run_id, status="FINISHED")
+    return entry
+
+
+def add_entry_features(cfg: ExperimentConfig, storage_uri: str, *, threads: int = 1) -> CacheEntry:
+    """Compute the features of an entry built without them (a later sweep freezes f1)."""
+    from trainables.trial import add_features, pick_device
+
+    torch.set_num_threads(max(1, threads))
+    storage = Storage(storage_uri)
+    key = stage1_hash(cfg)
+    out = read_entry(storage.child_uri(_rel(key)), features=False)
+    add_features(cfg, out, pick_device())
+    return write_entry(storage, key, stage1_identity(cfg), out)
+
+
+def ensure_stage1(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    spec: tracking.TrackingSpec | None,
+    *,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+    sweep_run_id: str = "",
+    log=print,
+) -> tuple[CacheEntry, bool]:
+    """The verified cache entry for ``cfg``'s stage 1, built on the cluster (a Ray task) when
+    absent, partial or corrupt. Returns (entry, built)."""
+    import ray
+
+    key = stage1_hash(cfg)
+    try:
+        entry = verify_entry(storage, key)
+    except CorruptEntry as err:
+        log(f"stage 1: {err}; rebuilding it")
+        invalidate(storage, key)
+        entry = None
+    if entry is not None and needs_features(cfg) and not entry.has_features:
+        log(f"stage 1: cached ({key[:12]}); adding the frozen-f1 features stage 2 needs")
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(add_entry_features)
+        entry = ray.get(task.remote(cfg, storage.uri, threads=max(1, int(num_cpus))))
+        return entry, False
+    if entry is not None:
+        log(f"stage 1: cached ({key[:12]}), no stage-1 work")
+        return entry, False
+    log(f"stage 1: building {key[:12]} on the cluster ({cfg.stage1.epochs} epochs)")
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
+    ref = task.remote(
+        cfg, storage.uri, spec, threads=max(1, int(num_cpus)), sweep_run_id=sweep_run_id
+    )
+    entry = ray.get(ref)
+    verified = verify_entry(storage, key)  # what trials will read, checked once more
+    if verified is None:
+        raise CorruptEntry(f"stage-1 entry {key[:12]} vanished after its build")
+    return entry, True

@@ -1,0 +1,155 @@
+"""MLflow: where runs go, and the runs a sweep writes (parent, trials, stage-1 builds).
+
+Only the client API is used (explicit run ids, no global active run), so the same code works in
+the driver, in Ray tasks and in trial actors, against a local SQLite file or a server.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "TrackingError",
+    "TrackingSpec",
+    "check_reachable",
+    "client",
+    "default_tracking_uri",
+    "ensure_experiment",
+    "git_commit",
+    "log_metrics",
+    "log_params",
+    "resolve_tracking_uri",
+]
+
+PARENT_TAG = "mlflow.parentRunId"
+KIND_TAG = "ot.kind"  # sweep | trial | stage1_build
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be reached or written."""
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Everything a remote process needs to log into the sweep's experiment (picklable)."""
+
+    uri: str
+    experiment_id: str
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    # Absolute: Ray runs trials in their own working directories.
+    return "sqlite:///" + str((run_dir / "mlflow.db").resolve())
+
+
+def resolve_tracking_uri(explicit: str | None, storage_uri: str, local_root: Path | None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite file in the run storage
+    (only when that storage is a local or shared path)."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            path = Path(uri.removeprefix("sqlite:///")).resolve()
+            uri = "sqlite:///" + str(path)
+        return uri
+    if local_root is None:
+        raise TrackingError(
+            f"storage {storage_uri} is not a local path: pass --tracking-uri (an MLflow server)"
+        )
+    return default_tracking_uri(local_root)
+
+
+def client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
+    """Fail fast, with one line, when the tracking store is unusable."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"cannot create the MLflow database {path}: {err}") from None
+        return
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
+                if resp.status >= 400:
+                    raise TrackingError(f"MLflow server {uri} answered HTTP {resp.status}")
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable ({reason})") from None
+        return
+    try:
+        client(uri).search_experiments(max_results=1)
+    except Exception as err:  # any backend error means: unusable
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise TrackingError(f"MLflow tracking URI {uri} is unusable: {first}") from None
+
+
+def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
+    c = client(uri)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=artifact_location)
+
+
+def git_commit(repo: Path) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def log_params(c, run_id: str, params: Mapping[str, object]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow's per-batch limit
+        c.log_batch(run_id, params=items[i : i + 100])
+
+
+def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> None:
+    """Finite scalars only (None and NaN are 'not measured', not zero)."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    for i in range(0, len(items), 1000):
+        c.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def runs_with_tags(c, experiment_id: str, tags: Mapping[str, str]) -> Iterable:
+    filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return c.search_runs([experiment_id], filter_string=filt, max_results=1000)

@@ -1,0 +1,257 @@
+"""The stage-2 trial that Ray Tune runs: load stage 1 from the cache, train, report, track.
+
+Each trial is one MLflow child run of the sweep's parent run: the resolved config as params,
+per-epoch metrics, and, each time validation improves, the selected model's artifacts
+(confusion matrix, per-class accuracy, learned-weight plot, best checkpoint), overwritten in
+place so only the best survives. A trial stopped early by the scheduler is therefore already
+complete; a failed attempt is marked FAILED and its retry gets a fresh run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from search_spaces.config import ExperimentConfig, apply_values, flatten, to_dict
+from trainables.loop import StageResult
+from trainables.trial import Stage1Output, needs_features, pick_device, run_stage2
+
+from . import tracking
+from .stages import read_entry
+
+__all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "stage2_trial"]
+
+# Validation only, never test: the best-so-far validation balanced accuracy of the trial, which
+# is the model the trial selects. ASHA, Optuna and the summary all rank on it.
+SELECT_METRIC = "selected_val_balanced_acc"
+TIME_ATTR = "stage2_epoch"
+
+
+@dataclass(frozen=True)
+class SweepContext:
+    """What every trial of a sweep shares (handed over once via ``tune.with_parameters``)."""
+
+    base: ExperimentConfig
+    entry_uri: str
+    stage1_key: str
+    tracking: tracking.TrackingSpec
+    parent_run_id: str
+    sweep_id: str
+    cpus_per_trial: float = 1.0
+    fault_dir: str | None = None  # tests: the first trial to get here raises once
+
+
+def _inject_fault(ctx: SweepContext) -> None:
+    if not ctx.fault_dir:
+        return
+    marker = Path(ctx.fault_dir) / "raised"
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    raise RuntimeError("injected fault (OT_REWEIGHT_FAIL_ONCE): this attempt fails once")
+
+
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+    except Exception:  # not inside Ray (unit tests)
+        return "local"
+
+
+class TrialTracker:
+    """One MLflow child run per trial attempt."""
+
+    def __init__(self, ctx: SweepContext, cfg: ExperimentConfig, trial_id: str, name: str):
+        self.ctx, self.cfg = ctx, cfg
+        self.client = tracking.client(ctx.tracking.uri)
+        exp = ctx.tracking.experiment_id
+        base_tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
+        earlier = list(tracking.runs_with_tags(self.client, exp, base_tags))
+        # A trial that already finished (the driver died before Tune recorded it) is not run
+        # again: its final metrics are reported from MLflow.
+        self.finished_run = next((r for r in earlier if r.info.status == "FINISHED"), None)
+        self.closed = self.finished_run is not None
+        if self.closed:
+            return
+        for run in earlier:
+            if run.info.status == "RUNNING":  # an attempt whose process died (e.g. SIGKILL)
+                self.client.set_tag(run.info.run_id, "ot.superseded", "true")
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+        run = self.client.create_run(
+            exp,
+            run_name=name,
+            tags={
+                **base_tags,
+                tracking.KIND_TAG: "trial",
+                "ray.trial_name": name,
+                "ot.sweep_id": ctx.sweep_id,
+                "ot.stage1_hash": ctx.stage1_key,
+                "ot.attempt": str(len(earlier) + 1),
+                "ot.experiment": cfg.name,
+                "ot.preset": cfg.preset,
+                "ot.seed": str(cfg.seed),
+                "ray.node_id": _node_id(),
+            },
+        )
+        self.run_id = run.info.run_id
+        self.result: StageResult | None = None
+        self.best_val = -1.0
+        self.best_test = float("nan")
+        self.best_epoch = -1
+
+    def start(self, sampled: dict) -> None:
+        tracking.log_params(self.client, self.run_id, flatten(self.cfg))
+        self.client.log_dict(self.run_id, to_dict(self.cfg), "config.json")
+        self.client.log_dict(self.run_id, {k: v for k, v in sampled.items()}, "sampled.json")
+
+    def epoch(self, metrics: dict, epoch: int) -> dict:
+        """Log one stage-2 epoch; returns the metrics with the selection so far added."""
+        val = metrics.get("val_balanced_acc", float("nan"))
+        if val > self.best_val:  # the same strict rule as the loop's selector
+            self.best_val, self.best_epoch = val, epoch
+            self.best_test = metrics.get("test_balanced_acc", float("nan"))
+        out = {
+            **metrics,
+            TIME_ATTR: epoch + 1,
+            SELECT_METRIC: self.best_val,
+            "selected_test_balanced_acc": self.best_test,
+            "selected_epoch": self.best_epoch,
+        }
+        tracking.log_metrics(self.client, self.run_id, out, step=epoch)
+        return out
+
+    def upload_selected(self, result: StageResult, data) -> None:
+        from . import artifacts
+
+        sel = result.selected
+        counts = list(data.train_counts)
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            test = sel.get("test", {})
+            artifacts.write_confusion_png(
+                test["confusion"],
+                counts,
+                d / "confusion_matrix.png",
+                title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch']}",
+            )
+            artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
+            if result.weight_mass:
+                artifacts.write_weight_png(
+                    result.weight_mass,
+                    d / "learned_weights.png",
+                    sample_weights=result.sample_weights or None,
+                    labels=data.train.y.tolist() if result.sample_weights else None,
+                    train_counts=counts,
+                )
+                (d / "weight_mass.json").write_text(json.dumps(result.weight_mass))
+            if result.state is not None:
+                torch.save(result.state, d / "best_model.pt")
+            self.client.log_artifacts(self.run_id, str(d))
+
+    def finish(self, summary: dict) -> None:
+        flat = {}
+        for sel_long, block in summary.items():
+            sel_name = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
+            for split in ("val", "test"):
+                for k, v in block.get(split, {}).items():
+                    flat[f"{sel_name}/{split}_{k}"] = v
+            if "epoch" in block:
+                flat[f"{sel_name}/epoch"] = block["epoch"]
+        tracking.log_metrics(self.client, self.run_id, flat, step=0)
+        self.client.log_dict(self.run_id, summary, "result.json")
+        self.client.set_terminated(self.run_id, status="FINISHED")
+        self.closed = True
+
+    def stopped_early(self) -> None:
+        """The scheduler stopped the trial; the selected model's artifacts are already up."""
+        from trainables.trial import scalar_summary
+
+        self.client.set_tag(self.run_id, "ot.stopped_early", "true")
+        if self.result is not None:
+            self.finish(scalar_summary(self.result))
+            return
+        self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def fail(self, err: BaseException) -> None:
+        msg = "".join(traceback.format_exception_only(type(err), err)).strip()
+        self.client.set_tag(self.run_id, "ot.error", msg[:5000])
+        self.client.set_terminated(self.run_id, status="FAILED")
+
+
+def stage2_trial(config: dict, ctx: SweepContext) -> None:
+    """Tune function trainable: ``config`` holds the sampled values by dotted config key."""
+    from ray import tune
+
+    from trainables.trial import scalar_summary
+
+    cfg = apply_values(ctx.base, config)
+    tctx = tune.get_context()
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    tracker = TrialTracker(ctx, cfg, tctx.get_trial_id(), tctx.get_trial_name())
+    if tracker.finished_run is not None:
+        m = tracker.finished_run.data.metrics
+        keys = (SELECT_METRIC, "selected_test_balanced_acc", "selected_epoch", TIME_ATTR)
+        tune.report({k: m[k] for k in keys if k in m})
+        return
+    try:
+        tracker.start(config)
+        stage1: Stage1Output = read_entry(ctx.entry_uri, features=needs_features(cfg))
+
+        last_epoch = cfg.stage2.epochs - 1
+        pending: list[dict] = []
+
+        def on_epoch(stage: str, epoch: int, metrics: dict) -> None:
+            out = tracker.epoch(metrics, epoch)
+            if epoch == 0:
+                _inject_fault(ctx)
+            if epoch == last_epoch:
+                # Reported after the run is closed: Tune stops a trial at its last report.
+                pending.append(out)
+            else:
+                tune.report(out)
+
+        def on_improve(result: StageResult, data) -> None:
+            tracker.result = result
+            tracker.upload_selected(result, data)
+
+        s2, data = run_stage2(
+            cfg, stage1, callback=on_epoch, device=pick_device(), on_improve=on_improve
+        )
+        tracker.upload_selected(s2, data)
+        tracker.finish(scalar_summary(s2))
+        for out in pending:
+            tune.report(out)
+    except SystemExit:  # the scheduler stopped this trial at a report
+        if tracker.closed:
+            raise
+        tracker.stopped_early()
+        raise
+    except FloatingPointError as err:
+        # A diverged setting is a result of the search, not a fault to retry: the run is
+        # marked FAILED (tag ot.diverged) and the searcher is told the selection so far.
+        tracker.client.set_tag(tracker.run_id, "ot.diverged", "true")
+        tracker.fail(err)
+        tune.report(
+            {
+                SELECT_METRIC: max(tracker.best_val, 0.0),
+                "selected_test_balanced_acc": 0.0
+                if tracker.best_test != tracker.best_test
+                else tracker.best_test,
+                "diverged": 1,
+                TIME_ATTR: cfg.stage2.epochs,
+            }
+        )
+    except BaseException as err:
+        if not tracker.closed:
+            tracker.fail(err)
+        raise

@@ -1,0 +1,203 @@
+"""Tests for the per-trial sweep artifacts (confusion PNG, per-class CSV, weight PNG)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+from orchestrator.artifacts import (
+    frequency_order,
+    mass_plot_classes,
+    ordered_normalised_confusion,
+    write_confusion_png,
+    write_per_class_csv,
+    write_weight_png,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_png(path: Path) -> None:
+    assert path.is_file()
+    assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_figures():
+    plt.close("all")
+    yield
+    assert plt.get_fignums() == [], "a figure was left open"
+
+
+def test_frequency_order_descending_with_ties_by_index() -> None:
+    # counts: 0->5, 1->10, 2->5, 3->0, 4->10
+    assert frequency_order([5, 10, 5, 0, 10]) == [1, 4, 0, 2, 3]
+    assert frequency_order([]) == []
+
+
+def test_ordered_normalised_confusion_hand_example() -> None:
+    confusion = [
+        [2, 1, 1],  # class 0: 4 test samples
+        [0, 0, 0],  # class 1: no test samples
+        [1, 0, 3],  # class 2: 4 test samples
+    ]
+    train_counts = [5, 1, 9]  # order: 2, 0, 1
+    matrix, order = ordered_normalised_confusion(confusion, train_counts)
+    assert order == [2, 0, 1]
+    expected = np.array(
+        [
+            [0.75, 0.25, 0.0],  # true 2 -> predicted 2, 0, 1
+            [0.25, 0.5, 0.25],  # true 0
+            [0.0, 0.0, 0.0],  # true 1, zero support
+        ]
+    )
+    assert not np.isnan(matrix).any()
+    np.testing.assert_allclose(matrix, expected)
+
+
+def test_confusion_png_written_and_order_returned(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "confusion.png"
+    order = write_confusion_png([[3, 1, 0], [0, 0, 0], [2, 0, 5]], [4, 4, 7], path, title="trial 0")
+    assert order == [2, 0, 1]
+    _assert_png(path)
+
+
+def test_confusion_png_many_classes(tmp_path: Path) -> None:
+    k = 40
+    rng = np.random.default_rng(1)
+    confusion = rng.integers(0, 5, size=(k, k)).tolist()
+    counts = rng.integers(1, 100, size=k).tolist()
+    path = tmp_path / "confusion.png"
+    assert write_confusion_png(confusion, counts, path) == frequency_order(counts)
+    _assert_png(path)
+
+
+@pytest.mark.parametrize(
+    ("confusion", "train_counts"),
+    [
+        ([[1, 2, 3], [4, 5, 6]], [1, 2, 3]),  # 2 x 3
+        ([[1, 2], [3, 4]], [1, 2, 3]),  # K x K but K != len(train_counts)
+        ([[1, 2, 3], [4, 5], [6, 7, 8]], [1, 2, 3]),  # ragged
+        ([], []),  # no classes
+    ],
+)
+def test_confusion_wrong_shape_raises(
+    tmp_path: Path, confusion: list[list[int]], train_counts: list[int]
+) -> None:
+    path = tmp_path / "confusion.png"
+    with pytest.raises(ValueError, match="confusion must be") as info:
+        write_confusion_png(confusion, train_counts, path)
+    assert "\n" not in str(info.value)
+    assert not path.exists()
+
+
+def test_per_class_csv_round_trip(tmp_path: Path) -> None:
+    acc = [0.75, None, 0.1, 1.0, np.float64(0.2)]
+    counts = [100, 3, 20, 7, 0]
+    path = tmp_path / "per_class.csv"
+    write_per_class_csv(acc, counts, path)
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["class", "train_count", "test_accuracy"]
+        rows = list(reader)
+    assert [int(r["class"]) for r in rows] == list(range(5))
+    assert [int(r["train_count"]) for r in rows] == counts
+    assert rows[1]["test_accuracy"] == ""
+    got = [None if r["test_accuracy"] == "" else float(r["test_accuracy"]) for r in rows]
+    assert got == [0.75, None, 0.1, 1.0, 0.2]
+
+
+def test_per_class_csv_length_mismatch_raises(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_per_class_csv([0.5, 0.5], [1, 2, 3], tmp_path / "x.csv")
+
+
+def _mass(epochs: int, k: int) -> list[list[float]]:
+    rng = np.random.default_rng(2)
+    m = rng.random((epochs, k))
+    return (m / m.sum(axis=1, keepdims=True)).tolist()
+
+
+def test_weight_png_k3_mass_only(tmp_path: Path) -> None:
+    path = tmp_path / "weights.png"
+    write_weight_png(_mass(4, 3), path)
+    _assert_png(path)
+
+
+def test_weight_png_k3_single_epoch(tmp_path: Path) -> None:
+    path = tmp_path / "weights.png"
+    write_weight_png(_mass(1, 3), path, train_counts=[5, 3, 1])
+    _assert_png(path)
+
+
+def test_weight_png_k3_with_samples(tmp_path: Path) -> None:
+    labels = [0, 0, 0, 1, 1, 2]
+    weights = [0.1, 0.1, 0.1, 0.2, 0.2, 0.3]
+    path = tmp_path / "weights.png"
+    write_weight_png(
+        _mass(4, 3), path, sample_weights=weights, labels=labels, train_counts=[3, 2, 1]
+    )
+    _assert_png(path)
+    one_panel = tmp_path / "one.png"
+    write_weight_png(_mass(4, 3), one_panel)
+    # the two-panel figure is wider, so the file differs from the one-panel one
+    assert path.read_bytes() != one_panel.read_bytes()
+
+
+def test_weight_png_is_deterministic(tmp_path: Path) -> None:
+    kwargs = {"sample_weights": [0.2, 0.3, 0.5], "labels": [0, 1, 2], "train_counts": [1, 1, 1]}
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    write_weight_png(_mass(3, 3), a, **kwargs)
+    write_weight_png(_mass(3, 3), b, **kwargs)
+    assert a.read_bytes() == b.read_bytes()
+
+
+@pytest.mark.parametrize("with_counts", [True, False])
+@pytest.mark.parametrize("with_samples", [True, False])
+def test_weight_png_k50(tmp_path: Path, with_counts: bool, with_samples: bool) -> None:
+    k, n = 50, 500
+    rng = np.random.default_rng(3)
+    counts = rng.integers(1, 200, size=k).tolist() if with_counts else None
+    samples = {}
+    if with_samples:
+        samples = {
+            "sample_weights": rng.random(n).tolist(),
+            "labels": rng.integers(0, k, n).tolist(),
+        }
+    path = tmp_path / "weights.png"
+    write_weight_png(_mass(5, k), path, train_counts=counts, **samples)
+    _assert_png(path)
+
+
+def test_mass_plot_classes() -> None:
+    assert mass_plot_classes(3) == [0, 1, 2]
+    assert mass_plot_classes(20, list(range(20))) == list(range(20))
+    assert mass_plot_classes(50) == list(range(20))
+    counts = list(range(50))  # class c has c samples: head is 49, 48, ...; tail ends at 0
+    assert mass_plot_classes(50, counts) == list(range(49, 39, -1)) + list(range(9, -1, -1))
+
+
+@pytest.mark.parametrize(
+    ("weight_mass", "kwargs", "match"),
+    [
+        (_mass(2, 3), {"sample_weights": [0.1, 0.2], "labels": [0, 1, 2]}, "sample_weights has"),
+        (_mass(2, 3), {"sample_weights": [0.1, 0.2]}, "together"),
+        (_mass(2, 3), {"sample_weights": [0.1], "labels": [3]}, "labels must lie"),
+        (_mass(2, 3), {"train_counts": [1, 2]}, "train_counts has"),
+        ([[0.5, 0.5], [1.0]], {}, "not rectangular"),
+        ([], {}, "empty"),
+        ([[], []], {}, "no classes"),
+    ],
+)
+def test_weight_png_invalid_raises(
+    tmp_path: Path, weight_mass: list[list[float]], kwargs: dict, match: str
+) -> None:
+    path = tmp_path / "weights.png"
+    with pytest.raises(ValueError, match=match) as info:
+        write_weight_png(weight_mass, path, **kwargs)
+    assert "\n" not in str(info.value)
+    assert not path.exists()

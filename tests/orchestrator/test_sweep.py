@@ -1,0 +1,210 @@
+"""``python -m orchestrator.sweep`` end to end on the offline MNIST-LT smoke experiment.
+
+Each test runs the real command in a subprocess (its own local Ray cluster and SQLite store)
+and checks what it left behind: MLflow runs, metrics, artifacts, the stage-1 cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def sweep(storage: Path, *args: str, env: dict | None = None, timeout: int = 400):
+    cmd = [sys.executable, "-m", "orchestrator.sweep", *args, "--storage", str(storage)]
+    return subprocess.run(
+        cmd,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def smoke(storage: Path, *args: str, **kw):
+    return sweep(storage, "image_mnist_lt", "--smoke", "--quiet", *args, **kw)
+
+
+def runs(storage: Path, experiment: str = "image_mnist_lt") -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    exp = c.get_experiment_by_name(experiment)
+    return [] if exp is None else c.search_runs([exp.experiment_id], max_results=1000)
+
+
+def kind(rs, k: str) -> list:
+    return [r for r in rs if r.data.tags.get("ot.kind") == k]
+
+
+def children(rs, parent) -> list:
+    return [r for r in rs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+
+
+def ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    first = smoke(tmp_path, "--trials", "4")
+    ok(first)
+    assert "stage 1: building" in first.stdout
+    assert "== sweep summary ==" in first.stdout and "python -m orchestrator.ui" in first.stdout
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["mlflow.source.git.commit"] != "unknown"
+    assert parent.data.params["stage2.eps"] == "0.1" and parent.data.params["sweep.trials"] == "4"
+    trials = children(rs, parent)
+    assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
+    assert len(kind(rs, "stage1_build")) == 1
+    key = parent.data.tags["ot.stage1_hash"]
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sampled = set()
+    for t in trials:
+        assert t.data.tags["ot.stage1_hash"] == key
+        assert 0.0 <= t.data.metrics["selected_val_balanced_acc"] <= 100.0
+        hist = c.get_metric_history(t.info.run_id, "val_balanced_acc")
+        assert [m.step for m in hist] == [0]  # smoke: one stage-2 epoch
+        arts = {a.path for a in c.list_artifacts(t.info.run_id)}
+        assert {
+            "confusion_matrix.png",
+            "per_class_acc.csv",
+            "learned_weights.png",
+            "config.json",
+            "best_model.pt",
+            "result.json",
+        } <= arts
+        sampled.add(t.data.params["stage2.lr"])
+    assert len(sampled) == 4  # the searcher proposed four different settings
+    # the paper's settings (here: the offline experiment's own) are enqueued as a trial
+    from search_spaces import SPACES
+
+    best = {k: str(v) for k, v in SPACES["image_mnist_lt"].best().items()}
+    assert any(all(t.data.params[k] == v for k, v in best.items()) for t in trials)
+
+    second = smoke(tmp_path, "--trials", "1")
+    ok(second)
+    assert "cached" in second.stdout and "stage 1: building" not in second.stdout
+    rs = runs(tmp_path)
+    assert len(kind(rs, "stage1_build")) == 1 and len(kind(rs, "sweep")) == 2
+
+    # a corrupt entry is detected and rebuilt, never used
+    ckpt = next((tmp_path / "stage_cache").glob("*/checkpoint.pt"))
+    ckpt.write_bytes(ckpt.read_bytes()[:-10])
+    third = smoke(tmp_path, "--trials", "1")
+    ok(third)
+    assert "checksum" in third.stdout and "stage 1: building" in third.stdout
+    assert len(kind(runs(tmp_path), "stage1_build")) == 2
+
+
+def _kill_session(pid: int) -> None:
+    """SIGKILL the driver and everything it started (its local Ray cluster)."""
+    victims = [p for p in psutil.process_iter(["pid"]) if _sid(p) == pid]
+    for p in victims:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    psutil.wait_procs(victims, timeout=30)
+
+
+def _sid(p) -> int | None:
+    try:
+        return os.getsid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "orchestrator.sweep",
+        "image_mnist_lt",
+        "--smoke",
+        "--quiet",
+        "--storage",
+        str(tmp_path),
+        "--trials",
+        "6",
+        "--concurrency",
+        "1",
+        "--set",
+        "stage2.epochs=3",
+    ]
+    with open(tmp_path / "driver.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            # the store is created (and migrated) before stage 1 starts: poll only after
+            if "stage 1:" in (tmp_path / "driver.log").read_text():
+                done = [t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]
+                if len(done) >= 2:
+                    break
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        _kill_session(proc.pid)
+    # what had finished at the moment of the kill
+    done_before = {
+        t.data.tags["ray.trial_id"]
+        for t in kind(runs(tmp_path), "trial")
+        if t.info.status == "FINISHED"
+    }
+    assert len(done_before) >= 2
+
+    resumed = smoke(tmp_path, "--resume")
+    ok(resumed)
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "FINISHED"
+    trials = children(rs, parent)
+    finished = [t for t in trials if t.info.status == "FINISHED"]
+    ids = [t.data.tags["ray.trial_id"] for t in finished]
+    assert len(ids) == len(set(ids)) == 6, ids  # every trial finished exactly once
+    for t in trials:
+        if t.data.tags["ray.trial_id"] in done_before:  # nothing finished was run again
+            assert t.info.status == "FINISHED" and t.data.tags["ot.attempt"] == "1"
+    assert not [t for t in trials if t.info.status == "RUNNING"]
+    assert len(kind(rs, "stage1_build")) == 1  # the restart reused the cache
+
+
+def test_failed_trial_is_retried(tmp_path):
+    marker = tmp_path / "faults"
+    marker.mkdir()
+    res = smoke(tmp_path, "--trials", "2", env={"OT_REWEIGHT_FAIL_ONCE": str(marker)})
+    ok(res)
+    assert (marker / "raised").exists()
+    trials = kind(runs(tmp_path), "trial")
+    failed = [t for t in trials if t.info.status == "FAILED"]
+    finished = [t for t in trials if t.info.status == "FINISHED"]
+    assert len(failed) == 1 and "injected fault" in failed[0].data.tags["ot.error"]
+    assert len({t.data.tags["ray.trial_id"] for t in finished}) == 2
+    retried = failed[0].data.tags["ray.trial_id"]
+    again = [t for t in finished if t.data.tags["ray.trial_id"] == retried]
+    assert len(again) == 1 and again[0].data.tags["ot.attempt"] == "2"
+
+
+def test_eight_concurrent_trials_all_complete(tmp_path):
+    res = smoke(tmp_path, "--trials", "8", "--concurrency", "8", "--cpus-per-trial", "0.25")
+    ok(res)
+    assert "concurrency 8" in res.stdout
+    trials = kind(runs(tmp_path), "trial")
+    assert len(trials) == 8 and {t.info.status for t in trials} == {"FINISHED"}
+    spans = sorted((t.info.start_time, t.info.end_time) for t in trials)
+    overlap = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
+    assert overlap >= 2, spans  # trials really ran side by side

@@ -1,0 +1,48 @@
+"""The sweep command's quick paths: bad input fails fast with one line, --list."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from .test_sweep import REPO, sweep
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_such_experiment"], "unknown experiment"),
+        (["image_mnist_lt", "--smoke", "--set", "stage2.nope=1"], "unknown config key"),
+        (["image_mnist_lt", "--smoke", "--set", "stage2.eps=abc"], "bad value"),
+        (["image_mnist_lt", "--smoke", "--set", "stage2.eps"], "malformed override"),
+        (
+            ["image_mnist_lt", "--smoke", "--tracking-uri", "http://127.0.0.1:9"],
+            "unreachable",
+        ),
+        (["image_mnist_lt", "--smoke", "--resume"], "no interrupted sweep"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    res = sweep(tmp_path, *args, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert message in lines[-1]
+    assert "Traceback" not in res.stderr
+
+
+def test_list_names_every_experiment():
+    from search_spaces import EXPERIMENTS
+
+    res = subprocess.run(
+        [sys.executable, "-m", "orchestrator.sweep", "--list"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0
+    lines = res.stdout.strip().splitlines()
+    assert [ln.split()[0] for ln in lines] == list(EXPERIMENTS)
+    assert any("table1" in ln for ln in lines)

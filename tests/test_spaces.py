@@ -1,0 +1,145 @@
+"""Contract tests over every registered search space (search_spaces.SPACES)."""
+
+from __future__ import annotations
+
+import re
+
+import optuna
+import pytest
+
+from search_spaces import EXPERIMENTS, SPACES
+from search_spaces.config import ExperimentConfig, apply_overrides
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+NAMES = sorted(EXPERIMENTS)
+SUGGEST = {"suggest_float", "suggest_int", "suggest_categorical"}
+
+
+def _study(seed: int = 0) -> optuna.Study:
+    return optuna.create_study(sampler=optuna.samplers.TPESampler(seed=seed))
+
+
+def _sample(name: str, study: optuna.Study | None = None) -> optuna.Trial:
+    trial = (study or _study()).ask()
+    assert SPACES[name].space(trial) is None
+    return trial
+
+
+def _get(cfg: ExperimentConfig, key: str) -> object:
+    obj: object = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _apply(cfg: ExperimentConfig, params: dict[str, object]) -> ExperimentConfig:
+    return apply_overrides(cfg, [f"{k}={v}" for k, v in params.items()])
+
+
+def test_every_experiment_has_a_space():
+    assert set(SPACES) == set(EXPERIMENTS)
+    for name in NAMES:
+        module = SPACES[name]
+        assert callable(module.space) and callable(module.best), name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_module_docstring_names_the_table(name):
+    table = EXPERIMENTS[name]().table
+    label = re.sub(r"^table(\d+)$", r"Table \1", table)
+    assert label in (SPACES[name].__doc__ or ""), (name, table)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_samples_and_applies(name):
+    trial = _sample(name)
+    params = trial.params
+    assert params, name
+    # At least the stage-2 knobs the sweep is for.
+    assert {
+        "stage2.lr",
+        "stage2.weight_lr",
+        "stage2.eps",
+        "stage2.max_iter",
+        "stage2.tol",
+        "stage2.feature_weight",
+    } <= set(params)
+    cfg = _apply(EXPERIMENTS[name](), params)
+    for key, value in params.items():
+        got = _get(cfg, key)
+        assert got == value and type(got) is type(value), (key, value, got)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_tol_none_round_trips(name):
+    trial = _sample(name)
+    assert None in trial.distributions["stage2.tol"].choices
+    cfg = _apply(EXPERIMENTS[name](), {"stage2.tol": 1e-3})
+    assert _apply(cfg, {"stage2.tol": None}).stage2.tol is None
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_same_seed_same_params(name):
+    a, b = _study(seed=0), _study(seed=0)
+    first = [_sample(name, a).params for _ in range(5)]
+    second = [_sample(name, b).params for _ in range(5)]
+    assert first == second
+    assert len({tuple(sorted(p.items(), key=lambda kv: kv[0])) for p in first}) > 1
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_best_lies_in_space_and_equals_config(name):
+    best = SPACES[name].best()
+    dists = _sample(name).distributions
+    assert set(best) == set(dists), name
+    for key, value in best.items():
+        dist = dists[key]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            assert value in dist.choices, (key, value)
+        else:
+            assert dist._contains(dist.to_internal_repr(value)), (key, value, dist)
+    cfg = EXPERIMENTS[name]()
+    assert _apply(cfg, best) == cfg, name
+    for key, value in best.items():
+        assert _get(cfg, key) == value, (key, value)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_best_enqueued_first(name):
+    study = _study()
+    best = SPACES[name].best()
+    study.enqueue_trial(best)
+    trial = _sample(name, study)
+    assert trial.params == best
+    for key, value in best.items():
+        assert type(trial.params[key]) is type(value), key
+
+
+class _RecordingTrial:
+    """Stands in for an Optuna trial and records every attribute the space touches."""
+
+    def __init__(self) -> None:
+        self.touched: list[str] = []
+        self.suggested: list[str] = []
+
+    def __getattr__(self, attr: str):
+        self.touched.append(attr)
+
+        def call(*args, **kwargs):
+            if attr in SUGGEST:
+                self.suggested.append(args[0])
+            if attr == "suggest_categorical":
+                return next(iter(args[1]))
+            return args[1] if len(args) > 1 else None
+
+        return call
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_space_only_suggests(name):
+    fake = _RecordingTrial()
+    assert SPACES[name].space(fake) is None
+    assert fake.touched and set(fake.touched) <= SUGGEST, fake.touched
+    assert len(fake.suggested) == len(set(fake.suggested))
+    assert set(fake.suggested) == set(_sample(name).params)
