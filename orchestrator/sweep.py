@@ -31,6 +31,7 @@ __all__ = ["main"]
 
 REPO = Path(__file__).resolve().parent.parent
 FAIL_ONCE_ENV = "OT_REWEIGHT_FAIL_ONCE"
+_DRIVER_CPU = 0.01  # the Tune-side driver of a multi-worker trial only waits on its workers
 
 
 class SweepError(RuntimeError):
@@ -63,7 +64,14 @@ def _parser() -> argparse.ArgumentParser:
         help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default <storage>/mlflow.db)",
     )  # fmt: skip
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0,
+        help="fractions share a GPU; more than 1 runs the trial on that many GPU workers",
+    )  # fmt: skip
+    p.add_argument(
+        "--workers-per-trial", type=int, default=0,
+        help="Ray Train workers per trial, data-parallel (default: 1, or the GPUs when > 1)",
+    )  # fmt: skip
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     p.add_argument("--smoke", action="store_true", help="tiny variant (seconds per trial)")
@@ -110,11 +118,19 @@ def _init_ray(address: str | None) -> None:
         raise SweepError(f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: {first}") from None
 
 
+def _workers(args: argparse.Namespace) -> int:
+    if args.workers_per_trial:
+        return args.workers_per_trial
+    return int(args.gpus_per_trial) if args.gpus_per_trial >= 2 else 1
+
+
 def _concurrency(args: argparse.Namespace) -> int:
     import ray
 
     res = ray.cluster_resources()
-    fits = math.floor(res.get("CPU", 1) / max(args.cpus_per_trial, 1e-3))
+    workers = _workers(args)
+    driver = _DRIVER_CPU if workers > 1 else 0.0
+    fits = math.floor(res.get("CPU", 1) / max(args.cpus_per_trial * workers + driver, 1e-3))
     if args.gpus_per_trial > 0:
         fits = min(fits, math.floor(res.get("GPU", 0) / args.gpus_per_trial))
         if fits < 1:
@@ -122,6 +138,12 @@ def _concurrency(args: argparse.Namespace) -> int:
                 f"--gpus-per-trial {args.gpus_per_trial} but the cluster has "
                 f"{res.get('GPU', 0)} GPUs"
             )
+    if fits < 1:
+        need = args.cpus_per_trial * workers + driver
+        raise SweepError(
+            f"a trial needs {need:g} CPUs ({workers} x --cpus-per-trial {args.cpus_per_trial:g}"
+            f"{' + its driver' if driver else ''}) but the cluster has {res.get('CPU', 0):g}"
+        )
     want = args.concurrency or fits
     return max(1, min(want, fits, args.trials))
 
@@ -221,7 +243,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         saved = rec["args"]
         for key in ("trials", "seed", "overrides", "preset", "smoke", "cpus_per_trial"):
             setattr(args, key, saved[key])
-        for key in ("gpus_per_trial", "max_failures"):
+        for key in ("gpus_per_trial", "max_failures", "workers_per_trial"):
             setattr(args, key, saved[key])
         sweep_id = rec["sweep_id"]
     else:
@@ -319,6 +341,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 "cpus_per_trial",
                 "gpus_per_trial",
                 "max_failures",
+                "workers_per_trial",
             )
         },
     }
@@ -334,7 +357,17 @@ def run_sweep(args: argparse.Namespace) -> int:
         cpus_per_trial=args.cpus_per_trial,
         fault_dir=os.environ.get(FAIL_ONCE_ENV) or None,
     )
-    resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    workers = _workers(args)
+    if workers > 1:
+        ctx = dataclasses.replace(
+            ctx,
+            workers=workers,
+            gpus_per_worker=args.gpus_per_trial / workers,
+            train_storage=storage.child_uri(args.name, sweep_id, "train"),
+        )
+        resources = {"cpu": _DRIVER_CPU}
+    else:
+        resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     trainable = tune.with_resources(tune.with_parameters(stage2_trial, ctx=ctx), resources)
     exp_path = storage.child_uri(args.name, sweep_id)
     if args.resume and tune.Tuner.can_restore(exp_path):
@@ -410,8 +443,16 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give an experiment name (see --list)")
     if args.name not in EXPERIMENTS:
         p.error(f"unknown experiment {args.name!r}; choose from {', '.join(EXPERIMENTS)}")
-    if args.trials < 1 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        p.error("--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial >= 0")
+    if (
+        args.trials < 1
+        or args.cpus_per_trial <= 0
+        or args.gpus_per_trial < 0
+        or args.workers_per_trial < 0
+    ):
+        p.error(
+            "--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial and "
+            "--workers-per-trial >= 0"
+        )
     try:
         return run_sweep(args)
     except (SweepError, tracking.TrackingError, StorageError) as err:

@@ -43,8 +43,11 @@ class SweepContext:
     tracking: tracking.TrackingSpec
     parent_run_id: str
     sweep_id: str
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float = 1.0  # per worker when workers > 1
     fault_dir: str | None = None  # tests: the first trial to get here raises once
+    workers: int = 1  # > 1: a Ray Train TorchTrainer per trial, data-parallel
+    gpus_per_worker: float = 0.0
+    train_storage: str = ""  # where the TorchTrainer runs keep their state
 
 
 def _inject_fault(ctx: SweepContext) -> None:
@@ -71,8 +74,27 @@ def _node_id() -> str:
 class TrialTracker:
     """One MLflow child run per trial attempt."""
 
-    def __init__(self, ctx: SweepContext, cfg: ExperimentConfig, trial_id: str, name: str):
+    def __init__(
+        self,
+        ctx: SweepContext,
+        cfg: ExperimentConfig,
+        trial_id: str,
+        name: str,
+        *,
+        enabled: bool = True,
+        extra_tags: dict | None = None,
+    ):
+        """``enabled=False``: the selection bookkeeping only (data-parallel ranks above 0)."""
         self.ctx, self.cfg = ctx, cfg
+        self.result: StageResult | None = None
+        self.best_val = -1.0
+        self.best_test = float("nan")
+        self.best_epoch = -1
+        self.finished_run = None
+        self.closed = False
+        self.client = None
+        if not enabled:
+            return
         self.client = tracking.client(ctx.tracking.uri)
         exp = ctx.tracking.experiment_id
         base_tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
@@ -101,15 +123,14 @@ class TrialTracker:
                 "ot.preset": cfg.preset,
                 "ot.seed": str(cfg.seed),
                 "ray.node_id": _node_id(),
+                **(extra_tags or {}),
             },
         )
         self.run_id = run.info.run_id
-        self.result: StageResult | None = None
-        self.best_val = -1.0
-        self.best_test = float("nan")
-        self.best_epoch = -1
 
     def start(self, sampled: dict) -> None:
+        if self.client is None:
+            return
         tracking.log_params(self.client, self.run_id, flatten(self.cfg))
         self.client.log_dict(self.run_id, to_dict(self.cfg), "config.json")
         self.client.log_dict(self.run_id, {k: v for k, v in sampled.items()}, "sampled.json")
@@ -127,10 +148,14 @@ class TrialTracker:
             "selected_test_balanced_acc": self.best_test,
             "selected_epoch": self.best_epoch,
         }
-        tracking.log_metrics(self.client, self.run_id, out, step=epoch)
+        if self.client is not None:
+            tracking.log_metrics(self.client, self.run_id, out, step=epoch)
         return out
 
     def upload_selected(self, result: StageResult, data) -> None:
+        self.result = result
+        if self.client is None:
+            return
         from . import artifacts
 
         sel = result.selected
@@ -159,6 +184,9 @@ class TrialTracker:
             self.client.log_artifacts(self.run_id, str(d))
 
     def finish(self, summary: dict) -> None:
+        self.closed = True
+        if self.client is None:
+            return
         flat = {}
         for sel_long, block in summary.items():
             sel_name = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
@@ -170,38 +198,124 @@ class TrialTracker:
         tracking.log_metrics(self.client, self.run_id, flat, step=0)
         self.client.log_dict(self.run_id, summary, "result.json")
         self.client.set_terminated(self.run_id, status="FINISHED")
-        self.closed = True
 
     def stopped_early(self) -> None:
         """The scheduler stopped the trial; the selected model's artifacts are already up."""
         from trainables.trial import scalar_summary
 
+        if self.client is None:
+            return
         self.client.set_tag(self.run_id, "ot.stopped_early", "true")
         if self.result is not None:
             self.finish(scalar_summary(self.result))
             return
         self.client.set_terminated(self.run_id, status="FINISHED")
 
-    def fail(self, err: BaseException) -> None:
+    def fail(self, err: BaseException, *, diverged: bool = False) -> None:
+        self.closed = True
+        if self.client is None:
+            return
+        if diverged:
+            self.client.set_tag(self.run_id, "ot.diverged", "true")
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
         self.client.set_tag(self.run_id, "ot.error", msg[:5000])
         self.client.set_terminated(self.run_id, status="FAILED")
 
 
+def _final_metrics(run) -> dict:
+    m = run.data.metrics
+    keys = (SELECT_METRIC, "selected_test_balanced_acc", "selected_epoch", TIME_ATTR)
+    return {k: m[k] for k in keys if k in m}
+
+
 def stage2_trial(config: dict, ctx: SweepContext) -> None:
-    """Tune function trainable: ``config`` holds the sampled values by dotted config key."""
+    """Tune function trainable: ``config`` holds the sampled values by dotted config key.
+
+    With ``ctx.workers > 1`` this function is the Tune-side driver of a Ray Train
+    ``TorchTrainer`` whose workers train data-parallel (:func:`stage2_worker`); their metrics
+    reach Tune through ``TuneReportCallback``.
+    """
     from ray import tune
 
+    tctx = tune.get_context()
+    trial_id, name = tctx.get_trial_id(), tctx.get_trial_name()
+    if ctx.workers <= 1:
+        torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+        _run_trial(config, ctx, trial_id, name, tune.report, parallel=None)
+        return
+    c = tracking.client(ctx.tracking.uri)
+    tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
+    done = [
+        r
+        for r in tracking.runs_with_tags(c, ctx.tracking.experiment_id, tags)
+        if r.info.status == "FINISHED"
+    ]
+    if done:  # finished before the driver died: not run again
+        tune.report(_final_metrics(done[0]))
+        return
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    per_worker = {"CPU": ctx.cpus_per_trial}
+    if ctx.gpus_per_worker:
+        per_worker["GPU"] = ctx.gpus_per_worker
+    trainer = TorchTrainer(
+        stage2_worker,
+        train_loop_config={"sampled": config, "ctx": ctx, "trial_id": trial_id, "name": name},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=ctx.workers,
+            use_gpu=bool(ctx.gpus_per_worker),
+            resources_per_worker=per_worker,
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # deterministic: a restarted trial finds its run
+            storage_path=ctx.train_storage,
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def stage2_worker(loop_config: dict) -> None:
+    """One Ray Train worker of a data-parallel trial (rank 0 tracks in MLflow)."""
+    import ray.train
+    import ray.train.torch
+
+    from trainables.distributed import DataParallel
+
+    ctx: SweepContext = loop_config["ctx"]
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    parallel = DataParallel.from_process_group()
+    _run_trial(
+        loop_config["sampled"],
+        ctx,
+        loop_config["trial_id"],
+        loop_config["name"],
+        ray.train.report,
+        parallel=parallel,
+        device=ray.train.torch.get_device(),
+    )
+
+
+def _run_trial(
+    config: dict,
+    ctx: SweepContext,
+    trial_id: str,
+    name: str,
+    report,
+    *,
+    parallel,
+    device: torch.device | None = None,
+) -> None:
     from trainables.trial import scalar_summary
 
     cfg = apply_values(ctx.base, config)
-    tctx = tune.get_context()
-    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-    tracker = TrialTracker(ctx, cfg, tctx.get_trial_id(), tctx.get_trial_name())
+    rank0 = parallel is None or parallel.rank == 0
+    extra = {"ot.workers": str(parallel.world)} if parallel is not None else {}
+    tracker = TrialTracker(ctx, cfg, trial_id, name, enabled=rank0, extra_tags=extra)
     if tracker.finished_run is not None:
-        m = tracker.finished_run.data.metrics
-        keys = (SELECT_METRIC, "selected_test_balanced_acc", "selected_epoch", TIME_ATTR)
-        tune.report({k: m[k] for k in keys if k in m})
+        report(_final_metrics(tracker.finished_run))
         return
     try:
         tracker.start(config)
@@ -211,42 +325,43 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
         pending: list[dict] = []
 
         def on_epoch(stage: str, epoch: int, metrics: dict) -> None:
+            if parallel is not None:  # collective: every rank's shard size, logged by rank 0
+                counts = parallel.gather_counts(int(metrics.pop("shard_samples")))
+                metrics.update({f"shard_samples_rank{r}": n for r, n in enumerate(counts)})
             out = tracker.epoch(metrics, epoch)
-            if epoch == 0:
+            if epoch == 0 and rank0:
                 _inject_fault(ctx)
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
                 pending.append(out)
             else:
-                tune.report(out)
-
-        def on_improve(result: StageResult, data) -> None:
-            tracker.result = result
-            tracker.upload_selected(result, data)
+                report(out)
 
         s2, data = run_stage2(
-            cfg, stage1, callback=on_epoch, device=pick_device(), on_improve=on_improve
+            cfg,
+            stage1,
+            callback=on_epoch,
+            device=device or pick_device(),
+            on_improve=tracker.upload_selected,
+            parallel=parallel,
         )
         tracker.upload_selected(s2, data)
         tracker.finish(scalar_summary(s2))
         for out in pending:
-            tune.report(out)
+            report(out)
     except SystemExit:  # the scheduler stopped this trial at a report
-        if tracker.closed:
-            raise
-        tracker.stopped_early()
+        if not tracker.closed:
+            tracker.stopped_early()
         raise
     except FloatingPointError as err:
         # A diverged setting is a result of the search, not a fault to retry: the run is
         # marked FAILED (tag ot.diverged) and the searcher is told the selection so far.
-        tracker.client.set_tag(tracker.run_id, "ot.diverged", "true")
-        tracker.fail(err)
-        tune.report(
+        tracker.fail(err, diverged=True)
+        best_test = tracker.best_test
+        report(
             {
                 SELECT_METRIC: max(tracker.best_val, 0.0),
-                "selected_test_balanced_acc": 0.0
-                if tracker.best_test != tracker.best_test
-                else tracker.best_test,
+                "selected_test_balanced_acc": 0.0 if best_test != best_test else best_test,
                 "diverged": 1,
                 TIME_ATTR: cfg.stage2.epochs,
             }

@@ -22,6 +22,7 @@ from trainables.metrics import classification_metrics
 from trainables.models import SplitNet
 from trainables.reweight import (
     MetaDistribution,
+    Parallel,
     StepConfig,
     WeightNet,
     WeightVector,
@@ -269,6 +270,7 @@ def train_stage2(
     callback: Callback | None = None,
     features: StageData | None = None,
     on_improve: Callable[[StageResult], None] | None = None,
+    parallel: Parallel | None = None,
 ) -> StageResult:
     """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch.
 
@@ -276,6 +278,8 @@ def train_stage2(
     (:func:`frozen_feature_data`, e.g. from the stage-1 cache); ``data`` may then be the same
     object and f1 never runs. ``on_improve(result)`` is called after each epoch whose validation
     balanced accuracy is a new best (trackers upload the selected model's artifacts there).
+    ``parallel``: data-parallel workers (see :func:`reweight_step`); every worker draws the same
+    batches and trains on its shard of each, and the callback also gets ``shard_samples``.
     """
     k = data.num_classes
     if cfg.method == "none":
@@ -329,7 +333,7 @@ def train_stage2(
         q = build_q(work_data.meta.x, meta_y) if (frozen and fixed_q) else None
         ot_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
-        steps = 0
+        steps = shard_samples = 0
         # The meta set is drawn once per epoch with fresh augmentation, as the released code.
         meta_all = torch.arange(len(work_data.meta))
         meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
@@ -355,7 +359,10 @@ def train_stage2(
                 meta_y=meta_y,
                 q=step_q,
                 build_q=None if frozen else build_q,
+                parallel=parallel,
             )
+            if parallel is not None:
+                shard_samples += len(range(parallel.rank, idx.numel(), parallel.world))
             ot_sum += res.ot_loss
             loss_sum += res.loss
             steps += 1
@@ -371,8 +378,11 @@ def train_stage2(
         if improved and on_improve:  # before the callback: a scheduler may stop us there
             on_improve(sel.result)
         if callback:
+            extra = {"shard_samples": shard_samples} if parallel is not None else {}
             callback(
-                "stage2", epoch, {"ot_loss": ot_mean, "train_loss": loss_mean, **_summary(metrics)}
+                "stage2",
+                epoch,
+                {"ot_loss": ot_mean, "train_loss": loss_mean, **extra, **_summary(metrics)},
             )
     if frozen:
         model.features.requires_grad_(True)

@@ -166,6 +166,7 @@ def run_stage2(
     callback: Callback | None = None,
     device: torch.device | None = None,
     on_improve: Callable[[StageResult, StageData], None] | None = None,
+    parallel=None,
 ) -> tuple[StageResult, StageData]:
     """Stage 2 of ``cfg`` starting from a stage-1 result; returns the result and the data it
     evaluated on (images, or the cached features when f1 is frozen). ``on_improve(result,
@@ -195,6 +196,7 @@ def run_stage2(
         callback=callback,
         features=features,
         on_improve=(lambda r: on_improve(r, data)) if on_improve else None,
+        parallel=parallel,
     )
     return s2, data
 

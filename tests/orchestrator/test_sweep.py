@@ -7,6 +7,7 @@ and checks what it left behind: MLflow runs, metrics, artifacts, the stage-1 cac
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -208,3 +209,90 @@ def test_eight_concurrent_trials_all_complete(tmp_path):
     spans = sorted((t.info.start_time, t.info.end_time) for t in trials)
     overlap = max(sum(s <= start < e for s, e in spans) for start, _ in spans)
     assert overlap >= 2, spans  # trials really ran side by side
+
+
+def _best_state(storage: Path, run) -> dict:
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    path = c.download_artifacts(run.info.run_id, "best_model.pt", str(storage / "dl"))
+    return torch.load(path, weights_only=True)
+
+
+def test_two_worker_trial_trains_data_parallel(tmp_path):
+    """A trial on 2 Ray Train workers (TorchTrainer, gloo) equals the 1-worker trial."""
+    args = ("--trials", "1", "--set", "stage2.epochs=2", "--cpus-per-trial", "0.5")
+    dp, single = tmp_path / "dp", tmp_path / "single"
+    ok(smoke(dp, *args, "--workers-per-trial", "2"))
+    ok(smoke(single, *args))
+    (t2,) = kind(runs(dp), "trial")
+    (t1,) = kind(runs(single), "trial")
+    assert t2.info.status == "FINISHED" and t2.data.tags["ot.workers"] == "2"
+    assert "ot.workers" not in t1.data.tags
+    # each worker saw its own half of every batch, together the whole training set
+    r0, r1 = t2.data.metrics["shard_samples_rank0"], t2.data.metrics["shard_samples_rank1"]
+    n_train = sum(json.loads(_info(dp))["train_counts"])
+    assert r0 + r1 == n_train and abs(r0 - r1) <= n_train // 16 + 1
+    # the metrics reached Tune (the summary) and MLflow, and match the single-worker run
+    for key in ("selected_val_balanced_acc", "val_balanced_acc", "test_balanced_acc"):
+        assert abs(t2.data.metrics[key] - t1.data.metrics[key]) < 1e-6, key
+    a, b = _best_state(dp, t2), _best_state(single, t1)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch_close(a[k], b[k])
+
+
+def _info(storage: Path) -> str:
+    return next((storage / "stage_cache").glob("*/info.json")).read_text()
+
+
+def torch_close(a, b) -> None:
+    import torch
+
+    torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+    """`ray start --head` plus a second `ray start --address`, each with 1 CPU, on this
+    machine: a sweep with --address lands trials on both nodes."""
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on localhost
+    port = _free_port()
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    try:
+        for extra in (
+            ["--head", f"--port={port}", "--include-dashboard=false"],
+            [f"--address=127.0.0.1:{port}"],
+        ):
+            started = subprocess.run(
+                [ray_cli, "start", *extra, *common],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert started.returncode == 0, started.stderr[-2000:]
+        res = smoke(
+            tmp_path,
+            "--trials",
+            "4",
+            "--address",
+            f"127.0.0.1:{port}",
+            env={"RAY_AUTH_MODE": "disabled"},
+        )
+        ok(res)
+        assert "concurrency 2" in res.stdout  # 2 nodes x 1 CPU, 1 CPU per trial
+    finally:
+        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    trials = kind(runs(tmp_path), "trial")
+    assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
+    assert len({t.data.tags["ray.node_id"] for t in trials}) == 2

@@ -25,6 +25,7 @@ from .meta import (
 from .sinkhorn import GRAD_MODES, STOP_RULES, SinkhornResult, ot_loss, sinkhorn
 from .step import (
     LOSS_WEIGHTINGS,
+    Parallel,
     SplitModel,
     StepConfig,
     StepResult,
@@ -43,6 +44,7 @@ __all__ = [
     "WEIGHT_INITS",
     "WEIGHT_MODES",
     "MetaDistribution",
+    "Parallel",
     "SinkhornResult",
     "SplitModel",
     "StepConfig",

@@ -18,6 +18,7 @@ from .weights import WeightNet, WeightVector
 
 __all__ = [
     "LOSS_WEIGHTINGS",
+    "Parallel",
     "SplitModel",
     "StepConfig",
     "StepResult",
@@ -27,6 +28,18 @@ __all__ = [
 ]
 
 LOSS_WEIGHTINGS = ("simplex", "raw")
+
+
+class Parallel(Protocol):
+    """Data-parallel workers (see ``trainables.distributed.DataParallel``)."""
+
+    rank: int
+    world: int
+
+    def shard(self, n: int, device: torch.device | None = None) -> Tensor: ...
+    def sum_grads_(self, params: list[Tensor]) -> None: ...
+    def broadcast_(self, tensors: list[Tensor]) -> None: ...
+    def sum(self, value: Tensor) -> Tensor: ...
 
 
 class SplitModel(Protocol):
@@ -138,6 +151,7 @@ def reweight_step(
     meta_y: Tensor | None = None,
     q: MetaDistribution | None = None,
     build_q: Callable[[Tensor, Tensor], MetaDistribution] | None = None,
+    parallel: Parallel | None = None,
 ) -> StepResult:
     """Run steps (a), (b), (c) of Algorithm 1 on one batch ``(x, y)`` with dataset indices ``idx``.
 
@@ -146,6 +160,11 @@ def reweight_step(
     grad L_B(w), through ``torch.func.functional_call``) runs only when f1 has trainable
     parameters and the cost uses features; otherwise L_OT depends on w alone (paper,
     "Discussion") and (a) is skipped. With a frozen f1 nothing is back-propagated through it.
+
+    With ``parallel`` (data-parallel workers that all hold the same global batch), steps (a) and
+    (b) run on the whole batch on every worker (the OT loss couples the batch) and rank 0's new
+    weights are broadcast; step (c) runs on this worker's shard and the gradients are summed, so
+    the update equals the single-worker one on the whole batch.
     """
     f1, f2 = model.features, model.classifier
     f1_params = _trainable(f1)
@@ -215,6 +234,8 @@ def reweight_step(
     for p, g in zip(w_params, w_grads, strict=False):
         p.grad = g
     weight_opt.step()
+    if parallel is not None:
+        parallel.broadcast_(w_params)
 
     # ---- step (c): model step with the updated weights ----
     with torch.no_grad():
@@ -223,16 +244,26 @@ def reweight_step(
             w_new = torch.softmax(new, dim=0) if cfg.loss_weights == "simplex" else new.clone()
         else:
             w_new = weights(z_now)
-    z_c = f1(x) if f1_params else z_now
-    loss = (w_new * F.cross_entropy(f2(z_c), y, reduction="none")).sum()
-    if cfg.meta_ce_coef:
+    xc, yc, wc, zc_now = x, y, w_new, z_now
+    meta_coef = cfg.meta_ce_coef
+    if parallel is not None:
+        pos = parallel.shard(x.shape[0], device=x.device)
+        xc, yc, wc = x[pos], y[pos], w_new[pos]
+        zc_now = z_now[pos] if z_now is not None else None
+        meta_coef = cfg.meta_ce_coef / parallel.world  # summed over workers: the full term
+    z_c = f1(xc) if f1_params else zc_now
+    loss = (wc * F.cross_entropy(f2(z_c), yc, reduction="none")).sum()
+    if meta_coef:
         if f1_params:
             z_meta = f1(meta_x)
         else:
             with torch.no_grad():
                 z_meta = f1(meta_x)
-        loss = loss + cfg.meta_ce_coef * F.cross_entropy(f2(z_meta), meta_y)
+        loss = loss + meta_coef * F.cross_entropy(f2(z_meta), meta_y)
     model_opt.zero_grad(set_to_none=True)
     loss.backward()
+    if parallel is not None:
+        parallel.sum_grads_([p for g in model_opt.param_groups for p in g["params"]])
+        loss = parallel.sum(loss)
     model_opt.step()
     return StepResult(w_new.detach(), ot.detach(), loss.detach(), virtual)
