@@ -32,6 +32,7 @@ __all__ = [
     "invalidate",
     "read_entry",
     "stage1_hash",
+    "stage1_worker",
     "verify_entry",
     "write_entry",
 ]
@@ -164,11 +165,18 @@ def build_entry(
     *,
     threads: int = 1,
     sweep_run_id: str = "",
-) -> CacheEntry:
-    """Run stage 1 and store it (the body of the Ray task); one MLflow run per build."""
+    parallel=None,
+    device: torch.device | None = None,
+) -> CacheEntry | None:
+    """Run stage 1 and store it (the body of the Ray task, or of each Ray Train worker when
+    ``parallel``: rank 0 writes the entry and the MLflow run); one MLflow run per build."""
     from trainables.trial import build_stage1, pick_device
 
     torch.set_num_threads(max(1, threads))
+    device = device or pick_device()
+    if parallel is not None and parallel.rank != 0:
+        build_stage1(cfg, device=device, parallel=parallel)
+        return None
     storage = Storage(storage_uri)
     key = stage1_hash(cfg)
     c = run_id = None
@@ -182,6 +190,7 @@ def build_entry(
                 "ot.stage1_hash": key,
                 "ot.experiment": cfg.name,
                 "ot.triggered_by": sweep_run_id,
+                "ot.workers": str(cfg.stage1.workers),
             },
         ).info.run_id
         identity_params = {
@@ -196,7 +205,7 @@ def build_entry(
             tracking.log_metrics(c, run_id, metrics, step=epoch)
 
     try:
-        out = build_stage1(cfg, callback=log_epoch, device=pick_device())
+        out = build_stage1(cfg, callback=log_epoch, device=device, parallel=parallel)
         entry = write_entry(storage, key, stage1_identity(cfg), out)
     except BaseException as err:
         if c is not None:
@@ -250,13 +259,70 @@ def ensure_stage1(
     if entry is not None:
         log(f"stage 1: cached ({key[:12]}), no stage-1 work")
         return entry, False
-    log(f"stage 1: building {key[:12]} on the cluster ({cfg.stage1.epochs} epochs)")
-    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
-    ref = task.remote(
-        cfg, storage.uri, spec, threads=max(1, int(num_cpus)), sweep_run_id=sweep_run_id
-    )
-    entry = ray.get(ref)
-    verified = verify_entry(storage, key)  # what trials will read, checked once more
-    if verified is None:
-        raise CorruptEntry(f"stage-1 entry {key[:12]} vanished after its build")
+    workers = cfg.stage1.workers
+    where = f"{workers} Ray Train workers" if workers > 1 else "a Ray task"
+    log(f"stage 1: building {key[:12]} on the cluster, {where} ({cfg.stage1.epochs} epochs)")
+    if workers > 1:
+        _build_data_parallel(cfg, storage, spec, num_cpus, num_gpus, sweep_run_id)
+    else:
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
+        ray.get(
+            task.remote(
+                cfg, storage.uri, spec, threads=max(1, int(num_cpus)), sweep_run_id=sweep_run_id
+            )
+        )
+    entry = verify_entry(storage, key)  # what trials will read, checked once more
+    if entry is None:
+        raise CorruptEntry(f"stage-1 entry {key[:12]} is missing after its build")
     return entry, True
+
+
+def stage1_worker(loop_config: dict) -> None:
+    """One Ray Train worker of a data-parallel stage-1 build."""
+    import ray.train.torch
+
+    from trainables.distributed import DataParallel
+
+    build_entry(
+        loop_config["cfg"],
+        loop_config["storage_uri"],
+        loop_config["spec"],
+        threads=loop_config["threads"],
+        sweep_run_id=loop_config["sweep_run_id"],
+        parallel=DataParallel.from_process_group(),
+        device=ray.train.torch.get_device(),
+    )
+
+
+def _build_data_parallel(
+    cfg: ExperimentConfig,
+    storage: Storage,
+    spec: tracking.TrackingSpec | None,
+    num_cpus: float,
+    num_gpus: float,
+    sweep_run_id: str,
+) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    workers = cfg.stage1.workers
+    per_worker = {"CPU": max(num_cpus / workers, 0.01)}
+    if num_gpus:
+        per_worker["GPU"] = 1.0
+    key = stage1_hash(cfg)
+    TorchTrainer(
+        stage1_worker,
+        train_loop_config={
+            "cfg": cfg,
+            "storage_uri": storage.uri,
+            "spec": spec,
+            "threads": max(1, int(num_cpus / workers)),
+            "sweep_run_id": sweep_run_id,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=workers, use_gpu=bool(num_gpus), resources_per_worker=per_worker
+        ),
+        run_config=ray.train.RunConfig(
+            name=f"stage1-{key[:12]}", storage_path=storage.child_uri("ray_train")
+        ),
+    ).fit()

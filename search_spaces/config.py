@@ -80,6 +80,9 @@ class Stage1Config:
     cb_beta: float = 0.9999
     drw_epoch: int = 160
     la_tau: float = 1.0
+    # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
+    # cluster); part of the stage-1 hash, since batch-norm statistics are then per shard.
+    workers: int = 1
 
 
 @dataclass(frozen=True)

@@ -98,3 +98,41 @@ def test_shards_partition_the_batch():
     parts = [DataParallel(r, 3).shard(10) for r in range(3)]
     assert sorted(torch.cat(parts).tolist()) == list(range(10))
     assert parts[1].tolist() == [1, 4, 7]
+
+
+def _stage1(parallel: DataParallel | None):
+    from search_spaces.config import Stage1Config
+    from trainables.loop import train_stage1
+
+    torch.set_num_threads(1)
+    model = _model()
+    cfg = Stage1Config(epochs=3, batch_size=8, lr=0.1, warmup_epochs=1, milestones=(2,))
+    res = train_stage1(
+        model, _data(), cfg, generator=torch.Generator().manual_seed(5), parallel=parallel
+    )
+    return model.state_dict(), res.last["val"]["balanced_acc"]
+
+
+def _stage1_worker(rank: int, world: int, init: str, out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        state, acc = _stage1(DataParallel(rank, world))
+        torch.save({"state": state, "acc": torch.tensor(acc)}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_stage1_two_workers_match_one(tmp_path):
+    init = f"file://{tmp_path / 'rendezvous'}"
+    out = str(tmp_path / "result")
+    mp.spawn(_stage1_worker, args=(2, init, out), nprocs=2, join=True)
+    single, acc = _stage1(None)
+    for r in range(2):
+        res = torch.load(f"{out}.{r}", weights_only=True)
+        for k, v in single.items():
+            torch.testing.assert_close(res["state"][k], v, rtol=1e-5, atol=1e-6)
+        assert abs(float(res["acc"]) - acc) < 1e-4
+    start = _model().state_dict()["classifier.weight"]
+    assert not torch.allclose(single["classifier.weight"], start)

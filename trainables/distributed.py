@@ -36,7 +36,11 @@ class DataParallel:
     def sum_grads_(self, params: Iterable[Tensor]) -> None:
         import torch.distributed as dist
 
-        grads = [p.grad for p in params if p.grad is not None]
+        params = list(params)
+        for p in params:  # every rank must contribute the same tensors, in the same order
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
         if not grads:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])

@@ -139,7 +139,16 @@ def train_stage1(
     *,
     generator: torch.Generator,
     callback: Callback | None = None,
+    parallel: Parallel | None = None,
 ) -> StageResult:
+    """``cfg.epochs`` epochs of the stage-1 loss, evaluating after each.
+
+    ``parallel``: data-parallel workers. All draw the same batch order from ``generator``; each
+    trains on its shard of every batch with the loss scaled by its share, the gradients are
+    summed (the single-worker mean over the whole batch, for losses that are per-sample means),
+    and rank 0's batch-norm statistics are broadcast after every step. Augmentation draws from a
+    per-rank generator, so images are decoded and augmented once, by the worker that uses them.
+    """
     loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
     loss_fn = make_loss(
         loss_name,
@@ -155,9 +164,13 @@ def train_stage1(
         def adjust(logits):
             return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
 
-    opt = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    aug_gen = generator
+    if parallel is not None:
+        # Not drawn from ``generator``: the batch order must stay the single-worker one.
+        seed = (generator.initial_seed() * 1_000_003 + 7919 * (parallel.rank + 1)) % 2**63
+        aug_gen = torch.Generator(device=generator.device).manual_seed(seed)
     sel = _Selector()
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
@@ -167,12 +180,24 @@ def train_stage1(
         for idx in iterate_batches(
             len(data.train), cfg.batch_size, shuffle=True, generator=generator
         ):
-            x = data.prepare(data.train.x[idx], augment=True, generator=generator)
-            loss = loss_fn(model(x), data.train.y[idx], epoch=epoch)
+            share = 1.0
+            if parallel is not None:
+                full = idx.numel()
+                idx = idx[parallel.shard(full)]
+                share = idx.numel() / full
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if idx.numel():
+                x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
+                loss = loss_fn(model(x), data.train.y[idx], epoch=epoch) * share
+                loss.backward()
+                total += loss.detach() * (idx.numel() / share)
+            if parallel is not None:
+                parallel.sum_grads_(params)
             opt.step()
-            total += loss.detach() * idx.numel()
+            if parallel is not None:
+                parallel.broadcast_(list(model.buffers()))
+        if parallel is not None:
+            total = parallel.sum(total)
         train_loss = total.item() / len(data.train)
         _no_nan(train_loss, "the training loss", "stage 1", epoch)
         metrics = evaluate(model, data, adjust=adjust)

@@ -128,17 +128,22 @@ def build_stage1(
     callback: Callback | None = None,
     device: torch.device | None = None,
     with_features: bool | None = None,
+    parallel=None,
 ) -> Stage1Output:
-    """Stage 1 of ``cfg`` from scratch; every random choice seeded from ``cfg.seed``."""
+    """Stage 1 of ``cfg`` from scratch; every random choice seeded from ``cfg.seed``.
+    ``parallel``: data-parallel workers (:func:`train_stage1`); only rank 0 computes features."""
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     data = build_image_data(cfg.data, cfg.seed).to(device)
     model = build_image_model(cfg.model, data).to(device)
-    s1 = train_stage1(model, data, cfg.stage1, generator=generator, callback=callback)
+    s1 = train_stage1(
+        model, data, cfg.stage1, generator=generator, callback=callback, parallel=parallel
+    )
     rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
     feats = None
-    if needs_features(cfg) if with_features is None else with_features:
+    wanted = needs_features(cfg) if with_features is None else with_features
+    if wanted and (parallel is None or parallel.rank == 0):
         feats = _pack_features(frozen_feature_data(model, data))
     info = {
         "in_channels": int(data.train.x.shape[1]),

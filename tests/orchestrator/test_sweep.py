@@ -296,3 +296,15 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     trials = kind(runs(tmp_path), "trial")
     assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
     assert len({t.data.tags["ray.node_id"] for t in trials}) == 2
+
+
+def test_stage1_builds_data_parallel_when_asked(tmp_path):
+    """stage1.workers=2: stage 1 runs on a 2-worker TorchTrainer, rank 0 writes the entry."""
+    res = smoke(tmp_path, "--trials", "1", "--cpus-per-trial", "0.5", "--set", "stage1.workers=2")
+    ok(res)
+    assert "2 Ray Train workers" in res.stdout
+    rs = runs(tmp_path)
+    (build,) = kind(rs, "stage1_build")
+    assert build.info.status == "FINISHED" and build.data.tags["ot.workers"] == "2"
+    assert build.data.metrics["val_balanced_acc"] > 0
+    assert [t.info.status for t in kind(rs, "trial")] == ["FINISHED"]
