@@ -398,6 +398,9 @@ def run_sweep(args: argparse.Namespace) -> int:
                 num_samples=args.trials,
                 max_concurrent_trials=conc,
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                # A stopped trial's thread is joined before its actor takes the next trial;
+                # tearing actors down mid-thread instead can abort the process (seen here).
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=sweep_id,

@@ -105,6 +105,7 @@ def _large(
             warmup_epochs=0,
             milestones=(60, 80),
             gamma=0.1,
+            workers=4,  # data-parallel on 4 GPU workers under orchestrator.sweep
         ),
         stage2=Stage2Config(),
     )
@@ -114,6 +115,7 @@ def _large(
         cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, prototype_batch=100))
     if smoke:
         cfg = _smoke(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, image_size=32)))
+        cfg = dataclasses.replace(cfg, stage1=dataclasses.replace(cfg.stage1, workers=1))
     return cfg
 
 

@@ -98,6 +98,21 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path):
     best = {k: str(v) for k, v in SPACES["image_mnist_lt"].best().items()}
     assert any(all(t.data.params[k] == v for k, v in best.items()) for t in trials)
 
+    # a sweep trial reproduces `orchestrator.run` with the same settings, number for number
+    (enqueued,) = [t for t in trials if all(t.data.params[k] == v for k, v in best.items())]
+    alone = subprocess.run(
+        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet"]
+        + [f"--set=stage2.{k.split('.')[1]}={v}" for k, v in best.items()],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    selected = json.loads(alone.stdout)["stage2"]["validation_selected"]
+    assert enqueued.data.metrics["selected_val_balanced_acc"] == selected["val"]["balanced_acc"]
+    assert enqueued.data.metrics["selected_test_balanced_acc"] == selected["test"]["balanced_acc"]
+
     second = smoke(tmp_path, "--trials", "1")
     ok(second)
     assert "cached" in second.stdout and "stage 1: building" not in second.stdout
