@@ -196,12 +196,14 @@ def build_entry(
         identity_params = {
             k: v
             for k, v in flatten(cfg).items()
-            if k.split(".")[0] in ("data", "model", "stage1", "seed")
+            if k.split(".")[0] in ("data", "model", "stage0", "stage1", "seed")
         }
         tracking.log_params(c, run_id, identity_params)
 
     def log_epoch(stage: str, epoch: int, metrics: dict) -> None:
         if c is not None:
+            if stage != "stage1":  # stage 0 (text) keeps its own keys
+                metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
             tracking.log_metrics(c, run_id, metrics, step=epoch)
 
     try:

@@ -253,6 +253,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         cfg = _config(args)
     except ConfigError as err:
         raise SweepError(str(err)) from None
+    from trainables.data import DatasetMissing
+    from trainables.trial import check_data
+
+    try:
+        check_data(cfg)
+    except DatasetMissing as err:
+        raise SweepError(str(err)) from None
     module = SPACES[args.name]
     uri = rec.get("tracking_uri") or tracking.resolve_tracking_uri(
         args.tracking_uri, storage.uri, local_root

@@ -7,13 +7,16 @@ dotted config keys) and ``best()`` (the published settings, enqueued as the firs
 
 from __future__ import annotations
 
-from . import cifar_lt, imagenet_lt, offline, places_lt
+from . import cifar_lt, imagenet_lt, offline, offline_text, places_lt, sst
 from .experiments import (
     image_cifar10_lt,
     image_cifar100_lt,
     image_imagenet_lt,
     image_mnist_lt,
     image_places_lt,
+    text_sst2,
+    text_sst5,
+    text_tweets,
 )
 
 __all__ = ["EXPERIMENTS", "SPACES"]
@@ -24,6 +27,9 @@ EXPERIMENTS = {
     "image_imagenet_lt": image_imagenet_lt,
     "image_places_lt": image_places_lt,
     "image_mnist_lt": image_mnist_lt,
+    "text_sst2": text_sst2,
+    "text_sst5": text_sst5,
+    "text_tweets": text_tweets,
 }
 
 SPACES = {
@@ -32,4 +38,7 @@ SPACES = {
     "image_imagenet_lt": imagenet_lt,
     "image_places_lt": places_lt,
     "image_mnist_lt": offline,
+    "text_sst2": sst,
+    "text_sst5": sst,
+    "text_tweets": offline_text,
 }

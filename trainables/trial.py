@@ -21,11 +21,19 @@ from trainables.loop import (
     train_stage1,
     train_stage2,
 )
+from trainables.text import (
+    build_text_data,
+    build_text_model,
+    classifier_only,
+    finetune_encoder,
+    is_text,
+)
 
 __all__ = [
     "Stage1Output",
     "add_features",
     "build_stage1",
+    "check_data",
     "features_data",
     "needs_features",
     "pick_device",
@@ -86,6 +94,7 @@ def stage1_identity(cfg: ExperimentConfig) -> dict:
     return {
         "data": dataclasses.asdict(cfg.data),
         "model": dataclasses.asdict(cfg.model),
+        "stage0": dataclasses.asdict(cfg.stage0),
         "stage1": dataclasses.asdict(cfg.stage1),
         "seed": cfg.seed,
         "version": __version__,
@@ -135,8 +144,21 @@ def build_stage1(
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    data = build_image_data(cfg.data, cfg.seed).to(device)
-    model = build_image_model(cfg.model, data).to(device)
+    if is_text(cfg.data):
+        text = build_text_data(cfg)
+        data = text.data.to(device)
+        model = build_text_model(cfg.model, cfg, text.pad_id).to(device)
+        finetune_encoder(
+            model,
+            text.extra,
+            cfg.stage0,
+            data.num_classes,
+            generator=generator,
+            callback=callback,
+        )
+    else:
+        data = build_image_data(cfg.data, cfg.seed).to(device)
+        model = build_image_model(cfg.model, data).to(device)
     s1 = train_stage1(
         model, data, cfg.stage1, generator=generator, callback=callback, parallel=parallel
     )
@@ -158,10 +180,26 @@ def build_stage1(
 
 def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.device) -> None:
     """Compute the frozen-f1 features of a cached stage-1 result that lacks them."""
-    data = build_image_data(cfg.data, cfg.seed).to(device)
-    model = build_image_model(cfg.model, data, load_pretrained=False).to(device)
+    data, model = _data_and_model(cfg, device, load_pretrained=False)
     model.load_state_dict(stage1.model_state)
     stage1.features = _pack_features(frozen_feature_data(model, data))
+
+
+def check_data(cfg: ExperimentConfig) -> None:
+    """Raise :class:`~trainables.data.DatasetMissing` early (before a cluster starts) when the
+    experiment's text data is absent. Image sources are checked when stage 1 loads them."""
+    if is_text(cfg.data):
+        from trainables.text import _load
+
+        _load(cfg.data)
+
+
+def _data_and_model(cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool):
+    if is_text(cfg.data):
+        text = build_text_data(cfg)
+        return text.data.to(device), build_text_model(cfg.model, cfg, text.pad_id).to(device)
+    data = build_image_data(cfg.data, cfg.seed).to(device)
+    return data, build_image_model(cfg.model, data, load_pretrained=load_pretrained).to(device)
 
 
 def run_stage2(
@@ -185,14 +223,20 @@ def run_stage2(
         if stage1.features is None:
             add_features(cfg, stage1, device)
         data = features = features_data(stage1, device)
-        model = build_image_model(
-            cfg.model, data, in_channels=int(stage1.info["in_channels"]), load_pretrained=False
-        )
+        if is_text(cfg.data):  # the FCN alone: the encoder is never loaded in stage 2
+            model = classifier_only(cfg, data.train.x.shape[1])
+            state = {k: v for k, v in stage1.model_state.items() if k.startswith("classifier.")}
+        else:
+            in_channels = int(stage1.info["in_channels"])
+            model = build_image_model(
+                cfg.model, data, in_channels=in_channels, load_pretrained=False
+            )
+            state = stage1.model_state
     else:
-        data = build_image_data(cfg.data, cfg.seed).to(device)
-        model = build_image_model(cfg.model, data, load_pretrained=False)
+        data, model = _data_and_model(cfg, device, load_pretrained=False)
+        state = stage1.model_state
     model = model.to(device)
-    model.load_state_dict(stage1.model_state)
+    model.load_state_dict(state)
     s2 = train_stage2(
         model,
         data,

@@ -323,3 +323,23 @@ def test_stage1_builds_data_parallel_when_asked(tmp_path):
     assert build.info.status == "FINISHED" and build.data.tags["ot.workers"] == "2"
     assert build.data.metrics["val_balanced_acc"] > 0
     assert [t.info.status for t in kind(rs, "trial")] == ["FINISHED"]
+
+
+def test_text_tweets_sweep_end_to_end(tmp_path):
+    """The offline text experiment: stages 0-1 once (a Ray task), stage 2 on cached features
+    with the weight net, MLflow runs with artifacts."""
+    res = sweep(tmp_path, "text_tweets", "--smoke", "--quiet", "--trials", "2")
+    ok(res)
+    rs = runs(tmp_path, "text_tweets")
+    (parent,) = kind(rs, "sweep")
+    trials = children(rs, parent)
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+    assert trials[0].data.params["stage2.weights"] == "net"
+    (build,) = kind(rs, "stage1_build")
+    assert "stage0/train_loss" in build.data.metrics  # stage 0 logs under its own keys
+    assert "val_balanced_acc" in build.data.metrics
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    arts = {a.path for a in c.list_artifacts(trials[0].info.run_id)}
+    assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts

@@ -22,6 +22,8 @@ from .test_sweep import REPO, sweep
             "unreachable",
         ),
         (["image_mnist_lt", "--smoke", "--resume"], "no interrupted sweep"),
+        (["text_sst5", "--smoke"], "SST-5 not found"),
+        (["text_sst2", "--smoke", "--set", "data.root=/nonexistent"], "SST-2.zip"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

@@ -6,6 +6,7 @@ Every model exposes ``features(x) -> z`` (f1) and ``classifier`` (f2), and
 
 from __future__ import annotations
 
+from .bert_fcn import bert_fcn
 from .cnn import small_cnn
 from .common import NormedLinear, SplitNet
 from .resnet_cifar import resnet32
@@ -16,6 +17,7 @@ __all__ = [
     "NormedLinear",
     "PretrainedWeightsMissing",
     "SplitNet",
+    "bert_fcn",
     "build_model",
     "resnet32",
     "resnet50",
@@ -24,6 +26,7 @@ __all__ = [
 ]
 
 MODELS = {
+    "bert_fcn": bert_fcn,
     "small_cnn": small_cnn,
     "resnet32": resnet32,
     "resnet50": resnet50,
