@@ -154,6 +154,7 @@ class ExperimentConfig:
     table: str = ""
     description: str = ""
     seed: int = 0
+    seeds: int = 1  # how many seeds the paper's protocol averages (text: 10); reproduce uses it
     preset: str = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)

