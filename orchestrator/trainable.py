@@ -180,7 +180,11 @@ class TrialTracker:
                 )
                 (d / "weight_mass.json").write_text(json.dumps(result.weight_mass))
             if result.state is not None:
-                torch.save(result.state, d / "best_model.pt")
+                state = result.state
+                if self.cfg.stage2.train == "classifier":
+                    # f1 is frozen: it is the stage-1 checkpoint (ot.stage1_hash), not a copy
+                    state = {k: v for k, v in state.items() if k.startswith("classifier.")}
+                torch.save(state, d / "best_model.pt")
             self.client.log_artifacts(self.run_id, str(d))
 
     def finish(self, summary: dict) -> None:
