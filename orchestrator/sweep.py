@@ -306,7 +306,8 @@ def run_sweep(args: argparse.Namespace) -> int:
                 "sweep.search_space": module.__name__,
             },
         )
-        c.log_text(parent, inspect.getsource(module), "search_space.py")
+        defining = inspect.getmodule(module.space) or module  # re-exported spaces
+        c.log_text(parent, inspect.getsource(defining), "search_space.py")
         c.log_dict(parent, module.best(), "search_space_best.json")
     spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
