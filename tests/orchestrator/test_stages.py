@@ -135,3 +135,22 @@ def test_storage_writes_are_whole(tmp_path):
     assert storage.read_bytes("a/b/c.bin") == b"xyz"
     assert not [p for p in (tmp_path / "s" / "a" / "b").iterdir() if ".tmp-" in p.name]
     assert storage.list_dirs("a") == ["b"] and storage.list_dirs("nope") == []
+
+
+def test_features_are_added_to_an_entry_built_without_them(tmp_path, cfg):
+    """A later sweep that freezes f1 adds the features to the cached stage 1 (no rebuild)."""
+    from orchestrator.stages import add_entry_features, build_entry
+
+    trains_all = apply_overrides(cfg, ["stage2.train=all"])
+    assert stage1_hash(trains_all) == stage1_hash(cfg)  # the same stage 1
+    storage = Storage(str(tmp_path))
+    entry = build_entry(trains_all, storage.uri, None, threads=2)
+    assert not entry.has_features
+    before = read_entry(entry.uri, features=False)
+    added = add_entry_features(cfg, storage.uri, threads=2)
+    assert added.has_features and verify_entry(storage, entry.key) == added
+    after = read_entry(added.uri, features=True)
+    key = "classifier.weight"
+    assert torch.equal(after.model_state[key], before.model_state[key])
+    n_train = sum(after.info["train_counts"])
+    assert after.features["train_x"].shape == (n_train, 64)  # small_cnn's pooled feature
