@@ -84,6 +84,9 @@ class Stage0Config:
     batch_size: int = 16
     lr: float = 2e-5
     weight_decay: float = 0.01
+    # "linear": a fresh linear head, discarded after stage 0; "fcn": the model's own FCN, kept
+    # (with stage1.epochs=0 and stage2.method=none this is Table 5's "fine-tuned BERT")
+    head: str = "linear"
 
 
 @dataclass(frozen=True)

@@ -67,3 +67,25 @@ def test_stage2_never_runs_the_encoder(monkeypatch):
     res, data = run_stage2(cfg, stage1, device=torch.device("cpu"))
     assert calls["n"] == seen  # stage 2 ran on cached features only
     assert data.train.x.shape == (30, 384) and res.selected["epoch"] == 0
+
+
+def test_finetuned_bert_baseline_is_the_stage0_model():
+    """Table 5's "fine-tuned BERT": stage 0 trains encoder + FCN on the balanced extra set, no
+    stage 1, no stage 2; the FCN is evaluated as stage 0 left it."""
+    from search_spaces.config import apply_overrides
+    from trainables.trial import run_trial
+
+    torch.set_num_threads(2)
+    base = EXPERIMENTS["text_tweets"](smoke=True)
+    cfg = apply_overrides(
+        base, ["stage0.head=fcn", "stage1.epochs=0", "stage2.method=none", "seed=1"]
+    )
+    stage1 = build_stage1(cfg, device=torch.device("cpu"))
+    assert stage1.info["summary"]["last_epoch"] == {}  # no stage-1 epoch ran
+    untouched = build_stage1(
+        apply_overrides(cfg, ["stage0.epochs=0"]), device=torch.device("cpu")
+    ).model_state
+    key = "classifier.0.weight"
+    assert not torch.equal(stage1.model_state[key], untouched[key])  # stage 0 trained the FCN
+    out = run_trial(cfg, device=torch.device("cpu"))
+    assert 0.0 <= out["stage2"]["validation_selected"]["test"]["balanced_acc"] <= 100.0

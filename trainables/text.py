@@ -145,13 +145,19 @@ def finetune_encoder(
     generator: torch.Generator,
     callback: Callable[[str, int, dict], None] | None = None,
 ) -> None:
-    """Stage 0: the encoder and a fresh linear head, CE on the balanced extra set (AdamW);
-    the head is discarded, the encoder keeps its new weights."""
+    """Stage 0: the encoder and a head, CE on the balanced extra set (AdamW). With
+    ``cfg.head == "linear"`` the head is fresh and discarded (the encoder keeps its new weights);
+    with ``"fcn"`` it is the model's own classifier, which keeps its weights too."""
     if cfg.epochs <= 0:
         return
     enc = model.features
     device = next(enc.parameters()).device
-    head = nn.Linear(model.feature_dim, num_classes).to(device)
+    if cfg.head == "linear":
+        head = nn.Linear(model.feature_dim, num_classes).to(device)
+    elif cfg.head == "fcn":
+        head = model.classifier
+    else:
+        raise ValueError(f"stage0.head must be linear or fcn, got {cfg.head!r}")
     params = [*enc.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     enc.train()
