@@ -165,11 +165,8 @@ class _FinishStopped:
         class FinishStopped(Callback):
             def on_trial_complete(self, iteration, trials, trial, **info):
                 c = tracking.client(spec.uri)
-                tags = {tracking.PARENT_TAG: parent_run_id, "ray.trial_id": trial.trial_id}
-                for run in tracking.runs_with_tags(c, spec.experiment_id, tags):
-                    if run.info.status == "RUNNING":
-                        c.set_tag(run.info.run_id, "ot.stopped_early", "true")
-                        c.set_terminated(run.info.run_id, status="FINISHED")
+                runs = tracking.trial_runs(c, spec.experiment_id, parent_run_id, trial.trial_id)
+                tracking.close_running(c, runs, tag="ot.stopped_early", status="FINISHED")
 
         return FinishStopped()
 
@@ -275,10 +272,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         c.update_run(parent, status="RUNNING")
         c.set_tag(parent, "ot.resumed", time.strftime("%Y-%m-%dT%H:%M:%S"))
         # Nothing of this sweep runs now: attempts left RUNNING died with the old driver.
-        for run in tracking.runs_with_tags(c, exp_id, {tracking.PARENT_TAG: parent}):
-            if run.info.status == "RUNNING":
-                c.set_tag(run.info.run_id, "ot.interrupted", "true")
-                c.set_terminated(run.info.run_id, status="KILLED")
+        runs = tracking.runs_with_tags(c, exp_id, {tracking.PARENT_TAG: parent})
+        tracking.close_running(c, runs, tag="ot.interrupted", status="KILLED")
     else:
         parent = c.create_run(
             exp_id,

@@ -19,12 +19,14 @@ __all__ = [
     "TrackingSpec",
     "check_reachable",
     "client",
+    "close_running",
     "default_tracking_uri",
     "ensure_experiment",
     "git_commit",
     "log_metrics",
     "log_params",
     "resolve_tracking_uri",
+    "trial_runs",
 ]
 
 PARENT_TAG = "mlflow.parentRunId"
@@ -153,3 +155,17 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> Non
 def runs_with_tags(c, experiment_id: str, tags: Mapping[str, str]) -> Iterable:
     filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return c.search_runs([experiment_id], filter_string=filt, max_results=1000)
+
+
+def close_running(c, runs: Iterable, *, tag: str, status: str) -> None:
+    """Close the runs still RUNNING (their process is gone) with ``status``, marked by ``tag``."""
+    for run in runs:
+        if run.info.status == "RUNNING":
+            c.set_tag(run.info.run_id, tag, "true")
+            c.set_terminated(run.info.run_id, status=status)
+
+
+def trial_runs(c, experiment_id: str, parent_run_id: str, trial_id: str) -> list:
+    """Every MLflow run (attempt) of one Tune trial of one sweep."""
+    tags = {PARENT_TAG: parent_run_id, "ray.trial_id": trial_id}
+    return list(runs_with_tags(c, experiment_id, tags))

@@ -98,17 +98,15 @@ class TrialTracker:
         self.client = tracking.client(ctx.tracking.uri)
         exp = ctx.tracking.experiment_id
         base_tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
-        earlier = list(tracking.runs_with_tags(self.client, exp, base_tags))
+        earlier = tracking.trial_runs(self.client, exp, ctx.parent_run_id, trial_id)
         # A trial that already finished (the driver died before Tune recorded it) is not run
         # again: its final metrics are reported from MLflow.
         self.finished_run = next((r for r in earlier if r.info.status == "FINISHED"), None)
         self.closed = self.finished_run is not None
         if self.closed:
             return
-        for run in earlier:
-            if run.info.status == "RUNNING":  # an attempt whose process died (e.g. SIGKILL)
-                self.client.set_tag(run.info.run_id, "ot.superseded", "true")
-                self.client.set_terminated(run.info.run_id, status="KILLED")
+        # an attempt still RUNNING lost its process (e.g. SIGKILL)
+        tracking.close_running(self.client, earlier, tag="ot.superseded", status="KILLED")
         run = self.client.create_run(
             exp,
             run_name=name,
@@ -248,12 +246,8 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
         _run_trial(config, ctx, trial_id, name, tune.report, parallel=None)
         return
     c = tracking.client(ctx.tracking.uri)
-    tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
-    done = [
-        r
-        for r in tracking.runs_with_tags(c, ctx.tracking.experiment_id, tags)
-        if r.info.status == "FINISHED"
-    ]
+    runs = tracking.trial_runs(c, ctx.tracking.experiment_id, ctx.parent_run_id, trial_id)
+    done = [r for r in runs if r.info.status == "FINISHED"]
     if done:  # finished before the driver died: not run again
         tune.report(_final_metrics(done[0]))
         return
