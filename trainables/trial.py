@@ -21,6 +21,12 @@ from trainables.loop import (
     train_stage1,
     train_stage2,
 )
+from trainables.point_cloud import (
+    build_point_data,
+    build_point_model,
+    check_point_data,
+    is_point_cloud,
+)
 from trainables.text import (
     build_text_data,
     build_text_model,
@@ -157,8 +163,7 @@ def build_stage1(
             callback=callback,
         )
     else:
-        data = build_image_data(cfg.data, cfg.seed).to(device)
-        model = build_image_model(cfg.model, data).to(device)
+        data, model = _data_and_model(cfg, device, load_pretrained=True)
     s1 = train_stage1(
         model, data, cfg.stage1, generator=generator, callback=callback, parallel=parallel
     )
@@ -187,17 +192,22 @@ def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.devi
 
 def check_data(cfg: ExperimentConfig) -> None:
     """Raise :class:`~trainables.data.DatasetMissing` early (before a cluster starts) when the
-    experiment's text data is absent. Image sources are checked when stage 1 loads them."""
+    experiment's text data or ModelNet10 is absent. Image sources are checked when stage 1
+    loads them."""
     if is_text(cfg.data):
         from trainables.text import _load
 
         _load(cfg.data)
+    check_point_data(cfg.data)
 
 
 def _data_and_model(cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool):
     if is_text(cfg.data):
         text = build_text_data(cfg)
         return text.data.to(device), build_text_model(cfg.model, cfg, text.pad_id).to(device)
+    if is_point_cloud(cfg.data):
+        data = build_point_data(cfg.data, cfg.seed).to(device)
+        return data, build_point_model(cfg.model, data.num_classes).to(device)
     data = build_image_data(cfg.data, cfg.seed).to(device)
     return data, build_image_model(cfg.model, data, load_pretrained=load_pretrained).to(device)
 
@@ -226,6 +236,9 @@ def run_stage2(
         if is_text(cfg.data):  # the FCN alone: the encoder is never loaded in stage 2
             model = classifier_only(cfg, data.train.x.shape[1])
             state = {k: v for k, v in stage1.model_state.items() if k.startswith("classifier.")}
+        elif is_point_cloud(cfg.data):
+            model = build_point_model(cfg.model, data.num_classes)
+            state = stage1.model_state
         else:
             in_channels = int(stage1.info["in_channels"])
             model = build_image_model(

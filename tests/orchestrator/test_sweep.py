@@ -343,3 +343,54 @@ def test_text_tweets_sweep_end_to_end(tmp_path):
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     arts = {a.path for a in c.list_artifacts(trials[0].info.run_id)}
     assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts
+
+
+@pytest.mark.parametrize("arch", ["pointnet", "dgcnn"])
+def test_pointcloud_shapes_sweep_end_to_end(tmp_path, arch):
+    """The offline point-cloud experiment with either model: one stage-1 build, trials on
+    cached features, MLflow runs with artifacts."""
+    res = sweep(
+        tmp_path,
+        "pointcloud_shapes",
+        "--smoke",
+        "--quiet",
+        "--trials",
+        "2",
+        "--set",
+        f"model.arch={arch}",
+    )
+    ok(res)
+    rs = runs(tmp_path, "pointcloud_shapes")
+    (parent,) = kind(rs, "sweep")
+    trials = children(rs, parent)
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+    assert {t.data.params["model.arch"] for t in trials} == {arch}
+    assert all("test_balanced_acc" in t.data.metrics for t in trials)
+    (build,) = kind(rs, "stage1_build")
+    assert build.info.status == "FINISHED" and "val_balanced_acc" in build.data.metrics
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    arts = {a.path for a in c.list_artifacts(trials[0].info.run_id)}
+    assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts
+
+
+def test_pointcloud_modelnet10_sweep_reads_the_off_fixture(tmp_path):
+    from tests.data.test_point_data import make_modelnet_fixture
+
+    root = make_modelnet_fixture(tmp_path / "modelnet10")
+    res = sweep(
+        tmp_path / "runs",
+        "pointcloud_modelnet10",
+        "--smoke",
+        "--quiet",
+        "--trials",
+        "1",
+        "--set",
+        f"data.root={root}",
+    )
+    ok(res)
+    (trial,) = kind(runs(tmp_path / "runs", "pointcloud_modelnet10"), "trial")
+    assert trial.info.status == "FINISHED"
+    assert (root / "processed" / "training.pt").exists()  # PyG processed the OFF files
+

@@ -24,6 +24,10 @@ from .test_sweep import REPO, sweep
         (["image_mnist_lt", "--smoke", "--resume"], "no interrupted sweep"),
         (["text_sst5", "--smoke"], "SST-5 not found"),
         (["text_sst2", "--smoke", "--set", "data.root=/nonexistent"], "SST-2.zip"),
+        (
+            ["pointcloud_modelnet10", "--smoke", "--set", "data.root=/nonexistent"],
+            "ModelNet10 not found under /nonexistent/raw",
+        ),
     ],
 )
 def test_bad_input_is_one_line_exit_2(tmp_path, args, message):

@@ -14,7 +14,8 @@ __all__ = ["StageData", "TensorSplit", "iterate_batches"]
 
 @dataclass(frozen=True)
 class TensorSplit:
-    """``x``: uint8 images ``[N, C, H, W]`` or float features ``[N, E]``; ``y``: long ``[N]``."""
+    """``x``: uint8 images ``[N, C, H, W]``, float point clouds ``[N, P, 3]`` or float features
+    ``[N, E]``; ``y``: long ``[N]``."""
 
     x: Tensor
     y: Tensor
@@ -32,6 +33,8 @@ class StageData:
 
     mean/std: per-channel normalisation of uint8 images (None for feature inputs).
     crop_pad: random-crop padding of the training augmentation (0 = none); hflip likewise.
+    point_augment: point clouds are augmented by a random anisotropic scale in [2/3, 3/2] and a
+      random shift in [-0.2, 0.2] per axis and cloud (DGCNN's ``translate_pointcloud``).
     """
 
     train: TensorSplit
@@ -45,6 +48,7 @@ class StageData:
     std: tuple[float, ...] | None = None
     crop_pad: int = 0
     hflip: bool = False
+    point_augment: bool = False
 
     @property
     def is_images(self) -> bool:
@@ -60,8 +64,11 @@ class StageData:
         )
 
     def prepare(self, x: Tensor, *, augment: bool, generator: torch.Generator | None) -> Tensor:
-        """uint8 batch -> normalised float, with crop/flip augmentation when asked."""
+        """uint8 batch -> normalised float, with crop/flip augmentation when asked (point
+        clouds: scale and shift; features: unchanged)."""
         if not self.is_images:
+            if augment and self.point_augment:
+                return _scale_shift(x, generator)
             return x
         x = x.float().div_(255.0)
         if augment and self.crop_pad:
@@ -72,6 +79,12 @@ class StageData:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
         return (x - mean) / std
+
+
+def _scale_shift(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    dev = generator.device if generator is not None else x.device
+    u = torch.rand(2, x.shape[0], 1, x.shape[2], generator=generator, device=dev).to(x.device)
+    return x * (2.0 / 3.0 + u[0] * (3.0 / 2.0 - 2.0 / 3.0)) + (u[1] * 0.4 - 0.2)
 
 
 def _random_crop(x: Tensor, pad: int, generator: torch.Generator | None) -> Tensor:

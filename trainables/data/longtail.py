@@ -56,8 +56,14 @@ def make_longtail_split(
     protocol: str = "mwnet",
     seed: int = 0,
     n_max: int | None = None,
+    cap_to_pool: bool = False,
 ) -> LongTailSplit:
-    """Seeded split of a balanced (or any) labelled pool into long-tailed train, meta and val."""
+    """Seeded split of a balanced (or any) labelled pool into long-tailed train, meta and val.
+
+    ``cap_to_pool`` (unequal pools, e.g. ModelNet10 with classes ordered largest first):
+    ``n_max`` defaults to the *largest* pool and each class keeps ``min(profile, its pool)``,
+    instead of the whole profile being scaled down to the smallest pool.
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     labels = np.asarray(labels)
@@ -76,12 +82,15 @@ def make_longtail_split(
             f"a class has only {small} samples: too few for {meta_per_class} meta and "
             f"{val_per_class} validation per class"
         )
-    pool_max = small - head
+    pools = [p.size - head for p in per_class]
+    pool_max = max(pools) if cap_to_pool else small - head
     if n_max is None:
         n_max = pool_max
     elif n_max > pool_max:
-        raise ValueError(f"n_max={n_max} exceeds the smallest class pool ({pool_max})")
+        raise ValueError(f"n_max={n_max} exceeds the class pool ({pool_max})")
     counts = longtail_counts(n_max, num_classes, imbalance_factor)
+    if cap_to_pool:
+        counts = [min(n, pool) for n, pool in zip(counts, pools, strict=True)]
 
     train, meta, val = [], [], []
     overlap = False

@@ -9,6 +9,7 @@ from __future__ import annotations
 from .bert_fcn import bert_fcn
 from .cnn import small_cnn
 from .common import NormedLinear, SplitNet
+from .point import dgcnn, pointnet, pointnet2
 from .resnet_cifar import resnet32
 from .resnet_tv import PretrainedWeightsMissing, resnet50, resnet152
 
@@ -19,6 +20,9 @@ __all__ = [
     "SplitNet",
     "bert_fcn",
     "build_model",
+    "dgcnn",
+    "pointnet",
+    "pointnet2",
     "resnet32",
     "resnet50",
     "resnet152",
@@ -27,6 +31,9 @@ __all__ = [
 
 MODELS = {
     "bert_fcn": bert_fcn,
+    "dgcnn": dgcnn,
+    "pointnet": pointnet,
+    "pointnet2": pointnet2,
     "small_cnn": small_cnn,
     "resnet32": resnet32,
     "resnet50": resnet50,

@@ -21,7 +21,13 @@ class NormedLinear(nn.Module):
 
 
 class SplitNet(nn.Module):
-    """f = f2(f1(x)): ``features`` is f1, ``classifier`` is f2 (paper Sec. 4.2)."""
+    """f = f2(f1(x)): ``features`` is f1, ``classifier`` is f2 (paper Sec. 4.2).
+
+    ``eval_batch_size``: how many inputs evaluation and feature extraction push through at once
+    (point-cloud models lower it: their kNN graphs grow with the batch).
+    """
+
+    eval_batch_size: int = 512
 
     def __init__(self, features: nn.Module, classifier: nn.Module, feature_dim: int) -> None:
         super().__init__()
