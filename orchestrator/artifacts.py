@@ -23,6 +23,8 @@ __all__ = [
     "mass_plot_classes",
     "ordered_normalised_confusion",
     "write_confusion_png",
+    "write_fig1_png",
+    "write_fig2_png",
     "write_per_class_csv",
     "write_weight_png",
 ]
@@ -254,3 +256,56 @@ def _draw_samples(
 def _save(fig: plt.Figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+
+
+def write_fig1_png(masses: dict, path: Path, *, title: str = "") -> None:
+    """Paper Fig. 1: per-class mass of the learned weights of a 10..1 batch, one bar group per
+    class and one bar per cost, against the uniform weights' mass (count / batch size)."""
+    classes, counts = masses["classes"], np.asarray(masses["counts"], dtype=float)
+    costs = list(masses["mass"])
+    x = np.arange(len(classes))
+    width = 0.8 / (len(costs) + 1)
+    fig, ax = plt.subplots(figsize=(7.0, 3.8))
+    try:
+        ax.bar(x, counts / counts.sum(), width, label="uniform (n / batch)", color="0.75")
+        for i, cost in enumerate(costs):
+            ax.bar(x + (i + 1) * width, masses["mass"][cost], width, label=f"OT, {cost} cost")
+        ax.set_xticks(
+            x + width * len(costs) / 2,
+            [f"{c}\n(n={int(n)})" for c, n in zip(classes, counts, strict=True)],
+        )
+        ax.set_xlabel("class (samples in the batch)")
+        ax.set_ylabel("weight mass")
+        ax.legend(fontsize="small")
+        if title:
+            ax.set_title(title)
+        _save(fig, path)
+    finally:
+        plt.close(fig)
+
+
+def write_fig2_png(confusions: dict[str, dict], path: Path, *, title: str = "") -> None:
+    """Paper Fig. 2: the row-normalised test confusion matrices of two runs side by side,
+    classes ordered by training frequency. ``confusions``: label -> {confusion, train_counts}."""
+    items = list(confusions.items())
+    fig, axes = plt.subplots(1, len(items), figsize=(5.2 * len(items), 4.6), squeeze=False)
+    try:
+        for ax, (label, conf) in zip(axes[0], items, strict=True):
+            matrix, order = ordered_normalised_confusion(conf["confusion"], conf["train_counts"])
+            image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_title(label, fontsize="medium")
+            ax.set_xlabel("predicted class")
+            ax.set_ylabel("true class (by training frequency)")
+            if len(order) <= _MAX_TICK_LABELS:
+                ticks = list(range(len(order)))
+                ax.set_xticks(ticks, [str(c) for c in order])
+                ax.set_yticks(ticks, [str(c) for c in order])
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+        fig.colorbar(image, ax=list(axes[0]), label="fraction of true class")
+        if title:
+            fig.suptitle(title)
+        _save(fig, path)
+    finally:
+        plt.close(fig)

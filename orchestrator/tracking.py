@@ -17,6 +17,7 @@ from pathlib import Path
 __all__ = [
     "TrackingError",
     "TrackingSpec",
+    "all_runs_with_tags",
     "check_reachable",
     "client",
     "close_running",
@@ -155,6 +156,20 @@ def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> Non
 def runs_with_tags(c, experiment_id: str, tags: Mapping[str, str]) -> Iterable:
     filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     return c.search_runs([experiment_id], filter_string=filt, max_results=1000)
+
+
+def all_runs_with_tags(c, experiment_id: str, tags: Mapping[str, str]) -> list:
+    """Every run with these tags, page by page (a table can hold more than one page)."""
+    filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    out, token = [], None
+    while True:
+        page = c.search_runs(
+            [experiment_id], filter_string=filt, max_results=1000, page_token=token
+        )
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def close_running(c, runs: Iterable, *, tag: str, status: str) -> None:

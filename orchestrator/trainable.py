@@ -25,7 +25,7 @@ from trainables.trial import Stage1Output, needs_features, pick_device, run_stag
 from . import tracking
 from .stages import read_entry
 
-__all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "stage2_trial"]
+__all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "reproduce_trial", "stage2_trial"]
 
 # Validation only, never test: the best-so-far validation balanced accuracy of the trial, which
 # is the model the trial selects. ASHA, Optuna and the summary all rank on it.
@@ -48,6 +48,7 @@ class SweepContext:
     workers: int = 1  # > 1: a Ray Train TorchTrainer per trial, data-parallel
     gpus_per_worker: float = 0.0
     train_storage: str = ""  # where the TorchTrainer runs keep their state
+    tags: dict | None = None  # extra MLflow tags of every trial run (reproduce: table, cell)
 
 
 def _inject_fault(ctx: SweepContext) -> None:
@@ -121,6 +122,7 @@ class TrialTracker:
                 "ot.preset": cfg.preset,
                 "ot.seed": str(cfg.seed),
                 "ray.node_id": _node_id(),
+                **(ctx.tags or {}),
                 **(extra_tags or {}),
             },
         )
@@ -132,6 +134,12 @@ class TrialTracker:
         tracking.log_params(self.client, self.run_id, flatten(self.cfg))
         self.client.log_dict(self.run_id, to_dict(self.cfg), "config.json")
         self.client.log_dict(self.run_id, {k: v for k, v in sampled.items()}, "sampled.json")
+
+    def log_stage1(self, summary: dict) -> None:
+        """Stage 1's own selections (``stage1_<selection>/<split>_<metric>``): the result of a
+        baseline row (stage2.method=none), whose stage 2 only evaluates the last stage-1 model."""
+        if self.client is not None:
+            tracking.log_metrics(self.client, self.run_id, _flat_summary(summary, "stage1_"), 0)
 
     def epoch(self, metrics: dict, epoch: int) -> dict:
         """Log one stage-2 epoch; returns the metrics with the selection so far added."""
@@ -168,6 +176,9 @@ class TrialTracker:
                 title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch']}",
             )
             artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
+            (d / "confusion.json").write_text(
+                json.dumps({"confusion": test["confusion"], "train_counts": counts})
+            )
             if result.weight_mass:
                 artifacts.write_weight_png(
                     result.weight_mass,
@@ -189,15 +200,7 @@ class TrialTracker:
         self.closed = True
         if self.client is None:
             return
-        flat = {}
-        for sel_long, block in summary.items():
-            sel_name = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
-            for split in ("val", "test"):
-                for k, v in block.get(split, {}).items():
-                    flat[f"{sel_name}/{split}_{k}"] = v
-            if "epoch" in block:
-                flat[f"{sel_name}/epoch"] = block["epoch"]
-        tracking.log_metrics(self.client, self.run_id, flat, step=0)
+        tracking.log_metrics(self.client, self.run_id, _flat_summary(summary), step=0)
         self.client.log_dict(self.run_id, summary, "result.json")
         self.client.set_terminated(self.run_id, status="FINISHED")
 
@@ -222,6 +225,19 @@ class TrialTracker:
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
         self.client.set_tag(self.run_id, "ot.error", msg[:5000])
         self.client.set_terminated(self.run_id, status="FAILED")
+
+
+def _flat_summary(summary: dict, prefix: str = "") -> dict:
+    """``{"<prefix><selection>/<split>_<metric>": value}`` from a :func:`scalar_summary`."""
+    flat = {}
+    for sel_long, block in summary.items():
+        sel_name = prefix + sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
+        for split in ("val", "test"):
+            for k, v in block.get(split, {}).items():
+                flat[f"{sel_name}/{split}_{k}"] = v
+        if "epoch" in block:
+            flat[f"{sel_name}/epoch"] = block["epoch"]
+    return flat
 
 
 def _final_metrics(run) -> dict:
@@ -275,6 +291,18 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
     trainer.fit()
 
 
+def reproduce_trial(config: dict, contexts: dict[str, SweepContext]) -> None:
+    """Tune function trainable of ``orchestrator.reproduce``: ``config["run"]`` names one run of
+    the table's grid; its context holds the resolved config and stage-1 entry."""
+    from ray import tune
+
+    run_key = config["run"]
+    ctx = contexts[run_key]
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
+    trial_id = tune.get_context().get_trial_id()
+    _run_trial({}, ctx, trial_id, run_key, tune.report, parallel=None)
+
+
 def stage2_worker(loop_config: dict) -> None:
     """One Ray Train worker of a data-parallel trial (rank 0 tracks in MLflow)."""
     import ray.train
@@ -318,6 +346,7 @@ def _run_trial(
     try:
         tracker.start(config)
         stage1: Stage1Output = read_entry(ctx.entry_uri, features=needs_features(cfg))
+        tracker.log_stage1(stage1.info["summary"])
 
         last_epoch = cfg.stage2.epochs - 1
         pending: list[dict] = []

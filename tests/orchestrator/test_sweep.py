@@ -394,3 +394,51 @@ def test_pointcloud_modelnet10_sweep_reads_the_off_fixture(tmp_path):
     assert trial.info.status == "FINISHED"
     assert (root / "processed" / "training.pt").exists()  # PyG processed the OFF files
 
+
+def _reproduce(storage: Path, *args: str, tool: str = "reproduce", timeout: int = 600):
+    cmd = [sys.executable, "-m", f"orchestrator.{tool}", *args, "--storage", str(storage)]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_reproduce_table_resumes_and_reports(tmp_path):
+    """``reproduce offline_image --smoke``: runs tagged per cell and seed, stage 1 shared by
+    the CE and OT rows, a second invocation runs nothing, the report's numbers are the runs'."""
+    args = ["offline_image", "--smoke", "--seeds", "2", "--methods", "ce", "ot_weight_vector"]
+    dry = _reproduce(tmp_path, *args, "--dry-run")
+    ok(dry)
+    assert "cells: 2, runs: 4 (4 to run, 0 finished before)" in dry.stdout
+    assert "stage-1 builds: 2 distinct" in dry.stdout
+    assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
+    ok(_reproduce(tmp_path, *args, "--quiet"))
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
+    rs = c.search_runs([exp.experiment_id], max_results=1000)
+    trials = kind(rs, "trial")
+    assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
+    assert {(t.data.tags["ot.cell"], t.data.tags["ot.seed"]) for t in trials} == {
+        (f"mnist_if100|{m}", s) for m in ("ce", "ot_weight_vector") for s in ("0", "1")
+    }
+    builds = kind(runs(tmp_path, "image_mnist_lt"), "stage1_build")
+    assert len(builds) == 2  # one per seed: the CE and OT rows share it
+    (parent,) = kind(rs, "reproduce")
+    figs = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
+    assert {"figures/fig1_weights.png", "figures/fig2_confusion.png"} <= figs
+
+    again = _reproduce(tmp_path, *args, "--quiet")
+    ok(again)
+    assert "(0 to run, 4 finished before)" in again.stdout
+    rs2 = c.search_runs([exp.experiment_id], max_results=1000)
+    assert len(kind(rs2, "trial")) == 4  # nothing re-ran
+
+    ot = [t for t in trials if t.data.tags["ot.method"] == "ot_weight_vector"]
+    mean = sum(t.data.metrics["validation_selected/test_top1_error"] for t in ot) / 2
+    md = _reproduce(tmp_path, "offline_image", "--smoke", tool="report")
+    ok(md)
+    assert f"| ot_weight_vector | {mean:.2f} ± " in md.stdout
+    out = tmp_path / "r.html"
+    ok(_reproduce(tmp_path, "offline_image", "--smoke", "--format", "html", "--out", str(out),
+                  tool="report"))  # fmt: skip
+    page = out.read_text()
+    assert page.count("data:image/png;base64,") == 2 and f"{mean:.2f}" in page

@@ -1,0 +1,73 @@
+"""Measured per-epoch costs, for ``reproduce --dry-run``'s estimate of device hours.
+
+Each entry: seconds per stage-1 epoch and per stage-2 (OT) epoch of an experiment at its own
+default size, the device they were measured on, and where the number comes from. An experiment
+without an entry is reported as "not measured", never guessed. Epoch costs scale with the number
+of training samples (CIFAR-LT at another imbalance factor has fewer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from search_spaces.config import ExperimentConfig
+from trainables.data.longtail import longtail_counts
+
+__all__ = ["COSTS", "EpochCost", "estimate_seconds"]
+
+
+@dataclass(frozen=True)
+class EpochCost:
+    device: str
+    stage1_epoch_s: float
+    stage2_epoch_s: float | None  # None: stage 2 not measured
+    n_train: int  # training samples at the measured size
+    source: str
+
+
+_CIFAR10_IF100 = sum(longtail_counts(4970, 10, 100.0))
+
+COSTS: dict[str, EpochCost] = {
+    # Issue #8 (measured on one H100, eager torch): a ResNet-32 CIFAR-LT-10 IF 100 stage 1 of
+    # 200 epochs took 5.5-5.9 min; a stage-2 step costs a CE step (13.3 ms) plus the unrolled
+    # 200-iteration OT loss and gradient (54 ms) at batch 16.
+    "image_cifar10_lt": EpochCost(
+        "H100", 5.7 * 60 / 200, _CIFAR10_IF100 / 16 * 0.0673, _CIFAR10_IF100, "issue #8, H100"
+    ),
+    # Measured on this project's 2-core CPU machines (no GPU):
+    # reproduce offline_image --seeds 3: stage 1 0.51-0.61 s per epoch (MLflow metric times of 4
+    # builds), stage 2 (OT, classifier on cached features) median 0.22 s per epoch (12 runs).
+    "image_mnist_lt": EpochCost("2-core CPU", 0.55, 0.22, 913, "reproduce offline_image"),
+    # bench/pointcloud_shapes_ot_vs_ce.py: PointNet stage 1, 25 epochs in 24.4 s alone; DGCNN
+    # 25 epochs in 373-413 s with another job on the same cores.
+    "pointcloud_shapes": EpochCost("2-core CPU", 24.4 / 25, None, 556, "shapes benchmark"),
+    "pointcloud_shapes:dgcnn": EpochCost("2-core CPU", 400.0 / 25, None, 556, "shapes benchmark"),
+    # bench/text_tweets_ot_vs_ce.py: stages 0-1 (1 + 2 epochs) 100-130 s per seed, counted
+    # here as 2 stage-1 epochs; one stage-2 epoch on cached features 1.26 s.
+    "text_tweets": EpochCost("2-core CPU", 115.0 / 2, 1.26, 1100, "tweets benchmark"),
+}
+COSTS["image_cifar100_lt"] = COSTS["image_cifar10_lt"]  # same network and input size
+
+
+def _n_train(cfg: ExperimentConfig, ref: EpochCost) -> int:
+    d = cfg.data
+    if d.source in ("cifar", "cifar10_jpeg") and not d.limit_per_class:
+        pool = 5000 if d.num_classes == 10 else 500
+        head = d.meta_per_class + d.val_per_class
+        return sum(longtail_counts(pool - head, d.num_classes, d.imbalance_factor))
+    return ref.n_train
+
+
+def estimate_seconds(cfg: ExperimentConfig, *, stage1: bool, stage2: bool) -> tuple[float, str]:
+    """(seconds, device) for one run's stage 1 and / or stage 2; raises KeyError when the
+    experiment has no measured cost."""
+    ref = COSTS.get(f"{cfg.name}:{cfg.model.arch}") or COSTS[cfg.name]
+    scale = _n_train(cfg, ref) / ref.n_train
+    total = 0.0
+    if stage1:
+        total += cfg.stage1.epochs * ref.stage1_epoch_s * scale
+    if stage2 and cfg.stage2.method != "none":
+        if ref.stage2_epoch_s is None:
+            raise KeyError(cfg.name)
+        total += cfg.stage2.epochs * ref.stage2_epoch_s * scale
+    return total, ref.device

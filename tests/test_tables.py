@@ -1,0 +1,91 @@
+"""The paper tables as grids: every cell builds, methods set what they claim, stage 1 is shared
+where it should be, and every cell is joined to the right published number."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.stages import stage1_hash
+from search_spaces.tables import TABLES, cell_config, paper_value, parse_paper_cell, published_only
+
+
+@pytest.mark.parametrize("name", list(TABLES))
+@pytest.mark.parametrize("smoke", [False, True])
+def test_every_cell_of_every_table_builds(name, smoke):
+    for cell in TABLES[name].cells(fidelity=True):
+        cfg = cell_config(cell, seed=3, smoke=smoke)
+        assert cfg.seed == 3
+
+
+def _cell(table, key, fidelity=False):
+    return next(c for c in TABLES[table].cells(fidelity=fidelity) if c.key == key)
+
+
+def test_table1_grid():
+    t = TABLES["table1"]
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 7
+    assert len(t.cells(fidelity=True)) == 8 * 7 + 3  # fidelity rows in the first column only
+    assert len(t.cells(["ce", "ot_weight_vector"])) == 16
+    with pytest.raises(ValueError, match="no method l2rw"):
+        t.cells(["l2rw"])
+
+
+def test_methods_set_what_they_claim():
+    ce = cell_config(_cell("table1", "cifar10_if100|ce"), seed=0)
+    ot = cell_config(_cell("table1", "cifar10_if100|ot_weight_vector"), seed=0)
+    focal = cell_config(_cell("table1", "cifar10_if100|focal"), seed=0)
+    assert ce.data.imbalance_factor == 100.0 and ce.stage2.method == "none"
+    assert ot.stage2.method == "ot" and ot.stage1.loss == "ce"
+    # the CE row and the OT row of a column share stage 1; another loss does not
+    assert stage1_hash(ce) == stage1_hash(ot) != stage1_hash(focal)
+    drw = cell_config(_cell("table1", "cifar100_if20|ldam_drw"), seed=0)
+    assert drw.stage1.drw_epoch == 160 and drw.model.normed_classifier
+    mnist = cell_config(_cell("offline_image", "mnist_if100|ldam_drw"), seed=0)
+    assert mnist.stage1.drw_epoch == 20  # its first lr milestone, not CIFAR's 160
+    sst = cell_config(_cell("table5", "sst2_1000_20|ot_weight_net"), seed=0)
+    assert sst.data.minority == 20 and sst.data.imbalance_factor == 50.0
+    ablation = cell_config(_cell("table2", "cifar100_if200|combined|whole|maintained"), seed=0)
+    assert ablation.stage2.meta_distribution == "whole" and ablation.data.num_classes == 100
+    reduced = _cell("table4", "imagenet_lt|ot_weight_vector_reduced_prototype")
+    assert cell_config(reduced, seed=0).stage2.prototype_batch == 100
+
+
+def test_fidelity_rows_switch_one_extra_off_each():
+    key = "mnist_if100|ot@released_code"
+    full = cell_config(_cell("offline_image", key, True), seed=0)
+    no_cb = cell_config(_cell("offline_image", key + "-cb_init", True), seed=0)
+    no_meta = cell_config(_cell("offline_image", key + "-meta_ce", True), seed=0)
+    assert full.preset == no_cb.preset == no_meta.preset == "released_code"
+    assert (full.stage2.weight_init, full.stage2.loss_weights) == ("class_balanced", "raw")
+    assert full.stage2.meta_ce_coef == 10.0
+    assert (no_cb.stage2.weight_init, no_cb.stage2.loss_weights) == ("uniform", "simplex")
+    assert no_cb.stage2.meta_ce_coef == 10.0
+    assert no_meta.stage2.meta_ce_coef == 0.0 and no_meta.stage2.weight_init == "class_balanced"
+
+
+def test_paper_numbers_join():
+    t1 = TABLES["table1"]
+    assert paper_value(t1, _cell("table1", "cifar10_if100|ot_weight_vector")) == (18.13, None)
+    assert paper_value(t1, _cell("table1", "cifar100_if20|ce")) == (48.94, None)
+    assert paper_value(
+        TABLES["table2"], _cell("table2", "cifar100_if200|combined|whole|maintained")
+    ) == (54.98, None)
+    t4 = TABLES["table4"]
+    assert paper_value(t4, _cell("table4", "imagenet_lt|ot_weight_vector_reduced_prototype")) == (
+        52.41,
+        None,
+    )
+    t5 = TABLES["table5"]
+    assert paper_value(t5, _cell("table5", "sst5_500_60|ot_weight_net")) == (44.79, 0.82)
+    assert paper_value(t5, _cell("table5", "sst5_500_75|ot_weight_net")) == (44.95, 0.56)
+    # hu_et_al has no SST-5 500:75 number: an empty published cell stays missing
+    assert paper_value(TABLES["offline_image"], _cell("offline_image", "mnist_if100|ce")) is None
+    assert parse_paper_cell("76.84±11.3") == (76.84, 11.3) and parse_paper_cell(" ") is None
+
+
+def test_published_only_rows_are_the_ones_not_run():
+    names = [n for n, _ in published_only(TABLES["table1"])]
+    assert {"l2rw", "meta_weight_net", "metasaug_ce", "bbn"} <= set(names)
+    assert "ce" not in names and "ot_weight_vector" not in names
+    bbn = dict(published_only(TABLES["table1"]))["bbn"]
+    assert bbn["cifar10_if200"] == "" and bbn["cifar10_if100"] == "20.18"
