@@ -14,6 +14,7 @@ from trainables.models import (
 
 SHAPES = {"small_cnn": (1, 28), "resnet32": (3, 32), "resnet50": (3, 64), "resnet152": (3, 64)}
 DIMS = {"small_cnn": 64, "resnet32": 64, "resnet50": 2048, "resnet152": 2048, "bert_fcn": 384}
+DIMS |= {"pointnet": 256, "pointnet2": 256, "dgcnn": 256}
 
 
 @pytest.mark.parametrize("arch", sorted(MODELS))
@@ -24,6 +25,9 @@ def test_every_model_splits_into_features_and_classifier(arch):
         # padding does not change a sentence's feature (mean over real tokens only)
         short = model.features(x[1:, :3])
         torch.testing.assert_close(model.features(x)[1:], short, rtol=1e-4, atol=1e-5)
+    elif arch in ("pointnet", "pointnet2", "dgcnn"):  # clouds [B, N, 3]
+        model = build_model(arch, 7, emb_dim=32, k=4).eval()
+        x = torch.randn(2, 40, 3)
     else:
         c, s = SHAPES[arch]
         model = build_model(arch, 7, in_channels=c).eval()

@@ -420,7 +420,7 @@ def test_reproduce_table_resumes_and_reports(tmp_path):
     assert {(t.data.tags["ot.cell"], t.data.tags["ot.seed"]) for t in trials} == {
         (f"mnist_if100|{m}", s) for m in ("ce", "ot_weight_vector") for s in ("0", "1")
     }
-    builds = kind(runs(tmp_path, "image_mnist_lt"), "stage1_build")
+    builds = kind(rs, "stage1_build")
     assert len(builds) == 2  # one per seed: the CE and OT rows share it
     (parent,) = kind(rs, "reproduce")
     figs = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
