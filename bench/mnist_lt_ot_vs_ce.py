@@ -14,12 +14,11 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import mean_std, save_cpu_result
 
 from search_spaces import EXPERIMENTS
 from trainables.image import build_image_data, build_image_model
@@ -66,30 +65,13 @@ def main() -> None:
             f"{r['ot'] - r['ce']:+6.2f} {r['ot'] - r['ce_finetune']:+11.2f}",
             flush=True,
         )
-    mean = {k: statistics.mean(r[k] for r in rows.values()) for k in ("ce", "ce_finetune", "ot")}
-    sd = {
-        k: statistics.stdev([r[k] for r in rows.values()]) if len(rows) > 1 else 0.0 for k in mean
-    }
+    mean, sd = mean_std(rows, ("ce", "ce_finetune", "ot"))
     print(
         f"mean {mean['ce']:9.2f} {mean['ce_finetune']:11.2f} {mean['ot']:7.2f} "
         f"{mean['ot'] - mean['ce']:+6.2f} {mean['ot'] - mean['ce_finetune']:+11.2f}"
     )
     print("std  " + " ".join(f"{sd[k]:.2f}" for k in ("ce", "ce_finetune", "ot")))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "per_seed": rows,
-                "mean": mean,
-                "std": sd,
-                "torch": torch.__version__,
-                "device": "cpu",
-                "threads": torch.get_num_threads(),
-                "wall_s": round(time.time() - start, 1),
-            },
-            indent=1,
-        )
-    )
+    save_cpu_result(args.out, {"per_seed": rows, "mean": mean, "std": sd}, start)
 
 
 if __name__ == "__main__":

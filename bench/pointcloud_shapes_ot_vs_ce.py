@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import mean_std, save_cpu_result
 
 from search_spaces import EXPERIMENTS
 from search_spaces.config import apply_overrides
@@ -72,31 +71,21 @@ def main() -> None:
                 f"{r['ot'] - r['ce']:+7.2f}   (stage 1 {r['stage1_s']:.0f} s)",
                 flush=True,
             )
-        mean = {k: statistics.mean(r[k] for r in rows.values()) for k in COLUMNS}
-        sd = {
-            k: statistics.stdev([r[k] for r in rows.values()]) if len(rows) > 1 else 0.0
-            for k in COLUMNS
-        }
+        mean, sd = mean_std(rows, COLUMNS)
         print(
             f"mean {mean['ce']:7.2f} {mean['ce_finetune']:11.2f} {mean['ot']:7.2f} "
             f"{mean['ot'] - mean['ce']:+7.2f}"
         )
         print(f"std  {sd['ce']:7.2f} {sd['ce_finetune']:11.2f} {sd['ot']:7.2f}")
         results[arch] = {"per_seed": rows, "mean": mean, "std": sd}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "data": "shapes (synthetic, trimesh)",
-                "imbalance_factor": cfg.data.imbalance_factor,
-                "models": results,
-                "torch": torch.__version__,
-                "device": "cpu",
-                "threads": torch.get_num_threads(),
-                "wall_s": round(time.time() - start, 1),
-            },
-            indent=1,
-        )
+    save_cpu_result(
+        args.out,
+        {
+            "data": "shapes (synthetic, trimesh)",
+            "imbalance_factor": cfg.data.imbalance_factor,
+            "models": results,
+        },
+        start,
     )
 
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces.config import PRESETS, ConfigError, ExperimentConfig
+from search_spaces.config import PRESETS, ConfigError, ExperimentConfig, apply_overrides
 from search_spaces.tables import TABLES, Cell, Table, cell_config
 
 from . import tracking
@@ -66,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seeds per cell, 0..N-1 (default: the experiments' protocol, e.g. 10 for text)",
     )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="only these rows")
+    p.add_argument("--columns", nargs="+", default=None, help="only these columns")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a field in every cell, e.g. --set data.source=cifar10_jpeg (repeatable)",
+    )  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     p.add_argument(
         "--fidelity", action="store_true",
@@ -91,18 +96,22 @@ def plan(
     preset: str,
     smoke: bool,
     fidelity: bool,
+    columns: list[str] | None = None,
+    overrides: list[str] | None = None,
 ) -> list[RunSpec]:
     """Every run of the table: cells x seeds, each with its resolved config and stage-1 key."""
     from .stages import stage1_hash
 
     try:
-        cells = table.cells(methods, fidelity=fidelity)
+        cells = table.cells(methods, fidelity=fidelity, columns=columns)
     except ValueError as err:
         raise SweepError(str(err)) from None
     out = []
     for cell in cells:
         try:
-            base = cell_config(cell, seed=0, preset=preset, smoke=smoke)
+            base = apply_overrides(
+                cell_config(cell, seed=0, preset=preset, smoke=smoke), overrides or []
+            )
             n = seeds or base.seeds
             for seed in range(n):
                 cfg = dataclasses.replace(base, seed=seed)
@@ -232,6 +241,8 @@ def run(args: argparse.Namespace) -> int:
         preset=args.preset,
         smoke=args.smoke,
         fidelity=args.fidelity,
+        columns=args.columns,
+        overrides=args.overrides,
     )
     from trainables.data import DatasetMissing
     from trainables.trial import check_data
@@ -243,7 +254,9 @@ def run(args: argparse.Namespace) -> int:
             try:
                 check_data(s.cfg)
             except DatasetMissing as err:
-                raise SweepError(str(err)) from None
+                if not args.dry_run:
+                    raise SweepError(str(err)) from None
+                print(f"warning: {err}", file=sys.stderr)
     if args.dry_run:  # reads the store, never writes to it
         storage = Storage(args.storage or "runs")
         local_root = Path(storage.uri) if storage.local else None
@@ -304,6 +317,8 @@ def run(args: argparse.Namespace) -> int:
             "reproduce.methods": ",".join(args.methods or []) or "all",
             "reproduce.preset": args.preset,
             "reproduce.fidelity": args.fidelity,
+            "reproduce.columns": ",".join(args.columns or []) or "all",
+            "reproduce.overrides": " ".join(args.overrides) or "none",
             "reproduce.runs": len(specs),
             "reproduce.pending": len(pending),
         },

@@ -116,6 +116,13 @@ class Stage1Config:
     # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
     # cluster); part of the stage-1 hash, since batch-norm statistics are then per shard.
     workers: int = 1
+    # Meta-learning re-weighting of stage 1's CE (Table 1 baselines): "l2rw" (Ren et al. 2018)
+    # or "mwn" (Meta-Weight-Net, Shu et al. 2019); both look one step ahead on a virtual model
+    # at the current lr and score it on a random batch of ``meta_batch`` meta-set images.
+    reweight: str = "none"
+    meta_lr: float = 1e-5  # mwn: the weight net's SGD step size (momentum 0.9, wd 5e-4)
+    meta_batch: int = 100
+    meta_hidden: int = 100  # mwn: the weight net's hidden width
 
 
 @dataclass(frozen=True)

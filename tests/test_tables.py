@@ -23,11 +23,12 @@ def _cell(table, key, fidelity=False):
 
 def test_table1_grid():
     t = TABLES["table1"]
-    assert len(t.columns) == 8 and len(t.cells()) == 8 * 7
-    assert len(t.cells(fidelity=True)) == 8 * 7 + 3  # fidelity rows in the first column only
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 9
+    assert len(t.cells(fidelity=True)) == 8 * 9 + 3  # fidelity rows in the first column only
     assert len(t.cells(["ce", "ot_weight_vector"])) == 16
-    with pytest.raises(ValueError, match="no method l2rw"):
-        t.cells(["l2rw"])
+    with pytest.raises(ValueError, match="no method metasaug_ce"):
+        t.cells(["metasaug_ce"])
+    assert len(t.cells(["ce"], columns=["cifar10_if100"], fidelity=True)) == 1 + 3
 
 
 def test_methods_set_what_they_claim():
@@ -46,6 +47,10 @@ def test_methods_set_what_they_claim():
     assert sst.data.minority == 20 and sst.data.imbalance_factor == 50.0
     ablation = cell_config(_cell("table2", "cifar100_if200|combined|whole|maintained"), seed=0)
     assert ablation.stage2.meta_distribution == "whole" and ablation.data.num_classes == 100
+    mwn = cell_config(_cell("table1", "cifar10_if200|meta_weight_net"), seed=0)
+    assert mwn.stage1.reweight == "mwn" and mwn.stage2.method == "none"
+    assert stage1_hash(mwn) != stage1_hash(ce)
+    assert paper_value(TABLES["table1"], _cell("table1", "cifar10_if100|l2rw")) == (25.84, None)
     reduced = _cell("table4", "imagenet_lt|ot_weight_vector_reduced_prototype")
     assert cell_config(reduced, seed=0).stage2.prototype_batch == 100
 
@@ -85,7 +90,7 @@ def test_paper_numbers_join():
 
 def test_published_only_rows_are_the_ones_not_run():
     names = [n for n, _ in published_only(TABLES["table1"])]
-    assert {"l2rw", "meta_weight_net", "metasaug_ce", "bbn"} <= set(names)
+    assert {"metasaug_ce", "bbn"} <= set(names) and "l2rw" not in names
     assert "ce" not in names and "ot_weight_vector" not in names
     bbn = dict(published_only(TABLES["table1"]))["bbn"]
     assert bbn["cifar10_if200"] == "" and bbn["cifar10_if100"] == "20.18"

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from search_spaces.config import Stage1Config, Stage2Config
@@ -179,6 +180,9 @@ def train_stage1(
         # Not drawn from ``generator``: the batch order must stay the single-worker one.
         seed = (generator.initial_seed() * 1_000_003 + 7919 * (parallel.rank + 1)) % 2**63
         aug_gen = torch.Generator(device=generator.device).manual_seed(seed)
+    meta = _MetaReweight(model, data, cfg, aug_gen) if cfg.reweight != "none" else None
+    if meta is not None and (parallel is not None or loss_name != "ce"):
+        raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     sel = _Selector()
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
@@ -194,7 +198,14 @@ def train_stage1(
                 idx = idx[parallel.shard(full)]
                 share = idx.numel() / full
             opt.zero_grad(set_to_none=True)
-            if idx.numel():
+            if idx.numel() and meta is not None:
+                x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
+                y = data.train.y[idx]
+                w = meta.weights(x, y, lr_at(cfg, epoch))
+                loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum()
+                loss.backward()
+                total += loss.detach() * idx.numel()
+            elif idx.numel():
                 x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
                 loss = loss_fn(model(x), data.train.y[idx], epoch=epoch) * share
                 loss.backward()
@@ -217,6 +228,37 @@ def train_stage1(
                 {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **_summary(metrics)},
             )
     return sel.result
+
+
+class _MetaReweight:
+    """Per-batch example weights of stage 1 from L2RW or Meta-Weight-Net (meta_reweight.py),
+    each step scored on a random meta batch (seeded by the augmentation generator)."""
+
+    def __init__(self, model: nn.Module, data: StageData, cfg: Stage1Config, generator) -> None:
+        from trainables.meta_reweight import MetaWeightNet
+
+        if cfg.reweight not in ("l2rw", "mwn"):
+            raise ValueError(f"stage1.reweight must be none, l2rw or mwn, got {cfg.reweight!r}")
+        self.model, self.data, self.cfg, self.generator = model, data, cfg, generator
+        self.vnet = self.vnet_opt = None
+        if cfg.reweight == "mwn":
+            device = data.train.y.device
+            self.vnet = MetaWeightNet(cfg.meta_hidden).to(device)
+            self.vnet_opt = torch.optim.SGD(
+                self.vnet.parameters(), lr=cfg.meta_lr, momentum=0.9, weight_decay=5e-4
+            )
+
+    def weights(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
+        from trainables.meta_reweight import l2rw_weights, mwn_step
+
+        n = len(self.data.meta)
+        pick = torch.randperm(n, generator=self.generator)[: self.cfg.meta_batch]
+        pick = pick.to(self.data.meta.y.device)
+        meta_x = self.data.prepare(self.data.meta.x[pick], augment=True, generator=self.generator)
+        meta_y = self.data.meta.y[pick]
+        if self.vnet is None:
+            return l2rw_weights(self.model, x, y, meta_x, meta_y, lr=lr)
+        return mwn_step(self.model, self.vnet, self.vnet_opt, x, y, meta_x, meta_y, lr=lr)
 
 
 def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:

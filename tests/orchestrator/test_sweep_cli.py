@@ -52,3 +52,32 @@ def test_list_names_every_experiment():
     lines = res.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == list(EXPERIMENTS)
     assert any("table1" in ln for ln in lines)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_table"], "unknown table"),
+        (["offline_image", "--methods", "metasaug_ce"], "has no method metasaug_ce"),
+        (["offline_image", "--columns", "nope"], "has no column nope"),
+        (["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
+        (["table5"], "SST-2"),
+    ],
+)
+def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    cmd = [sys.executable, "-m", "orchestrator.reproduce", *args, "--storage", str(tmp_path)]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert message in lines[-1] and "Traceback" not in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_reproduce_dry_run_needs_no_data(tmp_path):
+    cmd = [sys.executable, "-m", "orchestrator.reproduce", "table5", "--dry-run"]
+    res = subprocess.run(
+        [*cmd, "--storage", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    assert "cells: 49, runs: 490 (490 to run" in res.stdout  # 7 columns x 7 rows x 10 seeds
+    assert "warning: SST-2" in res.stderr and not (tmp_path / "mlflow.db").exists()

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["GRAD_MODES", "STOP_RULES", "SinkhornResult", "ot_loss", "sinkhorn"]
+__all__ = ["GRAD_MODES", "IMPLS", "STOP_RULES", "SinkhornResult", "ot_loss", "sinkhorn"]
 
 GRAD_MODES = ("unrolled", "implicit", "envelope")
+IMPLS = ("auto", "reference", "fused")
 STOP_RULES = ("marginal", "potential_change")
 
 
@@ -248,6 +249,7 @@ def ot_loss(
     check_every: int = 10,
     stop: str = "marginal",
     init: tuple[Tensor, Tensor] | None = None,
+    impl: str = "auto",
 ) -> Tensor:
     """The OT loss of paper Eq. 10, ``<C, T*_eps(a, b)>``, one value per problem.
 
@@ -264,10 +266,28 @@ def ot_loss(
       * ``"envelope"``: returns and differentiates a *different objective*, the entropic value
         ``<C, T*> - eps H(T*)``, whose gradient is the dual potential (``f`` for ``a``,
         ``g`` for ``b``, ``T*`` for ``cost``). Cheapest; biased for Eq. 10.
+
+    impl (``grad="unrolled"`` only): ``"fused"`` runs the same iterations in the scaling domain
+    with a hand-written backward (:mod:`.fused`; equal value and gradient up to rounding, 4-9x
+    faster on a CPU); ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks
+    ``fused`` whenever it is exact: a fixed iteration count (``tol=None``), no warm start, and
+    ``max |C| / eps`` inside the dtype's safe range (checked once per call).
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     kwargs = dict(max_iter=max_iter, tol=tol, check_every=check_every, stop=stop, init=init)
+    if grad == "unrolled" and impl != "reference":
+        from .fused import fused_applicable, fused_unrolled_ot
+
+        exact = tol is None and init is None
+        if impl == "fused" and not exact:
+            raise ValueError("impl='fused' runs a fixed iteration count: needs tol=None, init=None")
+        if exact:
+            _check_inputs(cost, a, b, eps, max_iter)
+        if exact and (impl == "fused" or fused_applicable(cost, eps)):
+            return fused_unrolled_ot(cost, a, b, eps=eps, n_iter=max_iter)
     if grad == "unrolled":
         res = sinkhorn(cost, a, b, eps=eps, **kwargs)
         return (cost * res.plan).sum((-2, -1))

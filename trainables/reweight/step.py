@@ -76,6 +76,7 @@ class StepConfig:
     loss_weights: str = "simplex"
     meta_ce_coef: float = 0.0
     weight_decay: float = 0.0
+    impl: str = "auto"  # ot_loss's implementation: auto | reference | fused
 
     def __post_init__(self) -> None:
         checks = (
@@ -129,6 +130,7 @@ def step_ot_loss(cfg: StepConfig, cost: Tensor, a: Tensor, b: Tensor) -> Tensor:
         grad=cfg.grad,
         check_every=cfg.check_every,
         stop=cfg.stop,
+        impl=cfg.impl,
     )
 
 

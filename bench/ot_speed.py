@@ -1,0 +1,198 @@
+"""Speed of the OT loss + gradient, of a whole stage-2 step, and of a stage-1 epoch. Not a test.
+
+    .venv/bin/python bench/ot_speed.py [--device cpu|cuda] [--out PATH]
+
+(default PATH: bench/results/ot_speed_<device>.json)
+
+Every variant is timed in the same run as the unrolled reference and printed with its ratio to
+it (medians; CUDA timings synchronise before reading the clock). Variants of the OT loss at 200
+iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000):
+  * reference: the log-domain loop under autograd (``impl="reference"``, the paper's gradient);
+  * fused: the same iterations in the scaling domain with a hand-written backward (exact);
+  * implicit / envelope: the other gradient modes (converged / different objective).
+Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
+step on) with each OT implementation against a plain CE step, and one ResNet-32 stage-1 epoch
+(100 steps of batch 128). Inputs are random tensors of CIFAR's shape: this measures time only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from trainables.models import build_model
+from trainables.reweight import (
+    StepConfig,
+    WeightVector,
+    class_prototypes,
+    ot_loss,
+    reweight_step,
+)
+
+SIZES = ((16, 10), (16, 100), (32, 365), (128, 1000))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: torch.device, *, repeat: int, warmup: int = 3) -> float:
+    """Median milliseconds of ``fn()``."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(out)
+
+
+def check_fused(device: torch.device) -> dict:
+    """Max relative difference of the fused path to the reference (value, dC, da, db)."""
+    out = {}
+    for b, k in SIZES:
+        g = torch.Generator().manual_seed(1)
+        cost = torch.rand(b, k, generator=g).to(device).requires_grad_()
+        a = torch.softmax(torch.randn(b, generator=g), 0).to(device).requires_grad_()
+        q = torch.softmax(torch.randn(k, generator=g), 0).to(device).requires_grad_()
+        got = {}
+        for impl in ("reference", "fused"):
+            v = ot_loss(cost, a, q, eps=0.1, max_iter=200, impl=impl)
+            got[impl] = (v, *torch.autograd.grad(v, (cost, a, q)))
+        out[f"B{b}_K{k}"] = [
+            float(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).detach())
+            for x, y in zip(got["fused"], got["reference"], strict=True)
+        ]
+    worst = max(max(v) for v in out.values())
+    print(f"fused vs reference, max relative difference (value and gradients): {worst:.2e}")
+    return out
+
+
+def ot_variants(device: torch.device, repeat: int) -> dict:
+    res = {}
+    for b, k in SIZES:
+        g = torch.Generator().manual_seed(0)
+        cost = torch.rand(b, k, generator=g).to(device)
+        a = torch.full((b,), 1.0 / b, device=device, requires_grad=True)
+        q = torch.full((k,), 1.0 / k, device=device)
+
+        def run(cost=cost, a=a, q=q, **kw):
+            def f():
+                a.grad = None
+                ot_loss(cost, a, q, eps=0.1, max_iter=200, **kw).backward()
+
+            return f
+
+        row = {
+            "reference": timed(run(impl="reference"), device, repeat=repeat),
+            "fused": timed(run(impl="fused"), device, repeat=repeat),
+            "implicit": timed(run(grad="implicit"), device, repeat=repeat),
+            "envelope": timed(run(grad="envelope"), device, repeat=repeat),
+        }
+        res[f"B{b}_K{k}"] = row
+        ratios = "  ".join(f"{n} {row['reference'] / v:5.1f}x" for n, v in row.items())
+        print(f"OT loss+grad B{b:<4} K{k:<5} reference {row['reference']:8.2f} ms | {ratios}")
+    return res
+
+
+def stage2_step(device: torch.device, repeat: int) -> dict:
+    torch.manual_seed(0)
+    k, n_train = 10, 1000
+    model = build_model("resnet32", k).to(device)
+    x = torch.randn(16, 3, 32, 32, device=device)
+    y = torch.arange(16, device=device) % k
+    idx = torch.arange(16, device=device)
+    meta_x = torch.randn(10 * k, 3, 32, 32, device=device)
+    meta_y = torch.arange(10 * k, device=device) % k
+    opt = torch.optim.SGD(model.parameters(), lr=2e-5, momentum=0.9)
+
+    def ce():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    out = {"ce_step": timed(ce, device, repeat=repeat)}
+    for impl in ("reference", "fused"):
+        weights = WeightVector(n_train, init="uniform").to(device)
+        w_opt = torch.optim.SGD(weights.parameters(), lr=1e-3)
+        cfg = StepConfig(eps=0.1, max_iter=200, virtual_lr=2e-5, impl=impl)
+
+        def step(weights=weights, w_opt=w_opt, cfg=cfg):
+            reweight_step(
+                model, x, y, idx, weights, opt, w_opt, cfg, num_classes=k, meta_x=meta_x,
+                meta_y=meta_y, build_q=lambda z, t: class_prototypes(z, t, k),
+            )  # fmt: skip
+
+        out[f"ot_step_{impl}"] = timed(step, device, repeat=repeat)
+    ce_ms = out["ce_step"]
+    print(
+        f"ResNet-32 stage-2 step, batch 16: CE {ce_ms:.1f} ms; OT reference "
+        f"{out['ot_step_reference']:.1f} ms ({out['ot_step_reference'] / ce_ms:.2f}x CE); OT "
+        f"fused {out['ot_step_fused']:.1f} ms ({out['ot_step_fused'] / ce_ms:.2f}x CE)"
+    )
+    return out
+
+
+def stage1_epoch(device: torch.device, steps: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model("resnet32", 10).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+    x = torch.randn(128, 3, 32, 32, device=device)
+    y = torch.arange(128, device=device) % 10
+
+    def one():
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+    for _ in range(3):
+        one()
+    _sync(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        one()
+    _sync(device)
+    ms = (time.perf_counter() - t) * 1e3 / steps
+    print(f"ResNet-32 stage-1 step, batch 128: {ms:.1f} ms ({steps} steps)")
+    return {"step_ms": ms, "steps": steps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--repeat", type=int, default=20)
+    p.add_argument("--stage1-steps", type=int, default=100)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}")
+    result = {
+        "device": str(device),
+        "device_name": name or platform.machine(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "fused_vs_reference_max_rel_diff": check_fused(device),
+        "ot_loss_grad_ms": ot_variants(device, args.repeat),
+        "stage2_step_ms": stage2_step(device, max(5, args.repeat // 2)),
+        "stage1": stage1_epoch(device, args.stage1_steps),
+    }
+    out = args.out or Path(f"bench/results/ot_speed_{device.type}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The fused fixed-iteration OT path against the log-domain reference under autograd: equal
+values and gradients (to rounding), its own gradient against finite differences, and the
+automatic choice falling back to the reference where the scaling domain is unsafe."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainables.reweight import fused as fused_mod
+from trainables.reweight import ot_loss
+from trainables.reweight.fused import fused_applicable, fused_unrolled_ot
+
+
+def _problem(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    c = torch.rand(*shape, generator=g, dtype=dtype).requires_grad_()
+    a = torch.softmax(torch.randn(shape[:-1], generator=g, dtype=dtype), -1).requires_grad_()
+    b = torch.softmax(torch.randn(shape[:-2] + shape[-1:], generator=g, dtype=dtype), -1)
+    return c, a, b.requires_grad_()
+
+
+def _value_and_grads(fn, c, a, b):
+    v = fn(c, a, b)
+    return (v, *torch.autograd.grad(v.sum(), (c, a, b)))
+
+
+@pytest.mark.parametrize(
+    "dtype, rtol", [(torch.float64, 1e-10), (torch.float32, 2e-5)]
+)  # fmt: skip
+@pytest.mark.parametrize("shape", [(16, 10), (16, 100), (3, 7, 5)])
+@pytest.mark.parametrize("eps, iters", [(0.1, 200), (0.05, 37)])
+def test_fused_equals_the_unrolled_reference(dtype, rtol, shape, eps, iters):
+    c, a, b = _problem(shape, dtype)
+    ref = _value_and_grads(
+        lambda c, a, b: ot_loss(c, a, b, eps=eps, max_iter=iters, impl="reference"), c, a, b
+    )
+    got = _value_and_grads(
+        lambda c, a, b: ot_loss(c, a, b, eps=eps, max_iter=iters, impl="fused"), c, a, b
+    )
+    for x, y in zip(got, ref, strict=True):
+        torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * float(y.abs().max()))
+
+
+def test_fused_gradient_against_finite_differences():
+    c, a, b = _problem((4, 3), torch.float64, seed=2)
+    fn = lambda c, a, b: fused_unrolled_ot(c, a, b, eps=0.2, n_iter=15)  # noqa: E731
+    _, gc, ga, gb = _value_and_grads(fn, c, a, b)
+    h = 1e-6
+    for which, (tensor, grad) in enumerate(((c, gc), (a, ga), (b, gb))):
+        for i in range(tensor.numel()):
+            args = [c.detach().clone(), a.detach().clone(), b.detach().clone()]
+            plus, minus = args[which].reshape(-1).clone(), args[which].reshape(-1).clone()
+            plus[i] += h
+            minus[i] -= h
+            ap, am = list(args), list(args)
+            ap[which] = plus.view_as(tensor)
+            am[which] = minus.view_as(tensor)
+            fd = (fn(*ap) - fn(*am)) / (2 * h)
+            assert float(grad.reshape(-1)[i]) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+
+def test_auto_uses_fused_only_where_exact(monkeypatch):
+    calls = []
+    real = fused_mod.fused_unrolled_ot
+    monkeypatch.setattr(
+        fused_mod, "fused_unrolled_ot", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
+    c, a, b = _problem((8, 6), torch.float32)
+    ot_loss(c, a, b, eps=0.1, max_iter=20)
+    assert calls == [1]
+    ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3)  # early stopping: the reference loop
+    assert calls == [1]
+    big = (c.detach() * 100).requires_grad_()  # C / eps = 1000: exp underflows in float32
+    assert not fused_applicable(big, 0.1)
+    out = ot_loss(big, a, b, eps=0.1, max_iter=20)
+    assert calls == [1] and torch.isfinite(out)
+    torch.testing.assert_close(out, ot_loss(big, a, b, eps=0.1, max_iter=20, impl="reference"))
+    with pytest.raises(ValueError, match="fixed iteration count"):
+        ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3, impl="fused")

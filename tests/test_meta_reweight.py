@@ -1,0 +1,127 @@
+"""L2RW and Meta-Weight-Net: L2RW's weights against the closed form of a linear softmax model,
+the weight net moved only by the meta loss, second-order gradients against finite differences,
+and both running as stage-1 methods."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from search_spaces import EXPERIMENTS
+from search_spaces.config import apply_overrides
+from trainables.meta_reweight import MetaWeightNet, l2rw_weights, mwn_meta_loss, mwn_step
+
+
+def _data(seed=0, n=6, m=5, d=4, k=3):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randint(0, k, (n,), generator=g)
+    mx = torch.randn(m, d, generator=g, dtype=torch.float64)
+    my = torch.randint(0, k, (m,), generator=g)
+    return x, y, mx, my
+
+
+def _linear(d=4, k=3, seed=1):
+    torch.manual_seed(seed)
+    return nn.Linear(d, k, bias=False).double()
+
+
+def test_l2rw_weights_match_the_closed_form_of_a_linear_model():
+    """For logits W x, dl_i/dW = (p_i - e_{y_i}) x_i^T, and the look-ahead gives
+    -dL_meta(W - a sum eps_i dl_i/dW)/deps_i at 0 = a <dL_meta/dW, dl_i/dW>."""
+    x, y, mx, my = _data()
+    model = _linear()
+    alpha = 0.3
+    got = l2rw_weights(model, x, y, mx, my, lr=alpha)
+    w = model.weight.detach().numpy()
+
+    def grad_ce(xs, ys):
+        logits = xs @ w.T
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        p[np.arange(len(ys)), ys] -= 1.0
+        return np.einsum("nk,nd->nkd", p, xs)  # per-example dl/dW
+
+    g_meta = grad_ce(mx.numpy(), my.numpy()).mean(0)
+    raw = alpha * np.einsum("kd,nkd->n", g_meta, grad_ce(x.numpy(), y.numpy()))
+    want = np.clip(raw, 0, None)
+    want = want / want.sum()
+    assert (raw < 0).any() and (raw > 0).any()  # the clipping matters in this case
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+    assert got.sum().item() == pytest.approx(1.0)
+
+
+def test_mwn_step_moves_the_net_by_the_meta_gradient_only():
+    x, y, mx, my = _data(seed=3)
+    model = _linear()
+    before_model = copy.deepcopy(model.state_dict())
+    torch.manual_seed(0)
+    vnet = MetaWeightNet(8).double()
+    phi0 = [p.detach().clone() for p in vnet.parameters()]
+    # the expected update: -lr * dL_meta(theta_hat(Phi))/dPhi, computed on its own
+    want = torch.autograd.grad(
+        mwn_meta_loss(model, vnet, x, y, mx, my, lr=0.5), list(vnet.parameters())
+    )
+    opt = torch.optim.SGD(vnet.parameters(), lr=0.1)
+    w = mwn_step(model, vnet, opt, x, y, mx, my, lr=0.5)
+    for p, p0, g in zip(vnet.parameters(), phi0, want, strict=True):
+        torch.testing.assert_close(p.detach(), p0 - 0.1 * g)
+    assert any(float(g.abs().max()) > 0 for g in want)
+    # the model is untouched (its own step comes after, with these weights)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before_model[k])
+    assert w.shape == (6,) and w.sum().item() == pytest.approx(1.0) and (w > 0).all()
+    with torch.no_grad():  # the weights are the updated net's
+        ref = vnet(nn.functional.cross_entropy(model(x), y, reduction="none"))
+    torch.testing.assert_close(w, ref / ref.sum())
+
+
+def test_mwn_net_does_not_move_when_the_look_ahead_is_zero():
+    """With a zero virtual step theta_hat = theta: the meta loss does not depend on Phi, so the
+    net must not move (nothing else reaches it)."""
+    x, y, mx, my = _data(seed=4)
+    model = _linear()
+    vnet = MetaWeightNet(8).double()
+    phi0 = [p.detach().clone() for p in vnet.parameters()]
+    mwn_step(model, vnet, torch.optim.SGD(vnet.parameters(), lr=1.0), x, y, mx, my, lr=0.0)
+    for p, p0 in zip(vnet.parameters(), phi0, strict=True):
+        assert torch.equal(p.detach(), p0)
+
+
+def test_second_order_meta_gradient_against_finite_differences():
+    x, y, mx, my = _data(seed=5)
+    model = _linear()
+    torch.manual_seed(2)
+    vnet = MetaWeightNet(3).double()
+    params = list(vnet.parameters())
+    grads = torch.autograd.grad(mwn_meta_loss(model, vnet, x, y, mx, my, lr=0.7), params)
+    h = 1e-6
+    for p, g in zip(params, grads, strict=True):
+        flat = p.data.view(-1)
+        for i in range(flat.numel()):
+            old = flat[i].item()
+            flat[i] = old + h
+            up = mwn_meta_loss(model, vnet, x, y, mx, my, lr=0.7).item()
+            flat[i] = old - h
+            down = mwn_meta_loss(model, vnet, x, y, mx, my, lr=0.7).item()
+            flat[i] = old
+            assert g.view(-1)[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("method", ["l2rw", "mwn"])
+def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
+    from trainables.trial import build_stage1
+
+    cfg = apply_overrides(EXPERIMENTS["image_mnist_lt"](smoke=True), [f"stage1.reweight={method}"])
+    a = build_stage1(cfg, device=torch.device("cpu"))
+    b = build_stage1(cfg, device=torch.device("cpu"))
+    for k, v in a.model_state.items():
+        assert torch.equal(v, b.model_state[k])
+    assert a.info["summary"]["validation_selected"]["test"]["balanced_acc"] > 0
+    bad = apply_overrides(cfg, ["stage1.loss=focal"])
+    with pytest.raises(ValueError, match=r"stage1\.loss=ce"):
+        build_stage1(bad, device=torch.device("cpu"))
