@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from search_spaces import EXPERIMENTS, SPACES
+from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.config import PRESETS, ConfigError, apply_overrides, apply_preset, flatten
 
 from . import tracking
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
         help="override a config field, e.g. --set stage2.epochs=5 (repeatable)",
     )  # fmt: skip
     p.add_argument("--preset", choices=sorted(PRESETS), default=None)
+    p.add_argument(
+        "--space", choices=sorted(SPACE_MODULES), default=None,
+        help="search space module (default: the experiment's; meta_reweight searches stage 1)",
+    )  # fmt: skip
     p.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
     p.add_argument(
         "--storage", default=None,
@@ -240,6 +244,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         saved = rec["args"]
         for key in ("trials", "seed", "overrides", "preset", "smoke", "cpus_per_trial"):
             setattr(args, key, saved[key])
+        args.space = saved.get("space")
         for key in ("gpus_per_trial", "max_failures", "workers_per_trial"):
             setattr(args, key, saved[key])
         sweep_id = rec["sweep_id"]
@@ -257,7 +262,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         check_data(cfg)
     except DatasetMissing as err:
         raise SweepError(str(err)) from None
-    module = SPACES[args.name]
+    module = SPACE_MODULES[args.space] if args.space else SPACES[args.name]
     uri = rec.get("tracking_uri") or tracking.resolve_tracking_uri(
         args.tracking_uri, storage.uri, local_root
     )
@@ -345,6 +350,7 @@ def run_sweep(args: argparse.Namespace) -> int:
                 "gpus_per_trial",
                 "max_failures",
                 "workers_per_trial",
+                "space",
             )
         },
     }
@@ -359,8 +365,13 @@ def run_sweep(args: argparse.Namespace) -> int:
         sweep_id=sweep_id,
         cpus_per_trial=args.cpus_per_trial,
         fault_dir=os.environ.get(FAIL_ONCE_ENV) or None,
+        storage_uri=storage.uri,
     )
     workers = _workers(args)
+    if workers > 1 and getattr(module, "STAGE1", False):
+        raise SweepError(
+            "a stage-1 search space runs single-worker trials (no --workers-per-trial)"
+        )
     if workers > 1:
         ctx = dataclasses.replace(
             ctx,

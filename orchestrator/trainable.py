@@ -49,6 +49,7 @@ class SweepContext:
     gpus_per_worker: float = 0.0
     train_storage: str = ""  # where the TorchTrainer runs keep their state
     tags: dict | None = None  # extra MLflow tags of every trial run (reproduce: table, cell)
+    storage_uri: str = ""  # the run storage: trials whose sample changes stage 1 build it there
 
 
 def _inject_fault(ctx: SweepContext) -> None:
@@ -324,6 +325,31 @@ def stage2_worker(loop_config: dict) -> None:
     )
 
 
+def _own_stage1(ctx: SweepContext, cfg: ExperimentConfig) -> SweepContext:
+    """A sampled config whose stage 1 differs from the sweep's (a stage-1 search space) gets
+    its own cached stage 1, built here in the trial when absent or corrupt."""
+    import dataclasses
+
+    from .stages import CorruptEntry, build_entry, invalidate, stage1_hash, verify_entry
+    from .storage import Storage
+
+    key = stage1_hash(cfg)
+    if key == ctx.stage1_key or not ctx.storage_uri:
+        return ctx
+    storage = Storage(ctx.storage_uri)
+    try:
+        entry = verify_entry(storage, key)
+    except CorruptEntry:
+        invalidate(storage, key)
+        entry = None
+    if entry is None or (needs_features(cfg) and not entry.has_features):
+        entry = build_entry(
+            cfg, ctx.storage_uri, ctx.tracking, threads=max(1, int(ctx.cpus_per_trial)),
+            sweep_run_id=ctx.parent_run_id,
+        )  # fmt: skip
+    return dataclasses.replace(ctx, entry_uri=entry.uri, stage1_key=key)
+
+
 def _run_trial(
     config: dict,
     ctx: SweepContext,
@@ -337,6 +363,8 @@ def _run_trial(
     from trainables.trial import scalar_summary
 
     cfg = apply_values(ctx.base, config)
+    if parallel is None:
+        ctx = _own_stage1(ctx, cfg)
     rank0 = parallel is None or parallel.rank == 0
     extra = {"ot.workers": str(parallel.world)} if parallel is not None else {}
     tracker = TrialTracker(ctx, cfg, trial_id, name, enabled=rank0, extra_tags=extra)
@@ -348,7 +376,7 @@ def _run_trial(
         stage1: Stage1Output = read_entry(ctx.entry_uri, features=needs_features(cfg))
         tracker.log_stage1(stage1.info["summary"])
 
-        last_epoch = cfg.stage2.epochs - 1
+        last_epoch = cfg.stage2.epochs - 1 if cfg.stage2.method != "none" else 0
         pending: list[dict] = []
 
         def on_epoch(stage: str, epoch: int, metrics: dict) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from . import (
     cifar_lt,
     imagenet_lt,
+    meta_reweight,
     modelnet,
     offline,
     offline_pointcloud,
@@ -30,7 +31,7 @@ from .experiments import (
     text_tweets,
 )
 
-__all__ = ["EXPERIMENTS", "SPACES"]
+__all__ = ["EXPERIMENTS", "SPACES", "SPACE_MODULES"]
 
 EXPERIMENTS = {
     "image_cifar10_lt": image_cifar10_lt,
@@ -56,4 +57,20 @@ SPACES = {
     "text_sst2": sst,
     "text_sst5": sst,
     "text_tweets": offline_text,
+}
+
+# Every space module by name, for ``sweep --space NAME`` (a space other than the experiment's).
+SPACE_MODULES = {
+    m.__name__.rsplit(".", 1)[1]: m
+    for m in (
+        cifar_lt,
+        imagenet_lt,
+        places_lt,
+        offline,
+        sst,
+        offline_text,
+        modelnet,
+        offline_pointcloud,
+        meta_reweight,
+    )
 }

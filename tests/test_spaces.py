@@ -7,7 +7,7 @@ import re
 import optuna
 import pytest
 
-from search_spaces import EXPERIMENTS, SPACES
+from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.config import ExperimentConfig, apply_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -143,3 +143,19 @@ def test_space_only_suggests(name):
     assert fake.touched and set(fake.touched) <= SUGGEST, fake.touched
     assert len(fake.suggested) == len(set(fake.suggested))
     assert set(fake.suggested) == set(_sample(name).params)
+
+
+@pytest.mark.parametrize("name", sorted(SPACE_MODULES))
+def test_every_space_module_samples_config_keys_and_enqueues_best(name):
+    module = SPACE_MODULES[name]
+    cfg = EXPERIMENTS["image_mnist_lt"]()
+    trial = _study().ask()
+    module.space(trial)
+    _apply(cfg, trial.params)  # every key exists and every value parses
+    study = _study()
+    study.enqueue_trial(module.best())
+    first = study.ask()
+    module.space(first)
+    assert first.params == module.best()
+    stage1_keys = any(k.startswith("stage1.") for k in trial.params)
+    assert stage1_keys == getattr(module, "STAGE1", False)  # the sweep must know

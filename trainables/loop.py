@@ -363,9 +363,15 @@ def train_stage2(
     batches and trains on its shard of each, and the callback also gets ``shard_samples``.
     """
     k = data.num_classes
-    if cfg.method == "none":
+    if cfg.method == "none":  # the stage-1 model, evaluated once (reported as epoch 0)
         sel = _Selector()
-        sel.update(0, evaluate(model, data), model)
+        metrics = evaluate(model, data)
+        sel.update(0, metrics, model)
+        if on_improve:
+            on_improve(sel.result)
+        if callback:
+            extra = {"shard_samples": 0} if parallel is not None else {}
+            callback("stage2", 0, {**extra, **_summary(metrics)})
         return sel.result
     if cfg.method != "ot":
         raise ValueError(f"unknown stage-2 method {cfg.method!r}; choose ot or none")

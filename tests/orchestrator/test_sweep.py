@@ -442,3 +442,21 @@ def test_reproduce_table_resumes_and_reports(tmp_path):
                   tool="report"))  # fmt: skip
     page = out.read_text()
     assert page.count("data:image/png;base64,") == 2 and f"{mean:.2f}" in page
+
+
+def test_stage1_space_builds_a_stage1_per_trial(tmp_path):
+    """``--space meta_reweight`` samples Meta-Weight-Net's stage-1 knobs: the enqueued
+    published setting uses the sweep's stage 1, the other trial builds and tags its own."""
+    res = sweep(
+        tmp_path, "image_mnist_lt", "--smoke", "--quiet", "--trials", "2",
+        "--space", "meta_reweight", "--set", "stage1.reweight=mwn", "--set", "stage2.method=none",
+    )  # fmt: skip
+    ok(res)
+    rs = runs(tmp_path)
+    trials = kind(rs, "trial")
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+    hashes = {t.data.tags["ot.stage1_hash"] for t in trials}
+    builds = kind(rs, "stage1_build")
+    assert len(hashes) == 2 and {b.data.tags["ot.stage1_hash"] for b in builds} == hashes
+    assert {t.data.params["stage1.reweight"] for t in trials} == {"mwn"}
+    assert "1e-05" in {t.data.params["stage1.meta_lr"] for t in trials}
