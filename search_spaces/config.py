@@ -119,8 +119,12 @@ class Stage1Config:
     # Meta-learning re-weighting of stage 1's CE (Table 1 baselines): "l2rw" (Ren et al. 2018)
     # or "mwn" (Meta-Weight-Net, Shu et al. 2019); both look one step ahead on a virtual model
     # at the current lr and score it on a random batch of ``meta_batch`` meta-set images.
+    # "metasaug" (Li et al. 2021, with CE): ISDA logit augmentation under per-class feature
+    # covariances that take one meta-gradient step (meta_lr, published 0.1) per batch.
     reweight: str = "none"
     meta_lr: float = 1e-5  # mwn: the weight net's SGD step size (momentum 0.9, wd 5e-4)
+    meta_start: int = 0  # epoch the meta method starts at (plain CE before; MetaSAug: 160)
+    isda_lambda: float = 0.5  # metasaug: lambda_0, scaled by epoch / epochs
     meta_batch: int = 100
     meta_hidden: int = 100  # mwn: the weight net's hidden width
 

@@ -112,11 +112,14 @@ def test_second_order_meta_gradient_against_finite_differences():
             assert g.view(-1)[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
 
 
-@pytest.mark.parametrize("method", ["l2rw", "mwn"])
+@pytest.mark.parametrize("method", ["l2rw", "mwn", "metasaug"])
 def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
     from trainables.trial import build_stage1
 
-    cfg = apply_overrides(EXPERIMENTS["image_mnist_lt"](smoke=True), [f"stage1.reweight={method}"])
+    cfg = apply_overrides(
+        EXPERIMENTS["image_mnist_lt"](smoke=True),
+        [f"stage1.reweight={method}", "stage1.meta_start=1", "stage1.meta_lr=0.1"],
+    )
     a = build_stage1(cfg, device=torch.device("cpu"))
     b = build_stage1(cfg, device=torch.device("cpu"))
     for k, v in a.model_state.items():
@@ -125,3 +128,98 @@ def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
     bad = apply_overrides(cfg, ["stage1.loss=focal"])
     with pytest.raises(ValueError, match=r"stage1\.loss=ce"):
         build_stage1(bad, device=torch.device("cpu"))
+
+
+# ---------------------------------------------------------------- MetaSAug
+
+
+def test_isda_logits_match_an_explicit_loop():
+    from trainables.meta_reweight import isda_logits
+
+    g = torch.Generator().manual_seed(0)
+    k, d = 3, 4
+    w = torch.randn(k, d, generator=g, dtype=torch.float64)
+    a = torch.randn(k, d, d, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2)
+    logits = torch.randn(5, k, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 2, 0])
+    got = isda_logits(logits, w, y, cov, lam=0.6)
+    for i in range(5):
+        for j in range(k):
+            dw = w[j] - w[y[i]]
+            want = logits[i, j] + 0.3 * dw @ cov[y[i]] @ dw
+            assert got[i, j].item() == pytest.approx(want.item())
+    assert torch.allclose(got.gather(1, y[:, None]), logits.gather(1, y[:, None]))
+
+
+def test_class_covariance_matches_numpy():
+    from trainables.meta_reweight import ClassCovariance
+
+    g = torch.Generator().manual_seed(1)
+    est = ClassCovariance(3, 2)
+    zs, ys = [], []
+    for _ in range(4):
+        z = torch.randn(7, 2, generator=g)
+        y = torch.randint(0, 2, (7,), generator=g)  # class 2 never seen
+        est.update(z, y)
+        zs.append(z)
+        ys.append(y)
+    z, y = torch.cat(zs).double().numpy(), torch.cat(ys).numpy()
+    cov = est.covariance(torch.float64).numpy()
+    for c in (0, 1):
+        np.testing.assert_allclose(cov[c], np.cov(z[y == c].T, bias=True), atol=1e-12)
+    assert np.all(cov[2] == 0)
+
+
+def _split_linear(d=4, k=3, seed=1):
+    from trainables.models import SplitNet
+
+    torch.manual_seed(seed)
+    feats = nn.Sequential(nn.Linear(d, 5), nn.Tanh()).double()
+    return SplitNet(feats, nn.Linear(5, k).double(), 5)
+
+
+def test_metasaug_moves_the_covariances_by_the_meta_gradient():
+    from trainables.meta_reweight import ClassCovariance, metasaug_loss, metasaug_meta_loss
+
+    x, y, mx, my = _data(seed=6)
+    model = _split_linear()
+    before = copy.deepcopy(model.state_dict())
+    est = ClassCovariance(3, 5)
+    loss = metasaug_loss(model, est, x, y, mx, my, lr=0.5, lam=0.8, meta_lr=0.1)
+    for k, v in model.state_dict().items():  # only the caller's backward moves the model
+        assert torch.equal(v, before[k])
+    # the loss is the augmented CE under Sigma - meta_lr * dL_meta/dSigma
+    cov = est.covariance(torch.float64).requires_grad_()
+    (g,) = torch.autograd.grad(metasaug_meta_loss(model, x, y, mx, my, cov, lr=0.5, lam=0.8), cov)
+    assert float(g.abs().max()) > 0
+    from trainables.meta_reweight import isda_logits
+
+    moved = (cov - 0.1 * g).detach()
+    want = nn.functional.cross_entropy(
+        isda_logits(model(x), model.classifier.weight, y, moved, 0.8), y
+    )
+    assert loss.item() == pytest.approx(want.item(), rel=1e-10)
+
+
+def test_metasaug_meta_gradient_against_finite_differences():
+    from trainables.meta_reweight import metasaug_meta_loss
+
+    x, y, mx, my = _data(seed=7)
+    model = _split_linear(seed=3)
+    g = torch.Generator().manual_seed(4)
+    a = torch.randn(3, 5, 5, generator=g, dtype=torch.float64) * 0.3
+    cov = (a @ a.transpose(1, 2)).requires_grad_()
+    (grad,) = torch.autograd.grad(
+        metasaug_meta_loss(model, x, y, mx, my, cov, lr=0.9, lam=0.7), cov
+    )
+    h = 1e-6
+    for idx in [(0, 0, 0), (1, 2, 3), (2, 4, 1), (1, 1, 1)]:
+        up, down = cov.detach().clone(), cov.detach().clone()
+        up[idx] += h
+        down[idx] -= h
+        fd = (
+            metasaug_meta_loss(model, x, y, mx, my, up, lr=0.9, lam=0.7)
+            - metasaug_meta_loss(model, x, y, mx, my, down, lr=0.9, lam=0.7)
+        ) / (2 * h)
+        assert grad[idx].item() == pytest.approx(fd.item(), rel=1e-5, abs=1e-10)

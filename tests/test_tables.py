@@ -23,11 +23,11 @@ def _cell(table, key, fidelity=False):
 
 def test_table1_grid():
     t = TABLES["table1"]
-    assert len(t.columns) == 8 and len(t.cells()) == 8 * 9
-    assert len(t.cells(fidelity=True)) == 8 * 9 + 3  # fidelity rows in the first column only
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 10
+    assert len(t.cells(fidelity=True)) == 8 * 10 + 3  # fidelity rows in the first column only
     assert len(t.cells(["ce", "ot_weight_vector"])) == 16
-    with pytest.raises(ValueError, match="no method metasaug_ce"):
-        t.cells(["metasaug_ce"])
+    with pytest.raises(ValueError, match="no method metasaug_ldam"):
+        t.cells(["metasaug_ldam"])
     assert len(t.cells(["ce"], columns=["cifar10_if100"], fidelity=True)) == 1 + 3
 
 
@@ -51,6 +51,12 @@ def test_methods_set_what_they_claim():
     assert mwn.stage1.reweight == "mwn" and mwn.stage2.method == "none"
     assert stage1_hash(mwn) != stage1_hash(ce)
     assert paper_value(TABLES["table1"], _cell("table1", "cifar10_if100|l2rw")) == (25.84, None)
+    msa = cell_config(_cell("table1", "cifar100_if50|metasaug_ce"), seed=0)
+    assert (msa.stage1.reweight, msa.stage1.meta_lr, msa.stage1.meta_start) == (
+        "metasaug",
+        0.1,
+        160,
+    )
     reduced = _cell("table4", "imagenet_lt|ot_weight_vector_reduced_prototype")
     assert cell_config(reduced, seed=0).stage2.prototype_batch == 100
 
@@ -90,7 +96,8 @@ def test_paper_numbers_join():
 
 def test_published_only_rows_are_the_ones_not_run():
     names = [n for n, _ in published_only(TABLES["table1"])]
-    assert {"metasaug_ce", "bbn"} <= set(names) and "l2rw" not in names
+    assert {"metasaug_ldam", "bbn"} <= set(names) and "l2rw" not in names
+    assert "metasaug_ce" not in names
     assert "ce" not in names and "ot_weight_vector" not in names
     bbn = dict(published_only(TABLES["table1"]))["bbn"]
     assert bbn["cifar10_if200"] == "" and bbn["cifar10_if100"] == "20.18"

@@ -198,11 +198,9 @@ def train_stage1(
                 idx = idx[parallel.shard(full)]
                 share = idx.numel() / full
             opt.zero_grad(set_to_none=True)
-            if idx.numel() and meta is not None:
+            if idx.numel() and meta is not None and epoch >= cfg.meta_start:
                 x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
-                y = data.train.y[idx]
-                w = meta.weights(x, y, lr_at(cfg, epoch))
-                loss = (w * F.cross_entropy(model(x), y, reduction="none")).sum()
+                loss = meta.loss(x, data.train.y[idx], lr_at(cfg, epoch), epoch)
                 loss.backward()
                 total += loss.detach() * idx.numel()
             elif idx.numel():
@@ -237,10 +235,20 @@ class _MetaReweight:
     def __init__(self, model: nn.Module, data: StageData, cfg: Stage1Config, generator) -> None:
         from trainables.meta_reweight import MetaWeightNet
 
-        if cfg.reweight not in ("l2rw", "mwn"):
-            raise ValueError(f"stage1.reweight must be none, l2rw or mwn, got {cfg.reweight!r}")
+        if cfg.reweight not in ("l2rw", "mwn", "metasaug"):
+            raise ValueError(
+                f"stage1.reweight must be none, l2rw, mwn or metasaug, got {cfg.reweight!r}"
+            )
         self.model, self.data, self.cfg, self.generator = model, data, cfg, generator
-        self.vnet = self.vnet_opt = None
+        self.vnet = self.vnet_opt = self.estimator = None
+        if cfg.reweight == "metasaug":
+            from trainables.meta_reweight import ClassCovariance
+
+            if not isinstance(model.classifier, nn.Linear):
+                raise ValueError("stage1.reweight=metasaug needs a linear classifier (CE)")
+            self.estimator = ClassCovariance(
+                data.num_classes, model.feature_dim, device=data.train.y.device
+            )
         if cfg.reweight == "mwn":
             device = data.train.y.device
             self.vnet = MetaWeightNet(cfg.meta_hidden).to(device)
@@ -248,17 +256,26 @@ class _MetaReweight:
                 self.vnet.parameters(), lr=cfg.meta_lr, momentum=0.9, weight_decay=5e-4
             )
 
-    def weights(self, x: Tensor, y: Tensor, lr: float) -> Tensor:
-        from trainables.meta_reweight import l2rw_weights, mwn_step
+    def loss(self, x: Tensor, y: Tensor, lr: float, epoch: int) -> Tensor:
+        """The batch's training loss under the meta method (to back-propagate)."""
+        from trainables.meta_reweight import l2rw_weights, metasaug_loss, mwn_step
 
         n = len(self.data.meta)
         pick = torch.randperm(n, generator=self.generator)[: self.cfg.meta_batch]
         pick = pick.to(self.data.meta.y.device)
         meta_x = self.data.prepare(self.data.meta.x[pick], augment=True, generator=self.generator)
         meta_y = self.data.meta.y[pick]
+        if self.estimator is not None:
+            lam = self.cfg.isda_lambda * epoch / max(1, self.cfg.epochs)
+            return metasaug_loss(
+                self.model, self.estimator, x, y, meta_x, meta_y, lr=lr, lam=lam,
+                meta_lr=self.cfg.meta_lr,
+            )  # fmt: skip
         if self.vnet is None:
-            return l2rw_weights(self.model, x, y, meta_x, meta_y, lr=lr)
-        return mwn_step(self.model, self.vnet, self.vnet_opt, x, y, meta_x, meta_y, lr=lr)
+            w = l2rw_weights(self.model, x, y, meta_x, meta_y, lr=lr)
+        else:
+            w = mwn_step(self.model, self.vnet, self.vnet_opt, x, y, meta_x, meta_y, lr=lr)
+        return (w * F.cross_entropy(self.model(x), y, reduction="none")).sum()
 
 
 def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:

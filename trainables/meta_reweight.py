@@ -9,6 +9,10 @@
 
 Both use the model's own modules through ``functional_call`` (no re-implemented layers). Virtual
 forwards use cloned buffers, so batch-norm statistics move only in the real step.
+
+* MetaSAug with CE (Li et al. 2021): ISDA's implicit semantic augmentation of the logits with
+  per-class feature covariances, the covariances moved by one meta-gradient step (the meta loss
+  of the virtual model) before the model's step on the augmented loss.
 """
 
 from __future__ import annotations
@@ -18,7 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-__all__ = ["MetaWeightNet", "l2rw_weights", "mwn_meta_loss", "mwn_step"]
+__all__ = [
+    "ClassCovariance",
+    "MetaWeightNet",
+    "isda_logits",
+    "l2rw_weights",
+    "metasaug_loss",
+    "metasaug_meta_loss",
+    "mwn_meta_loss",
+    "mwn_step",
+]
 
 
 class MetaWeightNet(nn.Module):
@@ -108,3 +121,85 @@ def mwn_step(
         params, buffers = _params_buffers(model)
         w = vnet(_losses(model, params, buffers, x, y))
         return w / w.sum()
+
+
+# ---------------------------------------------------------------- MetaSAug (Li et al. 2021)
+
+
+class ClassCovariance:
+    """Running per-class mean and covariance of features (MetaSAug / ISDA's estimator), from
+    exact sums: ``cov_c = E[z z^T | c] - mu_c mu_c^T`` over every feature seen so far."""
+
+    def __init__(self, num_classes: int, dim: int, device=None) -> None:
+        kw = {"dtype": torch.float64, "device": device}
+        self.count = torch.zeros(num_classes, **kw)
+        self.sum = torch.zeros(num_classes, dim, **kw)
+        self.outer = torch.zeros(num_classes, dim, dim, **kw)
+
+    @torch.no_grad()
+    def update(self, z: Tensor, y: Tensor) -> None:
+        z = z.detach().double()
+        self.count.index_add_(0, y, torch.ones_like(y, dtype=torch.float64))
+        self.sum.index_add_(0, y, z)
+        self.outer.index_add_(0, y, z.unsqueeze(2) * z.unsqueeze(1))
+
+    def covariance(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``[K, D, D]``; zero for classes not seen yet."""
+        n = self.count.clamp_min(1.0)[:, None, None]
+        mu = self.sum / n[:, :, 0]
+        cov = self.outer / n - mu.unsqueeze(2) * mu.unsqueeze(1)
+        return cov.to(dtype)
+
+
+def isda_logits(logits: Tensor, weight: Tensor, y: Tensor, cov: Tensor, lam: float) -> Tensor:
+    """The implicit semantic augmentation of the logits (ISDA / MetaSAug): ``z_j + lam/2 *
+    (w_j - w_y)^T Sigma_y (w_j - w_y)`` for a linear classifier ``weight [K, D]``."""
+    dw = weight.unsqueeze(0) - weight[y].unsqueeze(1)  # [B, K, D]
+    quad = torch.einsum("bkd,bde,bke->bk", dw, cov[y], dw)
+    return logits + 0.5 * lam * quad
+
+
+def _sub(params: dict[str, Tensor], buffers: dict[str, Tensor], prefix: str) -> dict:
+    """The state of one submodule (``features.`` / ``classifier.``) for ``functional_call``."""
+    state = {**buffers, **params}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _isda_loss(model, params, buffers, x, y, cov, lam) -> Tensor:
+    z = functional_call(model.features, _sub(params, buffers, "features."), (x,))
+    cls = _sub(params, buffers, "classifier.")
+    logits = functional_call(model.classifier, cls, (z,))
+    return F.cross_entropy(isda_logits(logits, cls["weight"], y, cov, lam), y)
+
+
+def metasaug_meta_loss(
+    model: nn.Module, x: Tensor, y: Tensor, meta_x: Tensor, meta_y: Tensor, cov: Tensor, *,
+    lr: float, lam: float,
+) -> Tensor:  # fmt: skip
+    """``L_meta(theta_hat(Sigma))``: meta-set CE of the virtual model after one step on the
+    augmented loss under the covariances ``cov [K, D, D]``; differentiable in ``cov``."""
+    params, buffers = _params_buffers(model)
+    hat = _virtual(params, _isda_loss(model, params, buffers, x, y, cov, lam), lr)
+    return _losses(model, hat, buffers, meta_x, meta_y).mean()
+
+
+def metasaug_loss(
+    model: nn.Module, estimator: ClassCovariance, x: Tensor, y: Tensor, meta_x: Tensor,
+    meta_y: Tensor, *, lr: float, lam: float, meta_lr: float,
+) -> Tensor:  # fmt: skip
+    """One MetaSAug step's training loss: the covariances are updated from the batch's
+    features, moved by one meta-gradient step (``meta_lr``) on the meta loss of the virtual
+    model, and the augmented CE under the moved covariances is returned for the model's step."""
+    params, buffers = _params_buffers(model)
+    with torch.no_grad():
+        z = functional_call(model.features, _sub(params, buffers, "features."), (x,))
+        estimator.update(z, y)
+    cov = estimator.covariance(x.dtype if x.is_floating_point() else torch.float32)
+    cov = cov.requires_grad_()
+    meta = metasaug_meta_loss(model, x, y, meta_x, meta_y, cov, lr=lr, lam=lam)
+    (g,) = torch.autograd.grad(meta, cov)
+    moved = (cov - meta_lr * g).detach()
+    z = model.features(x)
+    return F.cross_entropy(
+        isda_logits(model.classifier(z), model.classifier.weight, y, moved, lam), y
+    )

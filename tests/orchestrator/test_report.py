@@ -100,7 +100,7 @@ def test_report_aggregates_joins_and_marks_missing(tmp_path):
     assert "23.00 ± 3.61 [paper 18.13, +4.87]" in md
     assert "30.00 (n=1) [paper 29.86, +0.14]" in md
     assert "missing [paper 34.13]" in md  # never filled in
-    assert "not run [paper 33.49]" in md  # L2RW: published only
+    assert "not run [paper 20.18]" in md  # BBN: published only
     rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
     row = next(
         r for r in rows if r["column"] == "cifar10_if100" and r["method"] == "ot_weight_vector"

@@ -58,7 +58,7 @@ def test_list_names_every_experiment():
     "args, message",
     [
         (["no_table"], "unknown table"),
-        (["offline_image", "--methods", "metasaug_ce"], "has no method metasaug_ce"),
+        (["offline_image", "--methods", "metasaug_ldam"], "has no method metasaug_ldam"),
         (["offline_image", "--columns", "nope"], "has no column nope"),
         (["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
         (["table5"], "SST-2"),
