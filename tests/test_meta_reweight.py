@@ -118,7 +118,12 @@ def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
 
     cfg = apply_overrides(
         EXPERIMENTS["image_mnist_lt"](smoke=True),
-        [f"stage1.reweight={method}", "stage1.meta_start=1", "stage1.meta_lr=0.1"],
+        [
+            f"stage1.reweight={method}",
+            "stage1.epochs=1",
+            "stage1.meta_batch=20",
+            "stage1.meta_lr=0.1",
+        ],
     )
     a = build_stage1(cfg, device=torch.device("cpu"))
     b = build_stage1(cfg, device=torch.device("cpu"))
