@@ -217,7 +217,9 @@ def _intro(data: dict) -> list[str]:
     what = "test top-1 error (%)" if table.metric == "top1_error" else "test accuracy (%)"
     return [
         table.description,
-        f"Preset {data['preset']}; {what}, mean ± std over seeds; [paper number, difference]. "
+        f"Preset {data['preset']}"
+        + (" (OT rows at the best setting of a sweep)" if "+sweep" in data["preset"] else "")
+        + f"; {what}, mean ± std over seeds; [paper number, difference]. "
         "Missing cells are not filled in.",
     ]
 
@@ -333,6 +335,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument("--tuned", action="store_true", help="the runs of reproduce --tuned")
     p.add_argument("--smoke", action="store_true", help="the table's smoke runs")
     p.add_argument("--storage", default=None, help="run storage (default ./runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
@@ -364,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"no runs of {args.table} in {uri} (experiment {name!r}); run "
                 f"python -m orchestrator.reproduce {args.table} first"
             )
-        text = render(
-            report_data(c, exp.experiment_id, TABLES[args.table], args.preset), args.format
-        )
+        asked = args.preset + ("+sweep" if args.tuned else "")
+        text = render(report_data(c, exp.experiment_id, TABLES[args.table], asked), args.format)
     except (SweepError, tracking.TrackingError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

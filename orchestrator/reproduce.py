@@ -44,6 +44,7 @@ class RunSpec:
     seed: int
     cfg: ExperimentConfig
     stage1_key: str
+    tuned_from: str = ""  # the sweep run whose best setting the cell took (--tuned)
 
     @property
     def run_key(self) -> str:
@@ -75,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fidelity", action="store_true",
         help="also run the released-code rows (each extra switched off alone), first column",
+    )  # fmt: skip
+    p.add_argument(
+        "--tuned", action="store_true",
+        help="OT rows use the best setting of the latest finished sweep of their experiment "
+        "(same data, model and stage 1); recorded and reported as PRESET+sweep",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the grid; run nothing")
     p.add_argument("--smoke", action="store_true", help="tiny variant of every cell")
@@ -121,6 +127,36 @@ def plan(
     return out
 
 
+def settings_key(preset: str, tuned: bool) -> str:
+    """What a run was asked for: the preset, with ``+sweep`` when OT rows took a sweep's best."""
+    return preset + ("+sweep" if tuned else "")
+
+
+def tuned_values(c, cfg: ExperimentConfig) -> tuple[dict, str] | None:
+    """(best sampled values, sweep run id) of the latest finished sweep of ``cfg``'s experiment
+    whose stage 1 is ``cfg``'s at the sweep's seed (same data, model, stage 1); None if none."""
+    from .stages import stage1_hash
+
+    exp = c.get_experiment_by_name(cfg.name)
+    if exp is None:
+        return None
+    sweeps = tracking.all_runs_with_tags(c, exp.experiment_id, {tracking.KIND_TAG: "sweep"})
+    for run in sorted(sweeps, key=lambda r: -(r.info.end_time or 0)):
+        tags = run.data.tags
+        if run.info.status != "FINISHED" or not tags.get("ot.seed", "").isdigit():
+            continue
+        at_seed = dataclasses.replace(cfg, seed=int(tags["ot.seed"]))
+        if tags.get("ot.stage1_hash") != stage1_hash(at_seed):
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                path = c.download_artifacts(run.info.run_id, "best.json", tmp)
+            except Exception:
+                continue
+            return json.loads(Path(path).read_text())["params"], run.info.run_id
+    return None
+
+
 def _finished(c, exp_id: str, table: str, preset: str) -> set[str]:
     runs = tracking.all_runs_with_tags(c, exp_id, {"ot.table": table, tracking.KIND_TAG: "trial"})
     return {
@@ -128,6 +164,30 @@ def _finished(c, exp_id: str, table: str, preset: str) -> set[str]:
         for r in runs
         if r.info.status == "FINISHED" and r.data.tags.get("ot.preset_asked") == preset
     }
+
+
+def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
+    """OT rows (not the fidelity rows) take their experiment's swept best; a row without a
+    matching sweep stops the command (never a silent fall-back to the paper's setting)."""
+    from search_spaces.config import apply_values
+
+    out, missing = [], set()
+    for s in specs:
+        if s.cfg.stage2.method != "ot" or s.cell.method.fidelity:
+            out.append(s)
+            continue
+        found = tuned_values(c, s.cfg) if c is not None else None
+        if found is None:
+            missing.add(s.cell.key)
+            continue
+        values, run_id = found
+        out.append(dataclasses.replace(s, cfg=apply_values(s.cfg, values), tuned_from=run_id))
+    if missing:
+        raise SweepError(
+            f"--tuned: no finished sweep matches {', '.join(sorted(missing))}; run "
+            "python -m orchestrator.sweep EXPERIMENT with the same data and stage 1 first"
+        )
+    return out
 
 
 def _estimate(specs: list[RunSpec], pending: list[RunSpec]) -> list[str]:
@@ -267,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
         (local_root / "mlartifacts").as_uri() if local_root else storage.child_uri("mlartifacts")
     )
     name = experiment_name(table.name, args.smoke)
+    asked = settings_key(args.preset, args.tuned)
     no_db = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite://")).exists()
     if args.dry_run and no_db:
         done: set[str] = set()
@@ -274,12 +335,14 @@ def run(args: argparse.Namespace) -> int:
         tracking.check_reachable(uri)
         c = tracking.client(uri)
         exp = c.get_experiment_by_name(name)
-        done = set() if exp is None else _finished(c, exp.experiment_id, table.name, args.preset)
+        done = set() if exp is None else _finished(c, exp.experiment_id, table.name, asked)
     else:
         tracking.check_reachable(uri)
         c = tracking.client(uri)
         exp_id = tracking.ensure_experiment(uri, name, artifact_loc)
-        done = _finished(c, exp_id, table.name, args.preset)
+        done = _finished(c, exp_id, table.name, asked)
+    if args.tuned:
+        specs = _apply_tuned(c if not no_db else None, specs)
     pending = [s for s in specs if s.run_key not in done]
     if args.dry_run:
         from .stages import verify_entry
@@ -304,6 +367,7 @@ def run(args: argparse.Namespace) -> int:
             tracking.KIND_TAG: KIND,
             "ot.table": table.name,
             "ot.preset": args.preset,
+            "ot.preset_asked": asked,
             "ot.smoke": str(args.smoke).lower(),
             "mlflow.source.git.commit": tracking.git_commit(REPO),
         },
@@ -316,6 +380,7 @@ def run(args: argparse.Namespace) -> int:
             "reproduce.seeds": args.seeds or "protocol",
             "reproduce.methods": ",".join(args.methods or []) or "all",
             "reproduce.preset": args.preset,
+            "reproduce.tuned": args.tuned,
             "reproduce.fidelity": args.fidelity,
             "reproduce.columns": ",".join(args.columns or []) or "all",
             "reproduce.overrides": " ".join(args.overrides) or "none",
@@ -330,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
     from .report import render, report_data
 
     print()
-    print(render(report_data(c, exp_id, table), "md"))
+    print(render(report_data(c, exp_id, table, asked), "md"))
     store = f" --storage {storage.uri}" if args.storage else ""
     smoke = " --smoke" if args.smoke else ""
     print(
@@ -350,6 +415,7 @@ def _run_pending(args, table, specs, pending, storage, uri, exp_id, c, parent, i
     from .trainable import SweepContext, reproduce_trial
 
     spec = tracking.TrackingSpec(uri, exp_id)
+    asked = settings_key(args.preset, args.tuned)
     _init_ray(args.address)
     try:
         entries = _build_stage1(
@@ -376,7 +442,8 @@ def _run_pending(args, table, specs, pending, storage, uri, exp_id, c, parent, i
                 "ot.cell": s.cell.key,
                 "ot.column": s.cell.column.name,
                 "ot.method": s.cell.method.name,
-                "ot.preset_asked": args.preset,
+                "ot.preset_asked": asked,
+                **({"ot.tuned_from": s.tuned_from} if s.tuned_from else {}),
                 "ot.smoke": str(args.smoke).lower(),
                 "ot.fidelity": str(s.cell.method.fidelity).lower(),
             },

@@ -460,3 +460,29 @@ def test_stage1_space_builds_a_stage1_per_trial(tmp_path):
     assert len(hashes) == 2 and {b.data.tags["ot.stage1_hash"] for b in builds} == hashes
     assert {t.data.params["stage1.reweight"] for t in trials} == {"mwn"}
     assert "1e-05" in {t.data.params["stage1.meta_lr"] for t in trials}
+
+
+def test_reproduce_tuned_takes_the_sweeps_best(tmp_path):
+    ok(smoke(tmp_path, "--trials", "2"))
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (parent,) = kind(runs(tmp_path), "sweep")
+    best = json.loads(
+        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
+    )
+    args = ["offline_image", "--smoke", "--seeds", "2", "--methods", "ot_weight_vector", "--tuned"]
+    ok(_reproduce(tmp_path, *args, "--quiet"))
+    exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
+    trials = kind(c.search_runs([exp.experiment_id], max_results=100), "trial")
+    assert len(trials) == 2
+    for t in trials:
+        assert t.data.tags["ot.tuned_from"] == parent.info.run_id
+        assert t.data.tags["ot.preset_asked"] == "paper+sweep"
+        for k, v in best["params"].items():
+            assert t.data.params[k] == str(v)
+    rep = _reproduce(tmp_path, "offline_image", "--smoke", "--tuned", tool="report")
+    ok(rep)
+    assert (
+        "best setting of a sweep" in rep.stdout and "| ot_weight_vector | missing" not in rep.stdout
+    )

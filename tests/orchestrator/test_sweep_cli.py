@@ -62,6 +62,7 @@ def test_list_names_every_experiment():
         (["offline_image", "--columns", "nope"], "has no column nope"),
         (["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
         (["table5"], "SST-2"),
+        (["offline_image", "--tuned", "--dry-run"], "--tuned: no finished sweep matches"),
     ],
 )
 def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, args, message):
