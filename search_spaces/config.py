@@ -159,6 +159,9 @@ class Stage2Config:
     check_every: int = 10
     stop: str = "marginal"
     grad: str = "unrolled"
+    # ot_loss's implementation: auto (the fused exact path where it applies) | reference (the
+    # log-domain loop under autograd, what runs measured before the fused path used) | fused
+    impl: str = "auto"
     meta_distribution: str = "prototype"  # prototype | whole | random_sample
     prototype_batch: int = 0  # m random prototypes per iteration (ImageNet-LT: 100); 0 = all
     virtual_step: bool = True

@@ -297,6 +297,7 @@ def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:
         loss_weights=cfg.loss_weights,
         meta_ce_coef=cfg.meta_ce_coef,
         weight_decay=cfg.weight_decay_w,
+        impl=cfg.impl,
     )
 
 

@@ -78,3 +78,16 @@ def test_auto_uses_fused_only_where_exact(monkeypatch):
     torch.testing.assert_close(out, ot_loss(big, a, b, eps=0.1, max_iter=20, impl="reference"))
     with pytest.raises(ValueError, match="fixed iteration count"):
         ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3, impl="fused")
+
+
+def test_the_stage2_config_chooses_the_implementation():
+    from search_spaces import EXPERIMENTS
+    from search_spaces.config import apply_overrides
+    from trainables.loop import step_config
+    from trainables.reweight import StepConfig
+
+    cfg = apply_overrides(EXPERIMENTS["image_mnist_lt"](), ["stage2.impl=reference"])
+    assert step_config(cfg.stage2, 10).impl == "reference"
+    assert step_config(EXPERIMENTS["image_mnist_lt"]().stage2, 10).impl == "auto"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        StepConfig(impl="fast")

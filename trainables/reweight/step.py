@@ -13,7 +13,7 @@ from torch.func import functional_call
 
 from .costs import COSTS, transport_cost
 from .meta import MetaDistribution
-from .sinkhorn import GRAD_MODES, STOP_RULES, ot_loss
+from .sinkhorn import GRAD_MODES, IMPLS, STOP_RULES, ot_loss
 from .weights import WeightNet, WeightVector
 
 __all__ = [
@@ -84,6 +84,7 @@ class StepConfig:
             ("grad", self.grad, GRAD_MODES),
             ("stop", self.stop, STOP_RULES),
             ("loss_weights", self.loss_weights, LOSS_WEIGHTINGS),
+            ("impl", self.impl, IMPLS),
         )
         for name, value, allowed in checks:
             if value not in allowed:
