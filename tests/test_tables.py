@@ -49,6 +49,16 @@ def test_methods_set_what_they_claim():
     assert ablation.stage2.meta_distribution == "whole" and ablation.data.num_classes == 100
     mwn = cell_config(_cell("table1", "cifar10_if200|meta_weight_net"), seed=0)
     assert mwn.stage1.reweight == "mwn" and mwn.stage2.method == "none"
+    s1 = mwn.stage1  # MWN's published CIFAR-LT schedule
+    assert (s1.epochs, s1.batch_size, s1.lr, s1.milestones, s1.gamma) == (
+        100,
+        100,
+        0.1,
+        (80, 90),
+        0.1,
+    )
+    mnist_mwn = cell_config(_cell("offline_image", "mnist_if100|meta_weight_net"), seed=0)
+    assert mnist_mwn.stage1.epochs == 30  # the offline column keeps its own schedule
     assert stage1_hash(mwn) != stage1_hash(ce)
     assert paper_value(TABLES["table1"], _cell("table1", "cifar10_if100|l2rw")) == (25.84, None)
     msa = cell_config(_cell("table1", "cifar100_if50|metasaug_ce"), seed=0)
