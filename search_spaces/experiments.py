@@ -355,6 +355,19 @@ def _point_stage1(epochs: int, milestones: tuple[int, ...]) -> Stage1Config:
     )
 
 
+def _point_smoke(cfg: ExperimentConfig, **data: object) -> ExperimentConfig:
+    """The tiny point-cloud variant: 64 points, 2 meta and 2 validation clouds per class, small
+    models, plus the experiment's own data changes."""
+    data = {"num_points": 64, "meta_per_class": 2, "val_per_class": 2, **data}
+    return _smoke(
+        dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, **data),
+            model=dataclasses.replace(cfg.model, emb_dim=64, k=8),
+        )
+    )
+
+
 def pointcloud_modelnet10(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
     """Point clouds (paper Sec. 6.3, Appendix D; the appendix is not in our copy): ModelNet10
     made long-tailed (IF 50; classes ordered by size, each capped at what it has), 10 meta and
@@ -381,21 +394,7 @@ def pointcloud_modelnet10(smoke: bool = False, preset: str = "paper") -> Experim
         stage2=Stage2Config(),
     )
     cfg = apply_preset(cfg, preset)
-    if smoke:
-        cfg = _smoke(
-            dataclasses.replace(
-                cfg,
-                data=dataclasses.replace(
-                    cfg.data,
-                    num_points=64,
-                    imbalance_factor=2.0,
-                    meta_per_class=2,
-                    val_per_class=2,
-                ),
-                model=dataclasses.replace(cfg.model, emb_dim=64, k=8),
-            )
-        )
-    return cfg
+    return _point_smoke(cfg, imbalance_factor=2.0) if smoke else cfg
 
 
 def pointcloud_shapes(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
@@ -433,19 +432,5 @@ def pointcloud_shapes(smoke: bool = False, preset: str = "paper") -> ExperimentC
         ),
     )
     if smoke:
-        cfg = _smoke(
-            dataclasses.replace(
-                cfg,
-                data=dataclasses.replace(
-                    cfg.data,
-                    limit_per_class=16,
-                    test_per_class=4,
-                    num_points=64,
-                    imbalance_factor=5.0,
-                    meta_per_class=2,
-                    val_per_class=2,
-                ),
-                model=dataclasses.replace(cfg.model, emb_dim=64, k=8),
-            )
-        )
+        cfg = _point_smoke(cfg, imbalance_factor=5.0, limit_per_class=16, test_per_class=4)
     return cfg
