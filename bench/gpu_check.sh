@@ -15,6 +15,10 @@ OUT=${2:-bench/results/gpu}
 PY=${PYTHON:-.venv/bin/python}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/device.txt"
+# the Triton kernels' checks (interpreter and sm_90 build), then the benchmark, whose first
+# step compares every fast path on the GPU (the compiled Triton kernels included) with the
+# reference for values and gradients
+$PY -m pytest -q tests/reweight/test_triton_ot.py tests/reweight/test_fused.py | tee "$OUT/tests.log"
 $PY bench/ot_speed.py --device cuda --out "$OUT/ot_speed_cuda.json" | tee "$OUT/ot_speed.log"
 # One reproduce invocation: stage 1 built once, CE and OT (paper preset) plus the released-code
 # rows (--fidelity), all on the GPU with the data resident there.

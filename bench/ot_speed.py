@@ -8,11 +8,15 @@ Every variant is timed in the same run as the unrolled reference and printed wit
 it (medians; CUDA timings synchronise before reading the clock). Variants of the OT loss at 200
 iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000):
   * reference: the log-domain loop under autograd (``impl="reference"``, the paper's gradient);
-  * fused: the same iterations in the scaling domain with a hand-written backward (exact);
+  * auto: what ``ot_loss`` picks by default for the device and size;
+  * fused_numpy (CPU) / fused_torch / fused_triton (CUDA, one tile per problem): the same
+    iterations in the scaling domain with a hand-written backward (exact), on each backend of
+    :mod:`trainables.reweight.fused`;
   * implicit / envelope: the other gradient modes (converged / different objective).
 Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
-step on) with each OT implementation against a plain CE step, and one ResNet-32 stage-1 epoch
-(100 steps of batch 128). Inputs are random tensors of CIFAR's shape: this measures time only.
+step on) with the reference and the default OT implementation against a plain CE step, and
+one ResNet-32 stage-1 epoch (100 steps of batch 128). Inputs are random tensors of CIFAR's
+shape: this measures time only.
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ from trainables.reweight import (
     ot_loss,
     reweight_step,
 )
+from trainables.reweight.fused import BACKENDS, fused_unrolled_ot
+from trainables.reweight.triton_ot import triton_fits
 
 SIZES = ((16, 10), (16, 100), (32, 365), (128, 1000))
 
@@ -58,24 +64,50 @@ def timed(fn, device: torch.device, *, repeat: int, warmup: int = 3) -> float:
     return statistics.median(out)
 
 
-def check_fused(device: torch.device) -> dict:
-    """Max relative difference of the fused path to the reference (value, dC, da, db)."""
+def fast_paths(device: torch.device, shape: tuple[int, int]) -> dict:
+    """The exact fast variants for this device and size: name -> fn(cost, a, q) -> OT value
+    (NumPy on the CPU only; the Triton kernels on CUDA where the problem fits one tile)."""
+    out = {"auto": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200)}
+    for backend in BACKENDS:
+        usable = {
+            "numpy": device.type == "cpu",
+            "triton": device.type == "cuda" and triton_fits(torch.float32, shape),
+        }.get(backend, True)
+        if usable:
+            out[f"fused_{backend}"] = lambda c, a, q, backend=backend: fused_unrolled_ot(
+                c, a, q, eps=0.1, n_iter=200, backend=backend
+            )
+    return out
+
+
+def check_fast_paths(device: torch.device) -> dict:
+    """Max relative difference of each fast path to the reference (value, dC, da, db)."""
     out = {}
     for b, k in SIZES:
+        paths = fast_paths(device, (b, k))
+        paths["reference"] = lambda c, a, q: ot_loss(
+            c, a, q, eps=0.1, max_iter=200, impl="reference"
+        )
         g = torch.Generator().manual_seed(1)
         cost = torch.rand(b, k, generator=g).to(device).requires_grad_()
         a = torch.softmax(torch.randn(b, generator=g), 0).to(device).requires_grad_()
         q = torch.softmax(torch.randn(k, generator=g), 0).to(device).requires_grad_()
         got = {}
-        for impl in ("reference", "fused"):
-            v = ot_loss(cost, a, q, eps=0.1, max_iter=200, impl=impl)
-            got[impl] = (v, *torch.autograd.grad(v, (cost, a, q)))
-        out[f"B{b}_K{k}"] = [
-            float(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).detach())
-            for x, y in zip(got["fused"], got["reference"], strict=True)
-        ]
-    worst = max(max(v) for v in out.values())
-    print(f"fused vs reference, max relative difference (value and gradients): {worst:.2e}")
+        for name, fn in paths.items():
+            v = fn(cost, a, q)
+            got[name] = (v, *torch.autograd.grad(v, (cost, a, q)))
+        out[f"B{b}_K{k}"] = {
+            name: [
+                float(((x - y).abs().max() / y.abs().max().clamp_min(1e-30)).detach())
+                for x, y in zip(got[name], got["reference"], strict=True)
+            ]
+            for name in paths
+            if name != "reference"
+        }
+    for name in sorted({name for row in out.values() for name in row}):
+        if name != "reference":
+            worst = max(max(v[name]) for v in out.values() if name in v)
+            print(f"{name} vs reference, max relative difference (value, gradients): {worst:.2e}")
     return out
 
 
@@ -87,19 +119,20 @@ def ot_variants(device: torch.device, repeat: int) -> dict:
         a = torch.full((b,), 1.0 / b, device=device, requires_grad=True)
         q = torch.full((k,), 1.0 / k, device=device)
 
-        def run(cost=cost, a=a, q=q, **kw):
+        def run(fn, cost=cost, a=a, q=q):
             def f():
                 a.grad = None
-                ot_loss(cost, a, q, eps=0.1, max_iter=200, **kw).backward()
+                fn(cost, a, q).backward()
 
             return f
 
-        row = {
-            "reference": timed(run(impl="reference"), device, repeat=repeat),
-            "fused": timed(run(impl="fused"), device, repeat=repeat),
-            "implicit": timed(run(grad="implicit"), device, repeat=repeat),
-            "envelope": timed(run(grad="envelope"), device, repeat=repeat),
+        variants = {
+            "reference": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200, impl="reference"),
+            **fast_paths(device, (b, k)),
+            "implicit": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200, grad="implicit"),
+            "envelope": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200, grad="envelope"),
         }
+        row = {name: timed(run(fn), device, repeat=repeat) for name, fn in variants.items()}
         res[f"B{b}_K{k}"] = row
         ratios = "  ".join(f"{n} {row['reference'] / v:5.1f}x" for n, v in row.items())
         print(f"OT loss+grad B{b:<4} K{k:<5} reference {row['reference']:8.2f} ms | {ratios}")
@@ -123,7 +156,7 @@ def stage2_step(device: torch.device, repeat: int) -> dict:
         opt.step()
 
     out = {"ce_step": timed(ce, device, repeat=repeat)}
-    for impl in ("reference", "fused"):
+    for impl in ("reference", "auto"):
         weights = WeightVector(n_train, init="uniform").to(device)
         w_opt = torch.optim.SGD(weights.parameters(), lr=1e-3)
         cfg = StepConfig(eps=0.1, max_iter=200, virtual_lr=2e-5, impl=impl)
@@ -139,7 +172,7 @@ def stage2_step(device: torch.device, repeat: int) -> dict:
     print(
         f"ResNet-32 stage-2 step, batch 16: CE {ce_ms:.1f} ms; OT reference "
         f"{out['ot_step_reference']:.1f} ms ({out['ot_step_reference'] / ce_ms:.2f}x CE); OT "
-        f"fused {out['ot_step_fused']:.1f} ms ({out['ot_step_fused'] / ce_ms:.2f}x CE)"
+        f"auto {out['ot_step_auto']:.1f} ms ({out['ot_step_auto'] / ce_ms:.2f}x CE)"
     )
     return out
 
@@ -183,7 +216,7 @@ def main() -> None:
         "device_name": name or platform.machine(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "fused_vs_reference_max_rel_diff": check_fused(device),
+        "fast_vs_reference_max_rel_diff": check_fast_paths(device),
         "ot_loss_grad_ms": ot_variants(device, args.repeat),
         "stage2_step_ms": stage2_step(device, max(5, args.repeat // 2)),
         "stage1": stage1_epoch(device, args.stage1_steps),

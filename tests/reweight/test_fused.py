@@ -30,21 +30,24 @@ def _value_and_grads(fn, c, a, b):
 )  # fmt: skip
 @pytest.mark.parametrize("shape", [(16, 10), (16, 100), (3, 7, 5)])
 @pytest.mark.parametrize("eps, iters", [(0.1, 200), (0.05, 37)])
-def test_fused_equals_the_unrolled_reference(dtype, rtol, shape, eps, iters):
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fused_equals_the_unrolled_reference(dtype, rtol, shape, eps, iters, backend):
     c, a, b = _problem(shape, dtype)
     ref = _value_and_grads(
         lambda c, a, b: ot_loss(c, a, b, eps=eps, max_iter=iters, impl="reference"), c, a, b
     )
     got = _value_and_grads(
-        lambda c, a, b: ot_loss(c, a, b, eps=eps, max_iter=iters, impl="fused"), c, a, b
+        lambda c, a, b: fused_unrolled_ot(c, a, b, eps=eps, n_iter=iters, backend=backend), c, a, b
     )
+    assert all(x.dtype == dtype for x in got)
     for x, y in zip(got, ref, strict=True):
         torch.testing.assert_close(x, y, rtol=rtol, atol=rtol * float(y.detach().abs().max()))
 
 
-def test_fused_gradient_against_finite_differences():
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_fused_gradient_against_finite_differences(backend):
     c, a, b = _problem((4, 3), torch.float64, seed=2)
-    fn = lambda c, a, b: fused_unrolled_ot(c, a, b, eps=0.2, n_iter=15)  # noqa: E731
+    fn = lambda c, a, b: fused_unrolled_ot(c, a, b, eps=0.2, n_iter=15, backend=backend)  # noqa: E731
     _, gc, ga, gb = _value_and_grads(fn, c, a, b)
     h = 1e-6
     for which, (tensor, grad) in enumerate(((c, gc), (a, ga), (b, gb))):
@@ -91,3 +94,14 @@ def test_the_stage2_config_chooses_the_implementation():
     assert step_config(EXPERIMENTS["image_mnist_lt"]().stage2, 10).impl == "auto"
     with pytest.raises(ValueError, match="impl must be one of"):
         StepConfig(impl="fast")
+
+
+def test_the_numpy_backend_keeps_autograds_in_place_check():
+    c, a, b = _problem((5, 4), torch.float32)
+    v = fused_unrolled_ot(c, a, b, eps=0.1, n_iter=10, backend="numpy")
+    with torch.no_grad():
+        a.mul_(2)  # changes the NumPy view the forward read
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        v.backward()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fused_unrolled_ot(c, a, b, eps=0.1, n_iter=10, backend="cupy")

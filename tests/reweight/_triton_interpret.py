@@ -1,0 +1,70 @@
+"""Run by test_triton_ot.py in a subprocess with TRITON_INTERPRET=1 (set before triton is
+imported): the Triton OT kernels on CPU tensors in Triton's interpreter against the log-domain
+reference. Prints one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+from trainables.reweight import ot_loss
+from trainables.reweight.triton_ot import interpreted, triton_unrolled_ot
+
+CASES = [  # (shape, eps, iterations)
+    ((16, 10), 0.1, 200),
+    ((16, 100), 0.1, 200),
+    ((3, 7, 5), 0.05, 37),
+    ((2, 32, 365), 0.1, 20),
+    ((1, 1), 0.1, 3),
+]
+
+
+def _diff(x, y):
+    """(max difference, the reference's max magnitude)."""
+    return float((x - y).abs().max().detach()), float(y.abs().max().detach())
+
+
+def main() -> None:
+    out = {"env": os.environ.get("TRITON_INTERPRET"), "interpreted": interpreted(), "cases": {}}
+    for shape, eps, iters in CASES:
+        g = torch.Generator().manual_seed(len(out["cases"]))
+        c = torch.rand(*shape, generator=g).requires_grad_()
+        a = torch.softmax(torch.randn(shape[:-1], generator=g), -1).requires_grad_()
+        # one b for every problem of a batch: broadcast, its gradient summed over problems
+        b = torch.softmax(torch.randn(shape[-1:], generator=g), -1).requires_grad_()
+        got = {}
+        for name, fn in {
+            "triton": lambda c, a, b, e=eps, n=iters: triton_unrolled_ot(c, a, b, eps=e, n_iter=n),
+            "reference": lambda c, a, b, e=eps, n=iters, s=shape: ot_loss(
+                c, a, b.expand(*s[:-2], s[-1]), eps=e, max_iter=n, impl="reference"
+            ),
+        }.items():
+            # a weighted sum of the values: a different upstream gradient per problem
+            v = fn(c, a, b)
+            wsum = (v * torch.arange(1, v.numel() + 1, dtype=v.dtype).reshape(v.shape)).sum()
+            got[name] = (v, *torch.autograd.grad(wsum, (c, a, b)))
+        out["cases"][f"{shape}/{eps}/{iters}"] = {
+            "shapes_equal": all(
+                x.shape == y.shape and x.dtype == y.dtype
+                for x, y in zip(got["triton"], got["reference"], strict=True)
+            ),
+            "diff": [_diff(x, y) for x, y in zip(got["triton"], got["reference"], strict=True)],
+        }
+    errors = {}
+    for name, args in {
+        "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
+        "too_big": (torch.rand(128, 1000), 128, 1000),
+    }.items():
+        c, n, m = args
+        try:
+            triton_unrolled_ot(c, torch.ones(n) / n, torch.ones(m) / m, eps=0.1, n_iter=2)
+        except ValueError as e:
+            errors[name] = str(e)
+    out["errors"] = errors
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The Triton OT kernels (trainables/reweight/triton_ot.py) on a machine without a GPU: run in
+Triton's interpreter on CPU tensors (a subprocess, since the interpreter is chosen when triton
+is imported) against the log-domain reference, and compiled ahead of time for an H100
+(sm_90) through Triton's own ptxas, which checks that they build for the GPU they target."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainables.reweight import triton_ot
+from trainables.reweight.fused import pick_backend
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def interpreted_run() -> dict:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.reweight._triton_interpret"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
+    assert interpreted_run["interpreted"] is True
+    assert len(interpreted_run["cases"]) == 5
+    for case, res in interpreted_run["cases"].items():
+        assert res["shapes_equal"], case
+        # value, dC, da, db; float32 on both sides, different summation orders (a 1 x 1
+        # problem has gradients that are zero up to rounding: 1e-6 absolute)
+        for diff, scale in res["diff"]:
+            assert diff <= 5e-5 * scale or diff < 1e-6, (case, res["diff"])
+
+
+def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
+    errors = interpreted_run["errors"]
+    assert "float32" in errors["float64"]
+    assert "16384" in errors["too_big"]
+
+
+def test_cpu_tensors_need_the_interpreter():
+    c = torch.rand(4, 3)
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        triton_ot.triton_unrolled_ot(c, torch.ones(4) / 4, torch.ones(3) / 3, eps=0.1, n_iter=2)
+
+
+@pytest.mark.parametrize("n, m", [(16, 100), (32, 365)])
+def test_the_kernels_compile_for_an_h100(n, m):
+    sizes = triton_ot.compile_for(90, n, m)
+    assert set(sizes) == {"_ot_forward", "_ot_backward"}
+    assert all(size > 1000 for size in sizes.values())
+
+
+def test_the_default_backend_per_device_and_size():
+    assert pick_backend("cpu", torch.float32, (16, 100)) == "numpy"
+    assert pick_backend("cuda", torch.float32, (16, 100)) == "triton"
+    assert pick_backend("cuda", torch.float32, (4, 32, 365)) == "triton"  # 32 x 512 tiles
+    assert pick_backend("cuda", torch.float32, (128, 1000)) == "torch"  # over one tile
+    assert pick_backend("cuda", torch.float64, (16, 100)) == "torch"
+    assert pick_backend("mps", torch.float32, (16, 100)) == "torch"
