@@ -15,8 +15,8 @@ iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000)
   * implicit / envelope: the other gradient modes (converged / different objective).
 Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
 step on) with the reference and the default OT implementation against a plain CE step, and
-one ResNet-32 stage-1 epoch (100 steps of batch 128). Inputs are random tensors of CIFAR's
-shape: this measures time only.
+ResNet-32 stage-1 steps (batch 128) in float32 and under ``stage1.channels_last`` /
+``stage1.amp=bf16``. Inputs are random tensors of CIFAR's shape: this measures time only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from search_spaces.config import Stage1Config
+from trainables.loop import stage1_forward
 from trainables.models import build_model
 from trainables.reweight import (
     StepConfig,
@@ -178,27 +180,39 @@ def stage2_step(device: torch.device, repeat: int) -> dict:
 
 
 def stage1_epoch(device: torch.device, steps: int) -> dict:
-    torch.manual_seed(0)
-    model = build_model("resnet32", 10).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
-    x = torch.randn(128, 3, 32, 32, device=device)
-    y = torch.arange(128, device=device) % 10
+    """ResNet-32 stage-1 steps (batch 128) under each stage-1 throughput switch, through the
+    training loop's own forward (``trainables.loop.stage1_forward``)."""
+    out = {}
+    variants = {
+        "fp32": Stage1Config(),
+        "channels_last": Stage1Config(channels_last=True),
+        "bf16": Stage1Config(amp="bf16"),
+        "bf16_channels_last": Stage1Config(amp="bf16", channels_last=True),
+    }
+    for name, cfg in variants.items():
+        torch.manual_seed(0)
+        model = build_model("resnet32", 10).to(device)
+        forward = stage1_forward(model, cfg)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=2e-4)
+        x = torch.randn(128, 3, 32, 32, device=device)
+        y = torch.arange(128, device=device) % 10
 
-    def one():
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+        def one(forward=forward, opt=opt, x=x, y=y):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(forward(x), y).backward()
+            opt.step()
 
-    for _ in range(3):
-        one()
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        one()
-    _sync(device)
-    ms = (time.perf_counter() - t) * 1e3 / steps
-    print(f"ResNet-32 stage-1 step, batch 128: {ms:.1f} ms ({steps} steps)")
-    return {"step_ms": ms, "steps": steps}
+        for _ in range(3):
+            one()
+        _sync(device)
+        t = time.perf_counter()
+        for _ in range(steps):
+            one()
+        _sync(device)
+        out[name] = (time.perf_counter() - t) * 1e3 / steps
+    ratios = "  ".join(f"{n} {out['fp32'] / v:4.2f}x" for n, v in out.items())
+    print(f"ResNet-32 stage-1 step, batch 128: fp32 {out['fp32']:.1f} ms | {ratios} ({steps})")
+    return {"step_ms": out, "steps": steps}
 
 
 def main() -> None:

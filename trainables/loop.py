@@ -134,6 +134,28 @@ def lr_at(cfg: Stage1Config, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 
+def stage1_forward(model: nn.Module, cfg: Stage1Config) -> Callable[[Tensor], Tensor]:
+    """The training forward under ``stage1.amp`` / ``stage1.channels_last`` (the model is
+    converted in place; its logits come back in float32)."""
+    if cfg.amp not in ("none", "bf16"):
+        raise ValueError(f"stage1.amp must be none or bf16, got {cfg.amp!r}")
+    if cfg.reweight != "none" and (cfg.amp != "none" or cfg.channels_last):
+        raise ValueError("stage1.amp and stage1.channels_last run with stage1.reweight=none")
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    device_type = next(model.parameters()).device.type
+
+    def forward(x: Tensor) -> Tensor:
+        if cfg.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if cfg.amp == "none":
+            return model(x)
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return model(x).float()
+
+    return forward
+
+
 def train_stage1(
     model: SplitNet,
     data: StageData,
@@ -183,6 +205,7 @@ def train_stage1(
     meta = _MetaReweight(model, data, cfg, aug_gen) if cfg.reweight != "none" else None
     if meta is not None and (parallel is not None or loss_name != "ce"):
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
+    forward = stage1_forward(model, cfg)
     sel = _Selector()
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
@@ -205,7 +228,7 @@ def train_stage1(
                 total += loss.detach() * idx.numel()
             elif idx.numel():
                 x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
-                loss = loss_fn(model(x), data.train.y[idx], epoch=epoch) * share
+                loss = loss_fn(forward(x), data.train.y[idx], epoch=epoch) * share
                 loss.backward()
                 total += loss.detach() * (idx.numel() / share)
             if parallel is not None:
