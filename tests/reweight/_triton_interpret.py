@@ -18,6 +18,9 @@ CASES = [  # (shape, eps, iterations)
     ((3, 7, 5), 0.05, 37),
     ((2, 32, 365), 0.1, 20),
     ((1, 1), 0.1, 3),
+    # wider than one tile: the streamed kernels (K in column tiles)
+    ((24, 1000), 0.1, 30),
+    ((2, 128, 300), 0.05, 12),
 ]
 
 
@@ -55,7 +58,7 @@ def main() -> None:
     errors = {}
     for name, args in {
         "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
-        "too_big": (torch.rand(128, 1000), 128, 1000),
+        "too_many_rows": (torch.rand(300, 10), 300, 10),
     }.items():
         c, n, m = args
         try:

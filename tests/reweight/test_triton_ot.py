@@ -33,7 +33,7 @@ def interpreted_run() -> dict:
 
 def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
     assert interpreted_run["interpreted"] is True
-    assert len(interpreted_run["cases"]) == 5
+    assert len(interpreted_run["cases"]) == 7
     for case, res in interpreted_run["cases"].items():
         assert res["shapes_equal"], case
         # value, dC, da, db; float32 on both sides, different summation orders (a 1 x 1
@@ -45,7 +45,7 @@ def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
 def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
     errors = interpreted_run["errors"]
     assert "float32" in errors["float64"]
-    assert "16384" in errors["too_big"]
+    assert "at most 256 rows" in errors["too_many_rows"]
 
 
 def test_cpu_tensors_need_the_interpreter():
@@ -54,10 +54,18 @@ def test_cpu_tensors_need_the_interpreter():
         triton_ot.triton_unrolled_ot(c, torch.ones(4) / 4, torch.ones(3) / 3, eps=0.1, n_iter=2)
 
 
-@pytest.mark.parametrize("n, m", [(16, 100), (32, 365)])
-def test_the_kernels_compile_for_an_h100(n, m):
+@pytest.mark.parametrize(
+    "n, m, kernels",
+    [
+        (16, 100, "_ot_forward _ot_backward"),
+        (32, 365, "_ot_forward _ot_backward"),
+        (128, 1000, "_ot_forward_streamed _ot_backward_streamed"),
+        (256, 100, "_ot_forward_streamed _ot_backward_streamed"),
+    ],
+)
+def test_the_kernels_compile_for_an_h100(n, m, kernels):
     sizes = triton_ot.compile_for(90, n, m)
-    assert set(sizes) == {"_ot_forward", "_ot_backward"}
+    assert set(sizes) == set(kernels.split())
     assert all(size > 1000 for size in sizes.values())
 
 
@@ -65,6 +73,7 @@ def test_the_default_backend_per_device_and_size():
     assert pick_backend("cpu", torch.float32, (16, 100)) == "numpy"
     assert pick_backend("cuda", torch.float32, (16, 100)) == "triton"
     assert pick_backend("cuda", torch.float32, (4, 32, 365)) == "triton"  # 32 x 512 tiles
-    assert pick_backend("cuda", torch.float32, (128, 1000)) == "torch"  # over one tile
+    assert pick_backend("cuda", torch.float32, (128, 1000)) == "triton"  # streamed
+    assert pick_backend("cuda", torch.float32, (300, 10)) == "torch"  # over 256 rows
     assert pick_backend("cuda", torch.float64, (16, 100)) == "torch"
     assert pick_backend("mps", torch.float32, (16, 100)) == "torch"

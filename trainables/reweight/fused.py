@@ -14,8 +14,9 @@ The loop is written once against a small array namespace and runs on one of two 
   fraction of a torch dispatch, so the same arithmetic runs several times faster. Inputs are
   viewed, not copied, and saved as tensors, so autograd's in-place checks still apply;
 * ``"torch"`` (any device);
-* ``"triton"`` (:mod:`.triton_ot`): two kernels, one program per problem holding its tile on
-  chip for all iterations; the default on CUDA for float32 problems that fit one tile.
+* ``"triton"`` (:mod:`.triton_ot`): one program per problem runs all the iterations (its
+  tile on chip, or K streamed for wide problems); the default on CUDA for float32 problems of
+  up to 256 rows.
 
 The scaling domain is exact only while ``exp(-C/eps)`` neither overflows nor underflows;
 :func:`fused_applicable` checks that (``max |C| / eps`` against the dtype's range).
@@ -207,7 +208,7 @@ def fused_unrolled_ot(
 
 
 def default_backend(cost: Tensor) -> str:
-    """NumPy on the CPU; on CUDA the Triton kernels where the problem fits one tile, else torch."""
+    """NumPy on the CPU; on CUDA the Triton kernels where they take the problem, else torch."""
     return pick_backend(cost.device.type, cost.dtype, tuple(cost.shape))
 
 

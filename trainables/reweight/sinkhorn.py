@@ -269,8 +269,8 @@ def ot_loss(
 
     impl (``grad="unrolled"`` only): ``"fused"`` runs the same iterations in the scaling domain
     with a hand-written backward (:mod:`.fused`; equal value and gradient up to rounding): in
-    NumPy on a CPU (8-11x faster than the reference on 2 cores), as two Triton kernels on CUDA
-    where a problem fits one on-chip tile (:mod:`.triton_ot`), else in torch.
+    NumPy on a CPU (8-11x faster than the reference on 2 cores), as Triton kernels on CUDA
+    for float32 problems of up to 256 rows (:mod:`.triton_ot`), else in torch.
     ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks ``fused`` whenever
     it is exact: a fixed iteration count (``tol=None``), no warm start, and ``max |C| / eps``
     inside the dtype's safe range (checked once per call).

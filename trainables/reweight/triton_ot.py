@@ -1,21 +1,26 @@
-"""The fixed-iteration OT loss as two Triton kernels: one program per OT problem keeps its
-whole ``exp(-C/eps)`` tile on chip for all iterations (forward), then replays the stored
-scalings in reverse for the exact unrolled gradient (backward), accumulating ``dL/dK`` as a
-sum of outer products instead of a matrix product over the history.
+"""The fixed-iteration OT loss as Triton kernels, one program per OT problem, in two forms:
+
+* one tile: the whole ``exp(-C/eps)`` stays on chip for all iterations (forward), then the
+  backward replays the stored scalings in reverse for the exact unrolled gradient,
+  accumulating ``dL/dK`` as a sum of outer products. For ``next_pow2(N) * next_pow2(M) <=``
+  :data:`MAX_TILE` (float32 registers);
+* streamed: wider problems (e.g. B128 x K1000) keep the sample side on chip and stream ``K``
+  from global memory in column tiles, one pass per iteration (each tile's ``r = K^T u`` gives
+  its ``v`` and adds ``K v`` to ``s``); ``dL/dK`` is then two matrix products over the stored
+  history. Up to :data:`MAX_ROWS` rows.
 
 The arithmetic is that of :mod:`.fused` (the scaling domain, the same iterates and the same
-reverse pass), so values and gradients equal the log-domain reference up to rounding. Two
+reverse pass), so values and gradients equal the log-domain reference up to rounding. A few
 launches per loss and backward instead of thousands: on a GPU the eager loop is bound by
 kernel launches, not arithmetic.
 
 * CUDA tensors run the compiled kernels. With ``TRITON_INTERPRET=1`` set before triton is
   imported, CPU tensors run them in Triton's interpreter (NumPy: slow, for checking the
   kernels on machines without a GPU; the tests do that in a subprocess).
-* One tile per problem: :func:`triton_fits` bounds ``next_pow2(N) * next_pow2(M)`` by
-  :data:`MAX_TILE` (float32 registers); larger problems take the other paths of ``ot_loss``.
-* float32 only (the training dtype).
+* float32 only (the training dtype); :func:`triton_fits` says what the kernels take, and
+  ``ot_loss`` uses its other paths for the rest.
 
-:func:`compile_for` builds both kernels ahead of time for a given GPU architecture (no GPU
+:func:`compile_for` builds the kernels ahead of time for a given GPU architecture (no GPU
 needed), which is how the tests check that they compile for an H100 (``sm_90``).
 """
 
@@ -40,6 +45,8 @@ __all__ = [
 ]
 
 MAX_TILE = 16384  # entries of the padded [N, M] tile kept on chip by one program
+MAX_ROWS = 256  # wider problems stream K in column tiles; their sample side stays on chip
+STREAM_TILE = 8192  # entries of one streamed [N, BLOCK_M] tile
 
 
 def available() -> bool:
@@ -51,13 +58,13 @@ def _block(n: int) -> int:
 
 
 def triton_fits(dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
-    """True when problems of this cost shape fit one on-chip tile and the kernels take the
-    dtype."""
+    """True when the kernels take problems of this cost shape and dtype: float32, at most
+    :data:`MAX_ROWS` rows (samples); any number of columns."""
     return (
         triton is not None
         and dtype == torch.float32
         and len(shape) >= 2
-        and _block(shape[-2]) * _block(shape[-1]) <= MAX_TILE
+        and _block(shape[-2]) <= MAX_ROWS
     )
 
 
@@ -153,6 +160,84 @@ if triton is not None:
         tl.store(da_ptr + pid * n + rn, a_bar, mask=mn)
         tl.store(db_ptr + pid * m + rm, b_bar, mask=mm)
 
+    @triton.jit
+    def _ot_forward_streamed(
+        k_ptr, a_ptr, b_ptr, u_hist, v_hist, r_hist, s_hist, u_last,
+        n, m, n_iter,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):  # fmt: skip
+        # Problems too wide for one tile: the sample side (u, s) stays on chip and K streams
+        # through in column tiles, twice per iteration's worth of work in one pass: each tile
+        # gives its r = K^T u, hence its v = b / r, and adds K v to s.
+        pid = tl.program_id(0)
+        rn = tl.arange(0, BLOCK_N)
+        mn = rn < n
+        a = tl.load(a_ptr + pid * n + rn, mask=mn, other=0.0)
+        u = tl.where(mn, 1.0, 0.0)
+        for t in range(n_iter):
+            row_n = (pid * n_iter + t) * n
+            row_m = (pid * n_iter + t) * m
+            tl.store(u_hist + row_n + rn, u, mask=mn)
+            s = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for j in range(0, m, BLOCK_M):
+                rm = j + tl.arange(0, BLOCK_M)
+                mm = rm < m
+                tile = mn[:, None] & mm[None, :]
+                offs = pid * n * m + rn[:, None] * m + rm[None, :]
+                k = tl.load(k_ptr + offs, mask=tile, other=0.0)
+                b = tl.load(b_ptr + pid * m + rm, mask=mm, other=0.0)
+                r = tl.sum(k * u[:, None], axis=0)
+                v = tl.where(mm, b / tl.where(mm, r, 1.0), 0.0)
+                tl.store(r_hist + row_m + rm, r, mask=mm)
+                tl.store(v_hist + row_m + rm, v, mask=mm)
+                s += tl.sum(k * v[None, :], axis=1)
+            tl.store(s_hist + row_n + rn, s, mask=mn)
+            u = tl.where(mn, a / tl.where(mn, s, 1.0), 0.0)
+        tl.store(u_last + pid * n + rn, u, mask=mn)
+
+    @triton.jit
+    def _ot_backward_streamed(
+        k_ptr, u_hist, v_hist, r_hist, s_hist, u_last, u_bar0, carry_ptr, w_hist, p_hist,
+        da_ptr, n, m, n_iter,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    ):  # fmt: skip
+        # The reverse loop of the fused backward on vectors only; K streams as in the forward.
+        # It writes w_t (-s_bar) and p_t (-b_bar contribution) per iteration; dL/dK and dL/db
+        # are formed from them outside (two matrix products and a sum over iterations).
+        pid = tl.program_id(0)
+        rn = tl.arange(0, BLOCK_N)
+        mn = rn < n
+        u = tl.load(u_last + pid * n + rn, mask=mn, other=0.0)
+        u_bar = tl.load(u_bar0 + pid * n + rn, mask=mn, other=0.0)
+        a_bar = tl.zeros([BLOCK_N], dtype=tl.float32)
+        for i in range(n_iter):
+            t = n_iter - 1 - i
+            row_n = (pid * n_iter + t) * n
+            row_m = (pid * n_iter + t) * m
+            s = tl.load(s_hist + row_n + rn, mask=mn, other=1.0)
+            u_prev = tl.load(u_hist + row_n + rn, mask=mn, other=0.0)
+            q = tl.where(mn, u_bar / s, 0.0)
+            w = q * u
+            tl.store(w_hist + row_n + rn, w, mask=mn)
+            a_bar += q
+            first = tl.where(i == 0, 1.0, 0.0)  # the last iteration also carries -v_bar
+            u_bar = tl.zeros([BLOCK_N], dtype=tl.float32)
+            for j in range(0, m, BLOCK_M):
+                rm = j + tl.arange(0, BLOCK_M)
+                mm = rm < m
+                tile = mn[:, None] & mm[None, :]
+                offs = pid * n * m + rn[:, None] * m + rm[None, :]
+                k = tl.load(k_ptr + offs, mask=tile, other=0.0)
+                carry = tl.load(carry_ptr + pid * m + rm, mask=mm, other=0.0)
+                r = tl.load(r_hist + row_m + rm, mask=mm, other=1.0)
+                v = tl.load(v_hist + row_m + rm, mask=mm, other=0.0)
+                vt = tl.sum(k * w[:, None], axis=0) + first * carry
+                p = tl.where(mm, vt / r, 0.0)
+                tl.store(p_hist + row_m + rm, p, mask=mm)
+                u_bar += tl.sum(k * (p * v)[None, :], axis=1)
+            u = u_prev
+        tl.store(da_ptr + pid * n + rn, a_bar, mask=mn)
+
 
 def interpreted() -> bool:
     """True when Triton runs kernels in its interpreter (``TRITON_INTERPRET=1`` was set before
@@ -169,6 +254,16 @@ def _kernel(fn, device: torch.device):
             "interpreter (TRITON_INTERPRET=1 before triton is imported)"
         )
     return fn
+
+
+def _stream_args(n: int, m: int) -> dict:
+    bn = _block(n)
+    bm = max(16, min(_block(m), STREAM_TILE // bn))
+    return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": min(16, max(4, bn * bm // 1024))}
+
+
+def _one_tile(n: int, m: int) -> bool:
+    return _block(n) * _block(m) <= MAX_TILE
 
 
 def _launch_args(n: int, m: int) -> dict:
@@ -229,6 +324,75 @@ class _TritonUnrolled(torch.autograd.Function):
         )
 
 
+class _TritonStreamed(torch.autograd.Function):
+    """Problems wider than one tile: K = exp(-C/eps) is formed once in global memory and
+    streamed by the kernels; the value and dL/dK come from torch products over the history."""
+
+    @staticmethod
+    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int) -> Tensor:
+        *batch, n, m = cost.shape
+        c = cost.detach().reshape(-1, n, m)
+        p = c.shape[0]
+        k = torch.exp(-c / eps).contiguous()
+        new = lambda *s: torch.empty(*s, device=c.device, dtype=c.dtype)  # noqa: E731
+        hist_u, hist_v, hist_r, hist_s, u_last = (
+            new(p, n_iter, n),
+            new(p, n_iter, m),
+            new(p, n_iter, m),
+            new(p, n_iter, n),
+            new(p, n),
+        )
+        _kernel(_ot_forward_streamed, c.device)[(p,)](
+            k,
+            a.detach().reshape(p, n).contiguous(),
+            b.detach().reshape(p, m).contiguous(),
+            hist_u, hist_v, hist_r, hist_s, u_last,
+            n, m, n_iter,
+            **_stream_args(n, m),
+        )  # fmt: skip
+        plan = u_last[:, :, None] * k * hist_v[:, -1, None, :]
+        ctx.eps = eps
+        ctx.save_for_backward(cost, a, b, k, hist_u, hist_v, hist_r, hist_s, u_last)
+        return (c * plan).sum((-2, -1)).reshape(batch)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        cost, a, b, k, hist_u, hist_v, hist_r, hist_s, u_last = ctx.saved_tensors
+        *_, n, m = cost.shape
+        c = cost.reshape(-1, n, m)
+        p, n_iter = c.shape[0], hist_u.shape[1]
+        g = grad_out.reshape(p, 1, 1)
+        v_last = hist_v[:, -1]
+        uv = u_last[:, :, None] * v_last[:, None, :]
+        t_bar = g * c  # dL/dT for L = <C, T>
+        tk = t_bar * k
+        u_bar0 = (tk * v_last[:, None, :]).sum(-1).contiguous()
+        carry = -(tk * u_last[:, :, None]).sum(-2).contiguous()
+        hist_w, hist_p = torch.empty_like(hist_u), torch.empty_like(hist_v)
+        da = torch.empty(p, n, device=c.device, dtype=c.dtype)
+        _kernel(_ot_backward_streamed, c.device)[(p,)](
+            k, hist_u, hist_v, hist_r, hist_s, u_last, u_bar0, carry, hist_w, hist_p, da,
+            n, m, n_iter,
+            **_stream_args(n, m),
+        )  # fmt: skip
+        # K_bar = T_bar * u v^T + sum_t (u_{t-1} z_t^T - w_t v_t^T), z_t = p_t * v_t
+        k_bar = (
+            t_bar * uv
+            + hist_u.transpose(1, 2) @ (hist_p * hist_v)
+            - hist_w.transpose(1, 2) @ hist_v
+        )
+        dc = (g * uv - k_bar / ctx.eps) * k
+        db = -hist_p.sum(1)
+        return (
+            dc.view_as(cost) if ctx.needs_input_grad[0] else None,
+            da.view_as(a) if ctx.needs_input_grad[1] else None,
+            db.view_as(b) if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+        )
+
+
 def triton_unrolled_ot(cost: Tensor, a: Tensor, b: Tensor, *, eps: float, n_iter: int) -> Tensor:
     """``<C, T_n>`` after exactly ``n_iter`` iterations from zero potentials with the unrolled
     gradient, as :func:`.fused.fused_unrolled_ot`; ``a`` and ``b`` broadcast against
@@ -237,7 +401,7 @@ def triton_unrolled_ot(cost: Tensor, a: Tensor, b: Tensor, *, eps: float, n_iter
         raise RuntimeError("the triton OT path needs the triton package")
     if not triton_fits(cost.dtype, tuple(cost.shape)):
         raise ValueError(
-            f"the triton OT path takes float32 problems of at most {MAX_TILE} padded entries, "
+            f"the triton OT path takes float32 problems of at most {MAX_ROWS} rows, "
             f"got {cost.dtype} {tuple(cost.shape)}"
         )
     if n_iter < 1:
@@ -245,27 +409,36 @@ def triton_unrolled_ot(cost: Tensor, a: Tensor, b: Tensor, *, eps: float, n_iter
     *batch, n, m = cost.shape
     a = a.expand(*batch, n)
     b = b.expand(*batch, m)
-    return _TritonUnrolled.apply(cost, a, b, float(eps), int(n_iter))
+    fn = _TritonUnrolled if _one_tile(n, m) else _TritonStreamed
+    return fn.apply(cost, a, b, float(eps), int(n_iter))
 
 
 def compile_for(arch: int = 90, n: int = 16, m: int = 100) -> dict[str, int]:
-    """Compile both kernels for CUDA ``sm_<arch>`` without a GPU (Triton's ahead-of-time
-    path, through ptxas); returns the cubin size of each, in bytes."""
+    """Compile the forward and backward kernels that an ``[n, m]`` problem uses for CUDA
+    ``sm_<arch>`` without a GPU (Triton's ahead-of-time path, through ptxas); returns the
+    cubin size of each, in bytes."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ptr, i32, f32 = "*fp32", "i32", "fp32"
-    blocks = {"BLOCK_N": _block(n), "BLOCK_M": _block(m)}
-    sigs = {
-        _ot_forward: [ptr] * 9 + [i32] * 3 + [f32],
-        _ot_backward: [ptr] * 10 + [i32] * 3 + [f32],
-    }
+    if _one_tile(n, m):
+        args = _launch_args(n, m)
+        sigs = {
+            _ot_forward: [ptr] * 9 + [i32] * 3 + [f32],
+            _ot_backward: [ptr] * 10 + [i32] * 3 + [f32],
+        }
+    else:
+        args = _stream_args(n, m)
+        sigs = {
+            _ot_forward_streamed: [ptr] * 8 + [i32] * 3,
+            _ot_backward_streamed: [ptr] * 11 + [i32] * 3,
+        }
+    blocks = {"BLOCK_N": args["BLOCK_N"], "BLOCK_M": args["BLOCK_M"]}
     out = {}
     for fn, types in sigs.items():
-        names = fn.arg_names
-        sig = dict(zip(names, [*types, "constexpr", "constexpr"], strict=True))
+        sig = dict(zip(fn.arg_names, [*types, "constexpr", "constexpr"], strict=True))
         src = ASTSource(fn=fn, signature=sig, constexprs=blocks)
-        opts = {"num_warps": _launch_args(n, m)["num_warps"]}
+        opts = {"num_warps": args["num_warps"]}
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
         out[fn.fn.__name__] = len(compiled.asm["cubin"])
     return out
