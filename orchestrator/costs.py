@@ -18,11 +18,16 @@ __all__ = ["COSTS", "EpochCost", "estimate_seconds"]
 
 @dataclass(frozen=True)
 class EpochCost:
+    """Seconds per epoch. Stage 2 has two costs that differ by orders of magnitude: training f1
+    (``stage2.train=all``: the virtual step and the meta forward through the network) and the
+    classifier alone on cached features (``stage2.train=classifier``). None: not measured."""
+
     device: str
     stage1_epoch_s: float
-    stage2_epoch_s: float | None  # None: stage 2 not measured
+    stage2_epoch_s: float | None  # stage 2 training f1
     n_train: int  # training samples at the measured size
     source: str
+    stage2_cached_epoch_s: float | None = None  # stage 2 on cached features (f1 frozen)
 
 
 _CIFAR10_IF100 = sum(longtail_counts(4970, 10, 100.0))
@@ -37,14 +42,18 @@ COSTS: dict[str, EpochCost] = {
     # Measured on this project's 2-core CPU machines (no GPU):
     # reproduce offline_image --seeds 3: stage 1 0.51-0.61 s per epoch (MLflow metric times of 4
     # builds), stage 2 (OT, classifier on cached features) median 0.22 s per epoch (12 runs).
-    "image_mnist_lt": EpochCost("2-core CPU", 0.55, 0.22, 913, "reproduce offline_image"),
+    "image_mnist_lt": EpochCost(
+        "2-core CPU", 0.55, None, 913, "reproduce offline_image", stage2_cached_epoch_s=0.22
+    ),
     # bench/pointcloud_shapes_ot_vs_ce.py: PointNet stage 1, 25 epochs in 24.4 s alone; DGCNN
     # 25 epochs in 373-413 s with another job on the same cores.
     "pointcloud_shapes": EpochCost("2-core CPU", 24.4 / 25, None, 556, "shapes benchmark"),
     "pointcloud_shapes:dgcnn": EpochCost("2-core CPU", 400.0 / 25, None, 556, "shapes benchmark"),
     # bench/text_tweets_ot_vs_ce.py: stages 0-1 (1 + 2 epochs) 100-130 s per seed, counted
     # here as 2 stage-1 epochs; one stage-2 epoch on cached features 1.26 s.
-    "text_tweets": EpochCost("2-core CPU", 115.0 / 2, 1.26, 1100, "tweets benchmark"),
+    "text_tweets": EpochCost(
+        "2-core CPU", 115.0 / 2, None, 1100, "tweets benchmark", stage2_cached_epoch_s=1.26
+    ),
 }
 COSTS["image_cifar100_lt"] = COSTS["image_cifar10_lt"]  # same network and input size
 
@@ -59,15 +68,20 @@ def _n_train(cfg: ExperimentConfig, ref: EpochCost) -> int:
 
 
 def estimate_seconds(cfg: ExperimentConfig, *, stage1: bool, stage2: bool) -> tuple[float, str]:
-    """(seconds, device) for one run's stage 1 and / or stage 2; raises KeyError when the
-    experiment has no measured cost."""
-    ref = COSTS.get(f"{cfg.name}:{cfg.model.arch}") or COSTS[cfg.name]
+    """(seconds, device) for one run's stage 1 and / or stage 2; raises KeyError, whose
+    argument says what is missing, when that part has no measured cost."""
+    ref = COSTS.get(f"{cfg.name}:{cfg.model.arch}") or COSTS.get(cfg.name)
+    if ref is None:
+        raise KeyError(cfg.name)
     scale = _n_train(cfg, ref) / ref.n_train
     total = 0.0
     if stage1:
         total += cfg.stage1.epochs * ref.stage1_epoch_s * scale
     if stage2 and cfg.stage2.method != "none":
-        if ref.stage2_epoch_s is None:
-            raise KeyError(cfg.name)
-        total += cfg.stage2.epochs * ref.stage2_epoch_s * scale
+        cached = cfg.stage2.train == "classifier"
+        per_epoch = ref.stage2_cached_epoch_s if cached else ref.stage2_epoch_s
+        if per_epoch is None:
+            what = "on cached features" if cached else "training f1"
+            raise KeyError(f"{cfg.name} (stage 2 {what})")
+        total += cfg.stage2.epochs * per_epoch * scale
     return total, ref.device

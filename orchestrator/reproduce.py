@@ -201,8 +201,8 @@ def _estimate(specs: list[RunSpec], pending: list[RunSpec]) -> list[str]:
         built.add(s.stage1_key)
         try:
             sec, dev = estimate_seconds(s.cfg, stage1=first, stage2=True)
-        except KeyError:
-            unmeasured.add(s.cfg.name)
+        except KeyError as err:
+            unmeasured.add(str(err.args[0]) if err.args else s.cfg.name)
             continue
         per_device[dev] = per_device.get(dev, 0.0) + sec
     lines = [

@@ -1,0 +1,47 @@
+"""The dry-run's device-time estimate (orchestrator/costs.py) against hand arithmetic, and
+stage 2 on cached features kept apart from stage 2 that trains f1 (their costs differ by
+orders of magnitude, so one may not stand in for the other)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.costs import COSTS, estimate_seconds
+from search_spaces.tables import TABLES, cell_config
+from trainables.data.longtail import longtail_counts
+
+
+def _cell(method: str):
+    cells = TABLES["table1"].cells(None, fidelity=True, columns=["cifar10_if100"])
+    return next(c for c in cells if c.method.name == method)
+
+
+def test_the_cifar_estimate_by_hand():
+    cfg = cell_config(_cell("ot_weight_vector"), seed=0)
+    assert cfg.stage2.train == "all" and cfg.data.imbalance_factor == 100
+    n = sum(longtail_counts(5000 - 10 - 20, 10, 100.0))  # 10 meta + 20 validation per class
+    stage1 = 200 * (5.7 * 60 / 200)
+    stage2 = 40 * (n / 16 * 0.0673)
+    sec, device = estimate_seconds(cfg, stage1=True, stage2=True)
+    assert device == "H100"
+    assert sec == pytest.approx(stage1 + stage2)
+    assert estimate_seconds(cfg, stage1=False, stage2=True)[0] == pytest.approx(stage2)
+    # a baseline row is stage 1 alone
+    ce = cell_config(_cell("ce"), seed=0)
+    assert estimate_seconds(ce, stage1=True, stage2=True)[0] == pytest.approx(stage1)
+
+
+def test_stage2_on_cached_features_is_not_priced_as_training_f1():
+    cfg = cell_config(_cell("ot@released_code"), seed=0)
+    assert cfg.stage2.train == "classifier"
+    assert COSTS["image_cifar10_lt"].stage2_cached_epoch_s is None  # not measured on a GPU
+    with pytest.raises(KeyError, match="on cached features"):
+        estimate_seconds(cfg, stage1=False, stage2=True)
+    # the offline MNIST analogue was measured on cached features
+    mnist = cell_config(
+        next(c for c in TABLES["offline_image"].cells(None) if c.method.name == "ot_weight_vector"),
+        seed=0,
+    )
+    assert mnist.stage2.train == "classifier"
+    sec, device = estimate_seconds(mnist, stage1=False, stage2=True)
+    assert device == "2-core CPU" and sec == pytest.approx(mnist.stage2.epochs * 0.22)
