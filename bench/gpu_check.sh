@@ -3,7 +3,7 @@
 # has python3 with torch, triton, torch-geometric and pytest, but not Ray, MLflow or Optuna, and
 # no network: everything here runs from the checkout with PYTHONPATH, no install.
 #
-#   bash bench/gpu_check.sh speed              # ~2-3 min: the Triton tests, bench/ot_speed.py
+#   bash bench/gpu_check.sh speed              # ~3-4 min: the Triton tests, bench/ot_speed.py
 #   bash bench/gpu_check.sh cell DATA.npz      # the Table-1 cell CIFAR-10-LT IF 100, seed 0
 #   bash bench/gpu_check.sh all DATA.npz       # both
 #
@@ -35,7 +35,8 @@ if [ "$MODE" = speed ] || [ "$MODE" = all ]; then
   # reference for values and gradients
   $PY -m pytest -q -p no:cacheprovider tests/reweight/test_triton_ot.py \
     tests/reweight/test_fused.py 2>&1 | tee "$DEST/tests.log" || status=1
-  $PY bench/ot_speed.py --device cuda --out "$DEST/ot_speed_cuda.json" 2>&1 \
+  $PY bench/ot_speed.py --device cuda --out "$DEST/ot_speed_cuda.json" \
+    --stage1-variants fp32 channels_last bf16 bf16_channels_last compiled 2>&1 \
     | tee "$DEST/ot_speed.log" || status=1
 fi
 if [ "$MODE" = cell ] || [ "$MODE" = all ]; then

@@ -179,17 +179,25 @@ def stage2_step(device: torch.device, repeat: int) -> dict:
     return out
 
 
-def stage1_epoch(device: torch.device, steps: int) -> dict:
+STAGE1_VARIANTS = {
+    "fp32": Stage1Config(),
+    "channels_last": Stage1Config(channels_last=True),
+    "bf16": Stage1Config(amp="bf16"),
+    "bf16_channels_last": Stage1Config(amp="bf16", channels_last=True),
+    # torch.compile (reduce-overhead: CUDA graphs on a GPU); compiling costs a minute or more
+    "compiled": Stage1Config(compile="reduce-overhead"),
+    "bf16_channels_last_compiled": Stage1Config(
+        amp="bf16", channels_last=True, compile="reduce-overhead"
+    ),
+}
+
+
+def stage1_epoch(device: torch.device, steps: int, variants: list[str]) -> dict:
     """ResNet-32 stage-1 steps (batch 128) under each stage-1 throughput switch, through the
     training loop's own forward (``trainables.loop.stage1_forward``)."""
     out = {}
-    variants = {
-        "fp32": Stage1Config(),
-        "channels_last": Stage1Config(channels_last=True),
-        "bf16": Stage1Config(amp="bf16"),
-        "bf16_channels_last": Stage1Config(amp="bf16", channels_last=True),
-    }
-    for name, cfg in variants.items():
+    for name in ["fp32", *(v for v in variants if v != "fp32")]:  # the baseline first
+        cfg = STAGE1_VARIANTS[name]
         torch.manual_seed(0)
         model = build_model("resnet32", 10).to(device)
         forward = stage1_forward(model, cfg)
@@ -202,7 +210,8 @@ def stage1_epoch(device: torch.device, steps: int) -> dict:
             F.cross_entropy(forward(x), y).backward()
             opt.step()
 
-        for _ in range(3):
+        warm = time.perf_counter()
+        for _ in range(3):  # compiles here under stage1.compile
             one()
         _sync(device)
         t = time.perf_counter()
@@ -210,6 +219,8 @@ def stage1_epoch(device: torch.device, steps: int) -> dict:
             one()
         _sync(device)
         out[name] = (time.perf_counter() - t) * 1e3 / steps
+        if cfg.compile != "none":
+            print(f"  {name}: compiled in {t - warm:.0f} s (3 warm-up steps)")
     ratios = "  ".join(f"{n} {out['fp32'] / v:4.2f}x" for n, v in out.items())
     print(f"ResNet-32 stage-1 step, batch 128: fp32 {out['fp32']:.1f} ms | {ratios} ({steps})")
     return {"step_ms": out, "steps": steps}
@@ -220,6 +231,12 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=20)
     p.add_argument("--stage1-steps", type=int, default=100)
+    p.add_argument(
+        "--stage1-variants",
+        nargs="+",
+        choices=list(STAGE1_VARIANTS),
+        default=["fp32", "channels_last", "bf16", "bf16_channels_last"],
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     device = torch.device(args.device)
@@ -233,7 +250,7 @@ def main() -> None:
         "fast_vs_reference_max_rel_diff": check_fast_paths(device),
         "ot_loss_grad_ms": ot_variants(device, args.repeat),
         "stage2_step_ms": stage2_step(device, max(5, args.repeat // 2)),
-        "stage1": stage1_epoch(device, args.stage1_steps),
+        "stage1": stage1_epoch(device, args.stage1_steps, args.stage1_variants),
     }
     out = args.out or Path(f"bench/results/ot_speed_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -127,11 +127,14 @@ class Stage1Config:
     isda_lambda: float = 0.5  # metasaug: lambda_0, scaled by epoch / epochs
     meta_batch: int = 100
     meta_hidden: int = 100  # mwn: the weight net's hidden width
-    # Throughput switches for GPUs (both part of the stage-1 hash, both off by default): "bf16"
+    # Throughput switches for GPUs (part of the stage-1 hash, off by default): "bf16"
     # runs the training forward under torch.autocast in bfloat16 (no loss scaling needed;
     # evaluation stays float32); channels_last stores image models and batches NHWC.
     amp: str = "none"  # none | bf16
     channels_last: bool = False
+    # torch.compile of the training forward (and so its backward): none | default |
+    # reduce-overhead (on a GPU: CUDA graphs of the compiled step, against launch overhead)
+    compile: str = "none"
 
 
 @dataclass(frozen=True)

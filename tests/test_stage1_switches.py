@@ -1,6 +1,6 @@
-"""stage1.amp and stage1.channels_last (issue #8's GPU throughput switches), checked on the
-CPU: channels-last trains the same model in another memory layout, bf16 autocast really runs
-the convolutions in bfloat16 and stays seeded, and bad combinations are refused."""
+"""stage1.amp, stage1.channels_last and stage1.compile (issue #8's GPU throughput switches),
+checked on the CPU: channels-last and torch.compile train the same model, bf16 autocast really
+runs the convolutions in bfloat16 and stays seeded, and bad combinations are refused."""
 
 from __future__ import annotations
 
@@ -62,11 +62,35 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_is_seeded(monkeypatch):
     assert abs(summary - ref) < 3.0  # ... but not what one epoch learns (percent)
 
 
+def test_compiled_stage1_trains_the_eager_model(monkeypatch):
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: calls.append(kw) or real(m, **kw))
+    compiled = build_stage1(_cfg("stage1.compile=default"), device=CPU)
+    assert calls == [{"mode": None}]
+    base = build_stage1(_cfg(), device=CPU)
+    # Not bit-equal: MNIST's flat background makes ties inside max-pool windows, and inductor's
+    # kernels break them at other positions (an equally valid subgradient), so the layers below
+    # a pool get gradients up to ~1% apart per step. The whole state stays within 1%.
+    keys = [k for k, v in base.model_state.items() if v.is_floating_point()]
+    flat = lambda state: torch.cat([state[k].reshape(-1) for k in keys])  # noqa: E731
+    gap = (flat(compiled.model_state) - flat(base.model_state)).norm()
+    assert float(gap / flat(base.model_state).norm()) < 1e-2
+    got = compiled.info["summary"]["validation_selected"]["test"]["balanced_acc"]
+    want = base.info["summary"]["validation_selected"]["test"]["balanced_acc"]
+    assert abs(got - want) < 1.0
+
+
 @pytest.mark.parametrize(
     "sets, msg",
     [
         (["stage1.amp=fp16"], "stage1.amp must be none or bf16"),
         (["stage1.amp=bf16", "stage1.reweight=l2rw"], "reweight=none"),
+        (["stage1.compile=max-autotune"], "stage1.compile must be one of"),
+        (["stage1.compile=default", "stage1.reweight=l2rw"], "reweight=none"),
         (["stage1.channels_last=true", "stage1.reweight=mwn"], "reweight=none"),
     ],
 )

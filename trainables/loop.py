@@ -134,24 +134,37 @@ def lr_at(cfg: Stage1Config, epoch: int) -> float:
     return cfg.lr * cfg.gamma ** sum(epoch >= m for m in cfg.milestones)
 
 
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+
+
 def stage1_forward(model: nn.Module, cfg: Stage1Config) -> Callable[[Tensor], Tensor]:
-    """The training forward under ``stage1.amp`` / ``stage1.channels_last`` (the model is
-    converted in place; its logits come back in float32)."""
+    """The training forward under ``stage1.amp`` / ``stage1.channels_last`` /
+    ``stage1.compile`` (the model is converted in place; its logits come back in float32;
+    evaluation keeps using the eager model)."""
     if cfg.amp not in ("none", "bf16"):
         raise ValueError(f"stage1.amp must be none or bf16, got {cfg.amp!r}")
-    if cfg.reweight != "none" and (cfg.amp != "none" or cfg.channels_last):
-        raise ValueError("stage1.amp and stage1.channels_last run with stage1.reweight=none")
+    if cfg.compile not in COMPILE_MODES:
+        modes = ", ".join(COMPILE_MODES)
+        raise ValueError(f"stage1.compile must be one of {modes}, got {cfg.compile!r}")
+    switched = cfg.amp != "none" or cfg.channels_last or cfg.compile != "none"
+    if cfg.reweight != "none" and switched:
+        raise ValueError(
+            "stage1.amp, stage1.channels_last and stage1.compile run with stage1.reweight=none"
+        )
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     device_type = next(model.parameters()).device.type
+    net = model
+    if cfg.compile != "none":
+        net = torch.compile(model, mode=None if cfg.compile == "default" else cfg.compile)
 
     def forward(x: Tensor) -> Tensor:
         if cfg.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         if cfg.amp == "none":
-            return model(x)
+            return net(x)
         with torch.autocast(device_type, dtype=torch.bfloat16):
-            return model(x).float()
+            return net(x).float()
 
     return forward
 
