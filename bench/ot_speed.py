@@ -12,7 +12,8 @@ iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000)
   * fused_numpy (CPU) / fused_torch / fused_triton (CUDA): the same
     iterations in the scaling domain with a hand-written backward (exact), on each backend of
     :mod:`trainables.reweight.fused`;
-  * implicit / envelope: the other gradient modes (converged / different objective).
+  * implicit / envelope: the other gradient modes (converged / different objective);
+and the released code's call (tol 0.1 on the potential change, checked every iteration).
 Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
 step on) with the reference and the default OT implementation against a plain CE step, and
 ResNet-32 stage-1 steps (batch 128) in float32 and under ``stage1.channels_last`` /
@@ -141,6 +142,33 @@ def ot_variants(device: torch.device, repeat: int) -> dict:
     return res
 
 
+def released_rule(device: torch.device, repeat: int) -> dict:
+    """The released code's OT call (B16 K10, costs in [0, 0.6], tol 0.1 on the potential change
+    checked every iteration: 3-5 iterations): the reference against the default path."""
+    g = torch.Generator().manual_seed(0)
+    cost = (torch.rand(16, 10, generator=g) * 0.6).to(device)
+    a = torch.full((16,), 1.0 / 16, device=device, requires_grad=True)
+    q = torch.full((10,), 0.1, device=device)
+    kw = dict(eps=0.1, max_iter=200, tol=0.1, stop="potential_change", check_every=1)
+
+    def run(**extra):
+        def f():
+            a.grad = None
+            ot_loss(cost, a, q, **kw, **extra).backward()
+
+        return f
+
+    row = {
+        "reference": timed(run(impl="reference"), device, repeat=repeat),
+        "auto": timed(run(), device, repeat=repeat),
+    }
+    print(
+        f"OT loss+grad, the released code's stopping rule: reference {row['reference']:.3f} ms, "
+        f"auto {row['auto']:.3f} ms ({row['reference'] / row['auto']:.1f}x)"
+    )
+    return row
+
+
 def stage2_step(device: torch.device, repeat: int) -> dict:
     torch.manual_seed(0)
     k, n_train = 10, 1000
@@ -249,6 +277,7 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "fast_vs_reference_max_rel_diff": check_fast_paths(device),
         "ot_loss_grad_ms": ot_variants(device, args.repeat),
+        "released_rule_ms": released_rule(device, args.repeat * 5),
         "stage2_step_ms": stage2_step(device, max(5, args.repeat // 2)),
         "stage1": stage1_epoch(device, args.stage1_steps, args.stage1_variants),
     }

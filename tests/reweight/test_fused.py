@@ -67,20 +67,60 @@ def test_auto_uses_fused_only_where_exact(monkeypatch):
     calls = []
     real = fused_mod.fused_unrolled_ot
     monkeypatch.setattr(
-        fused_mod, "fused_unrolled_ot", lambda *a, **k: calls.append(1) or real(*a, **k)
+        fused_mod, "fused_unrolled_ot", lambda *a, **k: calls.append(k["stop"]) or real(*a, **k)
     )
     c, a, b = _problem((8, 6), torch.float32)
     ot_loss(c, a, b, eps=0.1, max_iter=20)
-    assert calls == [1]
-    ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3)  # early stopping: the reference loop
-    assert calls == [1]
+    assert calls == [None]
+    ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3)  # early stopping: the same rule, fused
+    assert calls == [None, ("marginal", 1e-3, 10)]
+    warm = (torch.zeros(8), torch.zeros(6))
+    ot_loss(c, a, b, eps=0.1, max_iter=20, init=warm)  # a warm start: the reference loop
+    assert len(calls) == 2
     big = (c.detach() * 100).requires_grad_()  # C / eps = 1000: exp underflows in float32
     assert not fused_applicable(big, 0.1)
     out = ot_loss(big, a, b, eps=0.1, max_iter=20)
-    assert calls == [1] and torch.isfinite(out)
+    assert len(calls) == 2 and torch.isfinite(out)
     torch.testing.assert_close(out, ot_loss(big, a, b, eps=0.1, max_iter=20, impl="reference"))
-    with pytest.raises(ValueError, match="fixed iteration count"):
-        ot_loss(c, a, b, eps=0.1, max_iter=20, tol=1e-3, impl="fused")
+    with pytest.raises(ValueError, match="needs init=None"):
+        ot_loss(c, a, b, eps=0.1, max_iter=20, init=warm, impl="fused")
+    with pytest.raises(ValueError, match="stop must be one of"):
+        ot_loss(c, a, b, eps=0.1, max_iter=20, tol=0.1, stop="sometimes")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize(
+    "shape, stop, tol, check_every",
+    [
+        ((16, 10), "potential_change", 0.1, 1),  # the released code's rule
+        ((16, 10), "potential_change", 1e-3, 3),
+        ((12, 7), "marginal", 1e-4, 10),
+        ((3, 9, 5), "marginal", 1e-3, 4),  # batched: the worst problem decides
+        ((3, 9, 5), "potential_change", 0.05, 1),  # batched: the batch mean decides
+    ],
+)
+def test_fused_early_stopping_equals_the_reference(backend, shape, stop, tol, check_every):
+    from trainables.reweight import sinkhorn
+
+    c, a, b = _problem(shape, torch.float64, seed=3)
+    kw = dict(eps=0.1, max_iter=500, tol=tol, stop=stop, check_every=check_every)
+    n_ref = sinkhorn(c.detach(), a.detach(), b.detach(), **kw).n_iter
+    assert 1 <= n_ref < 500 and n_ref % check_every == 0  # it did stop early, at a check
+    ref = _value_and_grads(lambda c, a, b: ot_loss(c, a, b, impl="reference", **kw), c, a, b)
+    rule = (stop, tol, check_every)
+    got = _value_and_grads(
+        lambda c, a, b: fused_unrolled_ot(c, a, b, eps=0.1, n_iter=500, backend=backend, stop=rule),
+        c,
+        a,
+        b,
+    )
+    for x, y in zip(got, ref, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9 * float(y.detach().abs().max()))
+    # ... and it is the truncated loop: n_ref fixed iterations give the same, n_ref + 1 not
+    fixed = fused_unrolled_ot(c, a, b, eps=0.1, n_iter=n_ref, backend=backend)
+    torch.testing.assert_close(fixed, got[0], rtol=1e-12, atol=0)
+    longer = fused_unrolled_ot(c, a, b, eps=0.1, n_iter=n_ref + 1, backend=backend)
+    assert float((longer - got[0]).detach().abs().max()) > 0
 
 
 def test_the_stage2_config_chooses_the_implementation():

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trainables.reweight import triton_ot
-from trainables.reweight.fused import pick_backend
+from trainables.reweight.fused import fused_unrolled_ot, pick_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,3 +77,17 @@ def test_the_default_backend_per_device_and_size():
     assert pick_backend("cuda", torch.float32, (300, 10)) == "torch"  # over 256 rows
     assert pick_backend("cuda", torch.float64, (16, 100)) == "torch"
     assert pick_backend("mps", torch.float32, (16, 100)) == "torch"
+    # early stopping reads a statistic on the host at every check: torch, not the kernels
+    assert pick_backend("cuda", torch.float32, (16, 100), stop=True) == "torch"
+    assert pick_backend("cpu", torch.float32, (16, 100), stop=True) == "numpy"
+    c = torch.rand(4, 3)
+    with pytest.raises(ValueError, match="fixed iteration count"):
+        fused_unrolled_ot(
+            c,
+            torch.ones(4) / 4,
+            torch.ones(3) / 3,
+            eps=0.1,
+            n_iter=5,
+            backend="triton",
+            stop=("marginal", 1e-3, 1),
+        )

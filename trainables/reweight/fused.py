@@ -47,6 +47,8 @@ def fused_applicable(cost: Tensor, eps: float) -> bool:
 
 class _Torch:
     exp = staticmethod(torch.exp)
+    log = staticmethod(torch.log)
+    abs = staticmethod(torch.abs)
     ones_like = staticmethod(torch.ones_like)
 
     @staticmethod
@@ -73,6 +75,8 @@ class _Torch:
 
 class _NumPy:
     exp = staticmethod(np.exp)
+    log = staticmethod(np.log)
+    abs = staticmethod(np.abs)
     ones_like = staticmethod(np.ones_like)
 
     @staticmethod
@@ -99,13 +103,24 @@ class _NumPy:
 _XP = {"torch": _Torch, "numpy": _NumPy}
 
 
-def _forward(xp, cost, a, b, eps: float, n_iter: int):
-    """The iterations; returns the value and what the backward replays."""
+def _stop_error(xp, rule: str, eps: float, kt, u, v, v_before, b):
+    """The stopping statistic of :func:`.sinkhorn.sinkhorn` in the scaling domain: the largest
+    L1 error of the Q-side marginal ``V (K^T U)`` over the batch ("marginal"), or the batch
+    mean of ``sum_j |g_j - g_j^prev|`` with ``g = eps log V`` ("potential_change")."""
+    if rule == "marginal":
+        return xp.abs(v * xp.mv(kt, u) - b).sum(axis=-1).max()
+    change = xp.log(v) if v_before is None else xp.log(v) - xp.log(v_before)
+    return (eps * xp.abs(change)).sum(axis=-1).mean()
+
+
+def _forward(xp, cost, a, b, eps: float, n_iter: int, stop: tuple | None = None):
+    """The iterations; returns the value and what the backward replays. ``stop``: None for
+    exactly ``n_iter`` iterations, else ``(rule, tol, check_every)`` as in ``sinkhorn``."""
     k = xp.exp(-cost / eps)
     kt = xp.t(k)
     u = xp.ones_like(a)
     us, vs, ss, rs = [], [], [], []
-    for _ in range(n_iter):
+    for it in range(n_iter):
         us.append(u)
         r = xp.mv(kt, u)
         v = b / r
@@ -114,6 +129,10 @@ def _forward(xp, cost, a, b, eps: float, n_iter: int):
         rs.append(r)
         vs.append(v)
         ss.append(s)
+        if stop is not None and (it + 1) % stop[2] == 0:
+            before = vs[-2] if it else None  # the loop starts from g = 0, i.e. V = 1
+            if float(_stop_error(xp, stop[0], eps, kt, u, v, before, b)) < stop[1]:
+                break
     plan = u[..., :, None] * k * v[..., None, :]
     return (cost * plan).sum(axis=(-2, -1)), (k, kt, u, us, vs, ss, rs)
 
@@ -162,9 +181,11 @@ def _backward(xp, g, cost, eps: float, saved):
 
 class _FusedUnrolled(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int, backend: str):
+    def forward(
+        ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int, backend: str, stop
+    ):
         xp = _XP[backend]
-        value, saved = _forward(xp, *(xp.wrap(x) for x in (cost, a, b)), eps, n_iter)
+        value, saved = _forward(xp, *(xp.wrap(x) for x in (cost, a, b)), eps, n_iter, stop)
         ctx.eps, ctx.xp, ctx.replay = eps, xp, saved
         # the inputs are saved as tensors (NumPy views share their memory) so that autograd's
         # version check catches an in-place change between forward and backward
@@ -186,36 +207,51 @@ class _FusedUnrolled(torch.autograd.Function):
             None,
             None,
             None,
+            None,
         )
 
 
 def fused_unrolled_ot(
-    cost: Tensor, a: Tensor, b: Tensor, *, eps: float, n_iter: int, backend: str | None = None
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    *,
+    eps: float,
+    n_iter: int,
+    backend: str | None = None,
+    stop: tuple[str, float, int] | None = None,
 ) -> Tensor:
-    """``<C, T_n>`` after exactly ``n_iter`` iterations from zero potentials, with the
-    unrolled gradient; the caller checks :func:`fused_applicable` first. ``backend`` defaults
+    """``<C, T_n>`` after ``n_iter`` iterations from zero potentials, with the unrolled
+    gradient; the caller checks :func:`fused_applicable` first. ``stop=(rule, tol,
+    check_every)`` ends the loop early by :func:`.sinkhorn.sinkhorn`'s rules (the statistic is
+    read on the host at every check, as there; not on the Triton backend). ``backend`` defaults
     to :func:`default_backend`."""
-    backend = backend or default_backend(cost)
+    backend = backend or default_backend(cost, stop=stop is not None)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "numpy" and cost.device.type != "cpu":
         raise ValueError("the NumPy backend needs CPU tensors")
     if backend == "triton":
+        if stop is not None:
+            raise ValueError("the triton backend runs a fixed iteration count (stop=None)")
         from .triton_ot import triton_unrolled_ot
 
         return triton_unrolled_ot(cost, a, b, eps=eps, n_iter=n_iter)
-    return _FusedUnrolled.apply(cost, a, b, eps, n_iter, backend)
+    return _FusedUnrolled.apply(cost, a, b, eps, n_iter, backend, stop)
 
 
-def default_backend(cost: Tensor) -> str:
-    """NumPy on the CPU; on CUDA the Triton kernels where they take the problem, else torch."""
-    return pick_backend(cost.device.type, cost.dtype, tuple(cost.shape))
+def default_backend(cost: Tensor, *, stop: bool = False) -> str:
+    """NumPy on the CPU; on CUDA the Triton kernels where they take the problem (fixed
+    iterations), else torch."""
+    return pick_backend(cost.device.type, cost.dtype, tuple(cost.shape), stop=stop)
 
 
-def pick_backend(device_type: str, dtype: torch.dtype, shape: tuple[int, ...]) -> str:
+def pick_backend(
+    device_type: str, dtype: torch.dtype, shape: tuple[int, ...], *, stop: bool = False
+) -> str:
     if device_type == "cpu":
         return "numpy"
-    if device_type == "cuda":
+    if device_type == "cuda" and not stop:
         from .triton_ot import triton_fits
 
         if triton_fits(dtype, shape):

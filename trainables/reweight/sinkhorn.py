@@ -65,6 +65,13 @@ def _check_inputs(cost: Tensor, a: Tensor, b: Tensor, eps: float, max_iter: int)
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
 
+def _check_stop(stop: str, check_every: int) -> None:
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+
+
 def _marginal_errors(log_plan: Tensor, a: Tensor, b: Tensor) -> Tensor:
     plan = log_plan.exp()
     return (plan.sum(-1) - a).abs().sum(-1) + (plan.sum(-2) - b).abs().sum(-1)
@@ -101,10 +108,7 @@ def sinkhorn(
     gradient); wrap in ``torch.no_grad()`` to avoid storing them.
     """
     _check_inputs(cost, a, b, eps, max_iter)
-    if stop not in STOP_RULES:
-        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    _check_stop(stop, check_every)
 
     neg_c = -cost / eps
     log_a = torch.log(a)
@@ -272,8 +276,9 @@ def ot_loss(
     NumPy on a CPU (8-11x faster than the reference on 2 cores), as Triton kernels on CUDA
     for float32 problems of up to 256 rows (:mod:`.triton_ot`), else in torch.
     ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks ``fused`` whenever
-    it is exact: a fixed iteration count (``tol=None``), no warm start, and ``max |C| / eps``
-    inside the dtype's safe range (checked once per call).
+    it is exact: no warm start (``init=None``) and ``max |C| / eps`` inside the dtype's safe
+    range (checked once per call). With a ``tol`` it stops by the same rule at the same checks
+    (NumPy or torch; the Triton kernels run fixed iterations).
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
@@ -283,13 +288,14 @@ def ot_loss(
     if grad == "unrolled" and impl != "reference":
         from .fused import fused_applicable, fused_unrolled_ot
 
-        exact = tol is None and init is None
-        if impl == "fused" and not exact:
-            raise ValueError("impl='fused' runs a fixed iteration count: needs tol=None, init=None")
-        if exact:
+        if impl == "fused" and init is not None:
+            raise ValueError("impl='fused' starts from zero potentials: needs init=None")
+        if init is None:
             _check_inputs(cost, a, b, eps, max_iter)
-        if exact and (impl == "fused" or fused_applicable(cost, eps)):
-            return fused_unrolled_ot(cost, a, b, eps=eps, n_iter=max_iter)
+            _check_stop(stop, check_every)
+            if impl == "fused" or fused_applicable(cost, eps):
+                rule = None if tol is None else (stop, tol, check_every)
+                return fused_unrolled_ot(cost, a, b, eps=eps, n_iter=max_iter, stop=rule)
     if grad == "unrolled":
         res = sinkhorn(cost, a, b, eps=eps, **kwargs)
         return (cost * res.plan).sum((-2, -1))
