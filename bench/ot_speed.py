@@ -11,7 +11,7 @@ iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000)
   * auto: what ``ot_loss`` picks by default for the device and size;
   * fused_numpy (CPU) / fused_torch / fused_triton (CUDA): the same
     iterations in the scaling domain with a hand-written backward (exact), on each backend of
-    :mod:`trainables.reweight.fused`;
+    :mod:`trainables.reweight.fused`; fused_triton_w1..w8 with 1-8 warps per program;
   * implicit / envelope: the other gradient modes (converged / different objective);
 and the released code's call (tol 0.1 on the potential change, checked every iteration).
 Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
@@ -41,6 +41,7 @@ from trainables.reweight import (
     class_prototypes,
     ot_loss,
     reweight_step,
+    triton_ot,
 )
 from trainables.reweight.fused import BACKENDS, fused_unrolled_ot
 from trainables.reweight.triton_ot import triton_fits
@@ -136,6 +137,15 @@ def ot_variants(device: torch.device, repeat: int) -> dict:
             "envelope": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200, grad="envelope"),
         }
         row = {name: timed(run(fn), device, repeat=repeat) for name, fn in variants.items()}
+        if "fused_triton" in variants:  # the warps per program, to choose the default
+            for warps in (1, 2, 4, 8):
+                triton_ot.NUM_WARPS = warps
+                try:
+                    row[f"fused_triton_w{warps}"] = timed(
+                        run(variants["fused_triton"]), device, repeat=repeat
+                    )
+                finally:
+                    triton_ot.NUM_WARPS = None
         res[f"B{b}_K{k}"] = row
         ratios = "  ".join(f"{n} {row['reference'] / v:5.1f}x" for n, v in row.items())
         print(f"OT loss+grad B{b:<4} K{k:<5} reference {row['reference']:8.2f} ms | {ratios}")

@@ -69,6 +69,14 @@ def test_the_kernels_compile_for_an_h100(n, m, kernels):
     assert all(size > 1000 for size in sizes.values())
 
 
+@pytest.mark.parametrize("warps", [1, 2])
+def test_the_one_tile_kernels_compile_with_fewer_warps(monkeypatch, warps):
+    # bench/ot_speed.py times 1-8 warps per program on a GPU: each must build
+    monkeypatch.setattr(triton_ot, "NUM_WARPS", warps)
+    assert triton_ot._launch_args(16, 100)["num_warps"] == warps
+    assert set(triton_ot.compile_for(90, 16, 100)) == {"_ot_forward", "_ot_backward"}
+
+
 def test_the_default_backend_per_device_and_size():
     assert pick_backend("cpu", torch.float32, (16, 100)) == "numpy"
     assert pick_backend("cuda", torch.float32, (16, 100)) == "triton"

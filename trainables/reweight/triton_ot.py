@@ -37,6 +37,7 @@ except ImportError:  # pragma: no cover - depends on the installed wheels
 
 __all__ = [
     "MAX_TILE",
+    "NUM_WARPS",
     "available",
     "compile_for",
     "interpreted",
@@ -256,10 +257,20 @@ def _kernel(fn, device: torch.device):
     return fn
 
 
+# Warps per program: None sizes them by the tile (4 to 16). Fewer warps make the two
+# reductions of every iteration cheaper (within a warp, no shared memory) and hold more of the
+# tile per thread; bench/ot_speed.py times 1-8 on a GPU to choose.
+NUM_WARPS: int | None = None
+
+
+def _warps(entries: int) -> int:
+    return NUM_WARPS or min(16, max(4, entries // 1024))
+
+
 def _stream_args(n: int, m: int) -> dict:
     bn = _block(n)
     bm = max(16, min(_block(m), STREAM_TILE // bn))
-    return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": min(16, max(4, bn * bm // 1024))}
+    return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": _warps(bn * bm)}
 
 
 def _one_tile(n: int, m: int) -> bool:
@@ -268,7 +279,7 @@ def _one_tile(n: int, m: int) -> bool:
 
 def _launch_args(n: int, m: int) -> dict:
     bn, bm = _block(n), _block(m)
-    return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": min(16, max(4, bn * bm // 1024))}
+    return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": _warps(bn * bm)}
 
 
 class _TritonUnrolled(torch.autograd.Function):
