@@ -305,8 +305,13 @@ def run(args: argparse.Namespace) -> int:
         overrides=args.overrides,
     )
     from trainables.data import DatasetMissing
-    from trainables.trial import check_data
+    from trainables.trial import check_config, check_data
 
+    for s in specs:
+        try:
+            check_config(s.cfg)
+        except ValueError as err:
+            raise SweepError(f"{s.cell.key}: bad configuration: {err}") from None
     checked = set()
     for s in specs:
         if s.cfg.name not in checked:

@@ -58,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(cfg, args.overrides)
     except ConfigError as err:
         p.error(str(err))
-    from trainables.trial import run_trial
+    from trainables.trial import check_config, run_trial
+
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        print(f"error: bad configuration: {err}", file=sys.stderr)
+        return 2
 
     start = time.time()
     try:

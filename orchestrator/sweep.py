@@ -256,8 +256,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ConfigError as err:
         raise SweepError(str(err)) from None
     from trainables.data import DatasetMissing
-    from trainables.trial import check_data
+    from trainables.trial import check_config, check_data
 
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        raise SweepError(f"bad configuration: {err}") from None
     try:
         check_data(cfg)
     except DatasetMissing as err:

@@ -68,6 +68,10 @@ def test_released_code_preset_runs_on_the_frozen_feature_path():
             "CIFAR-10 not found under /nope",
         ),
         (("image_mnist_lt", "--smoke", "--set", "stage1.lr=1e30"), "is nan"),
+        (
+            ("image_mnist_lt", "--smoke", "--set", "stage2.weights=matrix"),
+            "bad configuration: stage2.weights must be vector or net",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, msg):

@@ -18,10 +18,13 @@ from torch import Tensor, nn
 
 from search_spaces.config import Stage1Config, Stage2Config
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
-from trainables.losses import make_loss, posthoc_logit_adjustment
+from trainables.losses import LOSSES, make_loss, posthoc_logit_adjustment
 from trainables.metrics import classification_metrics
 from trainables.models import SplitNet
 from trainables.reweight import (
+    META_DISTRIBUTIONS,
+    WEIGHT_INITS,
+    WEIGHT_MODES,
     MetaDistribution,
     Parallel,
     StepConfig,
@@ -35,7 +38,16 @@ from trainables.reweight import (
     whole_meta_set,
 )
 
-__all__ = ["Callback", "StageResult", "evaluate", "lr_at", "train_stage1", "train_stage2"]
+__all__ = [
+    "Callback",
+    "StageResult",
+    "check_stage1",
+    "check_stage2",
+    "evaluate",
+    "lr_at",
+    "train_stage1",
+    "train_stage2",
+]
 
 Callback = Callable[[str, int, dict], None]
 POSTHOC = "logit_adjustment_posthoc"
@@ -135,12 +147,24 @@ def lr_at(cfg: Stage1Config, epoch: int) -> float:
 
 
 COMPILE_MODES = ("none", "default", "reduce-overhead")
+REWEIGHT_METHODS = ("none", "l2rw", "mwn", "metasaug")
 
 
-def stage1_forward(model: nn.Module, cfg: Stage1Config) -> Callable[[Tensor], Tensor]:
-    """The training forward under ``stage1.amp`` / ``stage1.channels_last`` /
-    ``stage1.compile`` (the model is converted in place; its logits come back in float32;
-    evaluation keeps using the eager model)."""
+def check_stage1(cfg: Stage1Config) -> None:
+    """Stage 1's choices, checked before anything runs (``train_stage1`` starts with this);
+    raises ValueError with a one-line reason."""
+    loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
+    if loss_name not in LOSSES:
+        names = ", ".join((*LOSSES, POSTHOC))
+        raise ValueError(f"unknown loss {cfg.loss!r}; valid names: {names}")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"stage1.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    if cfg.reweight not in REWEIGHT_METHODS:
+        raise ValueError(
+            f"stage1.reweight must be none, l2rw, mwn or metasaug, got {cfg.reweight!r}"
+        )
+    if cfg.reweight != "none" and loss_name != "ce":
+        raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     if cfg.amp not in ("none", "bf16"):
         raise ValueError(f"stage1.amp must be none or bf16, got {cfg.amp!r}")
     if cfg.compile not in COMPILE_MODES:
@@ -151,6 +175,33 @@ def stage1_forward(model: nn.Module, cfg: Stage1Config) -> Callable[[Tensor], Te
         raise ValueError(
             "stage1.amp, stage1.channels_last and stage1.compile run with stage1.reweight=none"
         )
+
+
+def check_stage2(cfg: Stage2Config, num_classes: int) -> None:
+    """Stage 2's choices, checked before anything runs (``train_stage2`` starts with this)."""
+    if cfg.method == "none":
+        return
+    if cfg.method != "ot":
+        raise ValueError(f"unknown stage-2 method {cfg.method!r}; choose ot or none")
+    if cfg.train not in ("all", "classifier"):
+        raise ValueError(f"stage2.train must be all or classifier, got {cfg.train!r}")
+    if cfg.weights not in ("vector", "net"):
+        raise ValueError(f"stage2.weights must be vector or net, got {cfg.weights!r}")
+    if cfg.weights == "vector":
+        if cfg.weight_init not in WEIGHT_INITS:
+            raise ValueError(f"init must be one of {WEIGHT_INITS}, got {cfg.weight_init!r}")
+        if cfg.weight_mode not in WEIGHT_MODES:
+            raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {cfg.weight_mode!r}")
+    if cfg.meta_distribution not in META_DISTRIBUTIONS:
+        raise ValueError(f"unknown meta_distribution {cfg.meta_distribution!r}")
+    step_config(cfg, num_classes)  # StepConfig checks the OT step's own choices
+
+
+def stage1_forward(model: nn.Module, cfg: Stage1Config) -> Callable[[Tensor], Tensor]:
+    """The training forward under ``stage1.amp`` / ``stage1.channels_last`` /
+    ``stage1.compile`` (the model is converted in place; its logits come back in float32;
+    evaluation keeps using the eager model)."""
+    check_stage1(cfg)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     device_type = next(model.parameters()).device.type
@@ -186,6 +237,7 @@ def train_stage1(
     and rank 0's batch-norm statistics are broadcast after every step. Augmentation draws from a
     per-rank generator, so images are decoded and augmented once, by the worker that uses them.
     """
+    check_stage1(cfg)
     loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
     loss_fn = make_loss(
         loss_name,
@@ -206,17 +258,15 @@ def train_stage1(
         opt = torch.optim.SGD(
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    elif cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        raise ValueError(f"stage1.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     aug_gen = generator
     if parallel is not None:
         # Not drawn from ``generator``: the batch order must stay the single-worker one.
         seed = (generator.initial_seed() * 1_000_003 + 7919 * (parallel.rank + 1)) % 2**63
         aug_gen = torch.Generator(device=generator.device).manual_seed(seed)
     meta = _MetaReweight(model, data, cfg, aug_gen) if cfg.reweight != "none" else None
-    if meta is not None and (parallel is not None or loss_name != "ce"):
+    if meta is not None and parallel is not None:
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     forward = stage1_forward(model, cfg)
     sel = _Selector()
@@ -271,10 +321,6 @@ class _MetaReweight:
     def __init__(self, model: nn.Module, data: StageData, cfg: Stage1Config, generator) -> None:
         from trainables.meta_reweight import MetaWeightNet
 
-        if cfg.reweight not in ("l2rw", "mwn", "metasaug"):
-            raise ValueError(
-                f"stage1.reweight must be none, l2rw, mwn or metasaug, got {cfg.reweight!r}"
-            )
         self.model, self.data, self.cfg, self.generator = model, data, cfg, generator
         self.vnet = self.vnet_opt = self.estimator = None
         if cfg.reweight == "metasaug":
@@ -427,10 +473,7 @@ def train_stage2(
             extra = {"shard_samples": 0} if parallel is not None else {}
             callback("stage2", 0, {**extra, **_summary(metrics)})
         return sel.result
-    if cfg.method != "ot":
-        raise ValueError(f"unknown stage-2 method {cfg.method!r}; choose ot or none")
-    if cfg.train not in ("all", "classifier"):
-        raise ValueError(f"stage2.train must be all or classifier, got {cfg.train!r}")
+    check_stage2(cfg, k)
     frozen = cfg.train == "classifier"
     if frozen:
         work_data = features if features is not None else frozen_feature_data(model, data)
@@ -456,10 +499,8 @@ def train_stage2(
             num_classes=k,
             mode=cfg.weight_mode,
         ).to(device)
-    elif cfg.weights == "net":
-        weights = WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device)
     else:
-        raise ValueError(f"stage2.weights must be vector or net, got {cfg.weights!r}")
+        weights = WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device)
     weight_opt = torch.optim.SGD(
         weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
     )

@@ -17,6 +17,8 @@ from trainables.image import build_image_data, build_image_model
 from trainables.loop import (
     Callback,
     StageResult,
+    check_stage1,
+    check_stage2,
     frozen_feature_data,
     train_stage1,
     train_stage2,
@@ -39,6 +41,7 @@ __all__ = [
     "Stage1Output",
     "add_features",
     "build_stage1",
+    "check_config",
     "check_data",
     "features_data",
     "needs_features",
@@ -188,6 +191,16 @@ def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.devi
     data, model = _data_and_model(cfg, device, load_pretrained=False)
     model.load_state_dict(stage1.model_state)
     stage1.features = _pack_features(frozen_feature_data(model, data))
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Raise ValueError (one line) for a choice the stages would refuse when they start:
+    stage 0's head, every enumerated choice of stages 1 and 2. Called by the command lines
+    before data is loaded or a cluster starts."""
+    if is_text(cfg.data) and cfg.stage0.head not in ("linear", "fcn"):
+        raise ValueError(f"stage0.head must be linear or fcn, got {cfg.stage0.head!r}")
+    check_stage1(cfg.stage1)
+    check_stage2(cfg.stage2, cfg.data.num_classes)
 
 
 def check_data(cfg: ExperimentConfig) -> None:

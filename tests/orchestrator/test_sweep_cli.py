@@ -38,6 +38,27 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["stage1.amp=fp16"], "stage1.amp must be none or bf16, got 'fp16'"),
+        (["stage1.reweight=bogus"], "stage1.reweight must be none, l2rw, mwn or metasaug"),
+        (["stage1.loss=hinge"], "unknown loss 'hinge'"),
+        (["stage2.impl=fast"], "impl must be one of"),
+        (["stage2.weights=matrix"], "stage2.weights must be vector or net"),
+        (["stage2.meta_distribution=median"], "unknown meta_distribution 'median'"),
+    ],
+)
+def test_bad_choices_stop_the_sweep_before_ray_starts(tmp_path, sets, message):
+    args = [x for s in sets for x in ("--set", s)]
+    res = sweep(tmp_path, "image_mnist_lt", "--smoke", *args, timeout=120)
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert lines[-1].startswith("error: bad configuration: ") and message in lines[-1]
+    assert "Ray" not in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_list_names_every_experiment():
     from search_spaces import EXPERIMENTS
 
@@ -63,6 +84,7 @@ def test_list_names_every_experiment():
         (["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
         (["table5"], "SST-2"),
         (["offline_image", "--tuned", "--dry-run"], "--tuned: no finished sweep matches"),
+        (["offline_image", "--set", "stage1.compile=jit"], "stage1.compile must be one of"),
     ],
 )
 def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, args, message):
