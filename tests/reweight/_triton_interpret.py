@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from trainables.reweight import ot_loss
+from trainables.reweight import ot_loss, sinkhorn
 from trainables.reweight.triton_ot import interpreted, triton_unrolled_ot
 
 CASES = [  # (shape, eps, iterations)
@@ -55,14 +55,50 @@ def main() -> None:
             ),
             "diff": [_diff(x, y) for x, y in zip(got["triton"], got["reference"], strict=True)],
         }
+    # early stopping on chip: one problem, the reference's rules at the same checks
+    out["stopping"] = {}
+    for shape, rule, tol, every in [
+        ((16, 10), "potential_change", 0.1, 1),  # the released code's call
+        ((16, 10), "potential_change", 1e-3, 3),
+        ((12, 7), "marginal", 1e-4, 10),
+    ]:
+        g = torch.Generator().manual_seed(3)
+        c = (torch.rand(*shape, generator=g) * 0.6).requires_grad_()
+        a = torch.softmax(torch.randn(shape[0], generator=g), -1).requires_grad_()
+        b = torch.softmax(torch.randn(shape[1], generator=g), -1).requires_grad_()
+        kw = dict(eps=0.1, tol=tol, stop=rule, check_every=every)
+        n_ref = sinkhorn(c.detach(), a.detach(), b.detach(), max_iter=300, **kw).n_iter
+        got = {}
+        for name, fn in {
+            "triton": lambda c, a, b, r=(rule, tol, every): triton_unrolled_ot(
+                c, a, b, eps=0.1, n_iter=300, stop=r
+            ),
+            "reference": lambda c, a, b, kw=kw: ot_loss(
+                c, a, b, max_iter=300, impl="reference", **kw
+            ),
+            "triton_fixed": lambda c, a, b, n=n_ref: triton_unrolled_ot(c, a, b, eps=0.1, n_iter=n),
+        }.items():
+            v = fn(c, a, b)
+            got[name] = (v, *torch.autograd.grad(v, (c, a, b)))
+        out["stopping"][f"{shape}/{rule}/{tol}/{every}"] = {
+            "n_ref": n_ref,
+            "diff": [_diff(x, y) for x, y in zip(got["triton"], got["reference"], strict=True)],
+            "vs_fixed": [
+                _diff(x, y) for x, y in zip(got["triton"], got["triton_fixed"], strict=True)
+            ],
+        }
     errors = {}
     for name, args in {
         "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
         "too_many_rows": (torch.rand(300, 10), 300, 10),
+        "stop_batched": (torch.rand(2, 4, 3), 4, 3),
     }.items():
         c, n, m = args
+        rule = ("marginal", 1e-3, 1) if name.startswith("stop") else None
         try:
-            triton_unrolled_ot(c, torch.ones(n) / n, torch.ones(m) / m, eps=0.1, n_iter=2)
+            triton_unrolled_ot(
+                c, torch.ones(n) / n, torch.ones(m) / m, eps=0.1, n_iter=2, stop=rule
+            )
         except ValueError as e:
             errors[name] = str(e)
     out["errors"] = errors

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from trainables.reweight import triton_ot
-from trainables.reweight.fused import fused_unrolled_ot, pick_backend
+from trainables.reweight.fused import pick_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,10 +42,23 @@ def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
             assert diff <= 5e-5 * scale or diff < 1e-6, (case, res["diff"])
 
 
+def test_early_stopping_on_chip_equals_the_reference(interpreted_run):
+    stopping = interpreted_run["stopping"]
+    assert len(stopping) == 3
+    for case, res in stopping.items():
+        assert 1 <= res["n_ref"] < 300, case  # the reference did stop early
+        for diff, scale in res["diff"]:
+            assert diff <= 5e-5 * scale or diff < 1e-6, (case, res["diff"])
+        # the kernel ran exactly the reference's iterations: n_ref fixed ones agree to rounding
+        for diff, scale in res["vs_fixed"]:
+            assert diff <= 1e-6 * scale or diff < 1e-9, (case, res["vs_fixed"])
+
+
 def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
     errors = interpreted_run["errors"]
     assert "float32" in errors["float64"]
     assert "at most 256 rows" in errors["too_many_rows"]
+    assert "one [N, M] problem of one tile" in errors["stop_batched"]
 
 
 def test_cpu_tensors_need_the_interpreter():
@@ -69,6 +82,11 @@ def test_the_kernels_compile_for_an_h100(n, m, kernels):
     assert all(size > 1000 for size in sizes.values())
 
 
+@pytest.mark.parametrize("stop", ["marginal", "potential_change"])
+def test_the_early_stopping_kernels_compile_for_an_h100(stop):
+    assert set(triton_ot.compile_for(90, 16, 10, stop=stop)) == {"_ot_forward", "_ot_backward"}
+
+
 @pytest.mark.parametrize("warps", [1, 2])
 def test_the_one_tile_kernels_compile_with_fewer_warps(monkeypatch, warps):
     # bench/ot_speed.py times 1-8 warps per program on a GPU: each must build
@@ -85,17 +103,9 @@ def test_the_default_backend_per_device_and_size():
     assert pick_backend("cuda", torch.float32, (300, 10)) == "torch"  # over 256 rows
     assert pick_backend("cuda", torch.float64, (16, 100)) == "torch"
     assert pick_backend("mps", torch.float32, (16, 100)) == "torch"
-    # early stopping reads a statistic on the host at every check: torch, not the kernels
-    assert pick_backend("cuda", torch.float32, (16, 100), stop=True) == "torch"
+    # early stopping: the kernels decide on chip for one problem of one tile; a batch's
+    # statistic spans problems, so batches (and wide problems) take torch
+    assert pick_backend("cuda", torch.float32, (16, 100), stop=True) == "triton"
+    assert pick_backend("cuda", torch.float32, (3, 16, 100), stop=True) == "torch"
+    assert pick_backend("cuda", torch.float32, (128, 1000), stop=True) == "torch"
     assert pick_backend("cpu", torch.float32, (16, 100), stop=True) == "numpy"
-    c = torch.rand(4, 3)
-    with pytest.raises(ValueError, match="fixed iteration count"):
-        fused_unrolled_ot(
-            c,
-            torch.ones(4) / 4,
-            torch.ones(3) / 3,
-            eps=0.1,
-            n_iter=5,
-            backend="triton",
-            stop=("marginal", 1e-3, 1),
-        )

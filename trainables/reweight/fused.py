@@ -223,26 +223,24 @@ def fused_unrolled_ot(
 ) -> Tensor:
     """``<C, T_n>`` after ``n_iter`` iterations from zero potentials, with the unrolled
     gradient; the caller checks :func:`fused_applicable` first. ``stop=(rule, tol,
-    check_every)`` ends the loop early by :func:`.sinkhorn.sinkhorn`'s rules (the statistic is
-    read on the host at every check, as there; not on the Triton backend). ``backend`` defaults
-    to :func:`default_backend`."""
+    check_every)`` ends the loop early by :func:`.sinkhorn.sinkhorn`'s rules: NumPy and torch
+    read the statistic on the host at every check, as there; the Triton kernels decide on chip
+    (one problem of one tile). ``backend`` defaults to :func:`default_backend`."""
     backend = backend or default_backend(cost, stop=stop is not None)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "numpy" and cost.device.type != "cpu":
         raise ValueError("the NumPy backend needs CPU tensors")
     if backend == "triton":
-        if stop is not None:
-            raise ValueError("the triton backend runs a fixed iteration count (stop=None)")
         from .triton_ot import triton_unrolled_ot
 
-        return triton_unrolled_ot(cost, a, b, eps=eps, n_iter=n_iter)
+        return triton_unrolled_ot(cost, a, b, eps=eps, n_iter=n_iter, stop=stop)
     return _FusedUnrolled.apply(cost, a, b, eps, n_iter, backend, stop)
 
 
 def default_backend(cost: Tensor, *, stop: bool = False) -> str:
-    """NumPy on the CPU; on CUDA the Triton kernels where they take the problem (fixed
-    iterations), else torch."""
+    """NumPy on the CPU; on CUDA the Triton kernels where they take the problem (with early
+    stopping: a single problem of one tile), else torch."""
     return pick_backend(cost.device.type, cost.dtype, tuple(cost.shape), stop=stop)
 
 
@@ -251,9 +249,9 @@ def pick_backend(
 ) -> str:
     if device_type == "cpu":
         return "numpy"
-    if device_type == "cuda" and not stop:
+    if device_type == "cuda":
         from .triton_ot import triton_fits
 
-        if triton_fits(dtype, shape):
+        if triton_fits(dtype, shape, stop=stop):
             return "triton"
     return "torch"

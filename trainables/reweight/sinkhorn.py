@@ -278,7 +278,7 @@ def ot_loss(
     ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks ``fused`` whenever
     it is exact: no warm start (``init=None``) and ``max |C| / eps`` inside the dtype's safe
     range (checked once per call). With a ``tol`` it stops by the same rule at the same checks
-    (NumPy or torch; the Triton kernels run fixed iterations).
+    (on CUDA the Triton kernels decide on chip for a single problem that fits one tile).
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")

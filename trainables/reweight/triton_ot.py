@@ -17,6 +17,8 @@ kernel launches, not arithmetic.
 * CUDA tensors run the compiled kernels. With ``TRITON_INTERPRET=1`` set before triton is
   imported, CPU tensors run them in Triton's interpreter (NumPy: slow, for checking the
   kernels on machines without a GPU; the tests do that in a subprocess).
+* early stopping (``sinkhorn``'s "marginal" and "potential_change" rules at the same checks)
+  is decided on chip, with no host sync, for a single problem that fits one tile;
 * float32 only (the training dtype); :func:`triton_fits` says what the kernels take, and
   ``ot_loss`` uses its other paths for the rest.
 
@@ -58,25 +60,31 @@ def _block(n: int) -> int:
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
-def triton_fits(dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+def triton_fits(dtype: torch.dtype, shape: tuple[int, ...], *, stop: bool = False) -> bool:
     """True when the kernels take problems of this cost shape and dtype: float32, at most
-    :data:`MAX_ROWS` rows (samples); any number of columns."""
-    return (
+    :data:`MAX_ROWS` rows (samples); any number of columns. With early stopping (``stop``):
+    a single ``[N, M]`` problem that fits one tile (the stopping statistic is the batch's)."""
+    fits = (
         triton is not None
         and dtype == torch.float32
         and len(shape) >= 2
         and _block(shape[-2]) <= MAX_ROWS
     )
+    return fits and (not stop or (len(shape) == 2 and _one_tile(*shape)))
 
 
 if triton is not None:
 
     @triton.jit
     def _ot_forward(
-        c_ptr, a_ptr, b_ptr, u_hist, v_hist, r_hist, s_hist, u_last, val_ptr,
-        n, m, n_iter, inv_eps,
-        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+        c_ptr, a_ptr, b_ptr, u_hist, v_hist, r_hist, s_hist, u_last, val_ptr, n_used_ptr,
+        n, m, n_iter, check_every, inv_eps, eps, tol,
+        BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STOP: tl.constexpr,
     ):  # fmt: skip
+        # STOP: 0 runs n_iter iterations; 1 and 2 stop early by sinkhorn()'s "marginal" and
+        # "potential_change" rules, checked on chip every check_every iterations (one problem
+        # per launch: the rules' statistics are over the whole batch). The iterations run are
+        # written to n_used_ptr for the backward.
         pid = tl.program_id(0)
         rn = tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
@@ -89,7 +97,10 @@ if triton is not None:
         b = tl.load(b_ptr + pid * m + rm, mask=mm, other=0.0)
         u = tl.where(mn, 1.0, 0.0)
         v = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for t in range(n_iter):
+        v_before = tl.full([BLOCK_M], 1.0, tl.float32)  # the loop starts from g = 0
+        t = pid * 0
+        go = pid * 0 + 1
+        while (t < n_iter) & (go > 0):
             row_n = (pid * n_iter + t) * n
             row_m = (pid * n_iter + t) * m
             tl.store(u_hist + row_n + rn, u, mask=mn)
@@ -100,6 +111,19 @@ if triton is not None:
             tl.store(r_hist + row_m + rm, r, mask=mm)
             tl.store(v_hist + row_m + rm, v, mask=mm)
             tl.store(s_hist + row_n + rn, s, mask=mn)
+            if STOP == 1:  # noqa: SIM102 (compile-time branch around a runtime one)
+                if (t + 1) % check_every == 0:
+                    col = v * tl.sum(k * u[:, None], axis=0)
+                    err = tl.sum(tl.where(mm, tl.abs(col - b), 0.0), axis=0)
+                    go = tl.where(err < tol, 0, 1)
+            if STOP == 2:  # noqa: SIM102
+                if (t + 1) % check_every == 0:
+                    lv = tl.log(tl.where(mm, v, 1.0)) - tl.log(tl.where(mm, v_before, 1.0))
+                    err = eps * tl.sum(tl.abs(lv), axis=0)
+                    go = tl.where(err < tol, 0, 1)
+            v_before = v
+            t += 1
+        tl.store(n_used_ptr + pid, t)
         tl.store(u_last + pid * n + rn, u, mask=mn)
         # C is read again rather than kept live through the loop (registers)
         c = tl.load(c_ptr + pid * n * m + rn[:, None] * m + rm[None, :], mask=tile, other=0.0)
@@ -109,10 +133,12 @@ if triton is not None:
     @triton.jit
     def _ot_backward(
         c_ptr, g_ptr, u_hist, v_hist, r_hist, s_hist, u_last, dc_ptr, da_ptr, db_ptr,
-        n, m, n_iter, inv_eps,
+        n_used_ptr, n, m, n_iter, inv_eps,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     ):  # fmt: skip
+        # n_iter: the history's capacity; the forward ran n_used of them
         pid = tl.program_id(0)
+        n_used = tl.load(n_used_ptr + pid)
         rn = tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
         mn = rn < n
@@ -123,7 +149,7 @@ if triton is not None:
         k = tl.where(tile, tl.exp(-c * inv_eps), 0.0)
         g = tl.load(g_ptr + pid)
         u = tl.load(u_last + pid * n + rn, mask=mn, other=0.0)
-        last_m = (pid * n_iter + n_iter - 1) * m
+        last_m = (pid * n_iter + n_used - 1) * m
         v_last = tl.load(v_hist + last_m + rm, mask=mm, other=0.0)
         uv = u[:, None] * v_last[None, :]
         t_bar = g * c  # dL/dT for L = <C, T>, T = diag(u) K diag(v)
@@ -134,8 +160,8 @@ if triton is not None:
         carry = -tl.sum(tk * u[:, None], axis=0)
         a_bar = tl.zeros([BLOCK_N], dtype=tl.float32)
         b_bar = tl.zeros([BLOCK_M], dtype=tl.float32)
-        for i in range(n_iter):
-            t = n_iter - 1 - i
+        for i in range(n_used):
+            t = n_used - 1 - i
             row_n = (pid * n_iter + t) * n
             row_m = (pid * n_iter + t) * m
             s = tl.load(s_hist + row_n + rn, mask=mn, other=1.0)
@@ -282,9 +308,12 @@ def _launch_args(n: int, m: int) -> dict:
     return {"BLOCK_N": bn, "BLOCK_M": bm, "num_warps": _warps(bn * bm)}
 
 
+STOP_CODES = {None: 0, "marginal": 1, "potential_change": 2}
+
+
 class _TritonUnrolled(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int) -> Tensor:
+    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int, stop) -> Tensor:
         *batch, n, m = cost.shape
         c = cost.detach().reshape(-1, n, m).contiguous()
         p = c.shape[0]
@@ -296,22 +325,25 @@ class _TritonUnrolled(torch.autograd.Function):
             new(p, n_iter, n),
         )
         u_last, val = new(p, n), new(p)
+        n_used = torch.empty(p, device=c.device, dtype=torch.int32)
+        rule, tol, check_every = stop if stop is not None else (None, 0.0, 1)
         _kernel(_ot_forward, c.device)[(p,)](
             c,
             a.detach().reshape(p, n).contiguous(),
             b.detach().reshape(p, m).contiguous(),
-            hist_n, hist_v, hist_r, hist_s, u_last, val,
-            n, m, n_iter, 1.0 / eps,
+            hist_n, hist_v, hist_r, hist_s, u_last, val, n_used,
+            n, m, n_iter, int(check_every), 1.0 / eps, float(eps), float(tol),
+            STOP=STOP_CODES[rule],
             **_launch_args(n, m),
         )  # fmt: skip
         ctx.eps, ctx.n_iter = eps, n_iter
-        ctx.save_for_backward(cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last)
+        ctx.save_for_backward(cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last, n_used)
         return val.reshape(batch)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last = ctx.saved_tensors
+        cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last, n_used = ctx.saved_tensors
         *_, n, m = cost.shape
         c = cost.reshape(-1, n, m).contiguous()
         p = c.shape[0]
@@ -322,7 +354,7 @@ class _TritonUnrolled(torch.autograd.Function):
         )
         _kernel(_ot_backward, c.device)[(p,)](
             c, grad_out.reshape(p).contiguous(), hist_n, hist_v, hist_r, hist_s, u_last,
-            dc, da, db,
+            dc, da, db, n_used,
             n, m, ctx.n_iter, 1.0 / ctx.eps,
             **_launch_args(n, m),
         )  # fmt: skip
@@ -330,6 +362,7 @@ class _TritonUnrolled(torch.autograd.Function):
             dc.view_as(cost) if ctx.needs_input_grad[0] else None,
             da.view_as(a) if ctx.needs_input_grad[1] else None,
             db.view_as(b) if ctx.needs_input_grad[2] else None,
+            None,
             None,
             None,
         )
@@ -404,40 +437,58 @@ class _TritonStreamed(torch.autograd.Function):
         )
 
 
-def triton_unrolled_ot(cost: Tensor, a: Tensor, b: Tensor, *, eps: float, n_iter: int) -> Tensor:
-    """``<C, T_n>`` after exactly ``n_iter`` iterations from zero potentials with the unrolled
+def triton_unrolled_ot(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    *,
+    eps: float,
+    n_iter: int,
+    stop: tuple[str, float, int] | None = None,
+) -> Tensor:
+    """``<C, T_n>`` after ``n_iter`` iterations from zero potentials with the unrolled
     gradient, as :func:`.fused.fused_unrolled_ot`; ``a`` and ``b`` broadcast against
-    ``cost[..., :, 0]`` and ``cost[..., 0, :]``. Needs :func:`triton_fits`."""
+    ``cost[..., :, 0]`` and ``cost[..., 0, :]``. ``stop=(rule, tol, check_every)`` ends the
+    loop early by ``sinkhorn``'s rules, decided on chip (no host sync); it takes one problem
+    that fits one tile (:func:`triton_fits` with ``stop=True``)."""
     if triton is None:
         raise RuntimeError("the triton OT path needs the triton package")
-    if not triton_fits(cost.dtype, tuple(cost.shape)):
+    if not triton_fits(cost.dtype, tuple(cost.shape), stop=stop is not None):
+        what = "one [N, M] problem of one tile" if stop is not None else "problems"
         raise ValueError(
-            f"the triton OT path takes float32 problems of at most {MAX_ROWS} rows, "
+            f"the triton OT path takes float32 {what} of at most {MAX_ROWS} rows, "
             f"got {cost.dtype} {tuple(cost.shape)}"
         )
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    if stop is not None and stop[0] not in STOP_CODES:
+        raise ValueError(f"stop rule must be marginal or potential_change, got {stop[0]!r}")
     *batch, n, m = cost.shape
     a = a.expand(*batch, n)
     b = b.expand(*batch, m)
-    fn = _TritonUnrolled if _one_tile(n, m) else _TritonStreamed
-    return fn.apply(cost, a, b, float(eps), int(n_iter))
+    if _one_tile(n, m):
+        return _TritonUnrolled.apply(cost, a, b, float(eps), int(n_iter), stop)
+    return _TritonStreamed.apply(cost, a, b, float(eps), int(n_iter))
 
 
-def compile_for(arch: int = 90, n: int = 16, m: int = 100) -> dict[str, int]:
-    """Compile the forward and backward kernels that an ``[n, m]`` problem uses for CUDA
-    ``sm_<arch>`` without a GPU (Triton's ahead-of-time path, through ptxas); returns the
-    cubin size of each, in bytes."""
+def compile_for(
+    arch: int = 90, n: int = 16, m: int = 100, stop: str | None = None
+) -> dict[str, int]:
+    """Compile the forward and backward kernels that an ``[n, m]`` problem uses (with the
+    early-stopping ``stop`` rule, one-tile sizes only) for CUDA ``sm_<arch>`` without a GPU
+    (Triton's ahead-of-time path, through ptxas); returns the cubin size of each, in bytes."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     ptr, i32, f32 = "*fp32", "i32", "fp32"
+    constexprs = {}
     if _one_tile(n, m):
         args = _launch_args(n, m)
         sigs = {
-            _ot_forward: [ptr] * 9 + [i32] * 3 + [f32],
-            _ot_backward: [ptr] * 10 + [i32] * 3 + [f32],
+            _ot_forward: [ptr] * 9 + ["*i32"] + [i32] * 4 + [f32] * 3,
+            _ot_backward: [ptr] * 10 + ["*i32"] + [i32] * 3 + [f32],
         }
+        constexprs = {_ot_forward: {"STOP": STOP_CODES[stop]}}
     else:
         args = _stream_args(n, m)
         sigs = {
@@ -447,8 +498,9 @@ def compile_for(arch: int = 90, n: int = 16, m: int = 100) -> dict[str, int]:
     blocks = {"BLOCK_N": args["BLOCK_N"], "BLOCK_M": args["BLOCK_M"]}
     out = {}
     for fn, types in sigs.items():
-        sig = dict(zip(fn.arg_names, [*types, "constexpr", "constexpr"], strict=True))
-        src = ASTSource(fn=fn, signature=sig, constexprs=blocks)
+        consts = {**blocks, **constexprs.get(fn, {})}
+        sig = dict(zip(fn.arg_names, [*types, *["constexpr"] * len(consts)], strict=True))
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
         opts = {"num_warps": args["num_warps"]}
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
         out[fn.fn.__name__] = len(compiled.asm["cubin"])
