@@ -188,6 +188,14 @@ if triton is not None:
         tl.store(db_ptr + pid * m + rm, b_bar, mask=mm)
 
     @triton.jit
+    def _k_columns(k_ptr, pid, n, m, rn, mn, j, BLOCK_M: tl.constexpr):
+        """Columns j .. j + BLOCK_M of problem pid's K: (their indices, their mask, the tile)."""
+        rm = j + tl.arange(0, BLOCK_M)
+        mm = rm < m
+        offs = pid * n * m + rn[:, None] * m + rm[None, :]
+        return rm, mm, tl.load(k_ptr + offs, mask=mn[:, None] & mm[None, :], other=0.0)
+
+    @triton.jit
     def _ot_forward_streamed(
         k_ptr, a_ptr, b_ptr, u_hist, v_hist, r_hist, s_hist, u_last,
         n, m, n_iter,
@@ -207,11 +215,7 @@ if triton is not None:
             tl.store(u_hist + row_n + rn, u, mask=mn)
             s = tl.zeros([BLOCK_N], dtype=tl.float32)
             for j in range(0, m, BLOCK_M):
-                rm = j + tl.arange(0, BLOCK_M)
-                mm = rm < m
-                tile = mn[:, None] & mm[None, :]
-                offs = pid * n * m + rn[:, None] * m + rm[None, :]
-                k = tl.load(k_ptr + offs, mask=tile, other=0.0)
+                rm, mm, k = _k_columns(k_ptr, pid, n, m, rn, mn, j, BLOCK_M)
                 b = tl.load(b_ptr + pid * m + rm, mask=mm, other=0.0)
                 r = tl.sum(k * u[:, None], axis=0)
                 v = tl.where(mm, b / tl.where(mm, r, 1.0), 0.0)
@@ -250,11 +254,7 @@ if triton is not None:
             first = tl.where(i == 0, 1.0, 0.0)  # the last iteration also carries -v_bar
             u_bar = tl.zeros([BLOCK_N], dtype=tl.float32)
             for j in range(0, m, BLOCK_M):
-                rm = j + tl.arange(0, BLOCK_M)
-                mm = rm < m
-                tile = mn[:, None] & mm[None, :]
-                offs = pid * n * m + rn[:, None] * m + rm[None, :]
-                k = tl.load(k_ptr + offs, mask=tile, other=0.0)
+                rm, mm, k = _k_columns(k_ptr, pid, n, m, rn, mn, j, BLOCK_M)
                 carry = tl.load(carry_ptr + pid * m + rm, mask=mm, other=0.0)
                 r = tl.load(r_hist + row_m + rm, mask=mm, other=1.0)
                 v = tl.load(v_hist + row_m + rm, mask=mm, other=0.0)
