@@ -13,7 +13,6 @@ cached features, so it is cheap by construction).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -22,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from _results import mean_std, save_cpu_result
 
-from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from search_spaces import resolve
+from trainables.config import apply_overrides
 from trainables.image import build_image_data, build_image_model
 from trainables.meta_reweight import MetaWeightNet, l2rw_weights, mwn_step
 from trainables.trial import build_stage1, run_stage2
@@ -32,7 +31,7 @@ METHODS = ("ce", "l2rw", "mwn", "ot")
 
 
 def accuracies(seed: int) -> dict:
-    base = dataclasses.replace(EXPERIMENTS["image_mnist_lt"](), seed=seed)
+    base = resolve("image_mnist_lt", seed=seed)
     out = {}
     cpu = torch.device("cpu")
     for m in ("none", "l2rw", "mwn"):
@@ -49,7 +48,7 @@ def accuracies(seed: int) -> dict:
 
 
 def step_costs(repeat: int = 20) -> dict:
-    cfg = EXPERIMENTS["image_mnist_lt"]()
+    cfg = resolve("image_mnist_lt")
     torch.manual_seed(0)
     data = build_image_data(cfg.data, 0)
     model = build_image_model(cfg.model, data)

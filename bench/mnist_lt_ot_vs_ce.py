@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from _results import mean_std, save_cpu_result
 
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.image import build_image_data, build_image_model
 from trainables.loop import train_stage1, train_stage2
 
 
 def one_seed(seed: int) -> dict:
-    cfg = dataclasses.replace(EXPERIMENTS["image_mnist_lt"](), seed=seed)
+    cfg = resolve("image_mnist_lt", seed=seed)
     torch.manual_seed(seed)
     data = build_image_data(cfg.data, seed)
     model = build_image_model(cfg.model, data)

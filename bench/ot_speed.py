@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from search_spaces.config import Stage1Config
+from trainables.config import Stage1Config
 from trainables.loop import stage1_forward
 from trainables.models import build_model
 from trainables.reweight import (

@@ -14,23 +14,21 @@ accuracy at the validation-selected epoch, and writes the JSON under bench/resul
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 
 import torch
 from _results import mean_std, save_cpu_result
 
-from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from search_spaces import resolve
+from trainables.config import apply_overrides
 from trainables.trial import build_stage1, run_stage2
 
 COLUMNS = ("ce", "ce_finetune", "ot")
 
 
 def one_run(arch: str, seed: int) -> dict:
-    cfg = apply_overrides(EXPERIMENTS["pointcloud_shapes"](), [f"model.arch={arch}"])
-    cfg = dataclasses.replace(cfg, seed=seed)
+    cfg = resolve("pointcloud_shapes", seed=seed, overrides=[f"model.arch={arch}"])
     device = torch.device("cpu")
     start = time.time()
     stage1 = build_stage1(cfg, device=device)
@@ -55,7 +53,7 @@ def main() -> None:
     )
     args = p.parse_args()
     start = time.time()
-    cfg = EXPERIMENTS["pointcloud_shapes"]()
+    cfg = resolve("pointcloud_shapes")
     print(
         f"shapes (SYNTHETIC, trimesh), IF {cfg.data.imbalance_factor:g}, "
         f"{cfg.data.num_points} points; balanced test accuracy %, validation-selected epoch"

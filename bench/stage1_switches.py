@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 from _results import mean_std, save_cpu_result
 
-from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from search_spaces import resolve
 from trainables.trial import build_stage1
 
 VARIANTS = {
@@ -36,7 +35,7 @@ KEYS = ("selected_top1_error", "last_top1_error", "epoch_seconds")
 
 
 def one(experiment: str, sets: list[str], seed: int, variant: str) -> dict:
-    cfg = apply_overrides(EXPERIMENTS[experiment](), [*sets, f"seed={seed}", *VARIANTS[variant]])
+    cfg = resolve(experiment, seed=seed, overrides=[*sets, *VARIANTS[variant]])
     stamps = []
     out = build_stage1(
         cfg,

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from search_spaces.config import apply_overrides
 from search_spaces.tables import TABLES, cell_config, paper_value
+from trainables.config import apply_overrides
 from trainables.trial import build_stage1, run_stage2
 
 

@@ -23,8 +23,7 @@ from pathlib import Path
 
 import torch
 
-from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from search_spaces import resolve
 from trainables.loop import train_stage2
 from trainables.text import build_text_data, build_text_model
 from trainables.trial import build_stage1, run_stage2
@@ -35,11 +34,11 @@ def _acc(block: dict) -> float:
 
 
 def one(minority: int, seed: int) -> dict:
-    cfg = EXPERIMENTS["text_tweets"]()
-    cfg = apply_overrides(
-        cfg, [f"data.minority={minority}", f"data.imbalance_factor={1000 / minority}"]
+    cfg = resolve(
+        "text_tweets",
+        seed=seed,
+        overrides=[f"data.minority={minority}", f"data.imbalance_factor={1000 / minority}"],
     )
-    cfg = dataclasses.replace(cfg, seed=seed)
     t0 = time.time()
     stage1 = build_stage1(cfg, device=torch.device("cpu"))
     t1 = time.time()

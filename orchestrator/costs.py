@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from search_spaces.config import ExperimentConfig
+from trainables.config import ExperimentConfig
 from trainables.data.longtail import longtail_counts
 
 __all__ = ["COSTS", "EpochCost", "estimate_seconds"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from search_spaces.config import ExperimentConfig
+from trainables.config import ExperimentConfig
 from trainables.reweight import COSTS, StepConfig, class_prototypes, fit_batch_weights
 
-from . import tracking
+from . import names, tracking
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -45,13 +45,13 @@ def _features(model, data, split, idx: np.ndarray) -> torch.Tensor:
 def fig1_masses(cfg: ExperimentConfig, entry_uri: str, steps: int = 300) -> dict:
     """Per-class mass of the OT weights learned on the Fig. 1 batch for each cost, with the
     stage-1 model's features and Q the meta set's class prototypes (``fit_batch_weights``)."""
-    from trainables.trial import _data_and_model
+    from trainables.trial import data_and_model
 
     from .stages import read_entry
 
     torch.manual_seed(cfg.seed)
     stage1 = read_entry(entry_uri, features=False)
-    data, model = _data_and_model(cfg, torch.device("cpu"), load_pretrained=False)
+    data, model = data_and_model(cfg, torch.device("cpu"), load_pretrained=False)
     model.load_state_dict(stage1.model_state)
     k = data.num_classes
     idx = fig1_batch_indices(data.train.y.numpy(), k, cfg.seed)
@@ -74,7 +74,7 @@ def run_confusion(c, exp_id: str, table: str, cell: str, seed: int) -> dict | No
     """The test confusion matrix (validation-selected) of the latest finished run of a cell and
     seed, with its training counts; None when there is none."""
     runs = tracking.all_runs_with_tags(
-        c, exp_id, {"ot.table": table, "ot.cell": cell, "ot.seed": str(seed)}
+        c, exp_id, {names.TABLE: table, names.CELL: cell, names.SEED: str(seed)}
     )
     runs = [r for r in runs if r.info.status == "FINISHED"]
     if not runs:

@@ -23,14 +23,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces.config import PRESETS
 from search_spaces.tables import TABLES, Table, paper_value, published_only
+from trainables.config import PRESETS
 
-from . import tracking
-from .storage import Storage, StorageError
+from . import cli, names, tracking
+from .storage import StorageError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-from .sweep import SweepError
 
 __all__ = ["SELECTIONS", "Stat", "aggregate", "main", "render", "report_data", "run_value"]
 
@@ -80,15 +79,13 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
 
 def report_data(c, exp_id: str, table: Table, preset: str = "paper") -> dict:
     """Every cell's statistics from the finished runs (the latest run per cell and seed)."""
-    runs = tracking.all_runs_with_tags(
-        c, exp_id, {"ot.table": table.name, tracking.KIND_TAG: "trial"}
-    )
+    runs = tracking.all_runs_with_tags(c, exp_id, {names.TABLE: table.name, names.KIND: "trial"})
     latest: dict[tuple[str, str], object] = {}
     for r in runs:
         tags = r.data.tags
-        if r.info.status != "FINISHED" or tags.get("ot.preset_asked") != preset:
+        if r.info.status != "FINISHED" or tags.get(names.PRESET_ASKED) != preset:
             continue
-        key = (tags.get("ot.cell", ""), tags.get("ot.seed", ""))
+        key = (tags.get(names.CELL, ""), tags.get(names.SEED, ""))
         if key not in latest or (r.info.end_time or 0) > (latest[key].info.end_time or 0):
             latest[key] = r
     cells = {}
@@ -116,14 +113,14 @@ def report_data(c, exp_id: str, table: Table, preset: str = "paper") -> dict:
 def _figures(c, exp_id: str, table: Table) -> dict[str, bytes]:
     """The newest Fig. 1 / Fig. 2 PNGs logged by a reproduce invocation of the table."""
     parents = tracking.all_runs_with_tags(
-        c, exp_id, {"ot.table": table.name, tracking.KIND_TAG: "reproduce"}
+        c, exp_id, {names.TABLE: table.name, names.KIND: "reproduce"}
     )
     out: dict[str, bytes] = {}
     for run in sorted(parents, key=lambda r: -(r.info.start_time or 0)):
-        names = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
+        logged = {a.path for a in c.list_artifacts(run.info.run_id, "figures")}
         for name in ("figures/fig1_weights.png", "figures/fig2_confusion.png"):
             short = Path(name).stem
-            if short in out or name not in names:
+            if short in out or name not in logged:
                 continue
             with tempfile.TemporaryDirectory() as tmp:
                 out[short] = Path(c.download_artifacts(run.info.run_id, name, tmp)).read_bytes()
@@ -342,34 +339,28 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .reproduce import experiment_name
+def _render_stored(args: argparse.Namespace) -> str:
+    """The table from the store, which is only read (a missing store is not created)."""
+    name = names.experiment_name(args.table, args.smoke)
+    uri, c = cli.read_tracking(args.tracking_uri, args.storage)
+    exp = None if c is None else c.get_experiment_by_name(name)
+    if exp is None:
+        raise cli.CommandError(
+            f"no runs of {args.table} in {uri} (experiment {name!r}); run "
+            f"python -m orchestrator.reproduce {args.table} first"
+        )
+    asked = names.settings_key(args.preset, args.tuned)
+    return render(report_data(c, exp.experiment_id, TABLES[args.table], asked), args.format)
 
+
+def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.table not in TABLES:
         p.error(f"unknown table {args.table!r}; choose from {', '.join(TABLES)}")
     try:
-        storage = Storage(args.storage or "runs")
-        local_root = Path(storage.uri) if storage.local else None
-        uri = tracking.resolve_tracking_uri(args.tracking_uri, storage.uri, local_root)
-        name = experiment_name(args.table, args.smoke)
-        missing_db = (
-            uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite://")).exists()
-        )
-        exp = None
-        if not missing_db:  # reading never creates a store
-            tracking.check_reachable(uri)
-            c = tracking.client(uri)
-            exp = c.get_experiment_by_name(name)
-        if exp is None:
-            raise SweepError(
-                f"no runs of {args.table} in {uri} (experiment {name!r}); run "
-                f"python -m orchestrator.reproduce {args.table} first"
-            )
-        asked = args.preset + ("+sweep" if args.tuned else "")
-        text = render(report_data(c, exp.experiment_id, TABLES[args.table], asked), args.format)
-    except (SweepError, tracking.TrackingError, StorageError) as err:
+        text = _render_stored(args)
+    except (cli.CommandError, tracking.TrackingError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.out:

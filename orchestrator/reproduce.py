@@ -18,22 +18,22 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import math
-import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from search_spaces.config import PRESETS, ConfigError, ExperimentConfig, apply_overrides
 from search_spaces.tables import TABLES, Cell, Table, cell_config
+from trainables.config import ConfigError, ExperimentConfig, apply_overrides, apply_values
 
-from . import tracking
-from .storage import Storage, StorageError
-from .sweep import REPO, SweepError, _init_ray, _node_cpus, _storage
+from . import cli, names, tracking
+from .cli import REPO, CommandError
+from .names import experiment_name, settings_key
+from .report import render, report_data
+from .stages import stage1_hash
 
-__all__ = ["RunSpec", "experiment_name", "main", "plan"]
+__all__ = ["RunSpec", "experiment_name", "main", "plan", "settings_key"]
 
 KIND = "reproduce"  # the invocation's parent run; its runs are ot.kind=trial
 
@@ -51,10 +51,6 @@ class RunSpec:
         return f"{self.cell.key}|seed{self.seed}"
 
 
-def experiment_name(table: str, smoke: bool) -> str:
-    return f"reproduce-{table}" + ("-smoke" if smoke else "")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m orchestrator.reproduce",
@@ -68,11 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="only these rows")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns")
-    p.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a field in every cell, e.g. --set data.source=cifar10_jpeg (repeatable)",
-    )  # fmt: skip
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    cli.add_config_args(p, preset_default="paper", seed=False)
     p.add_argument(
         "--fidelity", action="store_true",
         help="also run the released-code rows (each extra switched off alone), first column",
@@ -83,14 +75,7 @@ def _parser() -> argparse.ArgumentParser:
         "(same data, model and stage 1); recorded and reported as PRESET+sweep",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the grid; run nothing")
-    p.add_argument("--smoke", action="store_true", help="tiny variant of every cell")
-    p.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
-    p.add_argument("--storage", default=None, help="run storage (default ./runs)")
-    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
-    p.add_argument("--gpus-per-trial", type=float, default=0.0)
-    p.add_argument("--max-failures", type=int, default=2, help="retries per run")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    cli.add_cluster_args(p)
     return p
 
 
@@ -106,12 +91,10 @@ def plan(
     overrides: list[str] | None = None,
 ) -> list[RunSpec]:
     """Every run of the table: cells x seeds, each with its resolved config and stage-1 key."""
-    from .stages import stage1_hash
-
     try:
         cells = table.cells(methods, fidelity=fidelity, columns=columns)
     except ValueError as err:
-        raise SweepError(str(err)) from None
+        raise CommandError(str(err)) from None
     out = []
     for cell in cells:
         try:
@@ -123,30 +106,23 @@ def plan(
                 cfg = dataclasses.replace(base, seed=seed)
                 out.append(RunSpec(cell, seed, cfg, stage1_hash(cfg)))
         except ConfigError as err:
-            raise SweepError(f"{cell.key}: {err}") from None
+            raise CommandError(f"{cell.key}: {err}") from None
     return out
-
-
-def settings_key(preset: str, tuned: bool) -> str:
-    """What a run was asked for: the preset, with ``+sweep`` when OT rows took a sweep's best."""
-    return preset + ("+sweep" if tuned else "")
 
 
 def tuned_values(c, cfg: ExperimentConfig) -> tuple[dict, str] | None:
     """(best sampled values, sweep run id) of the latest finished sweep of ``cfg``'s experiment
     whose stage 1 is ``cfg``'s at the sweep's seed (same data, model, stage 1); None if none."""
-    from .stages import stage1_hash
-
     exp = c.get_experiment_by_name(cfg.name)
     if exp is None:
         return None
-    sweeps = tracking.all_runs_with_tags(c, exp.experiment_id, {tracking.KIND_TAG: "sweep"})
+    sweeps = tracking.all_runs_with_tags(c, exp.experiment_id, {names.KIND: "sweep"})
     for run in sorted(sweeps, key=lambda r: -(r.info.end_time or 0)):
         tags = run.data.tags
-        if run.info.status != "FINISHED" or not tags.get("ot.seed", "").isdigit():
+        if run.info.status != "FINISHED" or not tags.get(names.SEED, "").isdigit():
             continue
-        at_seed = dataclasses.replace(cfg, seed=int(tags["ot.seed"]))
-        if tags.get("ot.stage1_hash") != stage1_hash(at_seed):
+        at_seed = dataclasses.replace(cfg, seed=int(tags[names.SEED]))
+        if tags.get(names.STAGE1_HASH) != stage1_hash(at_seed):
             continue
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -158,19 +134,17 @@ def tuned_values(c, cfg: ExperimentConfig) -> tuple[dict, str] | None:
 
 
 def _finished(c, exp_id: str, table: str, preset: str) -> set[str]:
-    runs = tracking.all_runs_with_tags(c, exp_id, {"ot.table": table, tracking.KIND_TAG: "trial"})
+    runs = tracking.all_runs_with_tags(c, exp_id, {names.TABLE: table, names.KIND: "trial"})
     return {
-        f"{r.data.tags.get('ot.cell')}|seed{r.data.tags.get('ot.seed')}"
+        f"{r.data.tags.get(names.CELL)}|seed{r.data.tags.get(names.SEED)}"
         for r in runs
-        if r.info.status == "FINISHED" and r.data.tags.get("ot.preset_asked") == preset
+        if r.info.status == "FINISHED" and r.data.tags.get(names.PRESET_ASKED) == preset
     }
 
 
 def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
     """OT rows (not the fidelity rows) take their experiment's swept best; a row without a
     matching sweep stops the command (never a silent fall-back to the paper's setting)."""
-    from search_spaces.config import apply_values
-
     out, missing = [], set()
     for s in specs:
         if s.cfg.stage2.method != "ot" or s.cell.method.fidelity:
@@ -183,7 +157,7 @@ def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
         values, run_id = found
         out.append(dataclasses.replace(s, cfg=apply_values(s.cfg, values), tuned_from=run_id))
     if missing:
-        raise SweepError(
+        raise CommandError(
             f"--tuned: no finished sweep matches {', '.join(sorted(missing))}; run "
             "python -m orchestrator.sweep EXPERIMENT with the same data and stage 1 first"
         )
@@ -292,6 +266,79 @@ def _figures(table: Table, specs: list[RunSpec], entries: dict, c, exp_id: str, 
             c.log_artifacts(parent, str(d), "figures")
 
 
+@dataclass(frozen=True)
+class _Invocation:
+    """One reproduce command's place in the store: what its runs need to be tracked."""
+
+    table: Table
+    asked: str  # settings_key(preset, tuned)
+    storage: object
+    uri: str
+    exp_id: str
+    client: object
+    parent: str
+    name: str  # reproduce-YYYYmmdd-HHMMSS
+
+
+def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
+    """Every cell's combinations, then each experiment's data once (a dry run only warns)."""
+    for s in specs:
+        cli.preflight(s.cfg, data=False, label=s.cell.key)
+    checked = set()
+    for s in specs:
+        if s.cfg.name in checked:
+            continue
+        checked.add(s.cfg.name)
+        try:
+            cli.preflight(s.cfg)
+        except CommandError as err:
+            if not dry_run:
+                raise
+            print(f"warning: {err}", file=sys.stderr)
+
+
+def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
+    """The grid and its estimate; reads the store (when there is one), never writes it."""
+    from .stages import verify_entry
+
+    storage, _ = cli.open_storage(args.storage, create=False)
+    _, c = cli.read_tracking(args.tracking_uri, args.storage)
+    asked = settings_key(args.preset, args.tuned)
+    exp = None if c is None else c.get_experiment_by_name(experiment_name(table.name, args.smoke))
+    done = set() if exp is None else _finished(c, exp.experiment_id, table.name, asked)
+    if args.tuned:
+        specs = _apply_tuned(c, specs)
+    pending = [s for s in specs if s.run_key not in done]
+    cached = 0
+    for k in {s.stage1_key for s in pending}:
+        with contextlib.suppress(Exception):  # a corrupt entry will be rebuilt
+            cached += verify_entry(storage, k) is not None
+    _print_plan(table, specs, pending, cached)
+    return 0
+
+
+def _open_invocation(args, table: Table) -> _Invocation:
+    """The store opened, and the invocation's parent run created."""
+    storage, local_root = cli.open_storage(args.storage)
+    name = experiment_name(table.name, args.smoke)
+    uri, exp_id, c = cli.open_tracking(args.tracking_uri, storage, local_root, name)
+    asked = settings_key(args.preset, args.tuned)
+    invocation = time.strftime("reproduce-%Y%m%d-%H%M%S")
+    parent = c.create_run(
+        exp_id,
+        run_name=invocation,
+        tags={
+            names.KIND: KIND,
+            names.TABLE: table.name,
+            names.PRESET: args.preset,
+            names.PRESET_ASKED: asked,
+            names.SMOKE: str(args.smoke).lower(),
+            names.GIT_COMMIT: tracking.git_commit(REPO),
+        },
+    ).info.run_id
+    return _Invocation(table, asked, storage, uri, exp_id, c, parent, invocation)
+
+
 def run(args: argparse.Namespace) -> int:
     table = TABLES[args.table]
     specs = plan(
@@ -304,82 +351,26 @@ def run(args: argparse.Namespace) -> int:
         columns=args.columns,
         overrides=args.overrides,
     )
-    from trainables.data import DatasetMissing
-    from trainables.trial import check_config, check_data
-
-    for s in specs:
-        try:
-            check_config(s.cfg)
-        except ValueError as err:
-            raise SweepError(f"{s.cell.key}: bad configuration: {err}") from None
-    checked = set()
-    for s in specs:
-        if s.cfg.name not in checked:
-            checked.add(s.cfg.name)
-            try:
-                check_data(s.cfg)
-            except DatasetMissing as err:
-                if not args.dry_run:
-                    raise SweepError(str(err)) from None
-                print(f"warning: {err}", file=sys.stderr)
-    if args.dry_run:  # reads the store, never writes to it
-        storage = Storage(args.storage or "runs")
-        local_root = Path(storage.uri) if storage.local else None
-    else:
-        storage, local_root = _storage(args.storage)
-    uri = tracking.resolve_tracking_uri(args.tracking_uri, storage.uri, local_root)
-    artifact_loc = (
-        (local_root / "mlartifacts").as_uri() if local_root else storage.child_uri("mlartifacts")
-    )
-    name = experiment_name(table.name, args.smoke)
-    asked = settings_key(args.preset, args.tuned)
-    no_db = uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite://")).exists()
-    if args.dry_run and no_db:
-        done: set[str] = set()
-    elif args.dry_run:
-        tracking.check_reachable(uri)
-        c = tracking.client(uri)
-        exp = c.get_experiment_by_name(name)
-        done = set() if exp is None else _finished(c, exp.experiment_id, table.name, asked)
-    else:
-        tracking.check_reachable(uri)
-        c = tracking.client(uri)
-        exp_id = tracking.ensure_experiment(uri, name, artifact_loc)
-        done = _finished(c, exp_id, table.name, asked)
-    if args.tuned:
-        specs = _apply_tuned(c if not no_db else None, specs)
-    pending = [s for s in specs if s.run_key not in done]
-    if args.dry_run:
-        from .stages import verify_entry
-
-        keys = {s.stage1_key for s in pending}
-        cached = 0
-        for k in keys:
-            with contextlib.suppress(Exception):  # a corrupt entry will be rebuilt
-                cached += verify_entry(storage, k) is not None
-        _print_plan(table, specs, pending, cached)
+    if args.print_config:
+        cli.print_configs((s.run_key, s.cfg) for s in specs)
         return 0
-    invocation = time.strftime("reproduce-%Y%m%d-%H%M%S")
+    _preflight(specs, args.dry_run)
+    if args.dry_run:
+        return _dry_run(args, table, specs)
+    inv = _open_invocation(args, table)
+    c = inv.client
+    if args.tuned:
+        specs = _apply_tuned(c, specs)
+    done = _finished(c, inv.exp_id, table.name, inv.asked)
+    pending = [s for s in specs if s.run_key not in done]
     print(
-        f"{invocation}: {table.name}, {len(specs)} runs ({len(pending)} to run, "
-        f"{len(specs) - len(pending)} finished before); MLflow {uri}",
+        f"{inv.name}: {table.name}, {len(specs)} runs ({len(pending)} to run, "
+        f"{len(specs) - len(pending)} finished before); MLflow {inv.uri}",
         flush=True,
     )
-    parent = c.create_run(
-        exp_id,
-        run_name=invocation,
-        tags={
-            tracking.KIND_TAG: KIND,
-            "ot.table": table.name,
-            "ot.preset": args.preset,
-            "ot.preset_asked": asked,
-            "ot.smoke": str(args.smoke).lower(),
-            "mlflow.source.git.commit": tracking.git_commit(REPO),
-        },
-    ).info.run_id
     tracking.log_params(
         c,
-        parent,
+        inv.parent,
         {
             "reproduce.table": table.name,
             "reproduce.seeds": args.seeds or "protocol",
@@ -393,15 +384,11 @@ def run(args: argparse.Namespace) -> int:
             "reproduce.pending": len(pending),
         },
     )
-    ok = True
-    if pending:
-        ok = _run_pending(args, table, specs, pending, storage, uri, exp_id, c, parent, invocation)
-    c.set_terminated(parent, status="FINISHED" if ok else "FAILED")
-    from .report import render, report_data
-
+    ok = _run_pending(args, inv, specs, pending) if pending else True
+    c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
     print()
-    print(render(report_data(c, exp_id, table, asked), "md"))
-    store = f" --storage {storage.uri}" if args.storage else ""
+    print(render(report_data(c, inv.exp_id, table, inv.asked), "md"))
+    store = f" --storage {inv.storage.uri}" if args.storage else ""
     smoke = " --smoke" if args.smoke else ""
     print(
         f"\nreport again: python -m orchestrator.report {table.name}{smoke}{store} "
@@ -413,52 +400,59 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_pending(args, table, specs, pending, storage, uri, exp_id, c, parent, invocation) -> bool:
-    import ray
-    from ray import tune
+def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spec) -> dict:
+    """Each pending run's trial context: its config, its stage-1 entry, its table tags."""
+    from .trainable import SweepContext
 
-    from .trainable import SweepContext, reproduce_trial
-
-    spec = tracking.TrackingSpec(uri, exp_id)
-    asked = settings_key(args.preset, args.tuned)
-    _init_ray(args.address)
-    try:
-        entries = _build_stage1(
-            pending, storage, spec, parent, min(_node_cpus(), 8), 1 if args.gpus_per_trial else 0
-        )
-    except ray.exceptions.RayTaskError as err:
-        cause = err.cause if getattr(err, "cause", None) is not None else err
-        c.set_terminated(parent, status="FAILED")
-        raise SweepError(f"stage 1 failed: {str(cause).strip().splitlines()[-1]}") from None
-    contexts = {}
+    out = {}
     for s in pending:
         entry = entries[s.stage1_key]
-        contexts[s.run_key] = SweepContext(
+        out[s.run_key] = SweepContext(
             base=s.cfg,
             entry_uri=entry.uri,
             stage1_key=entry.key,
             tracking=spec,
-            parent_run_id=parent,
-            sweep_id=invocation,
+            parent_run_id=inv.parent,
+            sweep_id=inv.name,
             cpus_per_trial=args.cpus_per_trial,
-            fault_dir=os.environ.get("OT_REWEIGHT_FAIL_ONCE") or None,
             tags={
-                "ot.table": table.name,
-                "ot.cell": s.cell.key,
-                "ot.column": s.cell.column.name,
-                "ot.method": s.cell.method.name,
-                "ot.preset_asked": asked,
-                **({"ot.tuned_from": s.tuned_from} if s.tuned_from else {}),
-                "ot.smoke": str(args.smoke).lower(),
-                "ot.fidelity": str(s.cell.method.fidelity).lower(),
+                names.TABLE: inv.table.name,
+                names.CELL: s.cell.key,
+                names.COLUMN: s.cell.column.name,
+                names.METHOD: s.cell.method.name,
+                names.PRESET_ASKED: inv.asked,
+                **({names.TUNED_FROM: s.tuned_from} if s.tuned_from else {}),
+                names.SMOKE: str(args.smoke).lower(),
+                names.FIDELITY: str(s.cell.method.fidelity).lower(),
             },
         )
-    res = ray.cluster_resources()
-    fits = math.floor(res.get("CPU", 1) / args.cpus_per_trial)
-    if args.gpus_per_trial:
-        fits = min(fits, math.floor(res.get("GPU", 0) / args.gpus_per_trial))
+    return out
+
+
+def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[RunSpec]) -> bool:
+    """Stage 1 of every pending run (shared by hash), then the runs on one Tune grid."""
+    import ray
+    from ray import tune
+
+    from .trainable import reproduce_trial
+
+    spec = tracking.TrackingSpec(inv.uri, inv.exp_id)
+    cli.init_ray(args.address)
+    try:
+        entries = _build_stage1(
+            pending,
+            inv.storage,
+            spec,
+            inv.parent,
+            min(cli.node_cpus(), 8),
+            1 if args.gpus_per_trial else 0,
+        )
+    except ray.exceptions.RayTaskError as err:
+        raise cli.stage1_failure(err, inv.client, inv.parent) from None
+    contexts = _contexts(args, inv, pending, entries, spec)
+    fits = cli.fitting_trials(args.cpus_per_trial, args.gpus_per_trial)
     if fits < 1:
-        raise SweepError("a run does not fit the cluster (see --cpus-per-trial/--gpus-per-trial)")
+        raise CommandError("a run does not fit the cluster (see --cpus-per-trial/--gpus-per-trial)")
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
     trainable = tune.with_resources(
         tune.with_parameters(reproduce_trial, contexts=contexts), resources
@@ -472,14 +466,14 @@ def _run_pending(args, table, specs, pending, storage, uri, exp_id, c, parent, i
             reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=invocation,
-            storage_path=storage.child_uri("reproduce", table.name),
+            name=inv.name,
+            storage_path=inv.storage.child_uri("reproduce", inv.table.name),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
             verbose=0 if args.quiet else 1,
         ),
     )
     results = tuner.fit()
-    _figures(table, specs, entries, c, exp_id, parent)
+    _figures(inv.table, specs, entries, inv.client, inv.exp_id, inv.parent)
     return results.num_errors == 0
 
 
@@ -490,11 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown table {args.table!r}; choose from {', '.join(TABLES)}")
     if args.seeds < 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         p.error("--seeds must be >= 0, --cpus-per-trial > 0, --gpus-per-trial >= 0")
-    try:
-        return run(args)
-    except (SweepError, tracking.TrackingError, StorageError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

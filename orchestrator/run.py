@@ -7,16 +7,14 @@ One full two-stage trial of a registered experiment, without Ray; prints the fin
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from search_spaces import EXPERIMENTS
-from search_spaces.config import PRESETS, ConfigError, apply_overrides, apply_preset
-from trainables.data import DatasetMissing
-from trainables.models import PretrainedWeightsMissing
+from . import cli
+
+__all__ = ["main"]
 
 
 def _progress(stage: str, epoch: int, m: dict) -> None:
@@ -25,64 +23,38 @@ def _progress(stage: str, epoch: int, m: dict) -> None:
     print(f"[{stage} epoch {epoch}] {shown}", file=sys.stderr, flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m orchestrator.run", description=__doc__)
-    p.add_argument("name", help=f"one of: {', '.join(EXPERIMENTS)}")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set stage2.eps=0.05 (repeatable)",
-    )
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--preset",
-        choices=sorted(PRESETS),
-        default=None,
-        help="stage-2 fidelity preset (default: the experiment's own)",
-    )
-    p.add_argument("--smoke", action="store_true", help="tiny variant (seconds)")
+    p.add_argument("name", help=f"one of: {cli.experiment_names()}")
+    cli.add_config_args(p)
     p.add_argument("--out", type=Path, default=None, help="write result.json and stage1.pt here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
-    args = p.parse_args(argv)
-    if args.name not in EXPERIMENTS:
-        p.error(f"unknown experiment {args.name!r}; choose from {', '.join(EXPERIMENTS)}")
-    try:
-        cfg = EXPERIMENTS[args.name](smoke=args.smoke)
-        if args.preset:
-            cfg = apply_preset(cfg, args.preset)
-        if args.seed is not None:
-            cfg = dataclasses.replace(cfg, seed=args.seed)
-        cfg = apply_overrides(cfg, args.overrides)
-    except ConfigError as err:
-        p.error(str(err))
-    from trainables.trial import check_config, run_trial
+    return p
 
-    try:
-        check_config(cfg)
-    except ValueError as err:
-        print(f"error: bad configuration: {err}", file=sys.stderr)
-        return 2
+
+def run(args: argparse.Namespace) -> int:
+    cfg = cli.config_from_args(args)
+    if args.print_config:
+        cli.print_configs([("", cfg)])
+        return 0
+    cli.preflight(cfg, data=False)  # the data is loaded first thing anyway
+    from trainables.trial import run_trial
 
     start = time.time()
     try:
         result = run_trial(cfg, out_dir=args.out, callback=None if args.quiet else _progress)
-    except (
-        DatasetMissing,
-        PretrainedWeightsMissing,
-        NotImplementedError,
-        FloatingPointError,
-    ) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (NotImplementedError, FloatingPointError) as err:
+        raise cli.CommandError(str(err)) from None
     except ValueError as err:
-        print(f"error: bad configuration: {err}", file=sys.stderr)
-        return 2
+        raise cli.CommandError(f"bad configuration: {err}") from None
     result["wall_s"] = round(time.time() - start, 1)
     print(json.dumps(result, indent=1))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return cli.run_command(lambda: run(args))
 
 
 if __name__ == "__main__":

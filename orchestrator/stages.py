@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 import torch
 
-from search_spaces.config import ExperimentConfig, flatten
+from trainables.config import ExperimentConfig, flatten
 from trainables.trial import Stage1Output, needs_features, stage1_identity
 
-from . import tracking
+from . import names, tracking
 from .storage import Storage
 
 __all__ = [
@@ -186,11 +186,11 @@ def build_entry(
             spec.experiment_id,
             run_name=f"stage1-{key[:12]}",
             tags={
-                tracking.KIND_TAG: "stage1_build",
-                "ot.stage1_hash": key,
-                "ot.experiment": cfg.name,
-                "ot.triggered_by": sweep_run_id,
-                "ot.workers": str(cfg.stage1.workers),
+                names.KIND: "stage1_build",
+                names.STAGE1_HASH: key,
+                names.EXPERIMENT: cfg.name,
+                names.TRIGGERED_BY: sweep_run_id,
+                names.WORKERS: str(cfg.stage1.workers),
             },
         ).info.run_id
         identity_params = {
@@ -211,7 +211,7 @@ def build_entry(
         entry = write_entry(storage, key, stage1_identity(cfg), out)
     except BaseException as err:
         if c is not None:
-            c.set_tag(run_id, "ot.error", str(err)[:5000])
+            c.set_tag(run_id, names.ERROR, str(err)[:5000])
             c.set_terminated(run_id, status="FAILED")
         raise
     if c is not None:

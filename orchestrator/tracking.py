@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import names
+
 __all__ = [
     "TrackingError",
     "TrackingSpec",
@@ -29,9 +31,6 @@ __all__ = [
     "resolve_tracking_uri",
     "trial_runs",
 ]
-
-PARENT_TAG = "mlflow.parentRunId"
-KIND_TAG = "ot.kind"  # sweep | trial | stage1_build
 
 
 class TrackingError(RuntimeError):
@@ -182,5 +181,5 @@ def close_running(c, runs: Iterable, *, tag: str, status: str) -> None:
 
 def trial_runs(c, experiment_id: str, parent_run_id: str, trial_id: str) -> list:
     """Every MLflow run (attempt) of one Tune trial of one sweep."""
-    tags = {PARENT_TAG: parent_run_id, "ray.trial_id": trial_id}
+    tags = {names.PARENT: parent_run_id, "ray.trial_id": trial_id}
     return list(runs_with_tags(c, experiment_id, tags))

@@ -18,19 +18,16 @@ from pathlib import Path
 
 import torch
 
-from search_spaces.config import ExperimentConfig, apply_values, flatten, to_dict
-from trainables.loop import StageResult
+from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
+from trainables.loop import StageResult, improves
 from trainables.trial import Stage1Output, needs_features, pick_device, run_stage2
 
-from . import tracking
+from . import names, tracking
 from .stages import read_entry
 
 __all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "reproduce_trial", "stage2_trial"]
 
-# Validation only, never test: the best-so-far validation balanced accuracy of the trial, which
-# is the model the trial selects. ASHA, Optuna and the summary all rank on it.
-SELECT_METRIC = "selected_val_balanced_acc"
-TIME_ATTR = "stage2_epoch"
+SELECT_METRIC, TIME_ATTR = names.SELECT_METRIC, names.TIME_ATTR
 
 
 @dataclass(frozen=True)
@@ -44,7 +41,6 @@ class SweepContext:
     parent_run_id: str
     sweep_id: str
     cpus_per_trial: float = 1.0  # per worker when workers > 1
-    fault_dir: str | None = None  # tests: the first trial to get here raises once
     workers: int = 1  # > 1: a Ray Train TorchTrainer per trial, data-parallel
     gpus_per_worker: float = 0.0
     train_storage: str = ""  # where the TorchTrainer runs keep their state
@@ -52,16 +48,22 @@ class SweepContext:
     storage_uri: str = ""  # the run storage: trials whose sample changes stage 1 build it there
 
 
-def _inject_fault(ctx: SweepContext) -> None:
-    if not ctx.fault_dir:
+# Tests only: a directory named here makes the first trial attempt (of any sweep or
+# reproduce run in that environment) fail once after its first epoch, to exercise retries.
+FAIL_ONCE_ENV = "OT_REWEIGHT_FAIL_ONCE"
+
+
+def _inject_fault() -> None:
+    fault_dir = os.environ.get(FAIL_ONCE_ENV)
+    if not fault_dir:
         return
-    marker = Path(ctx.fault_dir) / "raised"
+    marker = Path(fault_dir) / "raised"
     try:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
     os.close(fd)
-    raise RuntimeError("injected fault (OT_REWEIGHT_FAIL_ONCE): this attempt fails once")
+    raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt fails once")
 
 
 def _node_id() -> str:
@@ -99,7 +101,7 @@ class TrialTracker:
             return
         self.client = tracking.client(ctx.tracking.uri)
         exp = ctx.tracking.experiment_id
-        base_tags = {tracking.PARENT_TAG: ctx.parent_run_id, "ray.trial_id": trial_id}
+        base_tags = {names.PARENT: ctx.parent_run_id, "ray.trial_id": trial_id}
         earlier = tracking.trial_runs(self.client, exp, ctx.parent_run_id, trial_id)
         # A trial that already finished (the driver died before Tune recorded it) is not run
         # again: its final metrics are reported from MLflow.
@@ -108,20 +110,20 @@ class TrialTracker:
         if self.closed:
             return
         # an attempt still RUNNING lost its process (e.g. SIGKILL)
-        tracking.close_running(self.client, earlier, tag="ot.superseded", status="KILLED")
+        tracking.close_running(self.client, earlier, tag=names.SUPERSEDED, status="KILLED")
         run = self.client.create_run(
             exp,
             run_name=name,
             tags={
                 **base_tags,
-                tracking.KIND_TAG: "trial",
+                names.KIND: "trial",
                 "ray.trial_name": name,
-                "ot.sweep_id": ctx.sweep_id,
-                "ot.stage1_hash": ctx.stage1_key,
-                "ot.attempt": str(len(earlier) + 1),
-                "ot.experiment": cfg.name,
-                "ot.preset": cfg.preset,
-                "ot.seed": str(cfg.seed),
+                names.SWEEP_ID: ctx.sweep_id,
+                names.STAGE1_HASH: ctx.stage1_key,
+                names.ATTEMPT: str(len(earlier) + 1),
+                names.EXPERIMENT: cfg.name,
+                names.PRESET: cfg.preset,
+                names.SEED: str(cfg.seed),
                 "ray.node_id": _node_id(),
                 **(ctx.tags or {}),
                 **(extra_tags or {}),
@@ -145,15 +147,15 @@ class TrialTracker:
     def epoch(self, metrics: dict, epoch: int) -> dict:
         """Log one stage-2 epoch; returns the metrics with the selection so far added."""
         val = metrics.get("val_balanced_acc", float("nan"))
-        if val > self.best_val:  # the same strict rule as the loop's selector
+        if improves(val, self.best_val):
             self.best_val, self.best_epoch = val, epoch
             self.best_test = metrics.get("test_balanced_acc", float("nan"))
         out = {
             **metrics,
             TIME_ATTR: epoch + 1,
             SELECT_METRIC: self.best_val,
-            "selected_test_balanced_acc": self.best_test,
-            "selected_epoch": self.best_epoch,
+            names.SELECTED_TEST: self.best_test,
+            names.SELECTED_EPOCH: self.best_epoch,
         }
         if self.client is not None:
             tracking.log_metrics(self.client, self.run_id, out, step=epoch)
@@ -211,7 +213,7 @@ class TrialTracker:
 
         if self.client is None:
             return
-        self.client.set_tag(self.run_id, "ot.stopped_early", "true")
+        self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
         if self.result is not None:
             self.finish(scalar_summary(self.result))
             return
@@ -222,9 +224,9 @@ class TrialTracker:
         if self.client is None:
             return
         if diverged:
-            self.client.set_tag(self.run_id, "ot.diverged", "true")
+            self.client.set_tag(self.run_id, names.DIVERGED, "true")
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
-        self.client.set_tag(self.run_id, "ot.error", msg[:5000])
+        self.client.set_tag(self.run_id, names.ERROR, msg[:5000])
         self.client.set_terminated(self.run_id, status="FAILED")
 
 
@@ -243,7 +245,7 @@ def _flat_summary(summary: dict, prefix: str = "") -> dict:
 
 def _final_metrics(run) -> dict:
     m = run.data.metrics
-    keys = (SELECT_METRIC, "selected_test_balanced_acc", "selected_epoch", TIME_ATTR)
+    keys = (SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, TIME_ATTR)
     return {k: m[k] for k in keys if k in m}
 
 
@@ -366,7 +368,7 @@ def _run_trial(
     if parallel is None:
         ctx = _own_stage1(ctx, cfg)
     rank0 = parallel is None or parallel.rank == 0
-    extra = {"ot.workers": str(parallel.world)} if parallel is not None else {}
+    extra = {names.WORKERS: str(parallel.world)} if parallel is not None else {}
     tracker = TrialTracker(ctx, cfg, trial_id, name, enabled=rank0, extra_tags=extra)
     if tracker.finished_run is not None:
         report(_final_metrics(tracker.finished_run))
@@ -385,7 +387,7 @@ def _run_trial(
                 metrics.update({f"shard_samples_rank{r}": n for r, n in enumerate(counts)})
             out = tracker.epoch(metrics, epoch)
             if epoch == 0 and rank0:
-                _inject_fault(ctx)
+                _inject_fault()
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
                 pending.append(out)
@@ -416,7 +418,7 @@ def _run_trial(
         report(
             {
                 SELECT_METRIC: max(tracker.best_val, 0.0),
-                "selected_test_balanced_acc": 0.0 if best_test != best_test else best_test,
+                names.SELECTED_TEST: 0.0 if best_test != best_test else best_test,
                 "diverged": 1,
                 TIME_ATTR: cfg.stage2.epochs,
             }

@@ -1,8 +1,10 @@
 """Typed experiment configs and define-by-run search spaces, one module per paper table.
 
-``EXPERIMENTS`` is the registry: a literal dict from name to config builder. ``SPACES`` maps the
-same names to the table's search-space module, which has ``space(trial)`` (Optuna define-by-run,
-dotted config keys) and ``best()`` (the published settings, enqueued as the first trial).
+``EXPERIMENTS`` is the registry: a literal dict from name to config builder. :func:`resolve`
+turns (name, smoke, preset, seed, overrides) into a config, for every command, benchmark and
+test. ``SPACES`` maps the same names to the table's search-space module, which has
+``space(trial)`` (Optuna define-by-run, dotted config keys) and ``best()`` (the published
+settings, enqueued as the first trial).
 """
 
 from __future__ import annotations
@@ -18,33 +20,12 @@ from . import (
     places_lt,
     sst,
 )
-from .experiments import (
-    image_cifar10_lt,
-    image_cifar100_lt,
-    image_imagenet_lt,
-    image_mnist_lt,
-    image_places_lt,
-    pointcloud_modelnet10,
-    pointcloud_shapes,
-    text_sst2,
-    text_sst5,
-    text_tweets,
-)
+from .experiments import REGISTRY
+from .resolve import resolve
 
-__all__ = ["EXPERIMENTS", "SPACES", "SPACE_MODULES"]
+__all__ = ["EXPERIMENTS", "SPACES", "SPACE_MODULES", "resolve"]
 
-EXPERIMENTS = {
-    "image_cifar10_lt": image_cifar10_lt,
-    "image_cifar100_lt": image_cifar100_lt,
-    "image_imagenet_lt": image_imagenet_lt,
-    "image_places_lt": image_places_lt,
-    "image_mnist_lt": image_mnist_lt,
-    "pointcloud_modelnet10": pointcloud_modelnet10,
-    "pointcloud_shapes": pointcloud_shapes,
-    "text_sst2": text_sst2,
-    "text_sst5": text_sst5,
-    "text_tweets": text_tweets,
-}
+EXPERIMENTS = REGISTRY
 
 SPACES = {
     "image_cifar10_lt": cifar_lt,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .config import (
+from trainables.config import (
     DataConfig,
     ExperimentConfig,
     ModelConfig,
@@ -16,6 +16,7 @@ from .config import (
 )
 
 __all__ = [
+    "REGISTRY",
     "image_cifar10_lt",
     "image_cifar100_lt",
     "image_imagenet_lt",
@@ -434,3 +435,18 @@ def pointcloud_shapes(smoke: bool = False, preset: str = "paper") -> ExperimentC
     if smoke:
         cfg = _point_smoke(cfg, imbalance_factor=5.0, limit_per_class=16, test_per_class=4)
     return cfg
+
+
+# The registry: a literal dict from name to builder (``search_spaces.EXPERIMENTS``).
+REGISTRY = {
+    "image_cifar10_lt": image_cifar10_lt,
+    "image_cifar100_lt": image_cifar100_lt,
+    "image_imagenet_lt": image_imagenet_lt,
+    "image_places_lt": image_places_lt,
+    "image_mnist_lt": image_mnist_lt,
+    "pointcloud_modelnet10": pointcloud_modelnet10,
+    "pointcloud_shapes": pointcloud_shapes,
+    "text_sst2": text_sst2,
+    "text_sst5": text_sst5,
+    "text_tweets": text_tweets,
+}

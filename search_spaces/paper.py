@@ -6,7 +6,7 @@ import csv
 import io
 from importlib import resources
 
-from .config import ExperimentConfig
+from trainables.config import ExperimentConfig
 
 __all__ = ["paper_number", "read_table"]
 

@@ -9,13 +9,13 @@ Meta-Weight-Net, MetaSAug, ...) are not cells: the report lists their published 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from . import EXPERIMENTS
-from .config import ExperimentConfig, apply_overrides
+from trainables.config import ExperimentConfig, apply_overrides
+
 from .paper import read_table
+from .resolve import resolve
 
 __all__ = [
     "TABLES",
@@ -147,12 +147,15 @@ def cell_config(
     cell: Cell, *, seed: int, preset: str = "paper", smoke: bool = False
 ) -> ExperimentConfig:
     """The resolved config of one run of ``cell``: the column's experiment under the preset
-    (or the method's own), the column's then the method's overrides, the seed."""
-    build = EXPERIMENTS[cell.column.experiment]
-    cfg = build(smoke=smoke, preset=cell.method.preset or preset)
-    cfg = apply_overrides(cfg, list(cell.column.overrides))
-    cfg = apply_overrides(cfg, cell.method.overrides(cfg))
-    return dataclasses.replace(cfg, seed=seed)
+    (or the method's own) with the column's overrides, then the method's, at ``seed``."""
+    cfg = resolve(
+        cell.column.experiment,
+        smoke=smoke,
+        preset=cell.method.preset or preset,
+        seed=seed,
+        overrides=cell.column.overrides,
+    )
+    return apply_overrides(cfg, cell.method.overrides(cfg))
 
 
 # ---------------------------------------------------------------- methods

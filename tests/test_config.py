@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 
 from search_spaces import EXPERIMENTS
-from search_spaces.config import PRESETS, ConfigError, apply_overrides, apply_preset
+from trainables.config import PRESETS, ConfigError, apply_overrides, apply_preset
 from trainables.loop import lr_at, step_config
 
 

@@ -7,7 +7,7 @@ import torch
 import torch.multiprocessing as mp
 from torch import nn
 
-from search_spaces.config import Stage2Config
+from trainables.config import Stage2Config
 from trainables.data.arrays import StageData, TensorSplit
 from trainables.distributed import DataParallel
 from trainables.loop import train_stage2
@@ -101,7 +101,7 @@ def test_shards_partition_the_batch():
 
 
 def _stage1(parallel: DataParallel | None):
-    from search_spaces.config import Stage1Config
+    from trainables.config import Stage1Config
     from trainables.loop import train_stage1
 
     torch.set_num_threads(1)

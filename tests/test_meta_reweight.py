@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from trainables.config import apply_overrides
 from trainables.meta_reweight import MetaWeightNet, l2rw_weights, mwn_meta_loss, mwn_step
 
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from trainables.config import apply_overrides
 from trainables.trial import run_trial
 
 
@@ -70,7 +70,7 @@ def test_released_code_preset_runs_on_the_frozen_feature_path():
         (("image_mnist_lt", "--smoke", "--set", "stage1.lr=1e30"), "is nan"),
         (
             ("image_mnist_lt", "--smoke", "--set", "stage2.weights=matrix"),
-            "bad configuration: stage2.weights must be vector or net",
+            "error: bad value for stage2.weights: 'matrix'; choose from vector, net",
         ),
     ],
 )

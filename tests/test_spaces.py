@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
-from search_spaces.config import ExperimentConfig, apply_overrides
+from trainables.config import ExperimentConfig, apply_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from trainables.config import apply_overrides
 from trainables.trial import build_stage1
 
 CPU = torch.device("cpu")
@@ -87,9 +87,9 @@ def test_compiled_stage1_trains_the_eager_model(monkeypatch):
 @pytest.mark.parametrize(
     "sets, msg",
     [
-        (["stage1.amp=fp16"], "stage1.amp must be none or bf16"),
+        (["stage1.amp=fp16"], "bad value for stage1.amp: 'fp16'; choose from none, bf16"),
         (["stage1.amp=bf16", "stage1.reweight=l2rw"], "reweight=none"),
-        (["stage1.compile=max-autotune"], "stage1.compile must be one of"),
+        (["stage1.compile=max-autotune"], "bad value for stage1.compile: 'max-autotune'"),
         (["stage1.compile=default", "stage1.reweight=l2rw"], "reweight=none"),
         (["stage1.channels_last=true", "stage1.reweight=mwn"], "reweight=none"),
     ],

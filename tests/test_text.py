@@ -72,7 +72,7 @@ def test_stage2_never_runs_the_encoder(monkeypatch):
 def test_finetuned_bert_baseline_is_the_stage0_model():
     """Table 5's "fine-tuned BERT": stage 0 trains encoder + FCN on the balanced extra set, no
     stage 1, no stage 2; the FCN is evaluated as stage 0 left it."""
-    from search_spaces.config import apply_overrides
+    from trainables.config import apply_overrides
     from trainables.trial import run_trial
 
     torch.set_num_threads(2)

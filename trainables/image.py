@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from search_spaces.config import DataConfig, ModelConfig
+from trainables.config import DataConfig, ExperimentConfig, ModelConfig
 from trainables.data.arrays import StageData, TensorSplit
 from trainables.data.longtail import make_longtail_split
 from trainables.models import SplitNet, build_model
 
-__all__ = ["DEFAULT_CIFAR10_JPEG", "IMAGE_SOURCES", "build_image_data", "build_image_model"]
+__all__ = [
+    "DEFAULT_CIFAR10_JPEG",
+    "IMAGE",
+    "IMAGE_SOURCES",
+    "ImageModality",
+    "build_image_data",
+    "build_image_model",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
@@ -178,3 +188,43 @@ def build_image_model(
         normed_classifier=cfg.normed_classifier,
         pretrained=cfg.pretrained and load_pretrained,
     )
+
+
+@dataclass(frozen=True)
+class ImageModality:
+    """The image entry of the modality registry (:mod:`trainables.modalities`)."""
+
+    sources: tuple[str, ...] = IMAGE_SOURCES
+
+    def check_data(self, cfg: DataConfig) -> None:
+        """Nothing to check early: an image source is checked when stage 1 loads it."""
+
+    def data_and_model(
+        self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool
+    ) -> tuple[StageData, SplitNet]:
+        data = build_image_data(cfg.data, cfg.seed).to(device)
+        model = build_image_model(cfg.model, data, load_pretrained=load_pretrained)
+        return data, model.to(device)
+
+    def start_stage1(
+        self,
+        cfg: ExperimentConfig,
+        device: torch.device,
+        *,
+        generator: torch.Generator,
+        callback: Callable[[str, int, dict], None] | None = None,
+    ) -> tuple[StageData, SplitNet]:
+        """No stage 0: the data and the model with its pretrained weights (if any)."""
+        return self.data_and_model(cfg, device, load_pretrained=True)
+
+    def feature_model(
+        self, cfg: ExperimentConfig, data: StageData, model_state: dict[str, Tensor], info: dict
+    ) -> tuple[SplitNet, dict[str, Tensor]]:
+        """The whole model (its input channels from stage 1's info: ``data`` holds features)
+        and the whole stage-1 state."""
+        in_channels = int(info["in_channels"])
+        model = build_image_model(cfg.model, data, in_channels=in_channels, load_pretrained=False)
+        return model, model_state
+
+
+IMAGE = ImageModality()

@@ -3,23 +3,26 @@ models (PointNet, PointNet++, DGCNN). The shared loop does the rest, exactly as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from search_spaces.config import DataConfig, ModelConfig
+from trainables.config import DataConfig, ExperimentConfig, ModelConfig
 from trainables.data.arrays import StageData, TensorSplit
 from trainables.data.longtail import make_longtail_split
 from trainables.models import SplitNet, build_model
 
 __all__ = [
+    "POINT_CLOUD",
     "POINT_MODELS",
     "POINT_SOURCES",
+    "PointCloudModality",
     "build_point_data",
     "build_point_model",
-    "check_point_data",
-    "is_point_cloud",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,20 +32,8 @@ POINT_MODELS = ("pointnet", "pointnet2", "dgcnn")
 _SHAPES_TEST_STREAM = 1_000_003
 
 
-def is_point_cloud(cfg: DataConfig) -> bool:
-    return cfg.source in POINT_SOURCES
-
-
 def _root(cfg: DataConfig) -> Path:
     return Path(cfg.root or REPO / "data" / "modelnet10")
-
-
-def check_point_data(cfg: DataConfig) -> None:
-    """Raise :class:`DatasetMissing` now (before a cluster starts) when ModelNet10 is absent."""
-    if cfg.source == "modelnet10":
-        from trainables.data.modelnet import _check_tree
-
-        _check_tree(_root(cfg))
 
 
 def _load(cfg: DataConfig, seed: int):
@@ -109,3 +100,45 @@ def build_point_model(cfg: ModelConfig, num_classes: int) -> SplitNet:
         k=cfg.k,
         normed_classifier=cfg.normed_classifier,
     )
+
+
+@dataclass(frozen=True)
+class PointCloudModality:
+    """The point-cloud entry of the modality registry (:mod:`trainables.modalities`)."""
+
+    sources: tuple[str, ...] = POINT_SOURCES
+
+    def check_data(self, cfg: DataConfig) -> None:
+        """Raise :class:`DatasetMissing` now (before a cluster starts) when ModelNet10 is
+        absent; the shapes are generated."""
+        if cfg.source == "modelnet10":
+            from trainables.data.modelnet import _check_tree
+
+            _check_tree(_root(cfg))
+
+    def data_and_model(
+        self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool
+    ) -> tuple[StageData, SplitNet]:
+        """``load_pretrained`` is moot: the point models have no pretrained weights."""
+        data = build_point_data(cfg.data, cfg.seed).to(device)
+        return data, build_point_model(cfg.model, data.num_classes).to(device)
+
+    def start_stage1(
+        self,
+        cfg: ExperimentConfig,
+        device: torch.device,
+        *,
+        generator: torch.Generator,
+        callback: Callable[[str, int, dict], None] | None = None,
+    ) -> tuple[StageData, SplitNet]:
+        """No stage 0: the data and a freshly initialised model."""
+        return self.data_and_model(cfg, device, load_pretrained=True)
+
+    def feature_model(
+        self, cfg: ExperimentConfig, data: StageData, model_state: dict[str, Tensor], info: dict
+    ) -> tuple[SplitNet, dict[str, Tensor]]:
+        """The whole model and the whole stage-1 state."""
+        return build_point_model(cfg.model, data.num_classes), model_state
+
+
+POINT_CLOUD = PointCloudModality()

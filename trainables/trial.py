@@ -11,9 +11,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from search_spaces.config import ExperimentConfig, to_dict
+from trainables.config import ExperimentConfig, to_dict
 from trainables.data.arrays import StageData, TensorSplit
-from trainables.image import build_image_data, build_image_model
+from trainables.fingerprint import code_fingerprint
 from trainables.loop import (
     Callback,
     StageResult,
@@ -23,19 +23,8 @@ from trainables.loop import (
     train_stage1,
     train_stage2,
 )
-from trainables.point_cloud import (
-    build_point_data,
-    build_point_model,
-    check_point_data,
-    is_point_cloud,
-)
-from trainables.text import (
-    build_text_data,
-    build_text_model,
-    classifier_only,
-    finetune_encoder,
-    is_text,
-)
+from trainables.modalities import modality_of
+from trainables.models import SplitNet
 
 __all__ = [
     "Stage1Output",
@@ -43,6 +32,7 @@ __all__ = [
     "build_stage1",
     "check_config",
     "check_data",
+    "data_and_model",
     "features_data",
     "needs_features",
     "pick_device",
@@ -96,17 +86,29 @@ class Stage1Output:
     features: dict[str, Tensor] | None = None
 
 
+# Bumped when what a cache entry holds, or how it is laid out, changes.
+STAGE1_FORMAT = 2
+# Where the data sits, and whether it may be fetched, does not change what it is.
+_NOT_DATA_IDENTITY = ("root", "download")
+
+
 def stage1_identity(cfg: ExperimentConfig) -> dict:
-    """Everything stage 1's result depends on (the stage-1 cache key hashes this)."""
+    """Everything stage 1's result depends on (the stage-1 cache key hashes this): the data's
+    identity (source and split parameters, not its path), the model, stage 0 and stage 1, the
+    seed, the source of the code stage 1 runs (:func:`code_fingerprint`), the package version
+    and the entry format."""
     from trainables import __version__
 
+    data = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in _NOT_DATA_IDENTITY}
     return {
-        "data": dataclasses.asdict(cfg.data),
+        "data": data,
         "model": dataclasses.asdict(cfg.model),
         "stage0": dataclasses.asdict(cfg.stage0),
         "stage1": dataclasses.asdict(cfg.stage1),
         "seed": cfg.seed,
+        "code": code_fingerprint(__name__, "trainables.distributed"),
         "version": __version__,
+        "format": STAGE1_FORMAT,
     }
 
 
@@ -153,20 +155,9 @@ def build_stage1(
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    if is_text(cfg.data):
-        text = build_text_data(cfg)
-        data = text.data.to(device)
-        model = build_text_model(cfg.model, cfg, text.pad_id).to(device)
-        finetune_encoder(
-            model,
-            text.extra,
-            cfg.stage0,
-            data.num_classes,
-            generator=generator,
-            callback=callback,
-        )
-    else:
-        data, model = _data_and_model(cfg, device, load_pretrained=True)
+    data, model = modality_of(cfg.data.source).start_stage1(
+        cfg, device, generator=generator, callback=callback
+    )
     s1 = train_stage1(
         model, data, cfg.stage1, generator=generator, callback=callback, parallel=parallel
     )
@@ -188,41 +179,33 @@ def build_stage1(
 
 def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.device) -> None:
     """Compute the frozen-f1 features of a cached stage-1 result that lacks them."""
-    data, model = _data_and_model(cfg, device, load_pretrained=False)
+    data, model = data_and_model(cfg, device, load_pretrained=False)
     model.load_state_dict(stage1.model_state)
     stage1.features = _pack_features(frozen_feature_data(model, data))
 
 
 def check_config(cfg: ExperimentConfig) -> None:
-    """Raise ValueError (one line) for a choice the stages would refuse when they start:
-    stage 0's head, every enumerated choice of stages 1 and 2. Called by the command lines
-    before data is loaded or a cluster starts."""
-    if is_text(cfg.data) and cfg.stage0.head not in ("linear", "fcn"):
-        raise ValueError(f"stage0.head must be linear or fcn, got {cfg.stage0.head!r}")
+    """Raise ValueError (one line) for a combination of choices the stages would refuse when
+    they start (the cross-field rules of stages 1 and 2; each enumerated choice alone is checked
+    when the config is built). Called by the command lines before data is loaded or a cluster
+    starts."""
     check_stage1(cfg.stage1)
     check_stage2(cfg.stage2, cfg.data.num_classes)
 
 
 def check_data(cfg: ExperimentConfig) -> None:
     """Raise :class:`~trainables.data.DatasetMissing` early (before a cluster starts) when the
-    experiment's text data or ModelNet10 is absent. Image sources are checked when stage 1
-    loads them."""
-    if is_text(cfg.data):
-        from trainables.text import _load
-
-        _load(cfg.data)
-    check_point_data(cfg.data)
+    experiment's data is absent, as far as its modality can tell (text data and ModelNet10;
+    image sources are checked when stage 1 loads them)."""
+    modality_of(cfg.data.source).check_data(cfg.data)
 
 
-def _data_and_model(cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool):
-    if is_text(cfg.data):
-        text = build_text_data(cfg)
-        return text.data.to(device), build_text_model(cfg.model, cfg, text.pad_id).to(device)
-    if is_point_cloud(cfg.data):
-        data = build_point_data(cfg.data, cfg.seed).to(device)
-        return data, build_point_model(cfg.model, data.num_classes).to(device)
-    data = build_image_data(cfg.data, cfg.seed).to(device)
-    return data, build_image_model(cfg.model, data, load_pretrained=load_pretrained).to(device)
+def data_and_model(
+    cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool
+) -> tuple[StageData, SplitNet]:
+    """``cfg``'s data and a fresh model on ``device``, built by its modality, without stage 0.
+    ``load_pretrained=False`` when a checkpoint is loaded next."""
+    return modality_of(cfg.data.source).data_and_model(cfg, device, load_pretrained=load_pretrained)
 
 
 def run_stage2(
@@ -246,20 +229,11 @@ def run_stage2(
         if stage1.features is None:
             add_features(cfg, stage1, device)
         data = features = features_data(stage1, device)
-        if is_text(cfg.data):  # the FCN alone: the encoder is never loaded in stage 2
-            model = classifier_only(cfg, data.train.x.shape[1])
-            state = {k: v for k, v in stage1.model_state.items() if k.startswith("classifier.")}
-        elif is_point_cloud(cfg.data):
-            model = build_point_model(cfg.model, data.num_classes)
-            state = stage1.model_state
-        else:
-            in_channels = int(stage1.info["in_channels"])
-            model = build_image_model(
-                cfg.model, data, in_channels=in_channels, load_pretrained=False
-            )
-            state = stage1.model_state
+        model, state = modality_of(cfg.data.source).feature_model(
+            cfg, data, stage1.model_state, stage1.info
+        )
     else:
-        data, model = _data_and_model(cfg, device, load_pretrained=False)
+        data, model = data_and_model(cfg, device, load_pretrained=False)
         state = stage1.model_state
     model = model.to(device)
     model.load_state_dict(state)

@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from orchestrator import tracking
+from orchestrator import names, tracking
 from orchestrator.report import aggregate, main, render, report_data, run_value
 from search_spaces.tables import TABLES
 
@@ -50,7 +50,7 @@ def _store(tmp_path):
         r = c.create_run(
             exp,
             tags={
-                tracking.KIND_TAG: "trial",
+                names.KIND: "trial",
                 "ot.table": "table1",
                 "ot.cell": cell,
                 "ot.seed": str(seed),

