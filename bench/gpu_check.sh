@@ -33,8 +33,8 @@ if [ "$MODE" = speed ] || [ "$MODE" = all ]; then
   # interpreter + sm_90 build checks of the kernels, then the benchmark, whose first step
   # compares every fast path on the GPU (the compiled Triton kernels included) with the
   # reference for values and gradients
-  $PY -m pytest -q -p no:cacheprovider tests/reweight/test_triton_ot.py \
-    tests/reweight/test_fused.py 2>&1 | tee "$DEST/tests.log" || status=1
+  $PY -m pytest -q -p no:cacheprovider tests/trainables/reweight/test_triton_ot.py \
+    tests/trainables/reweight/test_fused.py 2>&1 | tee "$DEST/tests.log" || status=1
   $PY bench/ot_speed.py --device cuda --out "$DEST/ot_speed_cuda.json" \
     --stage1-variants fp32 channels_last bf16 bf16_channels_last compiled 2>&1 \
     | tee "$DEST/ot_speed.log" || status=1

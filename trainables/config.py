@@ -18,6 +18,7 @@ from typing import Literal
 
 __all__ = [
     "IDENTITY_KEYS",
+    "POSTHOC",
     "PRESETS",
     "ConfigError",
     "DataConfig",
@@ -65,6 +66,8 @@ Loss = Literal[
     "balanced_softmax",
     "logit_adjustment_posthoc",
 ]
+# The post-hoc adjustment trains with CE and adjusts the logits after (Menon et al.).
+POSTHOC = "logit_adjustment_posthoc"
 Optimizer = Literal["sgd", "adamw"]
 Reweight = Literal["none", "l2rw", "mwn", "metasaug"]
 Amp = Literal["none", "bf16"]
@@ -352,14 +355,21 @@ def apply_preset(cfg: ExperimentConfig, preset: str) -> ExperimentConfig:
     )
 
 
+def _optional(tp: object) -> tuple[object, bool]:
+    """(the type inside ``X | None``, whether ``None`` is allowed)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        inner = [a for a in args if a is not type(None)]
+        return inner[0], len(inner) < len(args)
+    return tp, False
+
+
 def _parse(raw: str, tp: object, key: str) -> object:
     """A ``--set`` string as a value of type ``tp``."""
+    tp, nullable = _optional(tp)
+    if nullable and raw.lower() in ("none", "null"):
+        return None
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if raw.lower() in ("none", "null") and len(args) < len(typing.get_args(tp)):
-            return None
-        return _parse(raw, args[0], key)
     if origin is Literal:
         return raw  # the section's check names the choices
     if origin is tuple:
@@ -393,12 +403,10 @@ def _typed(value: object, tp: object, key: str) -> object:
     """An already-typed value (a search space's sample) checked against ``tp``: any integer
     where an int is expected, any real where a float is (NumPy scalars included), nothing else
     is converted."""
+    tp, nullable = _optional(tp)
+    if nullable and value is None:
+        return None
     origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None and len(args) < len(typing.get_args(tp)):
-            return None
-        return _typed(value, args[0], key)
     if origin is Literal:
         tp = str
     if origin is tuple and isinstance(value, (tuple, list)):

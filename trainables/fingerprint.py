@@ -70,19 +70,19 @@ def module_closure(entry: str, root: Path = PACKAGE_ROOT) -> dict[str, Path]:
 
 
 @functools.cache
-def _files(entries: tuple[str, ...], root: Path) -> tuple[tuple[str, Path], ...]:
-    # The import graph is read once per process; the files' contents are hashed every call.
+def _fingerprint(entries: tuple[str, ...], root: Path) -> str:
     files: dict[str, Path] = {}
     for entry in entries:
         files.update(module_closure(entry, root))
-    return tuple(sorted(files.items()))
+    h = hashlib.sha256()
+    for name, path in sorted(files.items()):
+        h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def code_fingerprint(*entries: str, root: Path | None = None) -> str:
     """SHA-256 over the source of the ``entries`` modules and their package-internal imports
     (see the module doc). ``root`` is the directory that holds the package (default: this
-    installed package's)."""
-    h = hashlib.sha256()
-    for name, path in _files(tuple(sorted(entries)), Path(root or PACKAGE_ROOT).resolve()):
-        h.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
+    installed package's). Computed once per process: a process runs the code it imported, so
+    every key it computes names that code even if the files are edited while it runs."""
+    return _fingerprint(tuple(sorted(entries)), Path(root or PACKAGE_ROOT).resolve())

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.config import Stage1Config, Stage2Config
+from trainables.config import POSTHOC, Stage1Config, Stage2Config
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.losses import make_loss, posthoc_logit_adjustment
 from trainables.metrics import classification_metrics
@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 Callback = Callable[[str, int, dict], None]
-POSTHOC = "logit_adjustment_posthoc"
 
 
 @dataclass

@@ -19,27 +19,20 @@ Pure torch: no Ray, no MLflow.
 from __future__ import annotations
 
 import math
+import typing
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.config import POSTHOC, Loss
 from trainables.reweight import class_balanced_weights
 
 __all__ = ["LOSSES", "StageLoss", "make_loss", "posthoc_logit_adjustment"]
 
-LOSSES: tuple[str, ...] = (
-    "ce",
-    "focal",
-    "cb_ce",
-    "cb_focal",
-    "ldam",
-    "ldam_drw",
-    "proportion",
-    "logit_adjustment",
-    "balanced_softmax",
-)
+# The config's stage1.loss choices, less the post-hoc adjustment (CE training, adjusted after).
+LOSSES: tuple[str, ...] = tuple(n for n in typing.get_args(Loss) if n != POSTHOC)
 
 
 def _counts_tensor(class_counts: Sequence[int] | Tensor) -> Tensor:

@@ -18,12 +18,45 @@ from orchestrator.artifacts import (
     write_weight_png,
 )
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 def _assert_png(path: Path) -> None:
-    assert path.is_file()
-    assert path.read_bytes()[:8] == PNG_MAGIC
+    """A PNG that decodes to a picture with something drawn on it (not one flat colour)."""
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert np.unique(image.reshape(-1, image.shape[2]), axis=0).shape[0] > 20
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> list:
+    """The figures the writers save, kept open for the test to read what was drawn."""
+    import orchestrator.artifacts as artifacts
+
+    figures: list = []
+    save = artifacts._save
+
+    def keep(fig, path):
+        save(fig, path)
+        figures.append(
+            {
+                "axes": [
+                    {
+                        "images": [im.get_array().copy() for im in ax.get_images()],
+                        "lines": [(ln.get_label(), ln.get_ydata().copy()) for ln in ax.lines],
+                        "xticks": [t.get_text() for t in ax.get_xticklabels()],
+                        "yticks": [t.get_text() for t in ax.get_yticklabels()],
+                        "title": ax.get_title(),
+                        "legend": [t.get_text() for t in ax.get_legend().get_texts()]
+                        if ax.get_legend()
+                        else [],
+                        "points": [c.get_offsets().copy() for c in ax.collections],
+                    }
+                    for ax in fig.axes
+                ]
+            }
+        )
+
+    monkeypatch.setattr(artifacts, "_save", keep)
+    return figures
 
 
 @pytest.fixture(autouse=True)
@@ -59,14 +92,21 @@ def test_ordered_normalised_confusion_hand_example() -> None:
     np.testing.assert_allclose(matrix, expected)
 
 
-def test_confusion_png_written_and_order_returned(tmp_path: Path) -> None:
+def test_confusion_png_written_and_order_returned(tmp_path: Path, drawn: list) -> None:
     path = tmp_path / "sub" / "confusion.png"
     order = write_confusion_png([[3, 1, 0], [0, 0, 0], [2, 0, 5]], [4, 4, 7], path, title="trial 0")
     assert order == [2, 0, 1]
     _assert_png(path)
+    (fig,) = drawn
+    ax = fig["axes"][0]
+    # rows and columns in training-frequency order: 2 (7), 0 (4), 1 (4); each row sums to 1
+    expected = [[5 / 7, 2 / 7, 0.0], [0.0, 0.75, 0.25], [0.0, 0.0, 0.0]]
+    np.testing.assert_allclose(ax["images"][0], expected)
+    assert ax["xticks"] == ["2", "0", "1"] and ax["yticks"] == ["2", "0", "1"]
+    assert ax["title"] == "trial 0"
 
 
-def test_confusion_png_many_classes(tmp_path: Path) -> None:
+def test_confusion_png_many_classes(tmp_path: Path, drawn: list) -> None:
     k = 40
     rng = np.random.default_rng(1)
     confusion = rng.integers(0, 5, size=(k, k)).tolist()
@@ -74,6 +114,10 @@ def test_confusion_png_many_classes(tmp_path: Path) -> None:
     path = tmp_path / "confusion.png"
     assert write_confusion_png(confusion, counts, path) == frequency_order(counts)
     _assert_png(path)
+    ax = drawn[0]["axes"][0]
+    want, _ = ordered_normalised_confusion(confusion, counts)
+    np.testing.assert_allclose(ax["images"][0], want)
+    assert ax["xticks"] == []  # 40 classes: no tick labels
 
 
 @pytest.mark.parametrize(
@@ -122,10 +166,18 @@ def _mass(epochs: int, k: int) -> list[list[float]]:
     return (m / m.sum(axis=1, keepdims=True)).tolist()
 
 
-def test_weight_png_k3_mass_only(tmp_path: Path) -> None:
+def test_weight_png_k3_mass_only(tmp_path: Path, drawn: list) -> None:
     path = tmp_path / "weights.png"
-    write_weight_png(_mass(4, 3), path)
+    mass = _mass(4, 3)
+    write_weight_png(mass, path)
     _assert_png(path)
+    (ax,) = drawn[0]["axes"]
+    labels = [name for name, _ in ax["lines"]]
+    assert labels == ["class 0", "class 1", "class 2", "balanced (1/K)"]
+    for c in range(3):  # one curve per class: its mass over the epochs
+        np.testing.assert_allclose(ax["lines"][c][1], [row[c] for row in mass])
+    np.testing.assert_allclose(ax["lines"][3][1], [1 / 3, 1 / 3])
+    assert ax["legend"] == labels  # every class, the head included, is in the legend
 
 
 def test_weight_png_k3_single_epoch(tmp_path: Path) -> None:
@@ -134,7 +186,7 @@ def test_weight_png_k3_single_epoch(tmp_path: Path) -> None:
     _assert_png(path)
 
 
-def test_weight_png_k3_with_samples(tmp_path: Path) -> None:
+def test_weight_png_k3_with_samples(tmp_path: Path, drawn: list) -> None:
     labels = [0, 0, 0, 1, 1, 2]
     weights = [0.1, 0.1, 0.1, 0.2, 0.2, 0.3]
     path = tmp_path / "weights.png"
@@ -142,6 +194,17 @@ def test_weight_png_k3_with_samples(tmp_path: Path) -> None:
         _mass(4, 3), path, sample_weights=weights, labels=labels, train_counts=[3, 2, 1]
     )
     _assert_png(path)
+    left, right = drawn[0]["axes"]
+    assert [name for name, _ in left["lines"]][:3] == [
+        "class 0 (n=3)",
+        "class 1 (n=2)",
+        "class 2 (n=1)",
+    ]
+    samples, means = right["points"]
+    assert sorted(np.round(samples[:, 1], 6).tolist()) == sorted(weights)
+    # class means at the classes' positions (head first): 0 -> 0.1, 1 -> 0.2, 2 -> 0.3
+    np.testing.assert_allclose(means, [[0, 0.1], [1, 0.2], [2, 0.3]])
+    assert right["xticks"] == ["0", "1", "2"]
     one_panel = tmp_path / "one.png"
     write_weight_png(_mass(4, 3), one_panel)
     # the two-panel figure is wider, so the file differs from the one-panel one

@@ -18,7 +18,7 @@ from orchestrator.stages import (
     write_entry,
 )
 from orchestrator.storage import Storage
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.config import apply_overrides
 from trainables.trial import Stage1Output, stage1_identity
 
@@ -42,7 +42,7 @@ def _output(with_features: bool = True) -> Stage1Output:
 
 @pytest.fixture
 def cfg():
-    return EXPERIMENTS["image_mnist_lt"](smoke=True)
+    return resolve("image_mnist_lt", smoke=True)
 
 
 def test_hash_covers_stage1_inputs_only(cfg):

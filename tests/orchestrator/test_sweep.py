@@ -18,24 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
-
-
-def sweep(storage: Path, *args: str, env: dict | None = None, timeout: int = 400):
-    cmd = [sys.executable, "-m", "orchestrator.sweep", *args, "--storage", str(storage)]
-    return subprocess.run(
-        cmd,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def smoke(storage: Path, *args: str, **kw):
-    return sweep(storage, "image_mnist_lt", "--smoke", "--quiet", *args, **kw)
 
 
 def runs(storage: Path, experiment: str = "image_mnist_lt") -> list:
@@ -58,7 +41,7 @@ def ok(proc) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path):
+def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     from mlflow.tracking import MlflowClient
 
     first = smoke(tmp_path, "--trials", "4")
@@ -103,7 +86,7 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path):
     alone = subprocess.run(
         [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet"]
         + [f"--set=stage2.{k.split('.')[1]}={v}" for k, v in best.items()],
-        cwd=REPO,
+        cwd=repo,
         capture_output=True,
         text=True,
         timeout=300,
@@ -144,7 +127,7 @@ def _sid(p) -> int | None:
         return None
 
 
-def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path):
+def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
     cmd = [
         sys.executable,
         "-m",
@@ -163,7 +146,7 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path):
     ]
     with open(tmp_path / "driver.log", "w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
@@ -199,7 +182,7 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path):
     assert len(kind(rs, "stage1_build")) == 1  # the restart reused the cache
 
 
-def test_failed_trial_is_retried(tmp_path):
+def test_failed_trial_is_retried(tmp_path, smoke):
     marker = tmp_path / "faults"
     marker.mkdir()
     res = smoke(tmp_path, "--trials", "2", env={"OT_REWEIGHT_FAIL_ONCE": str(marker)})
@@ -215,7 +198,7 @@ def test_failed_trial_is_retried(tmp_path):
     assert len(again) == 1 and again[0].data.tags["ot.attempt"] == "2"
 
 
-def test_eight_concurrent_trials_all_complete(tmp_path):
+def test_eight_concurrent_trials_all_complete(tmp_path, smoke):
     res = smoke(tmp_path, "--trials", "8", "--concurrency", "8", "--cpus-per-trial", "0.25")
     ok(res)
     assert "concurrency 8" in res.stdout
@@ -235,7 +218,7 @@ def _best_state(storage: Path, run) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def test_two_worker_trial_trains_data_parallel(tmp_path):
+def test_two_worker_trial_trains_data_parallel(tmp_path, smoke):
     """A trial on 2 Ray Train workers (TorchTrainer, gloo) equals the 1-worker trial."""
     args = ("--trials", "1", "--set", "stage2.epochs=2", "--cpus-per-trial", "0.5")
     dp, single = tmp_path / "dp", tmp_path / "single"
@@ -268,20 +251,12 @@ def torch_close(a, b) -> None:
     torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
+def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, smoke, free_port):
     """`ray start --head` plus a second `ray start --address`, each with 1 CPU, on this
     machine: a sweep with --address lands trials on both nodes."""
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on localhost
-    port = _free_port()
+    port = free_port
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     try:
         for extra in (
@@ -313,7 +288,7 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     assert len({t.data.tags["ray.node_id"] for t in trials}) == 2
 
 
-def test_stage1_builds_data_parallel_when_asked(tmp_path):
+def test_stage1_builds_data_parallel_when_asked(tmp_path, smoke):
     """stage1.workers=2: stage 1 runs on a 2-worker TorchTrainer, rank 0 writes the entry."""
     res = smoke(tmp_path, "--trials", "1", "--cpus-per-trial", "0.5", "--set", "stage1.workers=2")
     ok(res)
@@ -321,11 +296,11 @@ def test_stage1_builds_data_parallel_when_asked(tmp_path):
     rs = runs(tmp_path)
     (build,) = kind(rs, "stage1_build")
     assert build.info.status == "FINISHED" and build.data.tags["ot.workers"] == "2"
-    assert build.data.metrics["val_balanced_acc"] > 0
+    assert build.data.metrics["val_balanced_acc"] > 15.0  # above chance (10 classes)
     assert [t.info.status for t in kind(rs, "trial")] == ["FINISHED"]
 
 
-def test_text_tweets_sweep_end_to_end(tmp_path):
+def test_text_tweets_sweep_end_to_end(tmp_path, sweep):
     """The offline text experiment: stages 0-1 once (a Ray task), stage 2 on cached features
     with the weight net, MLflow runs with artifacts."""
     res = sweep(tmp_path, "text_tweets", "--smoke", "--quiet", "--trials", "2")
@@ -346,7 +321,7 @@ def test_text_tweets_sweep_end_to_end(tmp_path):
 
 
 @pytest.mark.parametrize("arch", ["pointnet", "dgcnn"])
-def test_pointcloud_shapes_sweep_end_to_end(tmp_path, arch):
+def test_pointcloud_shapes_sweep_end_to_end(tmp_path, arch, sweep):
     """The offline point-cloud experiment with either model: one stage-1 build, trials on
     cached features, MLflow runs with artifacts."""
     res = sweep(
@@ -375,10 +350,8 @@ def test_pointcloud_shapes_sweep_end_to_end(tmp_path, arch):
     assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts
 
 
-def test_pointcloud_modelnet10_sweep_reads_the_off_fixture(tmp_path):
-    from tests.data.test_point_data import make_modelnet_fixture
-
-    root = make_modelnet_fixture(tmp_path / "modelnet10")
+def test_pointcloud_modelnet10_sweep_reads_the_off_fixture(tmp_path, sweep, make_modelnet_tree):
+    root = make_modelnet_tree(tmp_path / "modelnet10")
     res = sweep(
         tmp_path / "runs",
         "pointcloud_modelnet10",
@@ -395,21 +368,26 @@ def test_pointcloud_modelnet10_sweep_reads_the_off_fixture(tmp_path):
     assert (root / "processed" / "training.pt").exists()  # PyG processed the OFF files
 
 
-def _reproduce(storage: Path, *args: str, tool: str = "reproduce", timeout: int = 600):
-    cmd = [sys.executable, "-m", f"orchestrator.{tool}", *args, "--storage", str(storage)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+@pytest.fixture
+def reproduce(command):
+    """``reproduce(storage, *args, tool="reproduce" | "report")``."""
+
+    def run(storage: Path, *args: str, tool: str = "reproduce", timeout: int = 600):
+        return command(tool, *args, "--storage", str(storage), timeout=timeout)
+
+    return run
 
 
-def test_reproduce_table_resumes_and_reports(tmp_path):
+def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     """``reproduce offline_image --smoke``: runs tagged per cell and seed, stage 1 shared by
     the CE and OT rows, a second invocation runs nothing, the report's numbers are the runs'."""
     args = ["offline_image", "--smoke", "--seeds", "2", "--methods", "ce", "ot_weight_vector"]
-    dry = _reproduce(tmp_path, *args, "--dry-run")
+    dry = reproduce(tmp_path, *args, "--dry-run")
     ok(dry)
     assert "cells: 2, runs: 4 (4 to run, 0 finished before)" in dry.stdout
     assert "stage-1 builds: 2 distinct" in dry.stdout
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
-    ok(_reproduce(tmp_path, *args, "--quiet"))
+    ok(reproduce(tmp_path, *args, "--quiet"))
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -426,7 +404,7 @@ def test_reproduce_table_resumes_and_reports(tmp_path):
     figs = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/fig1_weights.png", "figures/fig2_confusion.png"} <= figs
 
-    again = _reproduce(tmp_path, *args, "--quiet")
+    again = reproduce(tmp_path, *args, "--quiet")
     ok(again)
     assert "(0 to run, 4 finished before)" in again.stdout
     rs2 = c.search_runs([exp.experiment_id], max_results=1000)
@@ -434,17 +412,17 @@ def test_reproduce_table_resumes_and_reports(tmp_path):
 
     ot = [t for t in trials if t.data.tags["ot.method"] == "ot_weight_vector"]
     mean = sum(t.data.metrics["validation_selected/test_top1_error"] for t in ot) / 2
-    md = _reproduce(tmp_path, "offline_image", "--smoke", tool="report")
+    md = reproduce(tmp_path, "offline_image", "--smoke", tool="report")
     ok(md)
     assert f"| ot_weight_vector | {mean:.2f} ± " in md.stdout
     out = tmp_path / "r.html"
-    ok(_reproduce(tmp_path, "offline_image", "--smoke", "--format", "html", "--out", str(out),
+    ok(reproduce(tmp_path, "offline_image", "--smoke", "--format", "html", "--out", str(out),
                   tool="report"))  # fmt: skip
     page = out.read_text()
     assert page.count("data:image/png;base64,") == 2 and f"{mean:.2f}" in page
 
 
-def test_stage1_space_builds_a_stage1_per_trial(tmp_path):
+def test_stage1_space_builds_a_stage1_per_trial(tmp_path, sweep):
     """``--space meta_reweight`` samples Meta-Weight-Net's stage-1 knobs: the enqueued
     published setting uses the sweep's stage 1, the other trial builds and tags its own."""
     res = sweep(
@@ -462,7 +440,7 @@ def test_stage1_space_builds_a_stage1_per_trial(tmp_path):
     assert "1e-05" in {t.data.params["stage1.meta_lr"] for t in trials}
 
 
-def test_reproduce_tuned_takes_the_sweeps_best(tmp_path):
+def test_reproduce_tuned_takes_the_sweeps_best(tmp_path, smoke, reproduce):
     ok(smoke(tmp_path, "--trials", "2"))
     from mlflow.tracking import MlflowClient
 
@@ -472,7 +450,7 @@ def test_reproduce_tuned_takes_the_sweeps_best(tmp_path):
         Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
     )
     args = ["offline_image", "--smoke", "--seeds", "2", "--methods", "ot_weight_vector", "--tuned"]
-    ok(_reproduce(tmp_path, *args, "--quiet"))
+    ok(reproduce(tmp_path, *args, "--quiet"))
     exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
     trials = kind(c.search_runs([exp.experiment_id], max_results=100), "trial")
     assert len(trials) == 2
@@ -481,7 +459,7 @@ def test_reproduce_tuned_takes_the_sweeps_best(tmp_path):
         assert t.data.tags["ot.preset_asked"] == "paper+sweep"
         for k, v in best["params"].items():
             assert t.data.params[k] == str(v)
-    rep = _reproduce(tmp_path, "offline_image", "--smoke", "--tuned", tool="report")
+    rep = reproduce(tmp_path, "offline_image", "--smoke", "--tuned", tool="report")
     ok(rep)
     assert (
         "best setting of a sweep" in rep.stdout and "| ot_weight_vector | missing" not in rep.stdout

@@ -7,8 +7,6 @@ import sys
 
 import pytest
 
-from .test_sweep import REPO, sweep
-
 
 @pytest.mark.parametrize(
     "args, message",
@@ -30,7 +28,7 @@ from .test_sweep import REPO, sweep
         ),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2(tmp_path, sweep, args, message):
     res = sweep(tmp_path, *args, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
@@ -76,12 +74,12 @@ def test_bad_choices_stop_the_sweep_before_ray_starts(tmp_path, capsys, sets, me
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_list_names_every_experiment():
+def test_list_names_every_experiment(repo):
     from search_spaces import EXPERIMENTS
 
     res = subprocess.run(
         [sys.executable, "-m", "orchestrator.sweep", "--list"],
-        cwd=REPO,
+        cwd=repo,
         capture_output=True,
         text=True,
         timeout=60,
@@ -107,19 +105,19 @@ def test_list_names_every_experiment():
         ),
     ],
 )
-def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, args, message):
+def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, repo, args, message):
     cmd = [sys.executable, "-m", "orchestrator.reproduce", *args, "--storage", str(tmp_path)]
-    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
     assert message in lines[-1] and "Traceback" not in res.stderr
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def test_reproduce_dry_run_needs_no_data(tmp_path):
+def test_reproduce_dry_run_needs_no_data(tmp_path, repo):
     cmd = [sys.executable, "-m", "orchestrator.reproduce", "table5", "--dry-run"]
     res = subprocess.run(
-        [*cmd, "--storage", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120
+        [*cmd, "--storage", str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
     assert "cells: 49, runs: 490 (490 to run" in res.stdout  # 7 columns x 7 rows x 10 seeds

@@ -10,22 +10,20 @@ import urllib.request
 
 import pytest
 
-from .test_sweep import REPO, _free_port
-
 pytestmark = pytest.mark.slow
 
 
-def test_ui_serves_the_local_store(tmp_path):
+def test_ui_serves_the_local_store(tmp_path, repo, free_port):
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.create_experiment("image_mnist_lt", artifact_location=(tmp_path / "a").as_uri())
     run = c.create_run(exp)
     c.log_text(run.info.run_id, "class,train_count\n0,5\n", "per_class_acc.csv")
-    port = _free_port()
+    port = free_port
     proc = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.ui", "--storage", str(tmp_path), "--port", str(port)],
-        cwd=REPO,
+        cwd=repo,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -58,10 +56,10 @@ def test_ui_serves_the_local_store(tmp_path):
         proc.wait(timeout=30)
 
 
-def test_ui_without_a_store_says_what_to_do(tmp_path):
+def test_ui_without_a_store_says_what_to_do(tmp_path, repo):
     res = subprocess.run(
         [sys.executable, "-m", "orchestrator.ui", "--storage", str(tmp_path / "none")],
-        cwd=REPO,
+        cwd=repo,
         capture_output=True,
         text=True,
         timeout=60,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from search_spaces import EXPERIMENTS, resolve
-from trainables.config import ConfigError, to_dict
+from trainables.config import PRESETS, ConfigError, to_dict
 
 GOLDEN = json.loads((Path(__file__).parent / "golden_configs.json").read_text())
 CASES = [
@@ -38,6 +38,17 @@ def test_the_golden_file_covers_every_registered_experiment():
 def test_resolved_config_equals_the_golden_one(name, smoke, preset):
     cfg = resolve(name, smoke=smoke, preset=preset)
     assert json.loads(json.dumps(to_dict(cfg))) == GOLDEN[_key(name, smoke, preset)]
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+@pytest.mark.parametrize("smoke", [False, True])
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_experiment_builds(name, smoke, preset):
+    cfg = resolve(name, smoke=smoke, preset=preset)
+    assert cfg.name == name and cfg.table and cfg.description
+    assert cfg.preset == preset
+    if smoke:
+        assert cfg.stage1.epochs <= 2 and cfg.stage2.epochs <= 1
 
 
 def test_seed_then_overrides_in_order():

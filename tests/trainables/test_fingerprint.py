@@ -25,7 +25,10 @@ def test_a_change_to_a_stage1_source_changes_the_fingerprint(tmp_path):
     assert before == code_fingerprint(*ENTRY)  # a copy of the same code: the same print
     losses = root / "trainables" / "losses.py"  # reached through trial -> loop -> losses
     losses.write_text(losses.read_text() + "\n# a fix to a loss\n")
-    assert code_fingerprint(*ENTRY, root=root) != before
+    assert code_fingerprint(*ENTRY, root=root) == before  # this process keeps its code's print
+    fresh = tmp_path / "fresh"  # what another process (a new root here) sees
+    shutil.copytree(root, fresh)
+    assert code_fingerprint(*ENTRY, root=fresh) != before
 
 
 def test_an_import_inside_a_function_is_followed(tmp_path):
@@ -41,7 +44,9 @@ def test_code_outside_stage1_does_not_change_it(tmp_path):
     assert "trainables.demo" not in module_closure("trainables.trial", root)
     demo = root / "trainables" / "demo.py"
     demo.write_text(demo.read_text() + "\n# the demo changed\n")
-    assert code_fingerprint(*ENTRY, root=root) == before
+    fresh = tmp_path / "fresh"
+    shutil.copytree(root, fresh)
+    assert code_fingerprint(*ENTRY, root=fresh) == before
 
 
 def test_the_data_path_is_not_part_of_the_key():

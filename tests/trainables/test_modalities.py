@@ -10,7 +10,7 @@ import typing
 import pytest
 import torch
 
-from search_spaces import EXPERIMENTS
+from search_spaces import EXPERIMENTS, resolve
 from trainables import trial
 from trainables.config import Source
 from trainables.data import DatasetMissing
@@ -84,7 +84,7 @@ def _state(model: torch.nn.Module) -> dict:
 
 
 def test_image_entry_builds_what_the_image_builders_build():
-    cfg = EXPERIMENTS["image_mnist_lt"](smoke=True)
+    cfg = resolve("image_mnist_lt", smoke=True)
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["image"]
     entry.check_data(cfg.data)  # images: nothing to check early
@@ -112,7 +112,7 @@ def test_image_entry_builds_what_the_image_builders_build():
 
 
 def test_point_entry_builds_what_the_point_builders_build():
-    cfg = EXPERIMENTS["pointcloud_shapes"](smoke=True)
+    cfg = resolve("pointcloud_shapes", smoke=True)
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["point_cloud"]
     entry.check_data(cfg.data)  # generated shapes: nothing to check
@@ -138,14 +138,14 @@ def test_point_entry_builds_what_the_point_builders_build():
 
 
 def test_modelnet10_is_checked_early(tmp_path):
-    cfg = EXPERIMENTS["pointcloud_modelnet10"](smoke=True)
+    cfg = resolve("pointcloud_modelnet10", smoke=True)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path)))
     with pytest.raises(DatasetMissing):
         trial.check_data(cfg)
 
 
 def test_text_with_an_explicit_missing_root_is_checked_early(tmp_path):
-    cfg = EXPERIMENTS["text_sst2"](smoke=True)
+    cfg = resolve("text_sst2", smoke=True)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(tmp_path)))
     with pytest.raises(DatasetMissing):
         trial.check_data(cfg)
@@ -153,7 +153,7 @@ def test_text_with_an_explicit_missing_root_is_checked_early(tmp_path):
 
 def test_text_entry_builds_and_runs_stage0_as_the_text_builders_do():
     torch.set_num_threads(2)
-    cfg = EXPERIMENTS["text_tweets"](smoke=True)
+    cfg = resolve("text_tweets", smoke=True)
     assert cfg.stage0.epochs > 0  # stage 0 runs, and draws from the generator
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["text"]

@@ -20,7 +20,7 @@ from trainables.data.filelist import (
 )
 from trainables.data.mnist import DigitArrays, load_mnist_5k
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 REAL_JPEG_NPZ = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
 
 

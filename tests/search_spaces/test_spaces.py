@@ -7,7 +7,7 @@ import re
 import optuna
 import pytest
 
-from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
+from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES, resolve
 from trainables.config import ExperimentConfig, apply_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -46,7 +46,7 @@ def test_every_experiment_has_a_space():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_module_docstring_names_the_table(name):
-    table = EXPERIMENTS[name]().table
+    table = resolve(name).table
     label = re.sub(r"^table(\d+)$", r"Table \1", table)
     assert label in (SPACES[name].__doc__ or ""), (name, table)
 
@@ -65,7 +65,7 @@ def test_space_samples_and_applies(name):
         "stage2.tol",
         "stage2.feature_weight",
     } <= set(params)
-    cfg = _apply(EXPERIMENTS[name](), params)
+    cfg = _apply(resolve(name), params)
     for key, value in params.items():
         got = _get(cfg, key)
         assert got == value and type(got) is type(value), (key, value, got)
@@ -75,7 +75,7 @@ def test_space_samples_and_applies(name):
 def test_space_tol_none_round_trips(name):
     trial = _sample(name)
     assert None in trial.distributions["stage2.tol"].choices
-    cfg = _apply(EXPERIMENTS[name](), {"stage2.tol": 1e-3})
+    cfg = _apply(resolve(name), {"stage2.tol": 1e-3})
     assert _apply(cfg, {"stage2.tol": None}).stage2.tol is None
 
 
@@ -99,7 +99,7 @@ def test_best_lies_in_space_and_equals_config(name):
             assert value in dist.choices, (key, value)
         else:
             assert dist._contains(dist.to_internal_repr(value)), (key, value, dist)
-    cfg = EXPERIMENTS[name]()
+    cfg = resolve(name)
     assert _apply(cfg, best) == cfg, name
     for key, value in best.items():
         assert _get(cfg, key) == value, (key, value)
@@ -148,7 +148,7 @@ def test_space_only_suggests(name):
 @pytest.mark.parametrize("name", sorted(SPACE_MODULES))
 def test_every_space_module_samples_config_keys_and_enqueues_best(name):
     module = SPACE_MODULES[name]
-    cfg = EXPERIMENTS["image_mnist_lt"]()
+    cfg = resolve("image_mnist_lt")
     trial = _study().ask()
     module.space(trial)
     _apply(cfg, trial.params)  # every key exists and every value parses

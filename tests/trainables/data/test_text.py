@@ -140,17 +140,17 @@ class _FakeHub:
 def test_hub_fallback_when_no_local_files(monkeypatch):
     import sys
 
-    from search_spaces import EXPERIMENTS
+    from search_spaces import resolve
     from trainables.text import _load
 
     hub = _FakeHub()
     monkeypatch.setitem(sys.modules, "datasets", hub)
     monkeypatch.chdir("/")  # no data/SST-2 or data/sst5 here
-    train, test = _load(EXPERIMENTS["text_sst2"]().data)
+    train, test = _load(resolve("text_sst2").data)
     assert train.texts == ["good", "bad"] and test.labels.tolist() == [1]
-    train, test = _load(EXPERIMENTS["text_sst5"]().data)
+    train, test = _load(resolve("text_sst5").data)
     assert test.texts == ["great"] and train.labels.tolist() == [2, 0]
     assert hub.calls == [("glue", "sst2"), ("SetFit/sst5", None)]
     monkeypatch.setitem(sys.modules, "datasets", _FakeHub(fail=True))
     with pytest.raises(DatasetMissing, match="hub fallback failed too"):
-        _load(EXPERIMENTS["text_sst2"]().data)
+        _load(resolve("text_sst2").data)

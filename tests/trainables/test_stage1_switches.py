@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.config import apply_overrides
 from trainables.trial import build_stage1
 
@@ -15,7 +15,7 @@ CPU = torch.device("cpu")
 
 
 def _cfg(*sets):
-    return apply_overrides(EXPERIMENTS["image_mnist_lt"](smoke=True), ["stage1.epochs=1", *sets])
+    return apply_overrides(resolve("image_mnist_lt", smoke=True), ["stage1.epochs=1", *sets])
 
 
 def _conv_weights(state):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.models import SplitNet
 from trainables.models.bert_fcn import TextEncoder
 from trainables.reweight import StepConfig, WeightNet, class_prototypes, reweight_step
@@ -59,7 +59,7 @@ def test_stage2_never_runs_the_encoder(monkeypatch):
 
     monkeypatch.setattr(TextEncoder, "forward", counted)
     torch.set_num_threads(2)
-    cfg = EXPERIMENTS["text_tweets"](smoke=True)
+    cfg = resolve("text_tweets", smoke=True)
     stage1 = build_stage1(cfg, device=torch.device("cpu"))
     assert calls["n"] > 0 and stage1.features is not None
     assert stage1.features["train_x"].shape == (30, 384)  # 24 + 6 tweets, MiniLM width
@@ -76,7 +76,7 @@ def test_finetuned_bert_baseline_is_the_stage0_model():
     from trainables.trial import run_trial
 
     torch.set_num_threads(2)
-    base = EXPERIMENTS["text_tweets"](smoke=True)
+    base = resolve("text_tweets", smoke=True)
     cfg = apply_overrides(
         base, ["stage0.head=fcn", "stage1.epochs=0", "stage2.method=none", "seed=1"]
     )

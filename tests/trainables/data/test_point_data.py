@@ -9,73 +9,48 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search_spaces import EXPERIMENTS
+from search_spaces import resolve
 from trainables.data import DatasetMissing
 from trainables.data.longtail import longtail_counts, make_longtail_split
 from trainables.data.modelnet import MODELNET10_CLASSES, MODELNET10_URL, load_modelnet10
 from trainables.data.shapes import SHAPE_CLASSES, make_shapes
 from trainables.point_cloud import build_point_data
 
-# training meshes per class in the fixture: chair the largest, bathtub the smallest
-TRAIN = dict(zip(MODELNET10_CLASSES, [6, 9, 12, 7, 7, 10, 8, 11, 8, 9], strict=True))
 
-
-def _mesh(c: int, i: int):
-    import trimesh.creation as tc
-
-    size = [1.0 + 0.1 * i, 1.0 + 0.05 * c, 0.5 + 0.2 * (i % 3)]
-    if c % 3 == 0:
-        return tc.box(extents=size)
-    if c % 3 == 1:
-        return tc.cylinder(radius=0.3 + 0.02 * i, height=1.0 + 0.1 * c, sections=8)
-    return tc.cone(radius=0.5 + 0.03 * i, height=1.0 + 0.1 * c, sections=6)
-
-
-def make_modelnet_fixture(root: Path, *, shuffle_names: bool = False, quirk: bool = True) -> Path:
-    """``root/raw/<class>/{train,test}/<class>_NNNN.off``, written as the real archive's files
-    are (ASCII OFF; one file with the archive's known defect of no newline after ``OFF``)."""
-    rng = np.random.default_rng(5)
-    for c, name in enumerate(MODELNET10_CLASSES):
-        for split, count in (("train", TRAIN[name]), ("test", 2)):
-            folder = root / "raw" / name / split
-            folder.mkdir(parents=True, exist_ok=True)
-            numbers = list(range(1, count + 1))
-            if shuffle_names:
-                numbers = list(rng.permutation(numbers) + 100)
-            for i, number in enumerate(numbers):
-                text = _mesh(c, i + (50 if split == "test" else 0)).export(file_type="off")
-                if quirk and c == 0 and i == 0:
-                    text = text.replace("OFF\n", "OFF", 1)
-                (folder / f"{name}_{number:04d}.off").write_text(text)
-    (root / "raw" / "README.txt").write_text("ModelNet10 fixture\n")
-    return root
+def _train_counts(root: Path) -> dict[str, int]:
+    """Training meshes per class, counted in the fixture tree itself."""
+    return {c: len(list((root / "raw" / c / "train").glob("*.off"))) for c in MODELNET10_CLASSES}
 
 
 @pytest.fixture(scope="module")
-def modelnet_root(tmp_path_factory) -> Path:
-    return make_modelnet_fixture(tmp_path_factory.mktemp("modelnet"))
+def modelnet_root(tmp_path_factory, make_modelnet_tree) -> Path:
+    return make_modelnet_tree(tmp_path_factory.mktemp("modelnet"))
 
 
 def test_modelnet_loader_reads_the_off_tree(modelnet_root):
+    train = _train_counts(modelnet_root)
+    assert sorted(train.values()) != [train["bathtub"]] * 10  # the classes differ in size
     a = load_modelnet10(modelnet_root, num_points=64, seed=0)
     assert a.source == "ModelNet10"
-    assert a.train_x.shape == (sum(TRAIN.values()), 64, 3) and a.train_x.dtype == np.float32
+    assert a.train_x.shape == (sum(train.values()), 64, 3) and a.train_x.dtype == np.float32
     assert a.test_x.shape == (20, 64, 3)
     # labels ordered by training-set size, largest first (ties by name)
     assert a.classes[:3] == ("chair", "sofa", "monitor") and a.classes[-1] == "bathtub"
-    assert np.bincount(a.train_y).tolist() == [TRAIN[c] for c in a.classes]
+    assert np.bincount(a.train_y).tolist() == [train[c] for c in a.classes]
     assert np.bincount(a.test_y).tolist() == [2] * 10
     # NormalizeScale: centred, largest |coordinate| 1
     np.testing.assert_allclose(a.train_x.mean(axis=1), 0, atol=1e-5)
     np.testing.assert_allclose(np.abs(a.train_x).max(axis=(1, 2)), 1, atol=1e-5)
 
 
-def test_modelnet_sampling_is_seeded_and_independent_of_file_names(modelnet_root, tmp_path):
+def test_modelnet_sampling_is_seeded_and_independent_of_file_names(
+    modelnet_root, tmp_path, make_modelnet_tree
+):
     a = load_modelnet10(modelnet_root, num_points=32, seed=0)
     b = load_modelnet10(modelnet_root, num_points=32, seed=0)
     c = load_modelnet10(modelnet_root, num_points=32, seed=1)
     assert np.array_equal(a.train_x, b.train_x) and not np.array_equal(a.train_x, c.train_x)
-    other = make_modelnet_fixture(tmp_path / "renamed", shuffle_names=True)
+    other = make_modelnet_tree(tmp_path / "renamed", shuffle_names=True)
     d = load_modelnet10(other, num_points=32, seed=0)
     assert np.array_equal(a.train_x, d.train_x) and np.array_equal(a.train_y, d.train_y)
 
@@ -91,10 +66,11 @@ def test_missing_modelnet_says_what_to_fetch_and_where(tmp_path):
 
 
 def test_modelnet_long_tail_is_capped_per_class(modelnet_root):
-    cfg = EXPERIMENTS["pointcloud_modelnet10"](smoke=True)
+    cfg = resolve("pointcloud_modelnet10", smoke=True)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(modelnet_root)))
     data = build_point_data(cfg.data, cfg.seed)
-    pools = sorted((n - 4 for n in TRAIN.values()), reverse=True)  # 2 meta + 2 val per class
+    counts = _train_counts(modelnet_root).values()
+    pools = sorted((n - 4 for n in counts), reverse=True)  # 2 meta + 2 val per class
     profile = longtail_counts(pools[0], 10, cfg.data.imbalance_factor)
     want = [min(p, q) for p, q in zip(profile, pools, strict=True)]
     assert list(data.train_counts) == want
@@ -131,7 +107,7 @@ def test_shapes_are_seeded_normalised_and_distinct():
 
 
 def test_shapes_long_tail_counts():
-    cfg = EXPERIMENTS["pointcloud_shapes"]()
+    cfg = resolve("pointcloud_shapes")
     data = build_point_data(
         dataclasses.replace(cfg.data, limit_per_class=40, test_per_class=3, num_points=16), 0
     )

@@ -164,14 +164,14 @@ def test_fused_early_stopping_equals_the_reference(backend, shape, stop, tol, ch
 
 
 def test_the_stage2_config_chooses_the_implementation():
-    from search_spaces import EXPERIMENTS
+    from search_spaces import resolve
     from trainables.config import apply_overrides
     from trainables.loop import step_config
     from trainables.reweight import StepConfig
 
-    cfg = apply_overrides(EXPERIMENTS["image_mnist_lt"](), ["stage2.impl=reference"])
+    cfg = apply_overrides(resolve("image_mnist_lt"), ["stage2.impl=reference"])
     assert step_config(cfg.stage2, 10).impl == "reference"
-    assert step_config(EXPERIMENTS["image_mnist_lt"]().stage2, 10).impl == "auto"
+    assert step_config(resolve("image_mnist_lt").stage2, 10).impl == "auto"
     with pytest.raises(ValueError, match="impl must be one of"):
         StepConfig(impl="fast")
 

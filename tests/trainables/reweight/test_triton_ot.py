@@ -19,14 +19,14 @@ from trainables.reweight.fused import pick_backend
 
 from ._tolerance import float32_tolerance
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
 def interpreted_run() -> dict:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.reweight._triton_interpret"],
+        [sys.executable, "-m", "tests.trainables.reweight._triton_interpret"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
