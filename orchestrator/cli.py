@@ -1,6 +1,10 @@
 """What the commands share: their config and cluster options, the resolver call, the
 pre-flight checks, the run storage, the tracking store, Ray's start, and the one-line error
-exit (``error: ...`` on stderr, status 2)."""
+exit (``error: ...`` on stderr, status 2).
+
+torch, Ray, MLflow and matplotlib are imported where they are used, so ``--help``, ``--list``
+and a bad argument answer before any of them loads (torch alone takes over a second).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from pathlib import Path
 
 from search_spaces import EXPERIMENTS, resolve
 from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict
+from trainables.data import DatasetMissing
 
 from . import tracking
 from .storage import Storage, StorageError
@@ -103,7 +108,6 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
 def preflight(cfg: ExperimentConfig, *, data: bool = True, label: str = "") -> None:
     """Refuse, in one line, what would fail later: a combination the stages reject, and
     (``data``) a dataset that is not there. Runs before Ray starts or the store is touched."""
-    from trainables.data import DatasetMissing
     from trainables.trial import check_config, check_data
 
     where = f"{label}: " if label else ""
@@ -213,7 +217,6 @@ def stage1_failure(err: Exception, c, parent: str) -> CommandError:
 
 def run_command(body: Callable[[], int]) -> int:
     """Run a command's body; a user-facing failure prints one line and returns 2."""
-    from trainables.data import DatasetMissing
     from trainables.models import PretrainedWeightsMissing
 
     try:

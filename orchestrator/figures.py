@@ -13,8 +13,10 @@ import torch
 
 from trainables.config import ExperimentConfig
 from trainables.reweight import COSTS, StepConfig, class_prototypes, fit_batch_weights
+from trainables.trial import data_and_model
 
 from . import names, tracking
+from .stages import read_entry
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -45,9 +47,6 @@ def _features(model, data, split, idx: np.ndarray) -> torch.Tensor:
 def fig1_masses(cfg: ExperimentConfig, entry_uri: str, steps: int = 300) -> dict:
     """Per-class mass of the OT weights learned on the Fig. 1 batch for each cost, with the
     stage-1 model's features and Q the meta set's class prototypes (``fit_batch_weights``)."""
-    from trainables.trial import data_and_model
-
-    from .stages import read_entry
 
     torch.manual_seed(cfg.seed)
     stage1 = read_entry(entry_uri, features=False)

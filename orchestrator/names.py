@@ -14,9 +14,11 @@ __all__ = [
     "SELECTED_EPOCH",
     "SELECTED_TEST",
     "SELECT_METRIC",
+    "STAGE1_PREFIX",
     "TIME_ATTR",
     "experiment_name",
     "settings_key",
+    "summary_metric",
 ]
 
 # ---- tags
@@ -56,6 +58,15 @@ SELECTED_EPOCH = "selected_epoch"
 TIME_ATTR = "stage2_epoch"
 BEST_VAL = "best_selected_val_balanced_acc"  # on a sweep's parent run
 BEST_TEST = "best_selected_test_balanced_acc"
+# A finished run's summary: "<stage prefix><selection>/<split>_<metric>", e.g.
+# "validation_selected/test_top1_error"; a baseline's stage-1 selections carry STAGE1_PREFIX.
+STAGE1_PREFIX = "stage1_"
+
+
+def summary_metric(selection: str, split: str, metric: str, prefix: str = "") -> str:
+    """The name of one summary number (``selection``: validation_selected | last_epoch |
+    best_test_epoch; ``split``: val | test; or ``split=""`` with ``metric="epoch"``)."""
+    return f"{prefix}{selection}/{split}_{metric}" if split else f"{prefix}{selection}/{metric}"
 
 
 def experiment_name(table: str, smoke: bool) -> str:

@@ -70,8 +70,8 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
     the single stage-2 evaluation is the result."""
     prefix = ""
     if params.get("stage2.method") == "none" and params.get("stage1.epochs", "0") != "0":
-        prefix = "stage1_"
-    err = metrics.get(f"{prefix}{selection}/test_top1_error")
+        prefix = names.STAGE1_PREFIX
+    err = metrics.get(names.summary_metric(selection, "test", "top1_error", prefix))
     if err is None:
         return None
     return err if metric == "top1_error" else 100.0 - err

@@ -29,9 +29,11 @@ from trainables.config import ConfigError, ExperimentConfig, apply_overrides, ap
 
 from . import cli, names, tracking
 from .cli import REPO, CommandError
+from .costs import estimate_seconds
 from .names import experiment_name, settings_key
 from .report import render, report_data
-from .stages import stage1_hash
+from .stages import ensure_stage1, stage1_hash, verify_entry
+from .trainable import SweepContext, reproduce_trial
 
 __all__ = ["RunSpec", "experiment_name", "main", "plan", "settings_key"]
 
@@ -165,8 +167,6 @@ def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def _estimate(specs: list[RunSpec], pending: list[RunSpec]) -> list[str]:
-    from .costs import estimate_seconds
-
     per_device: dict[str, float] = {}
     unmeasured: set[str] = set()
     built: set[str] = set()
@@ -211,8 +211,6 @@ def _print_plan(table: Table, specs: list[RunSpec], pending: list[RunSpec], cach
 
 
 def _build_stage1(pending, storage, spec, parent, num_cpus, num_gpus) -> dict[str, object]:
-    from .stages import ensure_stage1
-
     by_key: dict[str, RunSpec] = {}
     for s in pending:
         by_key.setdefault(s.stage1_key, s)
@@ -299,8 +297,6 @@ def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
 
 def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
     """The grid and its estimate; reads the store (when there is one), never writes it."""
-    from .stages import verify_entry
-
     storage, _ = cli.open_storage(args.storage, create=False)
     _, c = cli.read_tracking(args.tracking_uri, args.storage)
     asked = settings_key(args.preset, args.tuned)
@@ -402,8 +398,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spec) -> dict:
     """Each pending run's trial context: its config, its stage-1 entry, its table tags."""
-    from .trainable import SweepContext
-
     out = {}
     for s in pending:
         entry = entries[s.stage1_key]
@@ -433,8 +427,6 @@ def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[Run
     """Stage 1 of every pending run (shared by hash), then the runs on one Tune grid."""
     import ray
     from ray import tune
-
-    from .trainable import reproduce_trial
 
     spec = tracking.TrackingSpec(inv.uri, inv.exp_id)
     cli.init_ray(args.address)

@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from trainables.config import ExperimentConfig, flatten
-from trainables.trial import Stage1Output, needs_features, stage1_identity
+from trainables.distributed import DataParallel
+from trainables.trial import (
+    Stage1Output,
+    add_features,
+    build_stage1,
+    needs_features,
+    pick_device,
+    stage1_identity,
+)
 
 from . import names, tracking
 from .storage import Storage
@@ -170,8 +178,6 @@ def build_entry(
 ) -> CacheEntry | None:
     """Run stage 1 and store it (the body of the Ray task, or of each Ray Train worker when
     ``parallel``: rank 0 writes the entry and the MLflow run); one MLflow run per build."""
-    from trainables.trial import build_stage1, pick_device
-
     torch.set_num_threads(max(1, threads))
     device = device or pick_device()
     if parallel is not None and parallel.rank != 0:
@@ -222,8 +228,6 @@ def build_entry(
 
 def add_entry_features(cfg: ExperimentConfig, storage_uri: str, *, threads: int = 1) -> CacheEntry:
     """Compute the features of an entry built without them (a later sweep freezes f1)."""
-    from trainables.trial import add_features, pick_device
-
     torch.set_num_threads(max(1, threads))
     storage = Storage(storage_uri)
     key = stage1_hash(cfg)
@@ -282,8 +286,6 @@ def ensure_stage1(
 def stage1_worker(loop_config: dict) -> None:
     """One Ray Train worker of a data-parallel stage-1 build."""
     import ray.train.torch
-
-    from trainables.distributed import DataParallel
 
     build_entry(
         loop_config["cfg"],

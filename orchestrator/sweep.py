@@ -19,6 +19,7 @@ import sys
 import time
 
 from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
+from search_spaces.paper import paper_number
 from trainables.config import flatten
 
 from . import cli, names, tracking
@@ -136,8 +137,6 @@ def _latest_unfinished(storage: Storage, name: str) -> dict:
 
 
 def _summary(cfg, results, conc: int, rec: dict) -> dict:
-    from search_spaces.paper import paper_number
-
     rows = []
     for r in results:
         m = r.metrics or {}

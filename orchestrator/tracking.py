@@ -10,6 +10,8 @@ import math
 import os
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,9 +84,6 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
             raise TrackingError(f"cannot create the MLflow database {path}: {err}") from None
         return
     if uri.startswith(("http://", "https://")):
-        import urllib.error
-        import urllib.request
-
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as resp:
                 if resp.status >= 400:

@@ -9,6 +9,7 @@ complete; a failed attempt is marked FAILED and its retry gets a fresh run.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -19,11 +20,26 @@ from pathlib import Path
 import torch
 
 from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
-from trainables.loop import StageResult, improves
-from trainables.trial import Stage1Output, needs_features, pick_device, run_stage2
+from trainables.distributed import DataParallel
+from trainables.loop import StageResult, flat_metrics, improves
+from trainables.trial import (
+    Stage1Output,
+    needs_features,
+    pick_device,
+    run_stage2,
+    scalar_summary,
+)
 
 from . import names, tracking
-from .stages import read_entry
+from .stages import (
+    CorruptEntry,
+    build_entry,
+    invalidate,
+    read_entry,
+    stage1_hash,
+    verify_entry,
+)
+from .storage import Storage
 
 __all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "reproduce_trial", "stage2_trial"]
 
@@ -142,7 +158,8 @@ class TrialTracker:
         """Stage 1's own selections (``stage1_<selection>/<split>_<metric>``): the result of a
         baseline row (stage2.method=none), whose stage 2 only evaluates the last stage-1 model."""
         if self.client is not None:
-            tracking.log_metrics(self.client, self.run_id, _flat_summary(summary, "stage1_"), 0)
+            flat = _flat_summary(summary, names.STAGE1_PREFIX)
+            tracking.log_metrics(self.client, self.run_id, flat, 0)
 
     def epoch(self, metrics: dict, epoch: int) -> dict:
         """Log one stage-2 epoch; returns the metrics with the selection so far added."""
@@ -209,8 +226,6 @@ class TrialTracker:
 
     def stopped_early(self) -> None:
         """The scheduler stopped the trial; the selected model's artifacts are already up."""
-        from trainables.trial import scalar_summary
-
         if self.client is None:
             return
         self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
@@ -231,15 +246,17 @@ class TrialTracker:
 
 
 def _flat_summary(summary: dict, prefix: str = "") -> dict:
-    """``{"<prefix><selection>/<split>_<metric>": value}`` from a :func:`scalar_summary`."""
+    """``{names.summary_metric(selection, split, metric, prefix): value}`` from a
+    :func:`scalar_summary`."""
     flat = {}
     for sel_long, block in summary.items():
-        sel_name = prefix + sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
+        selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
         for split in ("val", "test"):
-            for k, v in block.get(split, {}).items():
-                flat[f"{sel_name}/{split}_{k}"] = v
+            for k, v in flat_metrics({split: block.get(split, {})}).items():
+                metric = k.removeprefix(f"{split}_")
+                flat[names.summary_metric(selection, split, metric, prefix)] = v
         if "epoch" in block:
-            flat[f"{sel_name}/epoch"] = block["epoch"]
+            flat[names.summary_metric(selection, "", "epoch", prefix)] = block["epoch"]
     return flat
 
 
@@ -311,8 +328,6 @@ def stage2_worker(loop_config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from trainables.distributed import DataParallel
-
     ctx: SweepContext = loop_config["ctx"]
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     parallel = DataParallel.from_process_group()
@@ -330,11 +345,6 @@ def stage2_worker(loop_config: dict) -> None:
 def _own_stage1(ctx: SweepContext, cfg: ExperimentConfig) -> SweepContext:
     """A sampled config whose stage 1 differs from the sweep's (a stage-1 search space) gets
     its own cached stage 1, built here in the trial when absent or corrupt."""
-    import dataclasses
-
-    from .stages import CorruptEntry, build_entry, invalidate, stage1_hash, verify_entry
-    from .storage import Storage
-
     key = stage1_hash(cfg)
     if key == ctx.stage1_key or not ctx.storage_uri:
         return ctx
@@ -362,8 +372,6 @@ def _run_trial(
     parallel,
     device: torch.device | None = None,
 ) -> None:
-    from trainables.trial import scalar_summary
-
     cfg = apply_values(ctx.base, config)
     if parallel is None:
         ctx = _own_stage1(ctx, cfg)

@@ -41,6 +41,7 @@ __all__ = [
     "check_stage1",
     "check_stage2",
     "evaluate",
+    "flat_metrics",
     "improves",
     "lr_at",
     "train_stage1",
@@ -104,13 +105,15 @@ def evaluate(model: nn.Module, data: StageData, *, adjust=None) -> dict[str, dic
     return out
 
 
-def _summary(metrics: dict[str, dict]) -> dict[str, float]:
-    """Scalars for per-epoch logging (lists and matrices are kept for the end only)."""
+def flat_metrics(metrics: dict[str, dict], prefix: str = "") -> dict[str, float]:
+    """``{"<prefix><split>_<metric>": value}``: the scalars of ``{split: {metric: value}}``
+    (lists and matrices are kept for the end only). Per-epoch logs and the final summaries of a
+    trial are flattened by this one function."""
     flat = {}
     for split, m in metrics.items():
         for k, v in m.items():
             if isinstance(v, float):
-                flat[f"{split}_{k}"] = v
+                flat[f"{prefix}{split}_{k}"] = v
     return flat
 
 
@@ -284,7 +287,7 @@ def train_stage1(
             callback(
                 "stage1",
                 epoch,
-                {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **_summary(metrics)},
+                {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **flat_metrics(metrics)},
             )
     return sel.result
 
@@ -446,7 +449,7 @@ def train_stage2(
             on_improve(sel.result)
         if callback:
             extra = {"shard_samples": 0} if parallel is not None else {}
-            callback("stage2", 0, {**extra, **_summary(metrics)})
+            callback("stage2", 0, {**extra, **flat_metrics(metrics)})
         return sel.result
     check_stage2(cfg, k)
     frozen = cfg.train == "classifier"
@@ -539,7 +542,7 @@ def train_stage2(
             callback(
                 "stage2",
                 epoch,
-                {"ot_loss": ot_mean, "train_loss": loss_mean, **extra, **_summary(metrics)},
+                {"ot_loss": ot_mean, "train_loss": loss_mean, **extra, **flat_metrics(metrics)},
             )
     if frozen:
         model.features.requires_grad_(True)
