@@ -48,6 +48,15 @@ class CommandError(RuntimeError):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error form: one ``error: ...`` line (no usage block, which
+    ``--help`` shows), exit status 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def add_config_args(
     p: argparse.ArgumentParser, *, preset_default: str | None = None, seed: bool = True
 ) -> None:
@@ -82,7 +91,10 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         "--tracking-uri", default=None,
         help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default <storage>/mlflow.db)",
     )  # fmt: skip
-    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument(
+        "--cpus-per-trial", type=float, default=1.0,
+        help="CPUs per trial (per worker of a data-parallel trial; default 1)",
+    )  # fmt: skip
     p.add_argument(
         "--gpus-per-trial", type=float, default=0.0,
         help="fractions share a GPU; more than 1 runs the trial on that many GPU workers",
@@ -171,6 +183,22 @@ def read_tracking(explicit: str | None, storage_arg: str | None) -> tuple[str, o
     return uri, tracking.client(uri)
 
 
+def store_args(uri: str, storage: Storage, local_root: Path | None) -> str:
+    """The options that point a later command (``ui``, ``report``) at this store: none for the
+    default, ``--storage`` for another run directory, ``--tracking-uri`` for any other store."""
+    if local_root is not None and uri == tracking.default_tracking_uri(local_root):
+        default = Path("runs").resolve()
+        return "" if local_root == default else f" --storage {storage.uri}"
+    return f" --tracking-uri {uri}"
+
+
+def ui_hint(uri: str, storage: Storage, local_root: Path | None) -> str:
+    """The exact command that opens this store in the MLflow UI (a server is opened as is)."""
+    if not uri.startswith("sqlite:///"):
+        return f"open {uri} in a browser (an MLflow server)"
+    return f"python -m orchestrator.ui{store_args(uri, storage, local_root)}"
+
+
 def init_ray(address: str | None) -> None:
     """Start a local Ray, or connect to ``address`` / ``RAY_ADDRESS``."""
     import ray
@@ -179,6 +207,10 @@ def init_ray(address: str | None) -> None:
     # Save the experiment state at every controller step (not every 10 s): a trial the driver
     # started is then always known to a resumed sweep, so it is resumed, never re-sampled.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    # A trial stopped by ASHA closes its MLflow run (artifacts, summary) before its actor takes
+    # the next trial; Tune waits 2 s for that by default, then fails the next trial with
+    # "Could not re-use actor" (seen on 2 busy cores). The actors inherit this process's env.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
     try:
         ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, **kwargs)

@@ -24,6 +24,10 @@ __all__ = [
 # ---- tags
 PARENT = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
 GIT_COMMIT = "mlflow.source.git.commit"
+# MLflow's own experiment tag: the UI opens a "custom_model_development" experiment on its runs
+# table (MLflow 3 otherwise opens a new experiment in its GenAI view, on traces).
+EXPERIMENT_KIND = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 KIND = "ot.kind"  # sweep | trial | stage1_build | reproduce
 SWEEP_ID = "ot.sweep_id"
 EXPERIMENT = "ot.experiment"

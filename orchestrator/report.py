@@ -23,6 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from search_spaces.resolve import unknown_name
 from search_spaces.tables import TABLES, Table, paper_value, published_only
 from trainables.config import PRESETS
 
@@ -325,13 +326,17 @@ def _html(data: dict) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0]
-    )
+    p = cli.Parser(prog="python -m orchestrator.report", description=__doc__.split("\n\n")[0])
     p.add_argument("table", help=f"one of: {', '.join(TABLES)}")
-    p.add_argument("--format", choices=("md", "csv", "latex", "html"), default="md")
+    p.add_argument(
+        "--format", choices=("md", "csv", "latex", "html"), default="md",
+        help="output format (default md; html embeds Fig. 1 and Fig. 2)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), default="paper",
+        help="the runs reproduced under this preset (default paper)",
+    )  # fmt: skip
     p.add_argument("--tuned", action="store_true", help="the runs of reproduce --tuned")
     p.add_argument("--smoke", action="store_true", help="the table's smoke runs")
     p.add_argument("--storage", default=None, help="run storage (default ./runs)")
@@ -345,6 +350,13 @@ def _render_stored(args: argparse.Namespace) -> str:
     uri, c = cli.read_tracking(args.tracking_uri, args.storage)
     exp = None if c is None else c.get_experiment_by_name(name)
     if exp is None:
+        other = names.experiment_name(args.table, not args.smoke)
+        if c is not None and c.get_experiment_by_name(other) is not None:
+            flag = "without --smoke" if args.smoke else "with --smoke"
+            raise cli.CommandError(
+                f"no {'smoke ' if args.smoke else ''}runs of {args.table} in {uri}, but "
+                f"{'full' if args.smoke else 'smoke'} runs exist: report them {flag}"
+            )
         raise cli.CommandError(
             f"no runs of {args.table} in {uri} (experiment {name!r}); run "
             f"python -m orchestrator.reproduce {args.table} first"
@@ -357,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.table not in TABLES:
-        p.error(f"unknown table {args.table!r}; choose from {', '.join(TABLES)}")
+        p.error(unknown_name("table", args.table, TABLES))
     try:
         text = _render_stored(args)
     except (cli.CommandError, tracking.TrackingError, StorageError) as err:

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from search_spaces.resolve import unknown_name
 from search_spaces.tables import TABLES, Cell, Table, cell_config
 from trainables.config import ConfigError, ExperimentConfig, apply_overrides, apply_values
 
@@ -54,15 +55,16 @@ class RunSpec:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m orchestrator.reproduce",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("table", help=f"one of: {', '.join(TABLES)}")
     p.add_argument(
-        "--seeds", type=int, default=0,
-        help="seeds per cell, 0..N-1 (default: the experiments' protocol, e.g. 10 for text)",
+        "--seeds", type=int, default=None,
+        help="seeds per cell, 0..N-1, N >= 1 (default: the experiments' protocol, e.g. 10 "
+        "for text)",
     )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="only these rows")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns")
@@ -84,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
 def plan(
     table: Table,
     *,
-    seeds: int,
+    seeds: int | None,
     methods: list[str] | None,
     preset: str,
     smoke: bool,
@@ -103,7 +105,7 @@ def plan(
             base = apply_overrides(
                 cell_config(cell, seed=0, preset=preset, smoke=smoke), overrides or []
             )
-            n = seeds or base.seeds
+            n = seeds if seeds is not None else base.seeds
             for seed in range(n):
                 cfg = dataclasses.replace(base, seed=seed)
                 out.append(RunSpec(cell, seed, cfg, stage1_hash(cfg)))
@@ -276,6 +278,7 @@ class _Invocation:
     client: object
     parent: str
     name: str  # reproduce-YYYYmmdd-HHMMSS
+    store_args: str  # the options that point `report` / `ui` at this store
 
 
 def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
@@ -332,7 +335,8 @@ def _open_invocation(args, table: Table) -> _Invocation:
             names.GIT_COMMIT: tracking.git_commit(REPO),
         },
     ).info.run_id
-    return _Invocation(table, asked, storage, uri, exp_id, c, parent, invocation)
+    where = cli.store_args(uri, storage, local_root)
+    return _Invocation(table, asked, storage, uri, exp_id, c, parent, invocation, where)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -369,7 +373,7 @@ def run(args: argparse.Namespace) -> int:
         inv.parent,
         {
             "reproduce.table": table.name,
-            "reproduce.seeds": args.seeds or "protocol",
+            "reproduce.seeds": "protocol" if args.seeds is None else args.seeds,
             "reproduce.methods": ",".join(args.methods or []) or "all",
             "reproduce.preset": args.preset,
             "reproduce.tuned": args.tuned,
@@ -384,10 +388,9 @@ def run(args: argparse.Namespace) -> int:
     c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
     print()
     print(render(report_data(c, inv.exp_id, table, inv.asked), "md"))
-    store = f" --storage {inv.storage.uri}" if args.storage else ""
     smoke = " --smoke" if args.smoke else ""
     print(
-        f"\nreport again: python -m orchestrator.report {table.name}{smoke}{store} "
+        f"\nreport again: python -m orchestrator.report {table.name}{smoke}{inv.store_args} "
         "--format html --out report.html"
     )
     if not ok:
@@ -473,9 +476,11 @@ def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
     if args.table not in TABLES:
-        p.error(f"unknown table {args.table!r}; choose from {', '.join(TABLES)}")
-    if args.seeds < 0 or args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
-        p.error("--seeds must be >= 0, --cpus-per-trial > 0, --gpus-per-trial >= 0")
+        p.error(unknown_name("table", args.table, TABLES))
+    if args.seeds is not None and args.seeds < 1:
+        p.error(f"--seeds must be >= 1, got {args.seeds} (leave it out for the protocol's)")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        p.error("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     return cli.run_command(lambda: run(args))
 
 

@@ -24,12 +24,24 @@ def _progress(stage: str, epoch: int, m: dict) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.run", description=__doc__)
+    p = cli.Parser(prog="python -m orchestrator.run", description=__doc__)
     p.add_argument("name", help=f"one of: {cli.experiment_names()}")
     cli.add_config_args(p)
     p.add_argument("--out", type=Path, default=None, help="write result.json and stage1.pt here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     return p
+
+
+def _check_writable(out: Path) -> None:
+    """``--out`` is checked before anything trains: a directory that exists or can be made,
+    and that takes a file."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as err:
+        raise cli.CommandError(f"--out {out}: cannot write there ({err.strerror})") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         cli.print_configs([("", cfg)])
         return 0
     cli.preflight(cfg, data=False)  # the data is loaded first thing anyway
+    if args.out is not None:
+        _check_writable(args.out)
     from trainables.trial import run_trial
 
     start = time.time()

@@ -45,7 +45,7 @@ _RECORDED_ARGS = (
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m orchestrator.sweep",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -373,10 +373,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     ok = _finish(c, parent, _summary(cfg, results, conc, rec), results)
     rec["status"] = "finished"
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
-    store = f" --storage {storage.uri}" if args.storage else ""
     print(
         f"\nMLflow: experiment '{cfg.name}', parent run {parent}\n"
-        f"open the UI: python -m orchestrator.ui{store}   (tracking URI {uri})"
+        f"open the UI: {cli.ui_hint(uri, storage, local_root)}"
     )
     if not ok:
         print("error: no trial finished; see the errors above", file=sys.stderr)

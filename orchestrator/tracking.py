@@ -100,13 +100,17 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
 
 
 def ensure_experiment(uri: str, name: str, artifact_location: str | None) -> str:
+    """The experiment's id, created (or restored) as a model-training experiment."""
     c = client(uri)
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=artifact_location)
+    if exp is None:
+        kind = {names.EXPERIMENT_KIND: names.TRAINING_EXPERIMENT}
+        return c.create_experiment(name, artifact_location=artifact_location, tags=kind)
+    if exp.lifecycle_stage == "deleted":
+        c.restore_experiment(exp.experiment_id)
+    if names.EXPERIMENT_KIND not in exp.tags:  # made before the kind was recorded
+        c.set_experiment_tag(exp.experiment_id, names.EXPERIMENT_KIND, names.TRAINING_EXPERIMENT)
+    return exp.experiment_id
 
 
 def git_commit(repo: Path) -> str:

@@ -6,11 +6,11 @@ Binds 127.0.0.1 only, one worker, background job execution off (MLflow's default
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
+from .cli import Parser
 from .tracking import default_tracking_uri
 
 __all__ = ["main", "ui_command"]
@@ -37,8 +37,8 @@ def ui_command(tracking_uri: str, port: int, artifact_root: Path | None) -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m orchestrator.ui", description=__doc__)
-    p.add_argument("--port", type=int, default=5000)
+    p = Parser(prog="python -m orchestrator.ui", description=__doc__)
+    p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.add_argument("--storage", default="runs", help="the sweeps' run storage (default ./runs)")
     p.add_argument("--tracking-uri", default=None, help="a sqlite:/// URI instead of --storage")
     args = p.parse_args(argv)

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 
 from trainables.config import PRESETS, ConfigError, ExperimentConfig, apply_overrides
 
 from .experiments import REGISTRY
 
-__all__ = ["resolve"]
+__all__ = ["resolve", "unknown_name"]
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """``unknown experiment 'x'; did you mean 'y'? (choose from a, b, ...)``: one line."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (choose from {', '.join(known)})"
 
 
 def resolve(
@@ -28,7 +37,7 @@ def resolve(
     point. Raises :class:`ConfigError` (one line) for an unknown name, preset or override.
     """
     if name not in REGISTRY:
-        raise ConfigError(f"unknown experiment {name!r}; choose from {', '.join(REGISTRY)}")
+        raise ConfigError(unknown_name("experiment", name, REGISTRY))
     if preset is not None and preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     build = REGISTRY[name]

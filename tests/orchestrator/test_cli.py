@@ -79,3 +79,124 @@ def test_print_config_of_a_sweep_honours_seed_and_overrides(tmp_path, capsys):
     cfg = resolve("image_mnist_lt", smoke=True, seed=3, overrides=["stage2.eps=0.05"])
     assert got["stage1_key"] == stage1_hash(cfg)
     assert got["stage1_key"] != stage1_hash(resolve("image_mnist_lt", smoke=True))
+
+
+def _parsers():
+    from orchestrator import report, ui
+
+    parsers = {m.__name__: m._parser() for m in (run, sweep, reproduce, report)}
+    captured = {}
+
+    class Stop(Exception):
+        pass
+
+    def grab(self, *a, **k):  # ui builds its parser inside main: catch it at parse time
+        captured["orchestrator.ui"] = self
+        raise Stop
+
+    import argparse
+
+    orig = argparse.ArgumentParser.parse_args
+    argparse.ArgumentParser.parse_args = grab
+    try:
+        ui.main([])
+    except Stop:
+        pass
+    finally:
+        argparse.ArgumentParser.parse_args = orig
+    return {**parsers, **captured}
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    parsers = _parsers()
+    assert len(parsers) == 5
+    for name, p in parsers.items():
+        for action in p._actions:
+            assert action.help, f"{name}: {action.option_strings or action.dest} has no help"
+
+
+@pytest.mark.parametrize(
+    "main, argv, message",
+    [
+        (
+            run.main,
+            ["image_mnist"],
+            "unknown experiment 'image_mnist'; did you mean 'image_mnist_lt'?",
+        ),
+        (sweep.main, ["text_tweet"], "did you mean 'text_tweets'?"),
+        (reproduce.main, ["tabel1"], "unknown table 'tabel1'; did you mean 'table1'?"),
+        (reproduce.main, ["offline_image", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (run.main, ["image_mnist_lt", "--bogus"], "unrecognized arguments: --bogus"),
+    ],
+)
+def test_a_typo_is_one_line_with_a_suggestion(capsys, main, argv, message):
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's own errors
+        code = stop.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_experiments_are_created_as_training_experiments(tmp_path):
+    from orchestrator import names, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp_id = tracking.ensure_experiment(uri, "image_mnist_lt", None)
+    c = tracking.client(uri)
+    assert c.get_experiment(exp_id).tags[names.EXPERIMENT_KIND] == "custom_model_development"
+    # an experiment made before the kind was recorded gets it when a command next opens it
+    old = c.create_experiment("older")
+    assert names.EXPERIMENT_KIND not in c.get_experiment(old).tags
+    assert tracking.ensure_experiment(uri, "older", None) == old
+    assert c.get_experiment(old).tags[names.EXPERIMENT_KIND] == "custom_model_development"
+
+
+def test_the_closing_hint_opens_the_store_the_command_used(tmp_path, monkeypatch):
+    from orchestrator import cli, tracking
+    from orchestrator.storage import Storage
+
+    monkeypatch.chdir(tmp_path)
+    default = Storage("runs")
+    root = tmp_path / "runs"
+    assert cli.ui_hint(tracking.default_tracking_uri(root), default, root) == (
+        "python -m orchestrator.ui"
+    )
+    other = Storage(str(tmp_path / "elsewhere"))
+    local = tmp_path / "elsewhere"
+    assert cli.ui_hint(tracking.default_tracking_uri(local), other, local) == (
+        f"python -m orchestrator.ui --storage {local}"
+    )
+    own = f"sqlite:///{tmp_path / 'mine.db'}"
+    assert cli.ui_hint(own, other, local) == f"python -m orchestrator.ui --tracking-uri {own}"
+    server = "http://127.0.0.1:5001"
+    assert "open http://127.0.0.1:5001 in a browser" in cli.ui_hint(server, other, local)
+
+
+def test_an_unwritable_out_stops_run_before_training(tmp_path, capsys, monkeypatch):
+    import trainables.trial
+
+    def train(*a, **k):
+        raise AssertionError("trained before checking --out")
+
+    monkeypatch.setattr(trainables.trial, "run_trial", train)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    code = run.main(["image_mnist_lt", "--smoke", "--quiet", "--out", str(blocker / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: --out {blocker / 'out'}: cannot write there")
+
+
+def test_report_points_at_the_smoke_runs_when_only_those_exist(tmp_path, capsys):
+    from orchestrator import names, report, tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.ensure_experiment(uri, names.experiment_name("offline_image", True), None)
+    capsys.readouterr()  # MLflow's own lines about creating the store
+    code = report.main(["offline_image", "--storage", str(tmp_path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "no runs of offline_image" in err[0] and "smoke runs exist" in err[0]
+    assert err[0].endswith("report them with --smoke")

@@ -62,7 +62,8 @@ def test_seed_then_overrides_in_order():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(name="nope"), "unknown experiment 'nope'; choose from image_cifar10_lt"),
+        (dict(name="nope"), r"unknown experiment 'nope' \(choose from image_cifar10_lt"),
+        (dict(name="text_sst"), "unknown experiment 'text_sst'; did you mean 'text_sst5'"),
         (dict(name="image_mnist_lt", preset="mine"), "unknown preset 'mine'"),
         (dict(name="image_mnist_lt", overrides=["preset=paper"]), "preset names the run"),
         (dict(name="image_mnist_lt", overrides=["stage2.cost=l2"]), "choose from label"),
