@@ -197,7 +197,21 @@ class ImageModality:
     sources: tuple[str, ...] = IMAGE_SOURCES
 
     def check_data(self, cfg: DataConfig) -> None:
-        """Nothing to check early: an image source is checked when stage 1 loads it."""
+        """The files a source reads are there (CIFAR's pickles unless ``data.download``, the
+        JPEG copy's archive, the file lists' split files, root and first image); reads no
+        images. MNIST ships inside an installed package."""
+        if cfg.source == "cifar" and not cfg.download:
+            from trainables.data.cifar import check_cifar
+
+            name = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes)
+            if name is not None:  # another count fails with its own message when loaded
+                check_cifar(cfg.root or DEFAULT_DATA_ROOT / name, name)
+        elif cfg.source == "cifar10_jpeg":
+            from trainables.data.cifar import check_cifar10_jpeg
+
+            check_cifar10_jpeg(cfg.root or DEFAULT_CIFAR10_JPEG)
+        elif cfg.source in ("imagenet_lt", "places_lt"):
+            _load(cfg)  # builds the file lists: root, split files and first image checked
 
     def data_and_model(
         self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool

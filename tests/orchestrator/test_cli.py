@@ -200,3 +200,21 @@ def test_report_points_at_the_smoke_runs_when_only_those_exist(tmp_path, capsys)
     assert code == 2 and len(err) == 1
     assert "no runs of offline_image" in err[0] and "smoke runs exist" in err[0]
     assert err[0].endswith("report them with --smoke")
+
+
+@pytest.mark.parametrize("command", ["sweep", "reproduce"])
+def test_missing_image_data_stops_before_ray_or_a_run(tmp_path, capsys, command):
+    import ray
+
+    missing = tmp_path / "nowhere.npz"
+    store = ["--storage", str(tmp_path / "runs")]
+    sets = ["--set", f"data.root={missing}"]
+    if command == "sweep":
+        code = sweep.main(["image_cifar10_lt", "--smoke", *store, *sets])
+    else:
+        code = reproduce.main(["table1", "--smoke", "--columns", "cifar10_if200", *store, *sets])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: CIFAR-10 (JPEG q75 copy) archive not found at {missing}")
+    assert "--set data.root=PATH" in err[0]
+    assert not ray.is_initialized() and not (tmp_path / "runs" / "mlflow.db").exists()

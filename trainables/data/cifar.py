@@ -26,6 +26,8 @@ __all__ = [
     "CIFAR_NAMES",
     "JPEG_SOURCE",
     "ImageArrays",
+    "check_cifar",
+    "check_cifar10_jpeg",
     "load_cifar",
     "load_cifar10_jpeg",
 ]
@@ -35,8 +37,9 @@ JPEG_SOURCE = "CIFAR-10 (JPEG q75 copy)"
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 _JPEG_HINT = (
-    "it ships in the shared data folder beside the checkout (shared/data/cifar10-jpeg/, "
-    "see its README.md); it cannot be downloaded on these machines"
+    "it is a JPEG (quality 75) re-encoding of CIFAR-10 in one .npz file, looked up by default at "
+    "../shared/data/cifar10-jpeg/cifar10_jpeg_q75.npz beside the checkout; point "
+    "--set data.root=PATH at a copy, or use --set data.source=cifar for the original CIFAR-10"
 )
 
 
@@ -167,12 +170,9 @@ def _download_cifar(root: Path, name: str) -> None:
         cls(str(root), train=train, download=True)
 
 
-def load_cifar(root: str | Path, name: str, *, download: bool = False) -> ImageArrays:
-    """Load CIFAR-10 or CIFAR-100 (``name`` "cifar10"/"cifar100") from ``root`` as raw arrays.
-
-    ``root`` is the folder that holds ``cifar-10-batches-py/`` resp. ``cifar-100-python/``.
-    Missing files raise :class:`DatasetMissing` unless ``download`` is set.
-    """
+def check_cifar(root: str | Path, name: str) -> None:
+    """Raise :class:`DatasetMissing` (one line: what, where, how to fetch it) unless the CIFAR
+    pickles are under ``root``; reads nothing else."""
     key = name.lower().replace("-", "")
     if key not in _LAYOUTS:
         raise ValueError(f"unknown CIFAR name {name!r}; expected one of {CIFAR_NAMES}")
@@ -181,16 +181,39 @@ def load_cifar(root: str | Path, name: str, *, download: bool = False) -> ImageA
     folder = root / layout.folder
     needed = (*layout.train_files, *layout.test_files, layout.meta_file)
     missing = [f for f in needed if not (folder / f).is_file()]
-    if missing and download:
-        _download_cifar(root, key)
-        missing = [f for f in needed if not (folder / f).is_file()]
     if missing:
         what = folder if len(missing) == len(needed) else folder / missing[0]
         tarball = layout.url.rsplit("/", 1)[-1]
         raise DatasetMissing(
             f"{layout.source} not found under {what}; fetch {layout.url} and extract {tarball} "
-            f"into {root}, or pass download=True where the network allows"
+            f"into {root} (or --set data.root=DIR), or --set data.download=true to fetch it"
         )
+
+
+def check_cifar10_jpeg(path: str | Path) -> None:
+    """Raise :class:`DatasetMissing` unless the JPEG copy's archive is at ``path``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DatasetMissing(f"{JPEG_SOURCE} archive not found at {path}; {_JPEG_HINT}")
+
+
+def load_cifar(root: str | Path, name: str, *, download: bool = False) -> ImageArrays:
+    """Load CIFAR-10 or CIFAR-100 (``name`` "cifar10"/"cifar100") from ``root`` as raw arrays.
+
+    ``root`` is the folder that holds ``cifar-10-batches-py/`` resp. ``cifar-100-python/``.
+    Missing files raise :class:`DatasetMissing` unless ``download`` is set.
+    """
+    key = name.lower().replace("-", "")
+    root = Path(root).expanduser()
+    try:
+        check_cifar(root, key)
+    except DatasetMissing:
+        if not download:
+            raise
+        _download_cifar(root, key)
+        check_cifar(root, key)
+    layout = _LAYOUTS[key]
+    folder = root / layout.folder
 
     train_x, train_y = _read_batches(folder, layout.train_files, layout.label_key)
     test_x, test_y = _read_batches(folder, layout.test_files, layout.label_key)
@@ -281,8 +304,7 @@ def load_cifar10_jpeg(path: str | Path, *, limit_per_class: int | None = None) -
     CI runs. Results on this copy must be reported as "CIFAR-10 (JPEG q75 copy)".
     """
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise DatasetMissing(f"{JPEG_SOURCE} archive not found at {path}; {_JPEG_HINT}")
+    check_cifar10_jpeg(path)
     with np.load(path, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     needed = [f"{s}_{a}" for s in ("train", "test") for a in ("jpeg", "offsets", "labels")]
