@@ -100,7 +100,15 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="fractions share a GPU; more than 1 runs the trial on that many GPU workers",
     )  # fmt: skip
     p.add_argument("--max-failures", type=int, default=2, help="retries per trial")
-    p.add_argument("--quiet", action="store_true", help="no Tune progress table")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument(
+        "--quiet", action="store_true", help="no progress at all, only the final summary"
+    )  # fmt: skip
+    shown.add_argument(
+        "--verbose", action="count", default=0,
+        help="Tune's own progress tables instead of the compact view (one line per finished "
+        "trial and a status line); twice: Tune's most detailed output",
+    )  # fmt: skip
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:

@@ -282,14 +282,16 @@ class _Invocation:
 
 
 def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
-    """Every cell's combinations, then each experiment's data once (a dry run only warns)."""
+    """Every cell's combinations, then every data source the cells read, once each (a dry run
+    only warns)."""
     for s in specs:
         cli.preflight(s.cfg, data=False, label=s.cell.key)
     checked = set()
     for s in specs:
-        if s.cfg.name in checked:
+        data = json.dumps(dataclasses.asdict(s.cfg.data), sort_keys=True)
+        if data in checked:
             continue
-        checked.add(s.cfg.name)
+        checked.add(data)
         try:
             cli.preflight(s.cfg)
         except CommandError as err:
@@ -431,6 +433,8 @@ def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[Run
     import ray
     from ray import tune
 
+    from . import progress
+
     spec = tracking.TrackingSpec(inv.uri, inv.exp_id)
     cli.init_ray(args.address)
     try:
@@ -464,7 +468,8 @@ def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[Run
             name=inv.name,
             storage_path=inv.storage.child_uri("reproduce", inv.table.name),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            verbose=0 if args.quiet else 1,
+            callbacks=progress.callbacks(args),  # no scheduler: no early stop
+            verbose=progress.tune_verbose(args),
         ),
     )
     results = tuner.fit()

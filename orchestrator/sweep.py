@@ -222,7 +222,9 @@ def _open_parent(c, exp_id: str, cfg, args, module, sweep_id: str, rec: dict) ->
     return parent
 
 
-def _context(cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, module):
+def _context(
+    cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, module, stage1_run
+):
     """(the trials' shared context, their resources)."""
     from .trainable import SweepContext
 
@@ -235,6 +237,7 @@ def _context(cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, arg
         sweep_id=sweep_id,
         cpus_per_trial=args.cpus_per_trial,
         storage_uri=storage.uri,
+        tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
     )
     workers = _workers(args)
     if workers > 1 and getattr(module, "STAGE1", False):
@@ -258,6 +261,8 @@ def _tuner(trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from . import progress
 
     exp_path = storage.child_uri(args.name, sweep_id)
     if args.resume and tune.Tuner.can_restore(exp_path):
@@ -295,10 +300,31 @@ def _tuner(trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, 
             name=sweep_id,
             storage_path=storage.child_uri(args.name),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=[callback],
-            verbose=0 if args.quiet else 1,
+            callbacks=[callback, *progress.callbacks(args, max_t=max(1, epochs))],
+            verbose=progress.tune_verbose(args),
         ),
     )
+
+
+def _link(c, exp_id: str, parent: str, best_trial: str | None, stage1_run: str | None) -> None:
+    """The parent run points to its best trial's run and to the stage-1 build: tags, and links
+    in its description (what the MLflow UI shows on the run's page)."""
+    lines = []
+    best = None
+    if best_trial:
+        finished = [
+            r
+            for r in tracking.trial_runs(c, exp_id, parent, best_trial)
+            if r.info.status == "FINISHED"
+        ]
+        best = finished[-1].info.run_id if finished else None
+    if best:
+        c.set_tag(parent, names.BEST_TRIAL_RUN, best)
+        lines.append(f"Best trial (by validation): {tracking.run_link(exp_id, best, best)}")
+    if stage1_run:
+        lines.append(f"Stage 1: {tracking.run_link(exp_id, stage1_run, stage1_run)}")
+    if lines:
+        c.set_tag(parent, names.NOTE, "\n\n".join(lines))
 
 
 def _finish(c, parent: str, best: dict, results) -> bool:
@@ -352,6 +378,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     except ray.exceptions.RayTaskError as err:
         raise cli.stage1_failure(err, c, parent) from None
     c.set_tag(parent, names.STAGE1_HASH, entry.key)
+    stage1_run = tracking.stage1_build_run(c, exp_id, entry.key)
+    if stage1_run:
+        c.set_tag(parent, names.STAGE1_RUN, stage1_run)
     conc = _concurrency(args)
     rec = {
         "sweep_id": sweep_id,
@@ -364,13 +393,17 @@ def run_sweep(args: argparse.Namespace) -> int:
         "args": {**{k: getattr(args, k) for k in _RECORDED_ARGS}, "seed": cfg.seed},
     }
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
-    ctx, resources = _context(cfg, entry, spec, parent, sweep_id, storage, args, module)
+    ctx, resources = _context(
+        cfg, entry, spec, parent, sweep_id, storage, args, module, stage1_run
+    )
     trainable = tune.with_resources(tune.with_parameters(stage2_trial, ctx=ctx), resources)
     tuner = _tuner(
         trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent)
     )
     results = tuner.fit()
-    ok = _finish(c, parent, _summary(cfg, results, conc, rec), results)
+    best = _summary(cfg, results, conc, rec)
+    _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
+    ok = _finish(c, parent, best, results)
     rec["status"] = "finished"
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
     print(

@@ -182,6 +182,19 @@ def close_running(c, runs: Iterable, *, tag: str, status: str) -> None:
             c.set_terminated(run.info.run_id, status=status)
 
 
+def stage1_build_run(c, experiment_id: str, key: str) -> str | None:
+    """The latest finished run in the experiment that built stage 1 ``key`` (None when it was
+    built elsewhere, e.g. by a reproduce run in another experiment)."""
+    builds = runs_with_tags(c, experiment_id, {names.KIND: "stage1_build", names.STAGE1_HASH: key})
+    done = [r for r in builds if r.info.status == "FINISHED"]
+    return max(done, key=lambda r: r.info.start_time or 0).info.run_id if done else None
+
+
+def run_link(experiment_id: str, run_id: str, text: str) -> str:
+    """A Markdown link to a run that the MLflow UI follows (in a run's description)."""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+
+
 def trial_runs(c, experiment_id: str, parent_run_id: str, trial_id: str) -> list:
     """Every MLflow run (attempt) of one Tune trial of one sweep."""
     tags = {names.PARENT: parent_run_id, "ray.trial_id": trial_id}
