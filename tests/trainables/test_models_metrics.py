@@ -71,3 +71,13 @@ def test_metrics_hand_example():
     assert (m["many_acc"], m["medium_acc"], m["few_acc"]) == pytest.approx((50.0, 100.0, 25.0))
     none = classification_metrics(pred, target, 3, [150, 150, 150])
     assert none["few_acc"] is None and none["medium_acc"] is None
+
+
+def test_metrics_carry_no_float32_noise():
+    # class 0: 5 of 6 right, class 1: 1 of 3, class 2: 83 of 100
+    target = torch.tensor([0] * 6 + [1] * 3 + [2] * 100)
+    pred = torch.tensor([0] * 5 + [1] + [1] + [0] * 2 + [2] * 83 + [0] * 17)
+    m = classification_metrics(pred, target, 3, [100, 50, 5])
+    assert m["per_class_acc"][2] == 83.0  # float32 gives 83.0000042
+    assert abs(m["balanced_acc"] - 100 * (5 / 6 + 1 / 3 + 0.83) / 3) < 1e-12
+    assert m["few_acc"] == 83.0
