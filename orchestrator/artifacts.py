@@ -214,7 +214,13 @@ def _draw_mass(ax: plt.Axes, mass: np.ndarray, train_counts: Sequence[int] | Non
     else:
         ax.set_title("weight mass per class")
     if k <= _MAX_LEGEND:
-        ax.legend(fontsize="small")
+        # below the axes, so no curve (the head class's starts highest) is hidden under it
+        ax.legend(
+            fontsize="small",
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=min(4, len(ax.get_lines())),
+        )
 
 
 def _draw_samples(

@@ -49,6 +49,12 @@ def drawn(monkeypatch) -> list:
                         if ax.get_legend()
                         else [],
                         "points": [c.get_offsets().copy() for c in ax.collections],
+                        "legend_over_plot": bool(
+                            ax.get_legend()
+                            and ax.get_legend()
+                            .get_window_extent()
+                            .overlaps(ax.get_window_extent())
+                        ),
                     }
                     for ax in fig.axes
                 ]
@@ -178,6 +184,7 @@ def test_weight_png_k3_mass_only(tmp_path: Path, drawn: list) -> None:
         np.testing.assert_allclose(ax["lines"][c][1], [row[c] for row in mass])
     np.testing.assert_allclose(ax["lines"][3][1], [1 / 3, 1 / 3])
     assert ax["legend"] == labels  # every class, the head included, is in the legend
+    assert not ax["legend_over_plot"]  # and the legend hides none of the curves
 
 
 def test_weight_png_k3_single_epoch(tmp_path: Path) -> None:
