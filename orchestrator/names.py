@@ -18,6 +18,7 @@ __all__ = [
     "TIME_ATTR",
     "experiment_name",
     "settings_key",
+    "summary_group",
     "summary_metric",
 ]
 
@@ -70,10 +71,16 @@ BEST_TEST = "best_selected_test_balanced_acc"
 STAGE1_PREFIX = "stage1_"
 
 
+def summary_group(selection: str, prefix: str = "") -> str:
+    """The common start of one selection's summary numbers (``selection``: validation_selected
+    | last_epoch | best_test_epoch), e.g. "stage1_last_epoch/"."""
+    return f"{prefix}{selection}/"
+
+
 def summary_metric(selection: str, split: str, metric: str, prefix: str = "") -> str:
-    """The name of one summary number (``selection``: validation_selected | last_epoch |
-    best_test_epoch; ``split``: val | test; or ``split=""`` with ``metric="epoch"``)."""
-    return f"{prefix}{selection}/{split}_{metric}" if split else f"{prefix}{selection}/{metric}"
+    """The name of one summary number (``split``: val | test; or ``split=""`` with
+    ``metric="epoch"``): the group, then ``<split>_<metric>`` as the per-epoch names are."""
+    return summary_group(selection, prefix) + (f"{split}_{metric}" if split else metric)
 
 
 def experiment_name(table: str, smoke: bool) -> str:

@@ -251,12 +251,10 @@ def _flat_summary(summary: dict, prefix: str = "") -> dict:
     flat = {}
     for sel_long, block in summary.items():
         selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
-        for split in ("val", "test"):
-            for k, v in flat_metrics({split: block.get(split, {})}).items():
-                metric = k.removeprefix(f"{split}_")
-                flat[names.summary_metric(selection, split, metric, prefix)] = v
+        group = names.summary_group(selection, prefix)
+        flat.update(flat_metrics({s: block[s] for s in ("val", "test") if s in block}, group))
         if "epoch" in block:
-            flat[names.summary_metric(selection, "", "epoch", prefix)] = block["epoch"]
+            flat[group + "epoch"] = block["epoch"]
     return flat
 
 

@@ -36,12 +36,16 @@ def ui_command(tracking_uri: str, port: int, artifact_root: Path | None) -> list
     return cmd
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> Parser:
     p = Parser(prog="python -m orchestrator.ui", description=__doc__)
     p.add_argument("--port", type=int, default=5000, help="port on 127.0.0.1 (default 5000)")
     p.add_argument("--storage", default="runs", help="the sweeps' run storage (default ./runs)")
     p.add_argument("--tracking-uri", default=None, help="a sqlite:/// URI instead of --storage")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     root = Path(args.storage).expanduser().resolve()
     uri = args.tracking_uri or default_tracking_uri(root)
     if uri.startswith("sqlite:///"):

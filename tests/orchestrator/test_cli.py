@@ -84,27 +84,7 @@ def test_print_config_of_a_sweep_honours_seed_and_overrides(tmp_path, capsys):
 def _parsers():
     from orchestrator import report, ui
 
-    parsers = {m.__name__: m._parser() for m in (run, sweep, reproduce, report)}
-    captured = {}
-
-    class Stop(Exception):
-        pass
-
-    def grab(self, *a, **k):  # ui builds its parser inside main: catch it at parse time
-        captured["orchestrator.ui"] = self
-        raise Stop
-
-    import argparse
-
-    orig = argparse.ArgumentParser.parse_args
-    argparse.ArgumentParser.parse_args = grab
-    try:
-        ui.main([])
-    except Stop:
-        pass
-    finally:
-        argparse.ArgumentParser.parse_args = orig
-    return {**parsers, **captured}
+    return {m.__name__: m._parser() for m in (run, sweep, reproduce, report, ui)}
 
 
 def test_every_option_of_every_command_says_what_it_does():
