@@ -210,7 +210,7 @@ def build_entry(
         if c is not None:
             if stage != "stage1":  # stage 0 (text) keeps its own keys
                 metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
-            tracking.log_metrics(c, run_id, metrics, step=epoch)
+            tracking.log_metrics(c, run_id, metrics, step=epoch + 1)  # epochs from 1
 
     try:
         out = build_stage1(cfg, callback=log_epoch, device=device, parallel=parallel)
@@ -222,6 +222,9 @@ def build_entry(
         raise
     if c is not None:
         c.log_dict(run_id, out.info, "stage1_info.json")
+        summary = out.info.get("summary", {})
+        step = int(summary.get("last_epoch", {}).get("epoch", 0))
+        tracking.log_metrics(c, run_id, tracking.flat_summary(summary), step=step)
         c.set_terminated(run_id, status="FINISHED")
     return entry
 

@@ -22,7 +22,7 @@ from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.paper import paper_number
 from trainables.config import flatten
 
-from . import cli, names, tracking
+from . import cli, names, tracking, views
 from .cli import REPO, CommandError
 from .storage import Storage
 
@@ -342,6 +342,11 @@ def _finish(c, parent: str, best: dict, results) -> bool:
     return ok
 
 
+def _ui_base(uri: str) -> str:
+    """Where the UI of this store listens: the server itself, or ``orchestrator.ui``'s port."""
+    return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+
+
 def run_sweep(args: argparse.Namespace) -> int:
     from ray import tune
 
@@ -360,6 +365,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
     parent = _open_parent(c, exp_id, cfg, args, module, sweep_id, rec)
+    views.publish(c, exp_id, searched=list(module.best()))
     spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
 
@@ -393,9 +399,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         "args": {**{k: getattr(args, k) for k in _RECORDED_ARGS}, "seed": cfg.seed},
     }
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
-    ctx, resources = _context(
-        cfg, entry, spec, parent, sweep_id, storage, args, module, stage1_run
-    )
+    ctx, resources = _context(cfg, entry, spec, parent, sweep_id, storage, args, module, stage1_run)
     trainable = tune.with_resources(tune.with_parameters(stage2_trial, ctx=ctx), resources)
     tuner = _tuner(
         trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent)
@@ -408,7 +412,8 @@ def run_sweep(args: argparse.Namespace) -> int:
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
     print(
         f"\nMLflow: experiment '{cfg.name}', parent run {parent}\n"
-        f"open the UI: {cli.ui_hint(uri, storage, local_root)}"
+        f"open the UI: {cli.ui_hint(uri, storage, local_root)}\n"
+        f"the trials, ranked: {views.view_url(_ui_base(uri), exp_id)}"
     )
     if not ok:
         print("error: no trial finished; see the errors above", file=sys.stderr)

@@ -21,7 +21,7 @@ import torch
 
 from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
 from trainables.distributed import DataParallel
-from trainables.loop import StageResult, flat_metrics, improves
+from trainables.loop import StageResult, improves
 from trainables.trial import (
     Stage1Output,
     needs_features,
@@ -155,10 +155,12 @@ class TrialTracker:
         self.client.log_dict(self.run_id, {k: v for k, v in sampled.items()}, "sampled.json")
 
     def log_stage1(self, summary: dict) -> None:
-        """Stage 1's own selections (``stage1_<selection>/<split>_<metric>``): the result of a
-        baseline row (stage2.method=none), whose stage 2 only evaluates the last stage-1 model."""
-        if self.client is not None:
-            flat = _flat_summary(summary, names.STAGE1_PREFIX)
+        """Stage 1's own selections (``stage1_<selection>/<split>_<metric>``), logged only on a
+        baseline row (stage2.method=none): its result is the stage-1 model, and its stage 2 only
+        evaluates the last stage-1 model. An OT trial's run links the stage-1 build's run
+        (``ot.stage1_run``), which holds these numbers, instead of repeating them."""
+        if self.client is not None and self.cfg.stage2.method == "none":
+            flat = tracking.flat_summary(summary, names.STAGE1_PREFIX)
             tracking.log_metrics(self.client, self.run_id, flat, 0)
 
     def epoch(self, metrics: dict, epoch: int) -> dict:
@@ -172,10 +174,10 @@ class TrialTracker:
             TIME_ATTR: epoch + 1,
             SELECT_METRIC: self.best_val,
             names.SELECTED_TEST: self.best_test,
-            names.SELECTED_EPOCH: self.best_epoch,
+            names.SELECTED_EPOCH: self.best_epoch + 1,
         }
-        if self.client is not None:
-            tracking.log_metrics(self.client, self.run_id, out, step=epoch)
+        if self.client is not None:  # steps count epochs from 1, as TIME_ATTR does
+            tracking.log_metrics(self.client, self.run_id, out, step=epoch + 1)
         return out
 
     def upload_selected(self, result: StageResult, data) -> None:
@@ -193,7 +195,7 @@ class TrialTracker:
                 test["confusion"],
                 counts,
                 d / "confusion_matrix.png",
-                title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch']}",
+                title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}",
             )
             artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
             (d / "confusion.json").write_text(
@@ -220,7 +222,8 @@ class TrialTracker:
         self.closed = True
         if self.client is None:
             return
-        tracking.log_metrics(self.client, self.run_id, _flat_summary(summary), step=0)
+        step = int(summary.get("last_epoch", {}).get("epoch", 0))
+        tracking.log_metrics(self.client, self.run_id, tracking.flat_summary(summary), step=step)
         self.client.log_dict(self.run_id, summary, "result.json")
         self.client.set_terminated(self.run_id, status="FINISHED")
 
@@ -243,19 +246,6 @@ class TrialTracker:
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
         self.client.set_tag(self.run_id, names.ERROR, msg[:5000])
         self.client.set_terminated(self.run_id, status="FAILED")
-
-
-def _flat_summary(summary: dict, prefix: str = "") -> dict:
-    """``{names.summary_metric(selection, split, metric, prefix): value}`` from a
-    :func:`scalar_summary`."""
-    flat = {}
-    for sel_long, block in summary.items():
-        selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
-        group = names.summary_group(selection, prefix)
-        flat.update(flat_metrics({s: block[s] for s in ("val", "test") if s in block}, group))
-        if "epoch" in block:
-            flat[group + "epoch"] = block["epoch"]
-    return flat
 
 
 def _final_metrics(run) -> dict:

@@ -16,6 +16,12 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     return torch.bincount(flat, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
+def _percent(fraction: float) -> float:
+    """A fraction as a percentage without float noise: the exact value is a ratio of counts, so
+    9 decimals keep it (53.5, not 53.49999999999999) and drop only rounding error."""
+    return round(100.0 * fraction, 9)
+
+
 def classification_metrics(
     pred: Tensor,
     target: Tensor,
@@ -43,12 +49,12 @@ def classification_metrics(
         "few": counts < few,
     }
     out: dict[str, object] = {
-        "top1_error": 100.0 * (1.0 - correct.sum().item() / max(support.sum().item(), 1)),
-        "balanced_acc": 100.0 * per_class[valid].mean().item(),
-        "per_class_acc": [None if v != v else 100.0 * v for v in per_class.tolist()],
+        "top1_error": _percent(1.0 - correct.sum().item() / max(support.sum().item(), 1)),
+        "balanced_acc": _percent(per_class[valid].mean().item()),
+        "per_class_acc": [None if v != v else _percent(v) for v in per_class.tolist()],
         "confusion": cm.tolist(),
     }
     for name, mask in groups.items():
         m = mask & valid
-        out[f"{name}_acc"] = 100.0 * per_class[m].mean().item() if m.any() else None
+        out[f"{name}_acc"] = _percent(per_class[m].mean().item()) if m.any() else None
     return out

@@ -52,14 +52,15 @@ def _scalars(block: dict) -> dict:
     out = {}
     for key, value in block.items():
         if key == "epoch":
-            out[key] = value
+            out[key] = value + 1  # counted from 1 wherever a user reads it
         elif isinstance(value, dict):
             out[key] = {k: v for k, v in value.items() if isinstance(v, float) or v is None}
     return out
 
 
 def scalar_summary(res: StageResult) -> dict:
-    """The printed part of a stage's result: scalar metrics only, three selections labelled."""
+    """The printed part of a stage's result: scalar metrics only, three selections labelled.
+    Epochs are counted from 1, as the per-epoch MLflow steps and ``stage2_epoch`` are."""
     return {
         "last_epoch": _scalars(res.last),
         "validation_selected": _scalars(res.selected),

@@ -55,7 +55,12 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     assert parent.data.params["stage2.eps"] == "0.1" and parent.data.params["sweep.trials"] == "4"
     trials = children(rs, parent)
     assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
-    assert len(kind(rs, "stage1_build")) == 1
+    (build,) = kind(rs, "stage1_build")
+    # stage 1's numbers live on its own run (epochs counted from 1), linked from every trial
+    b = build.data.metrics
+    assert 1 <= b["validation_selected/epoch"] <= b["last_epoch/epoch"] == 2  # smoke: 2 epochs
+    assert 0.0 <= b["validation_selected/test_balanced_acc"] <= 100.0
+    assert parent.data.tags["ot.stage1_run"] == build.info.run_id
     key = parent.data.tags["ot.stage1_hash"]
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     sampled = set()
@@ -63,7 +68,10 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
         assert t.data.tags["ot.stage1_hash"] == key
         assert 0.0 <= t.data.metrics["selected_val_balanced_acc"] <= 100.0
         hist = c.get_metric_history(t.info.run_id, "val_balanced_acc")
-        assert [m.step for m in hist] == [0]  # smoke: one stage-2 epoch
+        assert [m.step for m in hist] == [1]  # smoke: one stage-2 epoch, counted from 1
+        assert t.data.metrics["selected_epoch"] == t.data.metrics["last_epoch/epoch"] == 1
+        assert not [k for k in t.data.metrics if k.startswith("stage1_")]  # on the build's run
+        assert t.data.tags["ot.stage1_run"] == build.info.run_id
         arts = {a.path for a in c.list_artifacts(t.info.run_id)}
         assert {
             "confusion_matrix.png",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.trainable import _flat_summary
+from orchestrator.tracking import flat_summary as _flat_summary
 from trainables.loop import improves
 
 
@@ -33,3 +33,20 @@ def test_summary_flattens_to_selection_split_metric_names():
 def test_selection_is_strictly_better_validation():
     assert improves(60.0, 59.9) and not improves(60.0, 60.0) and not improves(50.0, 60.0)
     assert improves(0.0, -1.0)  # the first epoch is always selected
+
+
+def test_summary_counts_epochs_from_one_as_the_mlflow_steps_do():
+    from trainables.loop import StageResult
+    from trainables.trial import scalar_summary
+
+    val = {"balanced_acc": 61.0, "confusion": [[1]]}
+    res = StageResult(
+        last={"epoch": 4, "val": val},
+        selected={"epoch": 0, "val": val},
+        best_test_epoch={"epoch": 2, "test": {"balanced_acc": 58.0}},
+    )
+    flat = _flat_summary(scalar_summary(res))
+    assert flat["last_epoch/epoch"] == 5  # the fifth epoch, logged at step 5
+    assert flat["validation_selected/epoch"] == 1
+    assert flat["best_test_epoch/epoch"] == 3
+    assert flat["validation_selected/val_balanced_acc"] == 61.0
