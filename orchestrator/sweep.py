@@ -16,7 +16,10 @@ import dataclasses
 import inspect
 import json
 import sys
+import tempfile
 import time
+import warnings
+from pathlib import Path
 
 from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.paper import paper_number
@@ -136,25 +139,59 @@ def _latest_unfinished(storage: Storage, name: str) -> dict:
     raise CommandError(f"no interrupted sweep of {name} under {storage.uri} to resume")
 
 
-def _summary(cfg, results, conc: int, rec: dict) -> dict:
-    rows = []
-    for r in results:
-        m = r.metrics or {}
-        if names.SELECT_METRIC not in m:
+def _ranking(c, exp_id: str, parent: str) -> list:
+    """Every trial of the sweep with a result, best first by the selection metric: read from
+    MLflow, so trials that finished before a ``--resume`` and those ASHA stopped are ranked too
+    (Tune's result grid holds only what this driver saw). One run per trial: its latest
+    finished attempt."""
+    latest: dict[str, object] = {}
+    for r in tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.KIND: "trial"}):
+        if r.info.status != "FINISHED" or names.SELECT_METRIC not in r.data.metrics:
             continue
-        params = {k: v for k, v in (r.config or {}).items()}
-        rows.append((m[names.SELECT_METRIC], m.get(names.SELECTED_TEST), m, params))
-    rows.sort(key=lambda t: -t[0])
+        tid = r.data.tags.get("ray.trial_id", r.info.run_id)
+        attempt = int(r.data.tags.get(names.ATTEMPT, "1"))
+        if tid not in latest or attempt > int(latest[tid].data.tags.get(names.ATTEMPT, "1")):
+            latest[tid] = r
+    return sorted(
+        latest.values(),
+        key=lambda r: (-r.data.metrics[names.SELECT_METRIC], r.data.tags.get("ray.trial_id", "")),
+    )
+
+
+def _sampled(c, run) -> dict:
+    """What the searcher sampled for a trial (its ``sampled.json``, typed as sampled); {} for a
+    run without one (the caller then prints the run's stage params)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = c.download_artifacts(run.info.run_id, "sampled.json", tmp)
+        except (MlflowException, OSError):
+            return {}
+        return json.loads(Path(path).read_text())
+
+
+def _summary(cfg, c, exp_id: str, parent: str, results, conc: int) -> dict:
+    rows = []
+    for r in _ranking(c, exp_id, parent):
+        m = {**r.data.metrics, "trial_id": r.data.tags.get("ray.trial_id", r.info.run_id)}
+        rows.append((m[names.SELECT_METRIC], m.get(names.SELECTED_TEST), m, r))
     print("\n== sweep summary ==", flush=True)
     print(f"experiment {cfg.name} ({cfg.table}), preset {cfg.preset}, seed {cfg.seed}")
-    print(f"trials: {len(results)} run, {results.num_errors} errored; concurrency {conc}")
+    print(
+        f"trials: {len(results)} run, {results.num_errors} errored, {len(rows)} ranked "
+        f"(every finished trial of this sweep, resumed ones included); concurrency {conc}"
+    )
     if not rows:
         return {}
-    best_val, best_test, m, params = rows[0]
+    best_val, best_test, m, run = rows[0]
+    params = _sampled(c, run) or {
+        k: v for k, v in run.data.params.items() if k.split(".")[0] in ("stage1", "stage2")
+    }
     print(f"best trial {m.get('trial_id')}: val balanced acc {best_val:.2f} (selection metric)")
     print(
-        f"  test at the validation-selected epoch {m.get(names.SELECTED_EPOCH)}: balanced acc "
-        f"{best_test:.2f}"
+        f"  test at the validation-selected epoch {m.get(names.SELECTED_EPOCH, 0):.0f}: "
+        f"balanced acc {best_test:.2f}"
     )
     for k, v in params.items():
         print(f"  {k} = {v}")
@@ -163,9 +200,12 @@ def _summary(cfg, results, conc: int, rec: dict) -> dict:
         print(f"  paper: test top-1 error {paper[0]:.2f} ({paper[1]})")
     else:
         print("  paper: no published number for this cell (offline or unpublished setting)")
+    shown = rows if len(rows) <= 20 else rows[:10]
     print("\n  rank  val_bal_acc  test_bal_acc  trial")
-    for i, (v, t, mm, _p) in enumerate(rows[:10]):
+    for i, (v, t, mm, _r) in enumerate(shown):
         print(f"  {i + 1:>4}  {v:>11.2f}  {t:>12.2f}  {mm.get('trial_id')}")
+    if len(shown) < len(rows):
+        print(f"  ... {len(rows) - len(shown)} more in the MLflow view below")
     return {"best_val": best_val, "best_test": best_test, "params": params, "metrics": m}
 
 
@@ -404,8 +444,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     tuner = _tuner(
         trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent)
     )
+    # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
+    # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
     results = tuner.fit()
-    best = _summary(cfg, results, conc, rec)
+    best = _summary(cfg, c, exp_id, parent, results, conc)
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
     ok = _finish(c, parent, best, results)
     rec["status"] = "finished"

@@ -188,6 +188,18 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
             assert t.info.status == "FINISHED" and t.data.tags["ot.attempt"] == "1"
     assert not [t for t in trials if t.info.status == "RUNNING"]
     assert len(kind(rs, "stage1_build")) == 1  # the restart reused the cache
+    # the closing ranking lists every trial of the sweep, those finished before the kill too,
+    # in the order of their selection metric; Optuna's re-report warnings are not shown
+    table = resumed.stdout.split("rank  val_bal_acc  test_bal_acc  trial\n")[1].split("\n\n")[0]
+    ranked = [ln.split() for ln in table.splitlines() if ln.strip()]
+    assert [int(r[0]) for r in ranked] == [1, 2, 3, 4, 5, 6], resumed.stdout[-3000:]
+    assert {r[3] for r in ranked} == set(ids) and done_before <= {r[3] for r in ranked}
+    vals = [float(r[1]) for r in ranked]
+    assert vals == sorted(vals, reverse=True)
+    by_id = {t.data.tags["ray.trial_id"]: t for t in finished}
+    assert vals[0] == round(by_id[ranked[0][3]].data.metrics["selected_val_balanced_acc"], 2)
+    assert "6 ranked" in resumed.stdout
+    assert "is already reported" not in resumed.stdout + resumed.stderr
 
 
 def test_failed_trial_is_retried(tmp_path, smoke):
