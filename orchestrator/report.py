@@ -78,7 +78,9 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
     return err if metric == "top1_error" else 100.0 - err
 
 
-def report_data(c, exp_id: str, table: Table, preset: str = "paper") -> dict:
+def report_data(
+    c, exp_id: str, table: Table, preset: str = "paper", *, smoke: bool = False
+) -> dict:
     """Every cell's statistics from the finished runs (the latest run per cell and seed)."""
     runs = tracking.all_runs_with_tags(c, exp_id, {names.TABLE: table.name, names.KIND: "trial"})
     latest: dict[tuple[str, str], object] = {}
@@ -108,6 +110,7 @@ def report_data(c, exp_id: str, table: Table, preset: str = "paper") -> dict:
         "cells": cells,
         "published_only": published_only(table),
         "figures": _figures(c, exp_id, table),
+        "smoke": smoke,
     }
 
 
@@ -210,6 +213,15 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+SMOKE_NOTE = "smoke runs: tiny sizes that check the pipeline, not numbers to compare"
+
+
+def _title(data: dict) -> str:
+    """The table's name, marked when its runs are smoke runs."""
+    name = data["table"].name
+    return f"{name} ({SMOKE_NOTE})" if data.get("smoke") else name
+
+
 def _intro(data: dict) -> list[str]:
     table: Table = data["table"]
     what = "test top-1 error (%)" if table.metric == "top1_error" else "test accuracy (%)"
@@ -229,7 +241,7 @@ def render(data: dict, fmt: str) -> str:
         return _latex(data)
     if fmt == "html":
         return _html(data)
-    parts = [f"## {data['table'].name}", "", *_intro(data), ""]
+    parts = [f"## {_title(data)}", "", *_intro(data), ""]
     parts += [_md_table(*_layout(data)), "", "### Every selection", ""]
     parts += [_md_table(*_long(data, fidelity=False))]
     fid = _long(data, fidelity=True)
@@ -245,8 +257,9 @@ def render(data: dict, fmt: str) -> str:
 def _csv(data: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["table", "column", "method", "preset", "seeds", *(f"{s}_{p}" for s in SELECTIONS
-                for p in ("mean", "std")), "paper_mean", "paper_std", "diff"])  # fmt: skip
+    w.writerow(["table", "runs", "column", "method", "preset", "seeds",
+                *(f"{s}_{p}" for s in SELECTIONS for p in ("mean", "std")),
+                "paper_mean", "paper_std", "diff"])  # fmt: skip
     for e in data["cells"].values():
         cell, st = e["cell"], e["stats"]
         vals = []
@@ -258,7 +271,8 @@ def _csv(data: dict) -> str:
         paper = e["paper"]
         d = _diff(st["validation_selected"], paper)
         w.writerow([
-            data["table"].name, cell.column.name, cell.method.name, data["preset"],
+            data["table"].name, "smoke" if data.get("smoke") else "full", cell.column.name,
+            cell.method.name, data["preset"],
             len(e["seeds"]), *vals,
             "" if paper is None else paper[0],
             "" if paper is None or paper[1] is None else paper[1],
@@ -275,7 +289,7 @@ def _latex(data: dict) -> str:
             s.replace("_", r"\_").replace("±", r"$\pm$").replace("−", "-").replace("Δ", r"$\Delta$")
         )
 
-    lines = [r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\hline"]
+    lines = [f"% {_title(data)}", r"\begin{tabular}{l" + "l" * (len(header) - 1) + "}", r"\hline"]
     lines.append(" & ".join(esc(h) for h in header) + r" \\ \hline")
     lines += [" & ".join(esc(c) for c in r) + r" \\" for r in rows]
     lines += [r"\hline", r"\end{tabular}"]
@@ -291,7 +305,6 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def _html(data: dict) -> str:
-    table: Table = data["table"]
     figs = ""
     captions = {
         "fig1_weights": "Fig. 1: learned weight mass per class of a 10..1 batch under each cost",
@@ -317,8 +330,8 @@ def _html(data: dict) -> str:
              "th{background:#eee}img{max-width:100%}")  # fmt: skip
     intro = "".join(f"<p>{html.escape(x)}</p>" for x in _intro(data))
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{table.name}</title>"
-        f"<style>{style}</style></head><body><h1>{html.escape(table.name)}</h1>{intro}"
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(_title(data))}"
+        f"</title><style>{style}</style></head><body><h1>{html.escape(_title(data))}</h1>{intro}"
         f"{_html_table(*_layout(data))}<h2>Every selection</h2>"
         f"{_html_table(*_long(data, fidelity=False))}{fid_html}<h2>Figures</h2>{figs}"
         "</body></html>"
@@ -362,7 +375,8 @@ def _render_stored(args: argparse.Namespace) -> str:
             f"python -m orchestrator.reproduce {args.table} first"
         )
     asked = names.settings_key(args.preset, args.tuned)
-    return render(report_data(c, exp.experiment_id, TABLES[args.table], asked), args.format)
+    data = report_data(c, exp.experiment_id, TABLES[args.table], asked, smoke=args.smoke)
+    return render(data, args.format)
 
 
 def main(argv: list[str] | None = None) -> int:

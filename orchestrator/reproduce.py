@@ -389,7 +389,7 @@ def run(args: argparse.Namespace) -> int:
     ok = _run_pending(args, inv, specs, pending) if pending else True
     c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
     print()
-    print(render(report_data(c, inv.exp_id, table, inv.asked), "md"))
+    print(render(report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke), "md"))
     smoke = " --smoke" if args.smoke else ""
     print(
         f"\nreport again: python -m orchestrator.report {table.name}{smoke}{inv.store_args} "

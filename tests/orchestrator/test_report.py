@@ -114,6 +114,20 @@ def test_report_aggregates_joins_and_marks_missing(tmp_path):
     assert 'src="http' not in page and "<link" not in page  # self-contained
     tex = render(data, "latex")
     assert r"\begin{tabular}" in tex and r"23.00 $\pm$ 3.61" in tex
+    assert "smoke" not in md.splitlines()[0] and {r["runs"] for r in rows} == {"full"}
+
+
+def test_a_report_of_smoke_runs_says_so_in_every_format(tmp_path):
+    c, exp = _store(tmp_path)
+    data = report_data(c, exp, TABLES["table1"], smoke=True)
+    assert render(data, "md").splitlines()[0] == (
+        "## table1 (smoke runs: tiny sizes that check the pipeline, not numbers to compare)"
+    )
+    page = render(data, "html")
+    assert "<title>table1 (smoke runs:" in page and "<h1>table1 (smoke runs:" in page
+    assert render(data, "latex").startswith("% table1 (smoke runs:")
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    assert rows and {r["runs"] for r in rows} == {"smoke"}
 
 
 def test_report_released_code_preset_reads_its_own_runs(tmp_path):
