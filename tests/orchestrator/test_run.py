@@ -137,8 +137,8 @@ def test_file_list_experiments_train_end_to_end_on_a_jpeg_fixture(tmp_path, name
     assert 0.0 <= sel["test"]["balanced_acc"] <= 100.0
 
 
-def test_cifar10_jpeg_smoke_runs_the_paper_preset_with_the_virtual_step():
-    """ResNet-32 on a CI subset of the real CIFAR-10 JPEG copy in ../shared, all parameters
+def test_cifar10_jpeg_smoke_runs_the_paper_preset_with_the_virtual_step(cifar10_jpeg):
+    """ResNet-32 on a CI subset of the real CIFAR-10 JPEG copy (beside the checkout), all parameters
     training in stage 2 (step (a) through torch.func), end to end."""
     proc = _run("image_cifar10_lt", "--smoke")
     assert proc.returncode == 0, proc.stderr

@@ -21,7 +21,6 @@ from trainables.data.filelist import (
 from trainables.data.mnist import DigitArrays, load_mnist_5k
 
 REPO = Path(__file__).resolve().parents[3]
-REAL_JPEG_NPZ = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
 
 
 # --------------------------------------------------------------------------- CIFAR pickles
@@ -248,9 +247,8 @@ def test_jpeg_npz_missing_and_corrupt(tmp_path: Path) -> None:
         load_cifar10_jpeg(path)
 
 
-def test_real_cifar10_jpeg_archive_subset() -> None:
-    # no skip: CI has ../shared beside the checkout, and a missing file must fail loudly
-    data = load_cifar10_jpeg(REAL_JPEG_NPZ, limit_per_class=5)
+def test_real_cifar10_jpeg_archive_subset(cifar10_jpeg: Path) -> None:
+    data = load_cifar10_jpeg(cifar10_jpeg, limit_per_class=5)
     assert data.source == "CIFAR-10 (JPEG q75 copy)"
     assert data.classes[:2] == ["airplane", "automobile"] and len(data.classes) == 10
     for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
@@ -261,11 +259,13 @@ def test_real_cifar10_jpeg_archive_subset() -> None:
         assert len({im.tobytes() for im in x}) == 50
 
 
-def test_real_archive_pillow_fallback_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_archive_pillow_fallback_matches(
+    monkeypatch: pytest.MonkeyPatch, cifar10_jpeg: Path
+) -> None:
     # torchvision's codecs are deprecated; the Pillow path that replaces them must agree
-    fast = load_cifar10_jpeg(REAL_JPEG_NPZ, limit_per_class=2)
+    fast = load_cifar10_jpeg(cifar10_jpeg, limit_per_class=2)
     monkeypatch.setattr(cifar, "_decode_torchvision", lambda chunks: None)
-    slow = load_cifar10_jpeg(REAL_JPEG_NPZ, limit_per_class=2)
+    slow = load_cifar10_jpeg(cifar10_jpeg, limit_per_class=2)
     assert slow.train_x.shape == fast.train_x.shape == (20, 32, 32, 3)
     assert np.abs(slow.train_x.astype(int) - fast.train_x).max() <= 2
     assert np.abs(slow.test_x.astype(int) - fast.test_x).max() <= 2
