@@ -170,12 +170,18 @@ def open_tracking(
     explicit: str | None, storage: Storage, local_root: Path | None, experiment: str
 ) -> tuple[str, str, object]:
     """(tracking URI, experiment id, client): the store checked reachable, the experiment
-    created with its artifacts beside the run storage."""
+    created with its artifacts beside the run storage; on an MLflow server, where the server
+    puts them (its proxied artifact store: every node uploads through the server)."""
     uri = tracking.resolve_tracking_uri(explicit, storage.uri, local_root)
     tracking.check_reachable(uri)
-    artifacts = (
-        (local_root / "mlartifacts").as_uri() if local_root else storage.child_uri("mlartifacts")
-    )
+    if uri.startswith(("http://", "https://")):
+        artifacts = None
+    else:
+        artifacts = (
+            (local_root / "mlartifacts").as_uri()
+            if local_root
+            else storage.child_uri("mlartifacts")
+        )
     exp_id = tracking.ensure_experiment(uri, experiment, artifacts)
     return uri, exp_id, tracking.client(uri)
 
@@ -220,8 +226,15 @@ def init_ray(address: str | None) -> None:
     # "Could not re-use actor" (seen on 2 busy cores). The actors inherit this process's env.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        # The workers of a running cluster were started by `ray start`, not by this process:
+        # the settings their trials read travel in the job's runtime environment.
+        shipped = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "OT_REWEIGHT_FAIL_ONCE")
+        env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS") or None, **kwargs)
+        ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CommandError(

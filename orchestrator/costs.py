@@ -8,12 +8,22 @@ of training samples (CIFAR-LT at another imbalance factor has fewer).
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from trainables.config import ExperimentConfig
 from trainables.data.longtail import longtail_counts
 
-__all__ = ["COSTS", "EpochCost", "estimate_seconds"]
+__all__ = [
+    "COSTS",
+    "FIXED",
+    "META_STAGE1",
+    "EpochCost",
+    "FixedCosts",
+    "Plan",
+    "estimate_plan",
+    "estimate_seconds",
+]
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,33 @@ COSTS: dict[str, EpochCost] = {
 }
 COSTS["image_cifar100_lt"] = COSTS["image_cifar10_lt"]  # same network and input size
 
+# A stage-1 epoch of a meta re-weighting baseline (stage1.reweight) as a multiple of the plain
+# stage-1 epoch of the same experiment: the virtual step and the meta forward per batch.
+# Measured with `reproduce offline_image --smoke` on an idle 2-core CPU (MLflow durations of the
+# stage-1 builds, 2 epochs each, less the fixed cost below): l2rw 14.6 s, mwn 17.2 s, metasaug
+# 10.2 s against 2.8-3.9 s for the plain losses.
+META_STAGE1 = {"l2rw": 11.5, "mwn": 14.0, "metasaug": 7.5}
+
+
+@dataclass(frozen=True)
+class FixedCosts:
+    """Seconds a command spends besides its epochs. ``invocation_s``: imports, the store, Ray and
+    Tune start-up, the closing report and figures; ``build_s``: each stage-1 build (the Ray
+    task, data loading, per-epoch evaluation, the cache write, its MLflow run); ``run_s``: each
+    run's slot (the trial actor, data loading, its MLflow run and artifacts)."""
+
+    device: str
+    invocation_s: float
+    build_s: float
+    run_s: float
+    source: str
+
+
+# `reproduce offline_image --smoke` on an idle 2-core CPU took 101.5 s: 17.7 s to the first
+# build, 7 builds one after another (each asks for the whole node), 7 s of Tune start-up, 8
+# runs 2 at a time in 13 s, 9 s of closing report and figures.
+FIXED = FixedCosts("2-core CPU", 34.0, 2.4, 3.0, "reproduce offline_image --smoke, idle")
+
 
 def _n_train(cfg: ExperimentConfig, ref: EpochCost) -> int:
     d = cfg.data
@@ -76,7 +113,10 @@ def estimate_seconds(cfg: ExperimentConfig, *, stage1: bool, stage2: bool) -> tu
     scale = _n_train(cfg, ref) / ref.n_train
     total = 0.0
     if stage1:
-        total += cfg.stage1.epochs * ref.stage1_epoch_s * scale
+        per_epoch = ref.stage1_epoch_s
+        if cfg.stage1.reweight != "none":
+            per_epoch *= META_STAGE1[cfg.stage1.reweight]
+        total += cfg.stage1.epochs * per_epoch * scale
     if stage2 and cfg.stage2.method != "none":
         cached = cfg.stage2.train == "classifier"
         per_epoch = ref.stage2_cached_epoch_s if cached else ref.stage2_epoch_s
@@ -85,3 +125,43 @@ def estimate_seconds(cfg: ExperimentConfig, *, stage1: bool, stage2: bool) -> tu
             raise KeyError(f"{cfg.name} (stage 2 {what})")
         total += cfg.stage2.epochs * per_epoch * scale
     return total, ref.device
+
+
+@dataclass
+class Plan:
+    """A command's estimate: device seconds per device (epochs only), the wall-clock estimate
+    (epochs and fixed costs, builds one after another, runs ``concurrency`` at a time), and
+    what has no measured cost (the wall clock then leaves it out)."""
+
+    device_s: dict[str, float]
+    wall_s: float
+    unmeasured: set[str]
+
+
+def estimate_plan(
+    runs: list[tuple[ExperimentConfig, str]], concurrency: int, cached: Collection[str] = ()
+) -> Plan:
+    """``runs``: (config, stage-1 key) of every run left; the first run of a key builds it,
+    unless the key is ``cached``."""
+    device: dict[str, float] = {}
+    unmeasured: set[str] = set()
+    builds = run_slots = 0.0
+    seen: set[str] = set(cached)
+    for cfg, key in runs:
+        first = key not in seen
+        seen.add(key)
+        for part in ("stage1", "stage2"):
+            if part == "stage1" and not first:
+                continue
+            try:
+                sec, dev = estimate_seconds(cfg, stage1=part == "stage1", stage2=part == "stage2")
+            except KeyError as err:
+                unmeasured.add(str(err.args[0]) if err.args else cfg.name)
+                continue
+            device[dev] = device.get(dev, 0.0) + sec
+            if part == "stage1":
+                builds += FIXED.build_s + sec
+            else:
+                run_slots += FIXED.run_s + sec
+    wall = (FIXED.invocation_s + builds + run_slots / max(1, concurrency)) if runs else 0.0
+    return Plan(device, wall, unmeasured)

@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import json
+import os
 import sys
 import tempfile
 import time
@@ -30,7 +31,7 @@ from trainables.config import ConfigError, ExperimentConfig, apply_overrides, ap
 
 from . import cli, names, tracking
 from .cli import REPO, CommandError
-from .costs import estimate_seconds
+from .costs import FIXED, Plan, estimate_plan
 from .names import experiment_name, settings_key
 from .report import render, report_data
 from .stages import ensure_stage1, stage1_hash, verify_entry
@@ -168,29 +169,30 @@ def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
     return out
 
 
-def _estimate(specs: list[RunSpec], pending: list[RunSpec]) -> list[str]:
-    per_device: dict[str, float] = {}
-    unmeasured: set[str] = set()
-    built: set[str] = set()
-    for s in pending:
-        first = s.stage1_key not in built
-        built.add(s.stage1_key)
-        try:
-            sec, dev = estimate_seconds(s.cfg, stage1=first, stage2=True)
-        except KeyError as err:
-            unmeasured.add(str(err.args[0]) if err.args else s.cfg.name)
-            continue
-        per_device[dev] = per_device.get(dev, 0.0) + sec
+def _estimate(pending: list[RunSpec], concurrency: int, cached: set[str]) -> tuple[list[str], Plan]:
+    plan = estimate_plan([(s.cfg, s.stage1_key) for s in pending], concurrency, cached)
     lines = [
-        f"  {dev}: about {sec / 3600:.2f} device-hours ({sec / 60:.1f} min)"
-        for dev, sec in per_device.items()
+        f"  {dev}: about {sec / 3600:.2f} device-hours of epochs ({sec / 60:.1f} min)"
+        for dev, sec in plan.device_s.items()
     ]
-    if unmeasured:
-        lines.append(f"  not measured (no estimate): {', '.join(sorted(unmeasured))}")
-    return lines or ["  nothing to run"]
+    if pending and set(plan.device_s) <= {FIXED.device}:
+        lines.append(
+            f"  wall clock: about {plan.wall_s / 60:.1f} min at {concurrency} runs at a time, "
+            f"with start-up, stage-1 builds and tracking ({FIXED.source}, {FIXED.device})"
+        )
+    elif pending:
+        lines.append(
+            "  wall clock: the device time above over the devices the cluster gives at once "
+            f"(fixed costs are measured on a {FIXED.device} only)"
+        )
+    if plan.unmeasured:
+        lines.append(f"  not measured (no estimate): {', '.join(sorted(plan.unmeasured))}")
+    return (lines if pending else ["  nothing to run"]), plan
 
 
-def _print_plan(table: Table, specs: list[RunSpec], pending: list[RunSpec], cached: int) -> None:
+def _print_plan(
+    table: Table, specs: list[RunSpec], pending: list[RunSpec], cached: set[str], concurrency: int
+) -> None:
     print(f"{table.name}: {table.description}")
     cells: dict[str, list[RunSpec]] = {}
     for s in specs:
@@ -206,9 +208,9 @@ def _print_plan(table: Table, specs: list[RunSpec], pending: list[RunSpec], cach
         f"\ncells: {len(cells)}, runs: {len(specs)} ({len(pending)} to run, "
         f"{len(specs) - len(pending)} finished before)"
     )
-    print(f"stage-1 builds: {len(keys)} distinct for the runs left ({cached} already cached)")
-    print("estimate from measured per-epoch costs (orchestrator/costs.py):")
-    for line in _estimate(specs, pending):
+    print(f"stage-1 builds: {len(keys)} distinct for the runs left ({len(cached)} already cached)")
+    print("estimate from measured costs (orchestrator/costs.py):")
+    for line in _estimate(pending, concurrency, cached)[0]:
         print(line)
 
 
@@ -310,12 +312,25 @@ def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
     if args.tuned:
         specs = _apply_tuned(c, specs)
     pending = [s for s in specs if s.run_key not in done]
-    cached = 0
+    cached = _cached_keys(storage, pending)
+    _print_plan(table, specs, pending, cached, _local_concurrency(args, len(pending)))
+    return 0
+
+
+def _cached_keys(storage, pending: list[RunSpec]) -> set[str]:
+    """The stage-1 keys of ``pending`` whose cache entry is already complete."""
+    cached = set()
     for k in {s.stage1_key for s in pending}:
         with contextlib.suppress(Exception):  # a corrupt entry will be rebuilt
-            cached += verify_entry(storage, k) is not None
-    _print_plan(table, specs, pending, cached)
-    return 0
+            if verify_entry(storage, k) is not None:
+                cached.add(k)
+    return cached
+
+
+def _local_concurrency(args, runs: int) -> int:
+    """Runs at a time on this machine (a dry run starts no Ray): its CPUs / --cpus-per-trial."""
+    fits = int((os.cpu_count() or 1) // max(args.cpus_per_trial, 1e-9))
+    return max(1, min(fits, max(runs, 1)))
 
 
 def _open_invocation(args, table: Table) -> _Invocation:
@@ -342,6 +357,7 @@ def _open_invocation(args, table: Table) -> _Invocation:
 
 
 def run(args: argparse.Namespace) -> int:
+    started = time.monotonic()
     table = TABLES[args.table]
     specs = plan(
         table,
@@ -386,7 +402,7 @@ def run(args: argparse.Namespace) -> int:
             "reproduce.pending": len(pending),
         },
     )
-    ok = _run_pending(args, inv, specs, pending) if pending else True
+    ok, estimate = _run_pending(args, inv, specs, pending) if pending else (True, None)
     c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
     print()
     print(render(report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke), "md"))
@@ -395,6 +411,10 @@ def run(args: argparse.Namespace) -> int:
         f"\nreport again: python -m orchestrator.report {table.name}{smoke}{inv.store_args} "
         "--format html --out report.html"
     )
+    if estimate is not None and set(estimate.device_s) <= {FIXED.device}:
+        took = (time.monotonic() - started) / 60
+        note = " (parts not measured left out)" if estimate.unmeasured else ""
+        print(f"took {took:.1f} min; estimated {estimate.wall_s / 60:.1f} min{note}")
     if not ok:
         print("error: some runs did not finish; see the errors above", file=sys.stderr)
         return 1
@@ -428,8 +448,11 @@ def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spe
     return out
 
 
-def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[RunSpec]) -> bool:
-    """Stage 1 of every pending run (shared by hash), then the runs on one Tune grid."""
+def _run_pending(
+    args, inv: _Invocation, specs: list[RunSpec], pending: list[RunSpec]
+) -> tuple[bool, Plan]:
+    """Stage 1 of every pending run (shared by hash), then the runs on one Tune grid. Returns
+    (every run finished, the estimate for this cluster's concurrency)."""
     import ray
     from ray import tune
 
@@ -437,6 +460,8 @@ def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[Run
 
     spec = tracking.TrackingSpec(inv.uri, inv.exp_id)
     cli.init_ray(args.address)
+    conc = max(1, min(cli.fitting_trials(args.cpus_per_trial, args.gpus_per_trial), len(pending)))
+    estimate = _estimate(pending, conc, _cached_keys(inv.storage, pending))[1]
     try:
         entries = _build_stage1(
             pending,
@@ -474,7 +499,7 @@ def _run_pending(args, inv: _Invocation, specs: list[RunSpec], pending: list[Run
     )
     results = tuner.fit()
     _figures(inv.table, specs, entries, inv.client, inv.exp_id, inv.parent)
-    return results.num_errors == 0
+    return results.num_errors == 0, estimate
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,3 +45,33 @@ def test_stage2_on_cached_features_is_not_priced_as_training_f1():
     assert mnist.stage2.train == "classifier"
     sec, device = estimate_seconds(mnist, stage1=False, stage2=True)
     assert device == "2-core CPU" and sec == pytest.approx(mnist.stage2.epochs * 0.22)
+
+
+def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
+    from orchestrator.costs import FIXED, META_STAGE1, estimate_plan
+    from orchestrator.stages import stage1_hash
+
+    cells = TABLES["offline_image"].cells(None)
+    cfgs = [cell_config(c, seed=0, smoke=True) for c in cells]
+    runs = [(cfg, stage1_hash(cfg)) for cfg in cfgs]
+    assert len(runs) == 8 and len({k for _, k in runs}) == 7  # ce and ot_weight_vector share CE
+    epoch1 = COSTS["image_mnist_lt"].stage1_epoch_s
+    builds = 0.0
+    for cfg in {k: cfg for cfg, k in reversed(runs)}.values():  # one build per key
+        factor = META_STAGE1.get(cfg.stage1.reweight, 1.0)
+        builds += FIXED.build_s + cfg.stage1.epochs * epoch1 * factor
+    stage2 = sum(cfg.stage2.epochs * 0.22 for cfg in cfgs if cfg.stage2.method != "none")
+    assert stage2 > 0  # the OT row
+    slots = 8 * FIXED.run_s + stage2
+    plan = estimate_plan(runs, concurrency=2)
+    assert plan.wall_s == pytest.approx(FIXED.invocation_s + builds + slots / 2)
+    assert plan.device_s == {"2-core CPU": pytest.approx(builds - 7 * FIXED.build_s + stage2)}
+    assert not plan.unmeasured
+    # a cached stage 1 is not built again; more runs at a time shorten only the runs' part
+    cached = {runs[0][1]}
+    fewer = estimate_plan(runs, concurrency=2, cached=cached)
+    plain = FIXED.build_s + cfgs[0].stage1.epochs * epoch1
+    assert plan.wall_s - fewer.wall_s == pytest.approx(plain)
+    wide = estimate_plan(runs, concurrency=8)
+    assert plan.wall_s - wide.wall_s == pytest.approx(slots / 2 - slots / 8)
+    assert estimate_plan([], concurrency=2).wall_s == 0.0

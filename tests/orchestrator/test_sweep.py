@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -271,13 +274,55 @@ def torch_close(a, b) -> None:
     torch.testing.assert_close(a.float(), b.float(), rtol=1e-4, atol=1e-5)
 
 
-def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, smoke, free_port):
-    """`ray start --head` plus a second `ray start --address`, each with 1 CPU, on this
-    machine: a sweep with --address lands trials on both nodes."""
+@contextlib.contextmanager
+def mlflow_server(root: Path, port: int):
+    """``mlflow server`` on 127.0.0.1: SQLite backend, artifacts proxied by the server (the
+    clients never see its artifact folder), as README's cluster section starts it."""
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "mlflow", "server",
+            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+            "--artifacts-destination", (root / "server-artifacts").as_uri(),
+            "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        ],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.read().decode().strip() == "OK":
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            assert time.time() < deadline, "mlflow server did not come up"
+            time.sleep(1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_two_node_cluster_with_an_mlflow_server(tmp_path, smoke, free_port):
+    """The cluster path end to end on this machine: `ray start --head` plus a second
+    `ray start --address` (1 CPU each), an `mlflow server` on 127.0.0.1 with proxied artifacts,
+    and a sweep given both addresses. Trials land on both nodes; runs, metrics and an artifact
+    are read back through the server over HTTP."""
+    from mlflow.tracking import MlflowClient
+
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on localhost
     port = free_port
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    server_root = tmp_path / "server"
+    server_root.mkdir()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        mlflow_port = sock.getsockname()[1]
     try:
         for extra in (
             ["--head", f"--port={port}", "--include-dashboard=false"],
@@ -291,21 +336,42 @@ def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path, smoke, free_port):
                 timeout=120,
             )
             assert started.returncode == 0, started.stderr[-2000:]
-        res = smoke(
-            tmp_path,
-            "--trials",
-            "4",
-            "--address",
-            f"127.0.0.1:{port}",
-            env={"RAY_AUTH_MODE": "disabled"},
-        )
-        ok(res)
-        assert "concurrency 2" in res.stdout  # 2 nodes x 1 CPU, 1 CPU per trial
+        with mlflow_server(server_root, mlflow_port) as url:
+            res = smoke(
+                tmp_path / "shared",
+                "--trials", "4",
+                "--address", f"127.0.0.1:{port}",
+                "--tracking-uri", url,
+                env={"RAY_AUTH_MODE": "disabled"},
+            )  # fmt: skip
+            ok(res)
+            assert "concurrency 2" in res.stdout  # 2 nodes x 1 CPU, 1 CPU per trial
+            assert f"open {url} in a browser" in res.stdout
+            assert f"the trials, ranked: {url}/#/experiments/" in res.stdout
+            assert not (tmp_path / "shared" / "mlflow.db").exists()  # nothing tracked locally
+
+            c = MlflowClient(url)
+            exp = c.get_experiment_by_name("image_mnist_lt")
+            rs = c.search_runs([exp.experiment_id], max_results=100)
+            trials = kind(rs, "trial")
+            assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
+            assert len({t.data.tags["ray.node_id"] for t in trials}) == 2
+            (parent,) = kind(rs, "sweep")
+            assert {t.data.tags["mlflow.parentRunId"] for t in trials} == {parent.info.run_id}
+            best = parent.data.tags["ot.best_trial_run"]
+            assert parent.data.metrics["best_selected_val_balanced_acc"] == max(
+                t.data.metrics["selected_val_balanced_acc"] for t in trials
+            )
+            # an artifact, through the server's proxy (the run's URI is mlflow-artifacts:/)
+            run = c.get_run(best)
+            assert run.info.artifact_uri.startswith("mlflow-artifacts:/")
+            got = Path(c.download_artifacts(best, "per_class_acc.csv", str(tmp_path)))
+            rows = got.read_text().strip().splitlines()
+            assert rows[0].startswith("class,") and len(rows) == 1 + 10  # MNIST: 10 classes
+            stored = list((server_root / "server-artifacts").rglob("per_class_acc.csv"))
+            assert len(stored) == 4  # every trial's, written by the server, not the clients
     finally:
         subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
-    trials = kind(runs(tmp_path), "trial")
-    assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
-    assert len({t.data.tags["ray.node_id"] for t in trials}) == 2
 
 
 def test_stage1_builds_data_parallel_when_asked(tmp_path, smoke):
@@ -407,7 +473,14 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     assert "cells: 2, runs: 4 (4 to run, 0 finished before)" in dry.stdout
     assert "stage-1 builds: 2 distinct" in dry.stdout
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
-    ok(reproduce(tmp_path, *args, "--quiet"))
+    est = re.search(r"wall clock: about ([0-9.]+) min at [0-9]+ runs at a time", dry.stdout)
+    assert est, dry.stdout
+    real = reproduce(tmp_path, *args, "--quiet")
+    ok(real)
+    # the real run prints its time beside the estimate for the same plan
+    took = re.search(r"took ([0-9.]+) min; estimated ([0-9.]+) min", real.stdout)
+    assert took and took.group(2) == est.group(1), real.stdout[-2000:]
+    assert float(took.group(1)) > 0
     from mlflow.tracking import MlflowClient
 
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
