@@ -59,6 +59,7 @@ Loss = Literal[
     "focal",
     "cb_ce",
     "cb_focal",
+    "cb_focal_ldam",
     "ldam",
     "ldam_drw",
     "proportion",

@@ -11,7 +11,9 @@ which is why a single :class:`StageLoss` implements them:
 
 Class weights follow the LDAM-DRW repository convention: ``F.cross_entropy(..., weight=w)``,
 i.e. the *weighted mean* ``sum_i w_{y_i} l_i / sum_i w_{y_i}``, so that a weighted loss keeps the
-scale of the unweighted one and the learning rate needs no retuning.
+scale of the unweighted one and the learning rate needs no retuning. The class-balanced focal
+loss is the exception, as its authors wrote it: Cui et al.'s sigmoid form sums the weighted terms
+and divides by the batch size (``cb_focal``); LDAM-DRW's own variant is ``cb_focal_ldam``.
 
 Pure torch: no Ray, no MLflow.
 """
@@ -29,7 +31,12 @@ from torch import Tensor, nn
 from trainables.config import POSTHOC, Loss
 from trainables.reweight import class_balanced_weights
 
-__all__ = ["LOSSES", "StageLoss", "make_loss", "posthoc_logit_adjustment"]
+__all__ = ["FOCAL_FORMS", "LOSSES", "StageLoss", "make_loss", "posthoc_logit_adjustment"]
+
+# How a focal loss is formed: "softmax" -(1 - p_y)^gamma log p_y (Lin et al.; LDAM-DRW's plain
+# focal), a (class-weighted) mean; "sigmoid" Cui et al.'s class-balanced focal loss; "ldam_drw"
+# LDAM-DRW's focal of the weighted CE (p = exp(-w_y CE)).
+FOCAL_FORMS = ("softmax", "sigmoid", "ldam_drw")
 
 # The config's stage1.loss choices, less the post-hoc adjustment (CE training, adjusted after).
 LOSSES: tuple[str, ...] = tuple(n for n in typing.get_args(Loss) if n != POSTHOC)
@@ -77,9 +84,13 @@ class StageLoss(nn.Module):
         weights: Tensor | None = None,
         weight_from_epoch: int = 0,
         focal_gamma: float | None = None,
+        focal_form: str = "softmax",
     ) -> None:
         super().__init__()
+        if focal_form not in FOCAL_FORMS:
+            raise ValueError(f"focal_form must be one of {FOCAL_FORMS}, got {focal_form!r}")
         self.name = name
+        self.focal_form = focal_form
         self.num_classes = num_classes
         self.scale = float(scale)
         self.weight_from_epoch = int(weight_from_epoch)
@@ -127,6 +138,12 @@ class StageLoss(nn.Module):
         w = None if w is None else w.to(z)
         if self.focal_gamma is None:
             return F.cross_entropy(z, y, weight=w)
+        if self.focal_form == "sigmoid":
+            return _sigmoid_focal(z, y, self.focal_gamma, w)
+        if self.focal_form == "ldam_drw":
+            # LDAM-DRW's FocalLoss: l_i = w_{y_i} CE_i, p_i = exp(-l_i), mean (1 - p_i)^gamma l_i
+            l_i = F.cross_entropy(z, y, weight=w, reduction="none")
+            return ((-torch.expm1(-l_i)).pow(self.focal_gamma) * l_i).mean()
         logp_y = F.log_softmax(z, dim=1).gather(1, y.unsqueeze(1)).squeeze(1)
         # 1 - p_y as -expm1(log p_y): exact when p_y is close to 1, never negative. The clamp
         # keeps d(1-p)^gamma finite for gamma < 1 when p_y rounds to exactly 1 (value unchanged:
@@ -137,6 +154,21 @@ class StageLoss(nn.Module):
             return per_sample.mean()
         w_y = w[y]
         return (w_y * per_sample).sum() / w_y.sum()
+
+
+def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, w: Tensor | None) -> Tensor:
+    """Cui et al.'s class-balanced focal loss: a sigmoid focal loss over all K classes (one-hot
+    targets t), each sample's K terms weighted by its class weight ``w_{y_i}``, summed and
+    divided by the batch size: ``1/B sum_i w_{y_i} sum_j (1 - p_ij)^gamma BCE(z_ij, t_ij)`` with
+    ``p_ij = sigmoid(z_ij)`` where ``t_ij = 1``, else ``1 - sigmoid(z_ij)``."""
+    t = F.one_hot(y, z.shape[1]).to(z)
+    bce = F.binary_cross_entropy_with_logits(z, t, reduction="none")
+    # (1 - p_t)^gamma = exp(-gamma (t z + log(1 + e^-z))), stable for large |z| (Cui's form)
+    modulator = torch.exp(-gamma * (t * z + F.softplus(-z)))
+    per_sample = (modulator * bce).sum(1)
+    if w is not None:
+        per_sample = w[y] * per_sample
+    return per_sample.sum() / z.shape[0]
 
 
 def make_loss(
@@ -170,10 +202,13 @@ def make_loss(
         return StageLoss(name, k)
     if name == "focal":
         return StageLoss(name, k, focal_gamma=focal_gamma)
-    if name in ("cb_ce", "cb_focal"):
+    if name == "cb_ce":
+        return StageLoss(name, k, weights=class_balanced_weights(counts, beta=cb_beta))
+    if name in ("cb_focal", "cb_focal_ldam"):
+        # Cui et al.'s sigmoid form (Table 1's CB-focal row); LDAM-DRW's softmax form
+        form = "sigmoid" if name == "cb_focal" else "ldam_drw"
         w = class_balanced_weights(counts, beta=cb_beta)
-        gamma = focal_gamma if name == "cb_focal" else None
-        return StageLoss(name, k, weights=w, focal_gamma=gamma)
+        return StageLoss(name, k, weights=w, focal_gamma=focal_gamma, focal_form=form)
     if name in ("ldam", "ldam_drw"):
         # Cao et al.: margin proportional to n_c^{-1/4}, largest (rarest class) = ldam_max_m.
         m = counts.pow(-0.25)

@@ -30,6 +30,30 @@ def _focal(row: list[float], y: int, gamma: float) -> float:
     return (1.0 - math.exp(-nll)) ** gamma * nll
 
 
+def _sigmoid(v: float) -> float:
+    return 1.0 / (1.0 + math.exp(-v))
+
+
+def _cui_cb_focal(rows, labels, w: list[float], gamma: float) -> float:
+    """Cui et al.'s class-balanced focal loss transcribed: for every sample i and class j, a
+    sigmoid focal term on the one-hot target, weighted by w_{y_i}; summed, over the batch size."""
+    total = 0.0
+    for row, y in zip(rows, labels, strict=True):
+        for j, z in enumerate(row):
+            p_t = _sigmoid(z) if j == y else 1.0 - _sigmoid(z)
+            total += w[y] * (1.0 - p_t) ** gamma * -math.log(p_t)
+    return total / len(rows)
+
+
+def _ldam_cb_focal(rows, labels, w: list[float], gamma: float) -> float:
+    """LDAM-DRW's FocalLoss(weight=w): l_i = w_{y_i} CE_i, p_i = exp(-l_i), mean (1-p_i)^g l_i."""
+    out = []
+    for row, y in zip(rows, labels, strict=True):
+        li = w[y] * _ce(row, y)
+        out.append((1.0 - math.exp(-li)) ** gamma * li)
+    return sum(out) / len(out)
+
+
 def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs)
 
@@ -77,7 +101,9 @@ def _expected(name: str) -> float:
     if name == "cb_ce":
         return _wmean(ce, cb_y)
     if name == "cb_focal":
-        return _wmean(fl, cb_y)
+        return _cui_cb_focal(LOGITS, LABELS, cb, 1.0)
+    if name == "cb_focal_ldam":
+        return _ldam_cb_focal(LOGITS, LABELS, cb, 1.0)
     if name in ("ldam", "ldam_drw"):  # ldam_drw is unweighted at epoch 0
         rows = _ldam_rows(COUNTS, 0.5, 30.0)
         return _mean([_ce(r, y) for r, y in zip(rows, LABELS, strict=True)])
@@ -111,6 +137,7 @@ def test_names_are_the_table1_set():
         "focal",
         "cb_ce",
         "cb_focal",
+        "cb_focal_ldam",
         "ldam",
         "ldam_drw",
         "proportion",
@@ -165,9 +192,19 @@ def test_focal_gamma_two_and_cb_focal_beta():
     cb = _cb(COUNTS, 0.99)
     assert_close(
         make_loss("cb_focal", COUNTS, focal_gamma=2.0, cb_beta=0.99)(logits, y),
-        torch.tensor(_wmean(fl2, [cb[t] for t in LABELS]), dtype=torch.float64),
+        torch.tensor(_cui_cb_focal(LOGITS, LABELS, cb, 2.0), dtype=torch.float64),
         **TOL,
     )
+    assert_close(
+        make_loss("cb_focal_ldam", COUNTS, focal_gamma=2.0, cb_beta=0.99)(logits, y),
+        torch.tensor(_ldam_cb_focal(LOGITS, LABELS, cb, 2.0), dtype=torch.float64),
+        **TOL,
+    )
+    # the weighted softmax focal mean is neither of the published forms
+    wmean = _wmean(fl2, [cb[t] for t in LABELS])
+    for name in ("cb_focal", "cb_focal_ldam"):
+        got = float(make_loss(name, COUNTS, focal_gamma=2.0, cb_beta=0.99)(logits, y))
+        assert abs(got - wmean) > 1e-3
 
 
 def test_focal_gamma_zero_is_ce():
@@ -175,9 +212,25 @@ def test_focal_gamma_zero_is_ce():
     assert_close(
         make_loss("focal", COUNTS, focal_gamma=0.0)(logits, y), make_loss("ce", COUNTS)(logits, y)
     )
+    # gamma 0: Cui's form is the class-weighted sigmoid BCE summed over classes / B, and
+    # LDAM-DRW's is the plain mean of the weighted CE (not the weighted mean of cb_ce)
+    cb = _cb(COUNTS, 0.9999)
+
+    def bce(row: list[float], t: int) -> float:
+        p_t = [_sigmoid(z) if j == t else 1.0 - _sigmoid(z) for j, z in enumerate(row)]
+        return sum(-math.log(p) for p in p_t)
+
+    cui0 = sum(cb[t] * bce(r, t) for r, t in zip(LOGITS, LABELS, strict=True)) / len(LABELS)
     assert_close(
         make_loss("cb_focal", COUNTS, focal_gamma=0.0)(logits, y),
-        make_loss("cb_ce", COUNTS)(logits, y),
+        torch.tensor(cui0, dtype=torch.float64),
+        **TOL,
+    )
+    plain = _mean([cb[t] * _ce(r, t) for r, t in zip(LOGITS, LABELS, strict=True)])
+    assert_close(
+        make_loss("cb_focal_ldam", COUNTS, focal_gamma=0.0)(logits, y),
+        torch.tensor(plain, dtype=torch.float64),
+        **TOL,
     )
 
 
