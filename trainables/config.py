@@ -71,6 +71,13 @@ Loss = Literal[
 POSTHOC = "logit_adjustment_posthoc"
 Optimizer = Literal["sgd", "adamw"]
 Reweight = Literal["none", "l2rw", "mwn", "metasaug"]
+# mwn's weight-net optimiser: "sgd" as Shu et al.'s 2019 class-imbalance code (momentum 0.9,
+# Nesterov, weight decay 5e-4); "adam" as their 2020 code (weight decay 1e-4; its lr 1e-3)
+MetaOptimizer = Literal["sgd", "adam"]
+# metasaug's loss on the augmented logits: "ce"; or "ldam", the released CIFAR recipe: LDAM's
+# margin subtracted from the true-class logit without LDAM's scale, class-balanced weights
+# (cb_beta) in a weighted-mean CE
+MetaSAugLoss = Literal["ce", "ldam"]
 Amp = Literal["none", "bf16"]
 Compile = Literal["none", "default", "reduce-overhead"]
 Method = Literal["ot", "none"]
@@ -208,7 +215,9 @@ class Stage1Config(_Checked):
     # "metasaug" (Li et al. 2021, with CE): ISDA logit augmentation under per-class feature
     # covariances that take one meta-gradient step (meta_lr, published 0.1) per batch.
     reweight: Reweight = "none"
-    meta_lr: float = 1e-5  # mwn: the weight net's SGD step size (momentum 0.9, wd 5e-4)
+    meta_lr: float = 1e-5  # mwn: the weight net's step size (metasaug: the covariances')
+    meta_optimizer: MetaOptimizer = "sgd"  # mwn: see MetaOptimizer
+    metasaug_loss: MetaSAugLoss = "ce"  # metasaug: see MetaSAugLoss
     meta_start: int = 0  # epoch the meta method starts at (plain CE before; MetaSAug: 160)
     isda_lambda: float = 0.5  # metasaug: lambda_0, scaled by epoch / epochs
     meta_batch: int = 100

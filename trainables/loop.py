@@ -27,6 +27,7 @@ from trainables.reweight import (
     StepConfig,
     WeightNet,
     WeightVector,
+    class_balanced_weights,
     class_prototypes,
     random_prototype_batch,
     random_sample_per_class,
@@ -301,6 +302,7 @@ class _MetaReweight:
 
         self.model, self.data, self.cfg, self.generator = model, data, cfg, generator
         self.vnet = self.vnet_opt = self.estimator = None
+        self.margins = self.cb_weights = None  # metasaug_loss=ldam
         if cfg.reweight == "metasaug":
             from trainables.meta_reweight import ClassCovariance
 
@@ -309,12 +311,17 @@ class _MetaReweight:
             self.estimator = ClassCovariance(
                 data.num_classes, model.feature_dim, device=data.train.y.device
             )
+            if cfg.metasaug_loss == "ldam":
+                counts = torch.tensor(list(data.train_counts), dtype=torch.float64)
+                m = counts.pow(-0.25)
+                self.margins = (m * (0.5 / m.max())).to(data.train.y.device)
+                self.cb_weights = class_balanced_weights(counts, beta=cfg.cb_beta).to(
+                    data.train.y.device
+                )
         if cfg.reweight == "mwn":
             device = data.train.y.device
             self.vnet = MetaWeightNet(cfg.meta_hidden).to(device)
-            self.vnet_opt = torch.optim.SGD(
-                self.vnet.parameters(), lr=cfg.meta_lr, momentum=0.9, weight_decay=5e-4
-            )
+            self.vnet_opt = _vnet_optimizer(self.vnet, cfg)
 
     def loss(self, x: Tensor, y: Tensor, lr: float, epoch: int) -> Tensor:
         """The batch's training loss under the meta method (to back-propagate)."""
@@ -329,13 +336,22 @@ class _MetaReweight:
             lam = self.cfg.isda_lambda * epoch / max(1, self.cfg.epochs)
             return metasaug_loss(
                 self.model, self.estimator, x, y, meta_x, meta_y, lr=lr, lam=lam,
-                meta_lr=self.cfg.meta_lr,
+                meta_lr=self.cfg.meta_lr, margins=self.margins, class_weights=self.cb_weights,
             )  # fmt: skip
         if self.vnet is None:
             w = l2rw_weights(self.model, x, y, meta_x, meta_y, lr=lr)
         else:
             w = mwn_step(self.model, self.vnet, self.vnet_opt, x, y, meta_x, meta_y, lr=lr)
         return (w * F.cross_entropy(self.model(x), y, reduction="none")).sum()
+
+
+def _vnet_optimizer(vnet: nn.Module, cfg: Stage1Config) -> torch.optim.Optimizer:
+    """Meta-Weight-Net's optimiser as its authors' code builds it (config.MetaOptimizer)."""
+    if cfg.meta_optimizer == "adam":
+        return torch.optim.Adam(vnet.parameters(), lr=cfg.meta_lr, weight_decay=1e-4)
+    return torch.optim.SGD(
+        vnet.parameters(), lr=cfg.meta_lr, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
 
 
 def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:

@@ -10,9 +10,10 @@
 Both use the model's own modules through ``functional_call`` (no re-implemented layers). Virtual
 forwards use cloned buffers, so batch-norm statistics move only in the real step.
 
-* MetaSAug with CE (Li et al. 2021): ISDA's implicit semantic augmentation of the logits with
-  per-class feature covariances, the covariances moved by one meta-gradient step (the meta loss
-  of the virtual model) before the model's step on the augmented loss.
+* MetaSAug (Li et al. 2021): ISDA's implicit semantic augmentation of the logits with per-class
+  feature covariances, the covariances moved by one meta-gradient step (the meta loss of the
+  virtual model) before the model's step on the augmented loss; with CE, or with the released
+  CIFAR recipe's LDAM variant (margin without scale, class-balanced weighted CE).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from torch.func import functional_call
 __all__ = [
     "ClassCovariance",
     "MetaWeightNet",
+    "augmented_loss",
     "isda_logits",
     "l2rw_weights",
     "metasaug_loss",
@@ -67,9 +69,10 @@ def l2rw_weights(
     """L2RW's weights ``[B]`` for the batch ``(x, y)``: non-negative, summing to 1 (all zero
     when no example's up-weighting would lower the meta loss)."""
     params, buffers = _params_buffers(model)
-    eps = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device, requires_grad=True)
     losses = _losses(model, params, buffers, x, y)
-    hat = _virtual(params, (eps.to(losses.dtype) * losses).sum(), lr)
+    # the perturbation in the model's own dtype (a float64 model gets float64 weights)
+    eps = torch.zeros(x.shape[0], dtype=losses.dtype, device=x.device, requires_grad=True)
+    hat = _virtual(params, (eps * losses).sum(), lr)
     meta = _losses(model, hat, buffers, meta_x, meta_y).mean()
     (g_eps,) = torch.autograd.grad(meta, eps)
     w = (-g_eps).clamp_min(0.0)
@@ -165,41 +168,60 @@ def _sub(params: dict[str, Tensor], buffers: dict[str, Tensor], prefix: str) -> 
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _isda_loss(model, params, buffers, x, y, cov, lam) -> Tensor:
+def augmented_loss(
+    logits: Tensor, weight: Tensor, y: Tensor, cov: Tensor, lam: float,
+    margins: Tensor | None = None, class_weights: Tensor | None = None,
+) -> Tensor:  # fmt: skip
+    """MetaSAug's loss on the augmented logits: CE, or with ``margins`` [K] the released LDAM
+    variant (the true-class logit less its margin, no rescaling) and with ``class_weights`` [K]
+    a weighted-mean CE."""
+    z = isda_logits(logits, weight, y, cov, lam)
+    if margins is not None:
+        z = z - F.one_hot(y, z.shape[1]).to(z) * margins.to(z)[y].unsqueeze(1)
+    w = None if class_weights is None else class_weights.to(z)
+    return F.cross_entropy(z, y, weight=w)
+
+
+def _isda_loss(model, params, buffers, x, y, cov, lam, margins, class_weights) -> Tensor:
     z = functional_call(model.features, _sub(params, buffers, "features."), (x,))
     cls = _sub(params, buffers, "classifier.")
     logits = functional_call(model.classifier, cls, (z,))
-    return F.cross_entropy(isda_logits(logits, cls["weight"], y, cov, lam), y)
+    return augmented_loss(logits, cls["weight"], y, cov, lam, margins, class_weights)
 
 
 def metasaug_meta_loss(
     model: nn.Module, x: Tensor, y: Tensor, meta_x: Tensor, meta_y: Tensor, cov: Tensor, *,
-    lr: float, lam: float,
+    lr: float, lam: float, margins: Tensor | None = None, class_weights: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
     """``L_meta(theta_hat(Sigma))``: meta-set CE of the virtual model after one step on the
     augmented loss under the covariances ``cov [K, D, D]``; differentiable in ``cov``."""
     params, buffers = _params_buffers(model)
-    hat = _virtual(params, _isda_loss(model, params, buffers, x, y, cov, lam), lr)
+    objective = _isda_loss(model, params, buffers, x, y, cov, lam, margins, class_weights)
+    hat = _virtual(params, objective, lr)
     return _losses(model, hat, buffers, meta_x, meta_y).mean()
 
 
 def metasaug_loss(
     model: nn.Module, estimator: ClassCovariance, x: Tensor, y: Tensor, meta_x: Tensor,
-    meta_y: Tensor, *, lr: float, lam: float, meta_lr: float,
+    meta_y: Tensor, *, lr: float, lam: float, meta_lr: float, margins: Tensor | None = None,
+    class_weights: Tensor | None = None,
 ) -> Tensor:  # fmt: skip
-    """One MetaSAug step's training loss: the covariances are updated from the batch's
-    features, moved by one meta-gradient step (``meta_lr``) on the meta loss of the virtual
-    model, and the augmented CE under the moved covariances is returned for the model's step."""
-    params, buffers = _params_buffers(model)
-    with torch.no_grad():
-        z = functional_call(model.features, _sub(params, buffers, "features."), (x,))
-        estimator.update(z, y)
-    cov = estimator.covariance(x.dtype if x.is_floating_point() else torch.float32)
-    cov = cov.requires_grad_()
-    meta = metasaug_meta_loss(model, x, y, meta_x, meta_y, cov, lr=lr, lam=lam)
+    """One MetaSAug step's training loss, in the released code's order: the covariances of
+    the earlier batches (the estimator before this batch) take one meta-gradient step
+    (``meta_lr``) on the meta loss of the virtual model; the augmented loss under the moved
+    covariances is returned for the model's step; only then is the estimator updated, with the
+    features of that same forward."""
+    dtype = next(model.parameters()).dtype
+    cov = estimator.covariance(dtype).requires_grad_()
+    meta = metasaug_meta_loss(
+        model, x, y, meta_x, meta_y, cov, lr=lr, lam=lam, margins=margins,
+        class_weights=class_weights,
+    )  # fmt: skip
     (g,) = torch.autograd.grad(meta, cov)
     moved = (cov - meta_lr * g).detach()
     z = model.features(x)
-    return F.cross_entropy(
-        isda_logits(model.classifier(z), model.classifier.weight, y, moved, lam), y
+    loss = augmented_loss(
+        model.classifier(z), model.classifier.weight, y, moved, lam, margins, class_weights
     )
+    estimator.update(z, y)
+    return loss

@@ -23,11 +23,12 @@ def _cell(table, key, fidelity=False):
 
 def test_table1_grid():
     t = TABLES["table1"]
-    assert len(t.columns) == 8 and len(t.cells()) == 8 * 10
-    assert len(t.cells(fidelity=True)) == 8 * 10 + 3  # fidelity rows in the first column only
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 11
+    assert len(t.cells(fidelity=True)) == 8 * 11 + 3  # fidelity rows in the first column only
     assert len(t.cells(["ce", "ot_weight_vector"])) == 16
-    with pytest.raises(ValueError, match="no method metasaug_ldam"):
-        t.cells(["metasaug_ldam"])
+    assert len(t.cells(["metasaug_ldam"])) == 8  # the released MetaSAug recipe, run
+    with pytest.raises(ValueError, match="no method metasaug_focal"):
+        t.cells(["metasaug_focal"])
     assert len(t.cells(["ce"], columns=["cifar10_if100"], fidelity=True)) == 1 + 3
 
 
@@ -47,6 +48,11 @@ def test_methods_set_what_they_claim():
     assert sst.data.minority == 20 and sst.data.imbalance_factor == 50.0
     ablation = cell_config(_cell("table2", "cifar100_if200|combined|whole|maintained"), seed=0)
     assert ablation.stage2.meta_distribution == "whole" and ablation.data.num_classes == 100
+    msa = cell_config(_cell("table1", "cifar10_if100|metasaug_ldam"), seed=0)
+    assert (msa.stage1.reweight, msa.stage1.metasaug_loss) == ("metasaug", "ldam")
+    assert (msa.stage1.loss, msa.stage1.meta_start, msa.stage1.meta_lr) == ("ce", 160, 0.1)
+    assert not msa.model.normed_classifier  # MetaSAug's ResNet-32 has a plain linear layer
+    assert paper_value(TABLES["table1"], _cell("table1", "cifar10_if100|metasaug_ldam"))[0] == 19.34
     mwn = cell_config(_cell("table1", "cifar10_if200|meta_weight_net"), seed=0)
     assert mwn.stage1.reweight == "mwn" and mwn.stage2.method == "none"
     s1 = mwn.stage1  # MWN's published CIFAR-LT schedule
@@ -106,8 +112,8 @@ def test_paper_numbers_join():
 
 def test_published_only_rows_are_the_ones_not_run():
     names = [n for n, _ in published_only(TABLES["table1"])]
-    assert {"metasaug_ldam", "bbn"} <= set(names) and "l2rw" not in names
-    assert "metasaug_ce" not in names
+    assert {"metasaug_focal", "bbn"} <= set(names) and "l2rw" not in names
+    assert "metasaug_ce" not in names and "metasaug_ldam" not in names
     assert "ce" not in names and "ot_weight_vector" not in names
     bbn = dict(published_only(TABLES["table1"]))["bbn"]
     assert bbn["cifar10_if200"] == "" and bbn["cifar10_if100"] == "20.18"

@@ -51,7 +51,9 @@ def test_l2rw_weights_match_the_closed_form_of_a_linear_model():
     want = np.clip(raw, 0, None)
     want = want / want.sum()
     assert (raw < 0).any() and (raw > 0).any()  # the clipping matters in this case
-    np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-7)
+    # a float64 model gets float64 weights: the perturbation is built in the model's dtype
+    assert got.dtype == torch.float64
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-15)
     assert got.sum().item() == pytest.approx(1.0)
 
 
@@ -112,14 +114,16 @@ def test_second_order_meta_gradient_against_finite_differences():
             assert g.view(-1)[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-9)
 
 
-@pytest.mark.parametrize("method", ["l2rw", "mwn", "metasaug"])
+@pytest.mark.parametrize("method", ["l2rw", "mwn", "metasaug", "metasaug_ldam"])
 def test_stage1_with_meta_reweighting_runs_and_is_seeded(method):
     from trainables.trial import build_stage1
 
+    extra = ["stage1.metasaug_loss=ldam"] if method == "metasaug_ldam" else []
     cfg = apply_overrides(
         resolve("image_mnist_lt", smoke=True),
         [
-            f"stage1.reweight={method}",
+            *extra,
+            f"stage1.reweight={method.split('_')[0]}",
             "stage1.epochs=1",
             "stage1.meta_batch=20",
             "stage1.meta_lr=0.1",
@@ -185,27 +189,138 @@ def _split_linear(d=4, k=3, seed=1):
     return SplitNet(feats, nn.Linear(5, k).double(), 5)
 
 
-def test_metasaug_moves_the_covariances_by_the_meta_gradient():
-    from trainables.meta_reweight import ClassCovariance, metasaug_loss, metasaug_meta_loss
+def test_metasaug_uses_the_earlier_batches_covariance_then_updates_it():
+    """The released order: the meta step and the loss use the covariances of the batches seen
+    before; this batch's features enter the estimator only after the loss is taken."""
+    from trainables.meta_reweight import (
+        ClassCovariance,
+        isda_logits,
+        metasaug_loss,
+        metasaug_meta_loss,
+    )
 
+    x0, y0, _, _ = _data(seed=5, n=9)  # an earlier batch
     x, y, mx, my = _data(seed=6)
     model = _split_linear()
     before = copy.deepcopy(model.state_dict())
     est = ClassCovariance(3, 5)
+    with torch.no_grad():
+        est.update(model.features(x0), y0)
+    earlier = est.covariance(torch.float64)
+    assert float(earlier.abs().max()) > 0
     loss = metasaug_loss(model, est, x, y, mx, my, lr=0.5, lam=0.8, meta_lr=0.1)
     for k, v in model.state_dict().items():  # only the caller's backward moves the model
         assert torch.equal(v, before[k])
-    # the loss is the augmented CE under Sigma - meta_lr * dL_meta/dSigma
-    cov = est.covariance(torch.float64).requires_grad_()
+    # the loss is the augmented CE under Sigma_earlier - meta_lr * dL_meta/dSigma
+    cov = earlier.clone().requires_grad_()
     (g,) = torch.autograd.grad(metasaug_meta_loss(model, x, y, mx, my, cov, lr=0.5, lam=0.8), cov)
     assert float(g.abs().max()) > 0
-    from trainables.meta_reweight import isda_logits
-
     moved = (cov - 0.1 * g).detach()
     want = nn.functional.cross_entropy(
         isda_logits(model(x), model.classifier.weight, y, moved, 0.8), y
     )
-    assert loss.item() == pytest.approx(want.item(), rel=1e-10)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-12)
+    # ... which the covariance including this batch does not give
+    both = ClassCovariance(3, 5)
+    with torch.no_grad():
+        both.update(model.features(torch.cat([x0, x])), torch.cat([y0, y]))
+    cov_b = both.covariance(torch.float64).requires_grad_()
+    (g_b,) = torch.autograd.grad(
+        metasaug_meta_loss(model, x, y, mx, my, cov_b, lr=0.5, lam=0.8), cov_b
+    )
+    other = nn.functional.cross_entropy(
+        isda_logits(model(x), model.classifier.weight, y, (cov_b - 0.1 * g_b).detach(), 0.8), y
+    )
+    assert abs(other.item() - loss.item()) > 1e-6
+    # afterwards the estimator holds both batches
+    torch.testing.assert_close(est.covariance(torch.float64), both.covariance(torch.float64))
+    assert est.count.tolist() == both.count.tolist()
+
+
+def test_metasaug_ldam_variant_by_hand():
+    """The released CIFAR recipe's loss on the augmented logits: z_j + lam/2 (w_j - w_y)^T
+    Sigma_y (w_j - w_y), less the margin m_y on the true class (no scale s), then the
+    class-weighted mean CE sum_i c_{y_i} l_i / sum_i c_{y_i}; the same loss in the virtual step."""
+    import math
+
+    from trainables.meta_reweight import (
+        ClassCovariance,
+        augmented_loss,
+        metasaug_loss,
+        metasaug_meta_loss,
+    )
+
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    weight = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    a = torch.randn(3, 5, 5, generator=g, dtype=torch.float64)
+    cov = a @ a.transpose(1, 2) * 0.1
+    y = torch.tensor([0, 2, 1, 2])
+    margins = torch.tensor([0.1, 0.3, 0.5], dtype=torch.float64)
+    cw = torch.tensor([0.2, 1.1, 1.7], dtype=torch.float64)
+    lam = 0.6
+    num = den = 0.0
+    for i in range(4):
+        yi = int(y[i])
+        row = []
+        for j in range(3):
+            dw = weight[j] - weight[yi]
+            quad = float(dw @ cov[yi] @ dw)
+            margin = float(margins[yi]) if j == yi else 0.0
+            row.append(float(logits[i, j]) + 0.5 * lam * quad - margin)
+        ce = math.log(sum(math.exp(v) for v in row)) - row[yi]
+        num += float(cw[yi]) * ce
+        den += float(cw[yi])
+    got = augmented_loss(logits, weight, y, cov, lam, margins, cw)
+    assert got.item() == pytest.approx(num / den, rel=1e-12)
+    assert augmented_loss(logits, weight, y, cov, lam).item() != pytest.approx(num / den)
+
+    x, yb, mx, my = _data(seed=8)
+    model = _split_linear(seed=2)
+    est = ClassCovariance(3, 5)
+    with torch.no_grad():
+        est.update(model.features(mx), my)
+    c0 = est.covariance(torch.float64).requires_grad_()
+    kw = {"lr": 0.4, "lam": lam, "margins": margins, "class_weights": cw}
+    (grad,) = torch.autograd.grad(metasaug_meta_loss(model, x, yb, mx, my, c0, **kw), c0)
+    moved = (c0 - 0.1 * grad).detach()
+    want = augmented_loss(model(x), model.classifier.weight, yb, moved, lam, margins, cw)
+    got = metasaug_loss(model, est, x, yb, mx, my, meta_lr=0.1, **kw)
+    assert got.item() == pytest.approx(want.item(), rel=1e-12)
+
+
+def _vnet_step(optimizer: str):
+    from trainables.config import Stage1Config
+    from trainables.loop import _vnet_optimizer
+
+    x, y, mx, my = _data(seed=3)
+    model = _linear()
+    torch.manual_seed(0)
+    vnet = MetaWeightNet(8).double()
+    phi0 = [p.detach().clone() for p in vnet.parameters()]
+    grads = torch.autograd.grad(
+        mwn_meta_loss(model, vnet, x, y, mx, my, lr=0.5), list(vnet.parameters())
+    )
+    cfg = Stage1Config(reweight="mwn", meta_lr=0.1, meta_optimizer=optimizer)
+    mwn_step(model, vnet, _vnet_optimizer(vnet, cfg), x, y, mx, my, lr=0.5)
+    return phi0, grads, [p.detach() for p in vnet.parameters()]
+
+
+def test_mwn_optimiser_is_the_2019_codes_nesterov_sgd_by_default():
+    # first step of SGD(momentum 0.9, nesterov, wd 5e-4): buf = g', step = g' + 0.9 buf
+    phi0, grads, phi1 = _vnet_step("sgd")
+    for p0, g, p1 in zip(phi0, grads, phi1, strict=True):
+        gw = g + 5e-4 * p0
+        torch.testing.assert_close(p1, p0 - 0.1 * 1.9 * gw)
+    assert any(float(g.abs().max()) > 0 for g in grads)
+
+
+def test_mwn_optimiser_adam_is_the_2020_codes():
+    # first Adam step (wd 1e-4 as L2): m_hat = g', v_hat = g'^2, step = lr g' / (|g'| + 1e-8)
+    phi0, grads, phi1 = _vnet_step("adam")
+    for p0, g, p1 in zip(phi0, grads, phi1, strict=True):
+        gw = g + 1e-4 * p0
+        torch.testing.assert_close(p1, p0 - 0.1 * gw / (gw.abs() + 1e-8))
 
 
 def test_metasaug_meta_gradient_against_finite_differences():
