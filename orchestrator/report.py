@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from search_spaces.resolve import unknown_name
-from search_spaces.tables import TABLES, Table, paper_value, published_only
+from search_spaces.tables import CONTROL_SUFFIX, TABLES, Table, paper_value, published_only
 from trainables.config import PRESETS
 
 from . import cli, names, tracking
@@ -78,6 +78,19 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
     return err if metric == "top1_error" else 100.0 - err
 
 
+def own_gain(entry: dict, cells: dict) -> Stat | None:
+    """OT's own gain of an OT row: the row minus its ``+no_ot`` control (the same stage 2 with
+    the weight learning off), validation-selected, paired by seed (seeds run for both)."""
+    cell = entry["cell"]
+    if not cell.method.ot:
+        return None
+    twin = cells.get(f"{cell.column.name}|{cell.method.name}{CONTROL_SUFFIX}")
+    if twin is None:
+        return None
+    mine, theirs = entry["selected_by_seed"], twin["selected_by_seed"]
+    return aggregate([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+
+
 def report_data(
     c, exp_id: str, table: Table, preset: str = "paper", *, smoke: bool = False
 ) -> dict:
@@ -98,12 +111,19 @@ def report_data(
         for sel in SELECTIONS:
             vals = [run_value(r.data.params, r.data.metrics, sel, table.metric) for _, r in seeds]
             stats[sel] = aggregate([v for v in vals if v is not None])
+        selected = {
+            s: run_value(r.data.params, r.data.metrics, "validation_selected", table.metric)
+            for s, r in seeds
+        }
         cells[cell.key] = {
             "cell": cell,
             "seeds": [s for s, _ in seeds],
             "stats": stats,
             "paper": paper_value(table, cell),
+            "selected_by_seed": {s: v for s, v in selected.items() if v is not None},
         }
+    for entry in cells.values():
+        entry["own_gain"] = own_gain(entry, cells)
     return {
         "table": table,
         "preset": preset,
@@ -178,21 +198,32 @@ def _layout(data: dict) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+GAIN_LABEL = "OT's own gain (row − its +no_ot control, paired by seed)"
+
+
+def _in_fidelity(table: Table, method) -> bool:
+    """A row of the fidelity table: an OT row compared with the paper's OT row, or its control."""
+    by_name = {m.name: m for m in table.methods}
+    row = by_name.get(method.control_of, method) if method.control_of else method
+    return row.paper_row == "ot_weight_vector"
+
+
 def _long(data: dict, *, fidelity: bool) -> tuple[list[str], list[list[str]]]:
     header = ["cell", "seeds", *[_LABELS[s] for s in SELECTIONS[:2]], "paper",
-              "Δ (validation-selected − paper)", _LABELS["best_test_epoch"]]  # fmt: skip
+              "Δ (validation-selected − paper)", _LABELS["best_test_epoch"],
+              GAIN_LABEL]  # fmt: skip
     rows = []
-    first = data["table"].columns[0].name
+    table = data["table"]
+    first = table.columns[0].name
     for key, e in data["cells"].items():
         cell = e["cell"]
-        if fidelity and not (
-            cell.column.name == first and cell.method.paper_row == "ot_weight_vector"
-        ):
+        if fidelity and not (cell.column.name == first and _in_fidelity(table, cell.method)):
             continue
         if not fidelity and cell.method.fidelity:
             continue
         st = e["stats"]
         d = _diff(st["validation_selected"], e["paper"])
+        gain = e.get("own_gain")
         rows.append([
             key,
             str(len(e["seeds"])) if e["seeds"] else "missing",
@@ -200,8 +231,14 @@ def _long(data: dict, *, fidelity: bool) -> tuple[list[str], list[list[str]]]:
             _paper_text(e["paper"]),
             "—" if d is None else f"{d:+.2f}",
             st["best_test_epoch"].text() if st["best_test_epoch"] else "missing",
+            ("missing" if cell.method.ot else "—") if gain is None else _signed(gain),
         ])  # fmt: skip
     return header, rows
+
+
+def _signed(stat: Stat) -> str:
+    text = f"{stat.mean:+.2f}"
+    return text + (f" ± {stat.std:.2f} (n={stat.n})" if stat.std is not None else " (n=1)")
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
@@ -259,7 +296,8 @@ def _csv(data: dict) -> str:
     w = csv.writer(buf)
     w.writerow(["table", "runs", "column", "method", "preset", "seeds",
                 *(f"{s}_{p}" for s in SELECTIONS for p in ("mean", "std")),
-                "paper_mean", "paper_std", "diff"])  # fmt: skip
+                "paper_mean", "paper_std", "diff",
+                "own_gain_mean", "own_gain_std", "own_gain_n"])  # fmt: skip
     for e in data["cells"].values():
         cell, st = e["cell"], e["stats"]
         vals = []
@@ -277,8 +315,15 @@ def _csv(data: dict) -> str:
             "" if paper is None else paper[0],
             "" if paper is None or paper[1] is None else paper[1],
             "" if d is None else f"{d:.4f}",
+            *_gain_fields(e.get("own_gain")),
         ])  # fmt: skip
     return buf.getvalue()
+
+
+def _gain_fields(gain: Stat | None) -> list:
+    if gain is None:
+        return ["", "", ""]
+    return [f"{gain.mean:.4f}", "" if gain.std is None else f"{gain.std:.4f}", gain.n]
 
 
 def _latex(data: dict) -> str:

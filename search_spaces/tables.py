@@ -3,12 +3,15 @@ number each cell of ``orchestrator.reproduce TABLE`` stands beside.
 
 A table is a list of columns (an experiment plus the overrides that pick its dataset / imbalance
 / model) and a list of methods (overrides that pick the stage-1 loss and the stage-2 method).
-A cell is one (column, method); it runs once per seed. Methods the package cannot run yet (L2RW,
-Meta-Weight-Net, MetaSAug, ...) are not cells: the report lists their published numbers only.
+A cell is one (column, method); it runs once per seed. Every OT row is followed by its control,
+``<row>+no_ot`` (the same stage 2 with the weight learning off), and image and point-cloud tables
+carry ``posthoc_la`` (post-hoc logit adjustment of a CE stage 1). Published rows the package does
+not run (BBN, MetaSAug with focal, ...) are not cells: the report lists their numbers only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,12 +21,14 @@ from .paper import read_table
 from .resolve import resolve
 
 __all__ = [
+    "CONTROL_SUFFIX",
     "TABLES",
     "Cell",
     "Column",
     "Method",
     "Table",
     "cell_config",
+    "control",
     "paper_value",
     "parse_paper_cell",
 ]
@@ -39,13 +44,35 @@ def _drw_epoch(cfg: ExperimentConfig) -> int:
 @dataclass(frozen=True)
 class Method:
     """A row. ``overrides(cfg)`` gives ``--set`` items for the column's config; ``preset``
-    forces a preset (fidelity rows); ``paper_row`` is the published row it is compared with."""
+    forces a preset (fidelity rows); ``paper_row`` is the published row it is compared with;
+    ``ot``: the row runs the OT stage (it gets a control); ``control_of``: the OT row this row is
+    the control of (``<row>+no_ot``)."""
 
     name: str
     overrides: Callable[[ExperimentConfig], list[str]]
     paper_row: str = ""
     preset: str | None = None
     fidelity: bool = False
+    ot: bool = False
+    control_of: str = ""
+
+
+CONTROL_SUFFIX = "+no_ot"
+
+
+def control(m: Method) -> Method:
+    """``<row>+no_ot``: the same stage 2 with the weight learning off (weights held at their
+    start), so the row minus its control is what learning the weights adds."""
+
+    def over(cfg: ExperimentConfig) -> list[str]:
+        return [*m.overrides(cfg), "stage2.learn_weights=false"]
+
+    return Method(m.name + CONTROL_SUFFIX, over, "", m.preset, m.fidelity, False, m.name)
+
+
+def _with_controls(methods: tuple[Method, ...]) -> tuple[Method, ...]:
+    """Every OT row followed by its control."""
+    return tuple(x for m in methods for x in ((m, control(m)) if m.ot else (m,)))
 
 
 def _fixed(*items: str) -> Callable[[ExperimentConfig], list[str]]:
@@ -135,7 +162,12 @@ class Table:
         out = []
         for i, col in enumerate(kept):
             for m in self.methods:
-                if methods and m.name not in methods and not m.fidelity:
+                if (
+                    methods
+                    and m.name not in methods
+                    and m.control_of not in methods
+                    and not m.fidelity
+                ):
                     continue
                 if m.fidelity and (not fidelity or i > 0):
                     continue
@@ -160,7 +192,9 @@ def cell_config(
 
 # ---------------------------------------------------------------- methods
 
-OT_VECTOR = Method("ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector")
+OT_VECTOR = Method(
+    "ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector", ot=True
+)
 IMAGE_BASELINES = {
     "ce": Method("ce", _baseline("ce"), "ce"),
     "focal": Method("focal", _baseline("focal"), "focal"),
@@ -197,13 +231,17 @@ IMAGE_BASELINES = {
 # The released code's extras, each switched off alone (official-code-facts.md); its third
 # extra, test-set epoch selection, needs no run: every run records the best test epoch too.
 FIDELITY = (
-    Method("ot@released_code", _fixed("stage1.loss=ce"), "ot_weight_vector", "released_code", True),
+    Method(
+        "ot@released_code", _fixed("stage1.loss=ce"), "ot_weight_vector", "released_code", True,
+        ot=True,
+    ),
     Method(
         "ot@released_code-cb_init",
         _fixed("stage1.loss=ce", "stage2.weight_init=uniform", "stage2.loss_weights=simplex"),
         "ot_weight_vector",
         "released_code",
         True,
+        ot=True,
     ),
     Method(
         "ot@released_code-meta_ce",
@@ -211,6 +249,7 @@ FIDELITY = (
         "ot_weight_vector",
         "released_code",
         True,
+        ot=True,
     ),
 )
 TEXT_METHODS = (
@@ -224,12 +263,18 @@ TEXT_METHODS = (
     Method("proportion", _baseline("proportion"), "proportion"),
     Method("ldam_drw", _baseline("ldam_drw"), "ldam_drw"),
     Method("logit_adjustment", _baseline("logit_adjustment_posthoc"), "logit_adjustment"),
-    Method("ot_weight_net", _fixed(), "ot_weight_net"),
+    Method("ot_weight_net", _fixed(), "ot_weight_net", ot=True),
 )
 
 
+# Post-hoc logit adjustment (Menon et al., tau 1) of a CE stage 1: the control that trains no
+# re-weighting at all (its stage 1 repeats CE's training, then adjusts the logits to select and
+# to evaluate).
+POSTHOC_LA = Method("posthoc_la", _baseline("logit_adjustment_posthoc"))
+
+
 def _image(*names: str) -> tuple[Method, ...]:
-    return (*(IMAGE_BASELINES[n] for n in names), OT_VECTOR, *FIDELITY)
+    return (*(IMAGE_BASELINES[n] for n in names), POSTHOC_LA, OT_VECTOR, *FIDELITY)
 
 
 def _ablation(cost: str, meta: str, update: str) -> Method:
@@ -242,6 +287,7 @@ def _ablation(cost: str, meta: str, update: str) -> Method:
             f"stage2.weight_mode={update}",
         ),
         f"{cost}|{meta}|{update}",
+        ot=True,
     )
 
 
@@ -326,15 +372,18 @@ TABLES: dict[str, Table] = {
         (Column("imagenet_lt", "image_imagenet_lt", (), "top1_error"),),
         (
             *(IMAGE_BASELINES[n] for n in ("ce", "cb_ce", "ldam", "ldam_drw", "metasaug_ce")),
+            POSTHOC_LA,
             Method(
                 "ot_weight_vector",
                 _fixed("stage1.loss=ce", "stage2.prototype_batch=0"),
                 "ot_weight_vector",
+                ot=True,
             ),
             Method(
                 "ot_weight_vector_reduced_prototype",
                 _fixed("stage1.loss=ce", "stage2.prototype_batch=100"),
                 "ot_weight_vector_reduced_prototype",
+                ot=True,
             ),
             *FIDELITY,
         ),
@@ -353,7 +402,7 @@ TABLES: dict[str, Table] = {
         "Point clouds: PointNet / DGCNN on ModelNet10-LT, IF 50, test top-1 error (%) "
         "(Appendix D is not in our copy: no published numbers to compare)",
         _points("pointcloud_modelnet10", 50),
-        (IMAGE_BASELINES["ce"], OT_VECTOR, *FIDELITY),
+        (IMAGE_BASELINES["ce"], POSTHOC_LA, OT_VECTOR, *FIDELITY),
     ),
     "offline_image": Table(
         "offline_image",
@@ -384,9 +433,13 @@ TABLES: dict[str, Table] = {
         "Offline point clouds: PointNet / DGCNN on SYNTHETIC trimesh shapes, IF 50, test top-1 "
         "error (%)",
         _points("pointcloud_shapes", 50),
-        (IMAGE_BASELINES["ce"], OT_VECTOR, *FIDELITY),
+        (IMAGE_BASELINES["ce"], POSTHOC_LA, OT_VECTOR, *FIDELITY),
     ),
 }
+
+
+# every OT row of every table is followed by its control (``<row>+no_ot``)
+TABLES = {k: dataclasses.replace(t, methods=_with_controls(t.methods)) for k, t in TABLES.items()}
 
 
 def parse_paper_cell(text: str) -> tuple[float, float | None] | None:

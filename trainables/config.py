@@ -248,6 +248,9 @@ class Stage2Config(_Checked):
     weights: Weights = "vector"  # vector | net (Eq. 11)
     weight_net_hidden: int = 100
     weight_lr: float = 1e-3  # beta
+    # false: the control of an OT row (`<row>+no_ot`): the same stage 2 with the weights held at
+    # their start (no virtual step, no weight update; the OT loss is still computed and logged)
+    learn_weights: bool = True
     weight_momentum: float = 0.0
     weight_decay_w: float = 0.0
     weight_init: WeightInit = "uniform"

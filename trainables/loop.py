@@ -370,6 +370,7 @@ def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:
         grad=cfg.grad,
         virtual_lr=cfg.lr,
         virtual_step=cfg.virtual_step,
+        learn_weights=cfg.learn_weights,
         loss_weights=cfg.loss_weights,
         meta_ce_coef=cfg.meta_ce_coef,
         weight_decay=cfg.weight_decay_w,
@@ -510,7 +511,8 @@ def train_stage2(
         ot_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         steps = shard_samples = 0
-        # The meta set is drawn once per epoch with fresh augmentation, as the released code.
+        # The meta set is drawn once per epoch, as the released code does; with fresh
+        # augmentation only where stage 2 sees images (on cached features there is none).
         meta_all = torch.arange(len(work_data.meta))
         meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
         for idx in iterate_batches(

@@ -32,8 +32,16 @@ def test_smoke_preset_is_the_same_config_from_run_sweep_and_reproduce(tmp_path, 
         reproduce.main,
         ["offline_image", *common, *store, "--methods", "ot_weight_vector", "--seeds", "1"],
     )
-    assert [g["run"] for g in grid] == ["mnist_if100|ot_weight_vector|seed0"]
+    # the OT row comes with its control (the same stage 2, weight learning off)
+    assert [g["run"] for g in grid] == [
+        "mnist_if100|ot_weight_vector|seed0",
+        "mnist_if100|ot_weight_vector+no_ot|seed0",
+    ]
     got_reproduce = grid[0]
+    control = grid[1]["config"]
+    assert control["stage2"]["learn_weights"] is False
+    assert {**control["stage2"], "learn_weights": True} == got_reproduce["config"]["stage2"]
+    assert grid[1]["stage1_key"] == got_reproduce["stage1_key"]
 
     for got in (got_run, got_sweep, got_reproduce):
         s2 = got["config"]["stage2"]

@@ -141,3 +141,42 @@ def test_report_cli_without_runs_is_one_line_exit_2(tmp_path, capsys):
     assert main(["offline_image", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reproduce offline_image first" in err[0]
+
+
+def test_ots_own_gain_is_the_row_minus_its_control_paired_by_seed(tmp_path):
+    c, exp = _store(tmp_path)
+    # the OT row's seeds (validation-selected error): 0 -> 20, 1 -> 22, 2 -> 27
+    ctl = "cifar10_if100|ot_weight_vector+no_ot"
+    for seed, err in ((0, 23.0), (2, 26.0), (5, 1.0)):  # seed 1 missing; seed 5 has no OT twin
+        r = c.create_run(
+            exp,
+            tags={
+                names.KIND: "trial", "ot.table": "table1", "ot.cell": ctl,
+                "ot.seed": str(seed), "ot.preset_asked": "paper",
+            },
+        )  # fmt: skip
+        c.log_param(r.info.run_id, "stage2.method", "ot")
+        c.log_param(r.info.run_id, "stage1.epochs", "200")
+        c.log_metric(r.info.run_id, "validation_selected/test_top1_error", err)
+        c.set_terminated(r.info.run_id, status="FINISHED")
+    data = report_data(c, exp, TABLES["table1"])
+    gain = data["cells"]["cifar10_if100|ot_weight_vector"]["own_gain"]
+    # pairs (20 - 23, 27 - 26) = (-3, +1): mean -1, sample std sqrt(8)
+    assert gain.n == 2 and gain.mean == pytest.approx(-1.0)
+    assert gain.std == pytest.approx(math.sqrt(8.0))
+    assert data["cells"][ctl]["own_gain"] is None  # a control has no gain of its own
+    assert data["cells"]["cifar10_if100|ce"]["own_gain"] is None
+    md = render(data, "md")
+    key = "| cifar10_if100\\|ot_weight_vector |"  # Markdown escapes the key's "|"
+    row = next(ln for ln in md.splitlines() if ln.startswith(key))
+    assert row.endswith("| -1.00 ± 2.83 (n=2) |")
+    assert "OT's own gain (row − its +no_ot control, paired by seed)" in md
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    ot = next(
+        r for r in rows if r["method"] == "ot_weight_vector" and r["column"] == "cifar10_if100"
+    )
+    assert (float(ot["own_gain_mean"]), ot["own_gain_n"]) == (-1.0, "2")
+    # an OT row without control runs reads "missing", never a number
+    start = "| cifar10_if200\\|ot_weight_vector |"
+    other = next(ln for ln in md.splitlines() if ln.startswith(start))
+    assert other.endswith("| missing |")

@@ -470,7 +470,8 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     args = ["offline_image", "--smoke", "--seeds", "2", "--methods", "ce", "ot_weight_vector"]
     dry = reproduce(tmp_path, *args, "--dry-run")
     ok(dry)
-    assert "cells: 2, runs: 4 (4 to run, 0 finished before)" in dry.stdout
+    # the OT row brings its control (ot_weight_vector+no_ot), on the same stage 1
+    assert "cells: 3, runs: 6 (6 to run, 0 finished before)" in dry.stdout
     assert "stage-1 builds: 2 distinct" in dry.stdout
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
     est = re.search(r"wall clock: about ([0-9.]+) min at [0-9]+ runs at a time", dry.stdout)
@@ -487,27 +488,42 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
     rs = c.search_runs([exp.experiment_id], max_results=1000)
     trials = kind(rs, "trial")
-    assert len(trials) == 4 and {t.info.status for t in trials} == {"FINISHED"}
+    assert len(trials) == 6 and {t.info.status for t in trials} == {"FINISHED"}
+    rows = ("ce", "ot_weight_vector", "ot_weight_vector+no_ot")
     assert {(t.data.tags["ot.cell"], t.data.tags["ot.seed"]) for t in trials} == {
-        (f"mnist_if100|{m}", s) for m in ("ce", "ot_weight_vector") for s in ("0", "1")
+        (f"mnist_if100|{m}", s) for m in rows for s in ("0", "1")
     }
     builds = kind(rs, "stage1_build")
-    assert len(builds) == 2  # one per seed: the CE and OT rows share it
+    assert len(builds) == 2  # one per seed: the CE row, the OT row and its control share it
     (parent,) = kind(rs, "reproduce")
     figs = {a.path for a in c.list_artifacts(parent.info.run_id, "figures")}
     assert {"figures/fig1_weights.png", "figures/fig2_confusion.png"} <= figs
 
     again = reproduce(tmp_path, *args, "--quiet")
     ok(again)
-    assert "(0 to run, 4 finished before)" in again.stdout
+    assert "(0 to run, 6 finished before)" in again.stdout
     rs2 = c.search_runs([exp.experiment_id], max_results=1000)
-    assert len(kind(rs2, "trial")) == 4  # nothing re-ran
+    assert len(kind(rs2, "trial")) == 6  # nothing re-ran
 
     ot = [t for t in trials if t.data.tags["ot.method"] == "ot_weight_vector"]
     mean = sum(t.data.metrics["validation_selected/test_top1_error"] for t in ot) / 2
     md = reproduce(tmp_path, "offline_image", "--smoke", tool="report")
     ok(md)
     assert f"| ot_weight_vector | {mean:.2f} ± " in md.stdout
+    # OT's own gain: the OT row minus its control, paired by seed
+    ctl = {
+        t.data.tags["ot.seed"]: t.data.metrics["validation_selected/test_top1_error"]
+        for t in trials
+        if t.data.tags["ot.method"] == "ot_weight_vector+no_ot"
+    }
+    diffs = [
+        t.data.metrics["validation_selected/test_top1_error"] - ctl[t.data.tags["ot.seed"]]
+        for t in ot
+    ]
+    gain = f"{sum(diffs) / 2:+.2f} ± "
+    key = "| mnist_if100\\|ot_weight_vector |"
+    row = next(ln for ln in md.stdout.splitlines() if ln.startswith(key))
+    assert row.split(" | ")[-1].startswith(gain), row
     out = tmp_path / "r.html"
     ok(reproduce(tmp_path, "offline_image", "--smoke", "--format", "html", "--out", str(out),
                   tool="report"))  # fmt: skip
@@ -546,7 +562,11 @@ def test_reproduce_tuned_takes_the_sweeps_best(tmp_path, smoke, reproduce):
     ok(reproduce(tmp_path, *args, "--quiet"))
     exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
     trials = kind(c.search_runs([exp.experiment_id], max_results=100), "trial")
-    assert len(trials) == 2
+    assert len(trials) == 4  # the OT row and its control, 2 seeds: both at the sweep's best
+    controls = [t for t in trials if t.data.tags["ot.method"] == "ot_weight_vector+no_ot"]
+    assert len(controls) == 2 and {t.data.params["stage2.learn_weights"] for t in controls} == {
+        "False"
+    }
     for t in trials:
         assert t.data.tags["ot.tuned_from"] == parent.info.run_id
         assert t.data.tags["ot.preset_asked"] == "paper+sweep"

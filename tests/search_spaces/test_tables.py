@@ -3,6 +3,8 @@ where it should be, and every cell is joined to the right published number."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from orchestrator.stages import stage1_hash
@@ -23,13 +25,15 @@ def _cell(table, key, fidelity=False):
 
 def test_table1_grid():
     t = TABLES["table1"]
-    assert len(t.columns) == 8 and len(t.cells()) == 8 * 11
-    assert len(t.cells(fidelity=True)) == 8 * 11 + 3  # fidelity rows in the first column only
-    assert len(t.cells(["ce", "ot_weight_vector"])) == 16
+    # 10 baselines + posthoc_la + the OT row and its +no_ot control
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 13
+    # fidelity rows (3, each with its control) in the first column only
+    assert len(t.cells(fidelity=True)) == 8 * 13 + 6
+    assert len(t.cells(["ce", "ot_weight_vector"])) == 8 * 3  # the control follows its row
     assert len(t.cells(["metasaug_ldam"])) == 8  # the released MetaSAug recipe, run
     with pytest.raises(ValueError, match="no method metasaug_focal"):
         t.cells(["metasaug_focal"])
-    assert len(t.cells(["ce"], columns=["cifar10_if100"], fidelity=True)) == 1 + 3
+    assert len(t.cells(["ce"], columns=["cifar10_if100"], fidelity=True)) == 1 + 6
 
 
 def test_methods_set_what_they_claim():
@@ -117,3 +121,27 @@ def test_published_only_rows_are_the_ones_not_run():
     assert "ce" not in names and "ot_weight_vector" not in names
     bbn = dict(published_only(TABLES["table1"]))["bbn"]
     assert bbn["cifar10_if200"] == "" and bbn["cifar10_if100"] == "20.18"
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_ot_row_of_every_table_has_its_control(name):
+    t = TABLES[name]
+    names = [m.name for m in t.methods]
+    ots = [m for m in t.methods if m.ot]
+    assert ots, name
+    for m in ots:
+        ctl = names[names.index(m.name) + 1]
+        assert ctl == m.name + "+no_ot"
+        cell = next(c for c in t.cells(fidelity=True) if c.method.name == m.name)
+        twin = next(c for c in t.cells(fidelity=True) if c.method.name == ctl)
+        assert twin.column == cell.column
+        a, b = cell_config(cell, seed=0), cell_config(twin, seed=0)
+        # the same run, weight learning off: nothing else differs, stage 1 is shared
+        assert a.stage2.learn_weights and not b.stage2.learn_weights
+        assert a.stage2.method == b.stage2.method == "ot"
+        assert dataclasses.replace(b.stage2, learn_weights=True) == a.stage2
+        assert stage1_hash(a) == stage1_hash(b) and a.data == b.data and a.model == b.model
+    assert not [m for m in t.methods if m.name.endswith("+no_ot") and m.ot]
+    if name not in ("table2", "table5", "offline_text"):  # image and point-cloud tables
+        la = cell_config(next(c for c in t.cells() if c.method.name == "posthoc_la"), seed=0)
+        assert la.stage1.loss == "logit_adjustment_posthoc" and la.stage2.method == "none"

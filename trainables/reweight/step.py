@@ -56,6 +56,9 @@ class StepConfig:
     cost, feature_weight, label_weight: the transport cost (Eq. 7-9 and the released mixing).
     eps .. grad: the Sinkhorn solve and its gradient mode (see :func:`ot_loss`).
     virtual_lr: alpha of the virtual step (a); virtual_step=False skips (a) even when f1 trains.
+    learn_weights: False holds the weights at their start: (a) is skipped and (b) computes the
+      OT loss (for the record, without a graph) but takes no step on w; (c) is unchanged. The
+      control of an OT run: Q is built from the same draws, so the random streams match.
     loss_weights: "simplex" weights the CE by the batch's simplex weights (a weighted mean, the
       paper); "raw" multiplies each CE by the raw logit and sums (the released code).
     meta_ce_coef: extra ``coef * mean CE`` on the meta set in step (c) (released code: 10).
@@ -73,6 +76,7 @@ class StepConfig:
     grad: str = "unrolled"
     virtual_lr: float = 2e-5
     virtual_step: bool = True
+    learn_weights: bool = True
     loss_weights: str = "simplex"
     meta_ce_coef: float = 0.0
     weight_decay: float = 0.0
@@ -172,7 +176,7 @@ def reweight_step(
     f1, f2 = model.features, model.classifier
     f1_params = _trainable(f1)
     uses_features = cfg.cost != "label"
-    virtual = cfg.virtual_step and uses_features and bool(f1_params)
+    virtual = cfg.virtual_step and uses_features and bool(f1_params) and cfg.learn_weights
     is_vector = isinstance(weights, WeightVector)
     if not is_vector and cfg.loss_weights == "raw":
         raise ValueError(
@@ -226,6 +230,12 @@ def reweight_step(
                 q_step = build_q(f1(meta_x), meta_y)
 
     # ---- step (b): OT loss and one step on w ----
+    if not cfg.learn_weights:
+        with torch.no_grad():
+            cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
+            ot = step_ot_loss(cfg, cost, measure.detach(), q_step.b.to(measure.dtype))
+        return _model_step(model, x, y, idx, weights, model_opt, cfg, z_now, meta_x, meta_y,
+                           parallel, ot, virtual)  # fmt: skip
     cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
     ot = step_ot_loss(cfg, cost, measure, q_step.b.to(measure.dtype))
     objective = ot
@@ -239,7 +249,20 @@ def reweight_step(
     weight_opt.step()
     if parallel is not None:
         parallel.broadcast_(w_params)
+    return _model_step(model, x, y, idx, weights, model_opt, cfg, z_now, meta_x, meta_y,
+                       parallel, ot, virtual)  # fmt: skip
 
+
+def _model_step(
+    model: SplitModel, x: Tensor, y: Tensor, idx: Tensor, weights: WeightVector | WeightNet,
+    model_opt: torch.optim.Optimizer, cfg: StepConfig, z_now: Tensor | None,
+    meta_x: Tensor | None, meta_y: Tensor | None, parallel: Parallel | None, ot: Tensor,
+    virtual: bool,
+) -> StepResult:  # fmt: skip
+    """Step (c): the model's step on the batch's CE weighted by the current weights."""
+    f1, f2 = model.features, model.classifier
+    f1_params = _trainable(f1)
+    is_vector = isinstance(weights, WeightVector)
     # ---- step (c): model step with the updated weights ----
     with torch.no_grad():
         if is_vector:

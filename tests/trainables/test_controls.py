@@ -1,0 +1,85 @@
+"""The control of an OT run (``stage2.learn_weights=false``): the same stage 2 with the weights
+held at their start. They stay bit-equal; everything else (batches, Q's random draws, the
+model's step) is the OT run's, so a run with a zero weight step size gives the same model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from trainables.config import Stage2Config
+from trainables.data.arrays import StageData, TensorSplit
+from trainables.loop import train_stage2
+from trainables.models import SplitNet
+from trainables.reweight import WeightVector
+
+
+def _data() -> StageData:
+    # synthetic features: a unit test of what moves, not of the method's effect
+    g = torch.Generator().manual_seed(0)
+    counts = (12, 6, 3)
+    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+
+    def split(y):
+        return TensorSplit(torch.randn(len(y), 8, generator=g) + y[:, None].float(), y)
+
+    small = torch.arange(3).repeat(2)
+    return StageData(
+        train=split(ys), meta=split(small), val=split(small), test=split(small),
+        num_classes=3, train_counts=counts, source="synthetic (unit test)",
+    )  # fmt: skip
+
+
+def _run(cfg: Stage2Config, spy: list | None = None):
+    torch.manual_seed(1)
+    model = SplitNet(nn.Sequential(nn.Linear(8, 6), nn.Tanh()), nn.Linear(6, 3), 6)
+    if spy is not None:
+        original = WeightVector.__init__
+
+        def record(self, *a, **k):
+            original(self, *a, **k)
+            spy.append((self, self.logits.detach().clone()))
+
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(WeightVector, "__init__", record)
+            res = train_stage2(model, _data(), cfg, generator=torch.Generator().manual_seed(5))
+    else:
+        res = train_stage2(model, _data(), cfg, generator=torch.Generator().manual_seed(5))
+    return model.state_dict(), res
+
+
+# random_sample draws Q from the generator at every step: the streams must stay aligned
+@pytest.mark.parametrize("train", ["classifier", "all"])
+@pytest.mark.parametrize("init", ["uniform", "class_balanced"])
+def test_weights_stay_bit_equal_to_their_start_and_the_rest_is_the_ot_run(train, init):
+    base = Stage2Config(
+        epochs=2, batch_size=8, train=train, lr=0.1, weight_lr=2.0, max_iter=30,
+        weight_init=init, meta_distribution="random_sample", virtual_step=False,
+    )  # fmt: skip
+    spy: list = []
+    control_state, control = _run(dataclasses.replace(base, learn_weights=False), spy)
+    (weights, start), = spy
+    assert torch.equal(weights.logits.detach(), start)  # bit-equal after 2 epochs
+    learned_state, learned = _run(base)
+    assert control.weight_mass != learned.weight_mass  # the OT run's weights did move
+    # a zero step on the weights is the same run as the control, bit for bit
+    zero_state, zero = _run(dataclasses.replace(base, weight_lr=0.0))
+    for k, v in control_state.items():
+        assert torch.equal(v, zero_state[k]), k
+    assert control.weight_mass == zero.weight_mass
+    assert any(not torch.equal(v, learned_state[k]) for k, v in control_state.items())
+
+
+def test_the_control_still_logs_the_ot_loss_at_its_fixed_weights():
+    seen: list[dict] = []
+    cfg = Stage2Config(epochs=1, batch_size=8, train="classifier", lr=0.1, weight_lr=2.0,
+                       max_iter=30, learn_weights=False)  # fmt: skip
+    torch.manual_seed(1)
+    model = SplitNet(nn.Sequential(nn.Linear(8, 6), nn.Tanh()), nn.Linear(6, 3), 6)
+    train_stage2(model, _data(), cfg, generator=torch.Generator().manual_seed(5),
+                 callback=lambda s, e, m: seen.append(m))  # fmt: skip
+    (m,) = seen
+    assert m["ot_loss"] > 0.0 and m["train_loss"] > 0.0
