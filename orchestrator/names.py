@@ -9,6 +9,8 @@ from __future__ import annotations
 __all__ = [
     "BEST_TEST",
     "BEST_VAL",
+    "CONTROL_TEST",
+    "CONTROL_VAL",
     "KIND",
     "PARENT",
     "SELECTED_EPOCH",
@@ -66,6 +68,9 @@ SELECTED_EPOCH = "selected_epoch"
 TIME_ATTR = "stage2_epoch"
 BEST_VAL = "best_selected_val_balanced_acc"  # on a sweep's parent run
 BEST_TEST = "best_selected_test_balanced_acc"
+# on a sweep's parent: the best setting's control (weight learning off), same seed
+CONTROL_VAL = "control_selected_val_balanced_acc"
+CONTROL_TEST = "control_selected_test_balanced_acc"
 # A finished run's summary: "<stage prefix><selection>/<split>_<metric>", e.g.
 # "validation_selected/test_top1_error"; a baseline's stage-1 selections carry STAGE1_PREFIX.
 STAGE1_PREFIX = "stage1_"

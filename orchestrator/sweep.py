@@ -23,7 +23,7 @@ from pathlib import Path
 
 from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.paper import paper_number
-from trainables.config import flatten
+from trainables.config import apply_values, flatten
 
 from . import cli, names, tracking, views
 from .cli import REPO, CommandError
@@ -206,7 +206,50 @@ def _summary(cfg, c, exp_id: str, parent: str, results, conc: int) -> dict:
         print(f"  {i + 1:>4}  {v:>11.2f}  {t:>12.2f}  {mm.get('trial_id')}")
     if len(shown) < len(rows):
         print(f"  ... {len(rows) - len(shown)} more in the MLflow view below")
-    return {"best_val": best_val, "best_test": best_test, "params": params, "metrics": m}
+    return {
+        "best_val": best_val,
+        "best_test": best_test,
+        "params": params,
+        "metrics": m,
+        "ranked": len(rows),
+    }
+
+
+def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> None:
+    """The best setting's control (the same stage 2, seed and stage 1 with the weight learning
+    off), run once as a Ray task with a trial's resources: the best trial is read against it.
+    Its numbers go on the parent run; a failure is reported, and the sweep's results stand."""
+    import ray
+
+    from .trainable import control_run
+
+    if not best or cfg.stage2.method != "ot" or not cfg.stage2.learn_weights:
+        return
+    try:
+        tuned = apply_values(cfg, best["params"])
+    except (TypeError, ValueError) as err:  # a best run without its sampled.json
+        print(
+            f"warning: no control run: the best setting cannot be rebuilt ({err})", file=sys.stderr
+        )
+        return
+    ctl = dataclasses.replace(tuned, stage2=dataclasses.replace(tuned.stage2, learn_weights=False))
+    task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial)(control_run)
+    try:
+        got = ray.get(task.remote(ctl, entry.uri, max(1, int(args.cpus_per_trial))))
+    except ray.exceptions.RayError as err:
+        first = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+        print(f"warning: the best setting's control run failed: {first}", file=sys.stderr)
+        c.set_tag(parent, names.ERROR, f"control run: {first}")
+        return
+    tracking.log_metrics(
+        c, parent, {names.CONTROL_VAL: got["val"], names.CONTROL_TEST: got["test"]}, step=0
+    )
+    print(
+        f"  its control (weights held at their start, seed {cfg.seed}): val {got['val']:.2f}, "
+        f"test {got['test']:.2f}; OT's own gain: val {best['best_val'] - got['val']:+.2f}, "
+        f"test {best['best_test'] - got['test']:+.2f}"
+        + (f" (the best of {n_ranked} settings on validation: optimistic)" if n_ranked > 1 else "")
+    )
 
 
 def _resume(storage: Storage, args: argparse.Namespace) -> tuple[str, dict]:
@@ -449,6 +492,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
     results = tuner.fit()
     best = _summary(cfg, c, exp_id, parent, results, conc)
+    _control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
     ok = _finish(c, parent, best, results)
     rec["status"] = "finished"

@@ -41,7 +41,14 @@ from .stages import (
 )
 from .storage import Storage
 
-__all__ = ["SELECT_METRIC", "SweepContext", "TrialTracker", "reproduce_trial", "stage2_trial"]
+__all__ = [
+    "SELECT_METRIC",
+    "SweepContext",
+    "TrialTracker",
+    "control_run",
+    "reproduce_trial",
+    "stage2_trial",
+]
 
 SELECT_METRIC, TIME_ATTR = names.SELECT_METRIC, names.TIME_ATTR
 
@@ -252,6 +259,20 @@ def _final_metrics(run) -> dict:
     m = run.data.metrics
     keys = (SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, TIME_ATTR)
     return {k: m[k] for k in keys if k in m}
+
+
+def control_run(cfg: ExperimentConfig, entry_uri: str, threads: int = 1) -> dict:
+    """Stage 2 of ``cfg`` (a control: ``stage2.learn_weights=false``) from the cached stage 1,
+    untracked; its validation-selected balanced accuracies and epoch (counted from 1)."""
+    torch.set_num_threads(max(1, threads))
+    stage1 = read_entry(entry_uri, features=needs_features(cfg))
+    res, _ = run_stage2(cfg, stage1, device=pick_device())
+    sel = res.selected
+    return {
+        "val": sel["val"]["balanced_acc"],
+        "test": sel["test"]["balanced_acc"],
+        "epoch": sel["epoch"] + 1,
+    }
 
 
 def stage2_trial(config: dict, ctx: SweepContext) -> None:

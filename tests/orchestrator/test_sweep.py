@@ -10,10 +10,12 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -106,6 +108,25 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     selected = json.loads(alone.stdout)["stage2"]["validation_selected"]
     assert enqueued.data.metrics["selected_val_balanced_acc"] == selected["val"]["balanced_acc"]
     assert enqueued.data.metrics["selected_test_balanced_acc"] == selected["test"]["balanced_acc"]
+
+    # the best setting's control ran once (weights held at their start): its numbers on the
+    # parent are what `orchestrator.run` gives for that setting with the weight learning off
+    best_params = json.loads(
+        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
+    )["params"]
+    control = subprocess.run(
+        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet",
+         "--set=stage2.learn_weights=false"]
+        + [f"--set={k}={v}" for k, v in best_params.items()],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert control.returncode == 0, control.stderr[-2000:]
+    ctl = json.loads(control.stdout)["stage2"]["validation_selected"]
+    pm = parent.data.metrics
+    assert pm["control_selected_val_balanced_acc"] == ctl["val"]["balanced_acc"]
+    assert pm["control_selected_test_balanced_acc"] == ctl["test"]["balanced_acc"]
+    gain = pm["best_selected_val_balanced_acc"] - ctl["val"]["balanced_acc"]
+    assert f"OT's own gain: val {gain:+.2f}" in first.stdout
 
     second = smoke(tmp_path, "--trials", "1")
     ok(second)
@@ -317,6 +338,9 @@ def test_two_node_cluster_with_an_mlflow_server(tmp_path, smoke, free_port):
     ray_cli = str(Path(sys.executable).parent / "ray")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a throwaway cluster on localhost
     port = free_port
+    # its own temp dir (short: Ray's socket paths must fit 107 bytes), so no other Ray on this
+    # machine takes it for "the current cluster", and only its processes are stopped after
+    temp = tempfile.mkdtemp(prefix="otr", dir="/tmp")
     common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
     server_root = tmp_path / "server"
     server_root.mkdir()
@@ -325,7 +349,7 @@ def test_two_node_cluster_with_an_mlflow_server(tmp_path, smoke, free_port):
         mlflow_port = sock.getsockname()[1]
     try:
         for extra in (
-            ["--head", f"--port={port}", "--include-dashboard=false"],
+            ["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}"],
             [f"--address=127.0.0.1:{port}"],
         ):
             started = subprocess.run(
@@ -371,7 +395,22 @@ def test_two_node_cluster_with_an_mlflow_server(tmp_path, smoke, free_port):
             stored = list((server_root / "server-artifacts").rglob("per_class_acc.csv"))
             assert len(stored) == 4  # every trial's, written by the server, not the clients
     finally:
-        subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        _stop_cluster(temp, f"127.0.0.1:{port}")
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_cluster(temp: str, gcs: str) -> None:
+    """Kill the processes of one `ray start` cluster: those whose command line names its temp
+    dir or its GCS address (`ray stop` would stop every Ray on this machine)."""
+    mine = []
+    for p in psutil.process_iter(["cmdline"]):
+        args = " ".join(p.info["cmdline"] or [])
+        if p.pid != os.getpid() and (temp in args or gcs in args):
+            mine.append(p)
+    for p in mine:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(mine, timeout=30)
 
 
 def test_stage1_builds_data_parallel_when_asked(tmp_path, smoke):
