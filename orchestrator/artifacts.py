@@ -143,12 +143,16 @@ def write_weight_png(
     sample_weights: Sequence[float] | None = None,
     labels: Sequence[int] | None = None,
     train_counts: Sequence[int] | None = None,
+    raw_mass: Sequence[Sequence[float]] | None = None,
+    raw_sample_weights: Sequence[float] | None = None,
 ) -> None:
     """Plot how the learned weights distribute over classes, to ``path`` as a PNG.
 
     Left: total weight mass per class over stage-2 epochs (``weight_mass[e][c]``), against the
     balanced share 1/K. Right, when ``sample_weights`` and ``labels`` are given: each training
-    sample's weight grouped by class, head classes first, as in Fig. 1 of Guo et al.
+    sample's weight grouped by class, head classes first, as in Fig. 1 of Guo et al. With
+    ``raw_mass`` (stage2.loss_weights=raw), a second row shows the raw weights the CE
+    multiplies (per-class sums against their mean, and per sample), each row labelled.
     """
     mass = _validate_mass(weight_mass)
     k = mass.shape[1]
@@ -159,13 +163,28 @@ def write_weight_png(
     two_panels = sample_weights is not None and labels is not None
     if two_panels:
         weights, classes = _validate_samples(sample_weights, labels, k)
-
-    fig, axes = plt.subplots(1, 2 if two_panels else 1, figsize=(12.0 if two_panels else 6.0, 4.5))
-    try:
-        left = axes[0] if two_panels else axes
-        _draw_mass(left, mass, train_counts)
+    rows = [("", mass, weights if two_panels else None)]
+    if raw_mass is not None:
+        raw = _validate_mass(raw_mass)
+        if raw.shape[1] != k:
+            raise ValueError(f"raw_mass has {raw.shape[1]} classes but weight_mass has {k}")
+        raw_w = None
         if two_panels:
-            _draw_samples(axes[1], weights, classes, k, train_counts)
+            if raw_sample_weights is None:
+                raise ValueError("raw_sample_weights must come with sample_weights")
+            raw_w, _ = _validate_samples(raw_sample_weights, labels, k)
+        rows = [
+            ("softmax mass (the OT measure): ", mass, rows[0][2]),
+            ("raw weights (what the CE multiplies): ", raw, raw_w),
+        ]
+    cols = 2 if two_panels else 1
+    fig, axes = plt.subplots(len(rows), cols, figsize=(6.0 * cols, 4.5 * len(rows)), squeeze=False)
+    try:
+        for r, (prefix, m, w) in enumerate(rows):
+            reference = None if r == 0 else float(m[-1].sum()) / k
+            _draw_mass(axes[r][0], m, train_counts, prefix=prefix, reference=reference)
+            if two_panels:
+                _draw_samples(axes[r][1], w, classes, k, train_counts, prefix=prefix)
         fig.tight_layout()
         _save(fig, path)
     finally:
@@ -198,21 +217,33 @@ def _validate_samples(
     return weights, classes
 
 
-def _draw_mass(ax: plt.Axes, mass: np.ndarray, train_counts: Sequence[int] | None) -> None:
+def _draw_mass(
+    ax: plt.Axes,
+    mass: np.ndarray,
+    train_counts: Sequence[int] | None,
+    *,
+    prefix: str = "",
+    reference: float | None = None,
+) -> None:
+    """``reference``: the level of the balanced line (default 1/K, for normalised weights)."""
     epochs, k = mass.shape
     x = np.arange(1, epochs + 1)
     marker = "o" if epochs == 1 else None  # a single epoch would otherwise draw nothing
     for c in mass_plot_classes(k, train_counts):
         name = f"class {c}" if train_counts is None else f"class {c} (n={train_counts[c]})"
         ax.plot(x, mass[:, c], marker=marker, linewidth=1.2, label=name)
-    ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=1.0, label="balanced (1/K)")
+    if reference is None:
+        ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=1.0, label="balanced (1/K)")
+    else:
+        ax.axhline(reference, color="black", linestyle="--", linewidth=1.0,
+                   label="balanced (total / K)")  # fmt: skip
     ax.set_xlabel("stage-2 epoch")
-    ax.set_ylabel("total weight mass")
+    ax.set_ylabel("total weight mass" if reference is None else "sum of raw weights")
     if k > _MAX_MASS_LINES:
         which = "10 most and 10 least frequent" if train_counts is not None else "first 20"
-        ax.set_title(f"weight mass per class ({which} of {k})")
+        ax.set_title(f"{prefix}weight mass per class ({which} of {k})")
     else:
-        ax.set_title("weight mass per class")
+        ax.set_title(f"{prefix}weight mass per class")
     if k <= _MAX_LEGEND:
         # below the axes, so no curve (the head class's starts highest) is hidden under it
         ax.legend(
@@ -229,6 +260,8 @@ def _draw_samples(
     classes: np.ndarray,
     k: int,
     train_counts: Sequence[int] | None,
+    *,
+    prefix: str = "",
 ) -> None:
     order = frequency_order(train_counts) if train_counts is not None else list(range(k))
     position = np.empty(k, dtype=int)
@@ -251,7 +284,7 @@ def _draw_samples(
     by_freq = train_counts is not None
     ax.set_xlabel("class (by training frequency)" if by_freq else "class")
     ax.set_ylabel("sample weight")
-    ax.set_title("per-sample weights by class")
+    ax.set_title(f"{prefix}per-sample weights by class")
     if k <= _MAX_TICK_LABELS:
         ax.set_xticks(list(range(k)), [str(c) for c in order], rotation=90 if k > 10 else 0)
     else:

@@ -209,14 +209,23 @@ class TrialTracker:
                 json.dumps({"confusion": test["confusion"], "train_counts": counts})
             )
             if result.weight_mass:
+                raw = bool(result.raw_mass)
                 artifacts.write_weight_png(
                     result.weight_mass,
                     d / "learned_weights.png",
                     sample_weights=result.sample_weights or None,
                     labels=data.train.y.tolist() if result.sample_weights else None,
                     train_counts=counts,
+                    raw_mass=result.raw_mass if raw else None,
+                    raw_sample_weights=(result.raw_sample_weights or None) if raw else None,
                 )
-                (d / "weight_mass.json").write_text(json.dumps(result.weight_mass))
+                mass = {
+                    "softmax_mass": result.weight_mass,  # [epoch][class], the OT measure
+                    "loss_uses": "raw" if raw else "softmax",
+                }
+                if raw:  # what the CE multiplies under stage2.loss_weights=raw
+                    mass["raw_mass"] = result.raw_mass
+                (d / "weight_mass.json").write_text(json.dumps(mass))
             if result.state is not None:
                 state = result.state
                 if self.cfg.stage2.train == "classifier":

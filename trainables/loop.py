@@ -66,6 +66,10 @@ class StageResult:
     best_test_epoch: dict = field(default_factory=dict)
     weight_mass: list[list[float]] = field(default_factory=list)
     sample_weights: list[float] = field(default_factory=list)
+    # under stage2.loss_weights=raw the CE multiplies the raw logits, not the softmax mass
+    # above: their per-class sums per epoch and per-sample values (empty otherwise)
+    raw_mass: list[list[float]] = field(default_factory=list)
+    raw_sample_weights: list[float] = field(default_factory=list)
     state: dict | None = None
 
 
@@ -424,13 +428,14 @@ def frozen_feature_data(model: SplitNet, data: StageData) -> StageData:
 
 
 def _class_mass(
-    weights: WeightVector | WeightNet, train: TensorSplit, k: int
+    weights: WeightVector | WeightNet, train: TensorSplit, k: int, *, raw: bool = False
 ) -> tuple[list[float], list[float]]:
     """Mass per class and per sample of the normalised weights over the whole training set
-    (the weight net is applied to every training feature at once: f1 frozen)."""
+    (the weight net is applied to every training feature at once: f1 frozen); with ``raw``,
+    the sums of the raw logits instead (what the CE multiplies under loss_weights=raw)."""
     with torch.no_grad():
         if isinstance(weights, WeightVector):
-            w = torch.softmax(weights.logits, 0)
+            w = weights.logits.detach().clone() if raw else torch.softmax(weights.logits, 0)
         else:
             w = weights(train.x)
         mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, train.y, w)
@@ -553,6 +558,10 @@ def train_stage2(
             mass, per_sample = _class_mass(weights, work_data.train, k)
             sel.result.weight_mass.append(mass)
             sel.result.sample_weights = per_sample
+        if isinstance(weights, WeightVector) and cfg.loss_weights == "raw":
+            raw, per_sample = _class_mass(weights, work_data.train, k, raw=True)
+            sel.result.raw_mass.append(raw)
+            sel.result.raw_sample_weights = per_sample
         if improved and on_improve:  # before the callback: a scheduler may stop us there
             on_improve(sel.result)
         if callback:

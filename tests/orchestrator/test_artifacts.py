@@ -271,3 +271,30 @@ def test_weight_png_invalid_raises(
         write_weight_png(weight_mass, path, **kwargs)
     assert "\n" not in str(info.value)
     assert not path.exists()
+
+
+def test_weight_png_shows_the_raw_weights_the_loss_uses_labelled(tmp_path: Path, drawn: list):
+    labels = [0, 0, 0, 1, 1, 2]
+    soft = [0.1, 0.1, 0.1, 0.2, 0.2, 0.3]
+    raw = [0.5, 0.5, 0.5, 2.0, 2.0, 6.0]  # e.g. class-balanced logits, used as CE weights
+    raw_mass = [[1.5, 4.0, 6.0], [1.5, 4.1, 5.9]]
+    write_weight_png(
+        _mass(2, 3), tmp_path / "w.png", sample_weights=soft, labels=labels,
+        train_counts=[3, 2, 1], raw_mass=raw_mass, raw_sample_weights=raw,
+    )  # fmt: skip
+    soft_mass, soft_samples, raw_ax, raw_samples = drawn[0]["axes"]
+    assert soft_mass["title"].startswith("softmax mass (the OT measure): ")
+    assert soft_samples["title"].startswith("softmax mass (the OT measure): ")
+    assert raw_ax["title"] == "raw weights (what the CE multiplies): weight mass per class"
+    assert raw_samples["title"].startswith("raw weights (what the CE multiplies): ")
+    for c in range(3):
+        np.testing.assert_allclose(raw_ax["lines"][c][1], [row[c] for row in raw_mass])
+    # the balanced reference of raw weights: their total over K (not 1/K)
+    assert raw_ax["lines"][3][0] == "balanced (total / K)"
+    np.testing.assert_allclose(raw_ax["lines"][3][1], [11.5 / 3, 11.5 / 3])
+    samples, means = raw_samples["points"]
+    assert sorted(samples[:, 1].tolist()) == sorted(raw)
+    np.testing.assert_allclose(means, [[0, 0.5], [1, 2.0], [2, 6.0]])
+    with pytest.raises(ValueError, match="raw_sample_weights"):
+        write_weight_png(_mass(2, 3), tmp_path / "x.png", sample_weights=soft, labels=labels,
+                         raw_mass=raw_mass)  # fmt: skip

@@ -83,3 +83,24 @@ def test_the_control_still_logs_the_ot_loss_at_its_fixed_weights():
                  callback=lambda s, e, m: seen.append(m))  # fmt: skip
     (m,) = seen
     assert m["ot_loss"] > 0.0 and m["train_loss"] > 0.0
+
+
+def test_raw_loss_weights_record_the_raw_weights_beside_the_softmax_mass():
+    cfg = Stage2Config(
+        epochs=2, batch_size=8, train="classifier", lr=0.1, weight_lr=0.5, max_iter=30,
+        weight_init="class_balanced", loss_weights="raw",
+    )  # fmt: skip
+    spy: list = []
+    _, res = _run(cfg, spy)
+    ((weights, _start),) = spy
+    logits = weights.logits.detach()
+    y = _data().train.y
+    raw = torch.zeros(3, dtype=logits.dtype).index_add(0, y, logits)
+    assert len(res.raw_mass) == len(res.weight_mass) == 2
+    torch.testing.assert_close(torch.tensor(res.raw_mass[-1], dtype=logits.dtype), raw)
+    assert res.raw_sample_weights == logits.tolist()
+    soft = torch.zeros(3, dtype=logits.dtype).index_add(0, y, torch.softmax(logits, 0))
+    torch.testing.assert_close(torch.tensor(res.weight_mass[-1], dtype=logits.dtype), soft)
+    assert abs(sum(res.raw_mass[-1]) - 1.0) > 0.5  # raw weights are not a distribution
+    _, simplex = _run(dataclasses.replace(cfg, loss_weights="simplex"))
+    assert simplex.raw_mass == [] and simplex.raw_sample_weights == []
