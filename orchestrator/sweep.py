@@ -301,7 +301,7 @@ def _open_parent(c, exp_id: str, cfg, args, module, sweep_id: str, rec: dict) ->
     )
     defining = inspect.getmodule(module.space) or module  # re-exported spaces
     c.log_text(parent, inspect.getsource(defining), "search_space.py")
-    c.log_dict(parent, module.best(), "search_space_best.json")
+    c.log_dict(parent, space_best(module, cfg), "search_space_best.json")
     return parent
 
 
@@ -363,7 +363,7 @@ def _tuner(trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, 
                 space=module.space,
                 metric=names.SELECT_METRIC,
                 mode="max",
-                points_to_evaluate=[module.best()],
+                points_to_evaluate=[space_best(module, cfg)],
                 seed=cfg.seed,
             ),
             scheduler=ASHAScheduler(
@@ -425,6 +425,14 @@ def _finish(c, parent: str, best: dict, results) -> bool:
     return ok
 
 
+def space_best(module, cfg) -> dict:
+    """A space's first setting: ``best(cfg)`` where the space reads the experiment's config
+    (e.g. ot_learn keeps the experiment's own weight step size), else ``best()``."""
+    if inspect.signature(module.best).parameters:
+        return module.best(cfg)
+    return module.best()
+
+
 def _ui_base(uri: str) -> str:
     """Where the UI of this store listens: the server itself, or ``orchestrator.ui``'s port."""
     return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
@@ -444,11 +452,16 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 0
     cli.preflight(cfg)
     module = SPACE_MODULES[args.space] if args.space else SPACES[args.name]
+    if hasattr(module, "check"):  # a space that fits only some experiments says so first
+        try:
+            module.check(cfg)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
     uri, exp_id, c = cli.open_tracking(
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
     parent = _open_parent(c, exp_id, cfg, args, module, sweep_id, rec)
-    views.publish(c, exp_id, searched=list(module.best()))
+    views.publish(c, exp_id, searched=list(space_best(module, cfg)))
     spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
 

@@ -17,6 +17,7 @@ from . import (
     offline,
     offline_pointcloud,
     offline_text,
+    ot_learn,
     places_lt,
     sst,
 )
@@ -53,5 +54,6 @@ SPACE_MODULES = {
         modelnet,
         offline_pointcloud,
         meta_reweight,
+        ot_learn,
     )
 }

@@ -84,6 +84,8 @@ Method = Literal["ot", "none"]
 Train = Literal["all", "classifier"]
 Weights = Literal["vector", "net"]
 WeightInit = Literal["uniform", "class_balanced"]
+WeightParam = Literal["sample", "class", "class_residual"]  # reweight.WEIGHT_PARAMS
+WeightOptimizer = Literal["sgd", "adam"]
 WeightMode = Literal["maintained", "scratch"]
 Cost = Literal["label", "feature", "combined"]
 StopRule = Literal["marginal", "potential_change"]
@@ -254,6 +256,13 @@ class Stage2Config(_Checked):
     weight_momentum: float = 0.0
     weight_decay_w: float = 0.0
     weight_init: WeightInit = "uniform"
+    # what learns the weights (vector weights): per-sample logits (the paper), per-class logits,
+    # or per-class logits plus a per-sample residual; the optimiser of that step (sgd with
+    # weight_momentum, or adam) and, with weight_normalize, the step taken along the unit
+    # gradient (its size is weight_lr, whatever the OT gradient's scale)
+    weight_param: WeightParam = "sample"
+    weight_optimizer: WeightOptimizer = "sgd"
+    weight_normalize: bool = False
     weight_mode: WeightMode = "maintained"
     cost: Cost = "combined"
     feature_weight: float = 1.0

@@ -177,6 +177,13 @@ def check_stage2(cfg: Stage2Config, num_classes: int) -> None:
     this): the OT step's own constraints (``StepConfig``: eps > 0)."""
     if cfg.method == "none":
         return
+    if cfg.weights == "net" and cfg.weight_param != "sample":
+        raise ValueError(
+            f"stage2.weight_param={cfg.weight_param} parametrises the weight vector; "
+            "stage2.weights=net learns its weights with the weight net"
+        )
+    if cfg.weight_param != "sample" and cfg.weight_mode == "scratch":
+        raise ValueError("stage2.weight_mode=scratch resets per-sample logits: weight_param=sample")
     step_config(cfg, num_classes)
 
 
@@ -375,6 +382,7 @@ def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:
         virtual_lr=cfg.lr,
         virtual_step=cfg.virtual_step,
         learn_weights=cfg.learn_weights,
+        normalize_weight_grad=cfg.weight_normalize,
         loss_weights=cfg.loss_weights,
         meta_ce_coef=cfg.meta_ce_coef,
         weight_decay=cfg.weight_decay_w,
@@ -498,12 +506,16 @@ def train_stage2(
             labels=work_data.train.y.cpu(),
             num_classes=k,
             mode=cfg.weight_mode,
+            param=cfg.weight_param,
         ).to(device)
     else:
         weights = WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device)
-    weight_opt = torch.optim.SGD(
-        weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
-    )
+    if cfg.weight_optimizer == "adam":
+        weight_opt = torch.optim.Adam(weights.parameters(), lr=cfg.weight_lr)
+    else:
+        weight_opt = torch.optim.SGD(
+            weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
+        )
     build_q = _q_builder(cfg, k, generator)
     fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
     meta_y = work_data.meta.y

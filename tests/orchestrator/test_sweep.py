@@ -616,3 +616,20 @@ def test_reproduce_tuned_takes_the_sweeps_best(tmp_path, smoke, reproduce):
     assert (
         "best setting of a sweep" in rep.stdout and "| ot_weight_vector | missing" not in rep.stdout
     )
+
+
+def test_ot_learn_space_sweeps_how_the_weights_learn(tmp_path, sweep):
+    """``--space ot_learn``: the experiment's own way first, then sampled parametrisations,
+    optimisers and step sizes, every trial finished and tracked with what it sampled."""
+    res = sweep(
+        tmp_path, "image_mnist_lt", "--smoke", "--quiet", "--trials", "3", "--space", "ot_learn"
+    )
+    ok(res)
+    trials = kind(runs(tmp_path), "trial")
+    assert len(trials) == 3 and {t.info.status for t in trials} == {"FINISHED"}
+    params = [t.data.params for t in trials]
+    own = [p for p in params if p["stage2.weight_param"] == "sample"
+           and p["stage2.weight_optimizer"] == "sgd" and p["stage2.weight_normalize"] == "False"
+           and p["stage2.weight_lr"] == "5.0"]  # fmt: skip
+    assert own, params  # image_mnist_lt's own weight step, enqueued first
+    assert len({p["stage2.weight_lr"] for p in params}) == 3

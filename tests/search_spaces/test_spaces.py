@@ -159,3 +159,36 @@ def test_every_space_module_samples_config_keys_and_enqueues_best(name):
     assert first.params == module.best()
     stage1_keys = any(k.startswith("stage1.") for k in trial.params)
     assert stage1_keys == getattr(module, "STAGE1", False)  # the sweep must know
+
+
+@pytest.mark.parametrize("name", ["image_mnist_lt", "pointcloud_shapes", "image_cifar10_lt"])
+def test_ot_learn_starts_from_the_experiments_own_step_and_samples_every_choice(name):
+    from orchestrator.sweep import space_best
+    from search_spaces import ot_learn
+
+    cfg = resolve(name)
+    first = space_best(ot_learn, cfg)
+    assert first["stage2.weight_lr"] == cfg.stage2.weight_lr  # not the paper's for every one
+    lo, hi = ot_learn.WEIGHT_LR
+    assert lo <= cfg.stage2.weight_lr <= hi
+    assert _apply(cfg, first) == cfg  # the first trial is the experiment as it is
+    seen = {"stage2.weight_param": set(), "stage2.weight_optimizer": set()}
+    study = _study()
+    for _ in range(40):
+        t = study.ask()
+        ot_learn.space(t)
+        got = _apply(cfg, t.params)
+        for k in seen:
+            seen[k].add(t.params[k])
+        assert got.stage2.weight_param == t.params["stage2.weight_param"]
+        study.tell(t, 0.0)
+    assert seen["stage2.weight_param"] == {"sample", "class", "class_residual"}
+    assert seen["stage2.weight_optimizer"] == {"sgd", "adam"}
+
+
+def test_ot_learn_refuses_the_weight_net_experiments():
+    from search_spaces import ot_learn
+
+    ot_learn.check(resolve("image_mnist_lt"))
+    with pytest.raises(ValueError, match=r"text_tweets has stage2\.method=ot, stage2\.weights=net"):
+        ot_learn.check(resolve("text_tweets"))

@@ -112,6 +112,7 @@ def test_stage1_schedule_is_ldam_drw():
         (C.Stage2Config, "impl", IMPLS),
         (C.Stage2Config, "loss_weights", reweight.LOSS_WEIGHTINGS),
         (C.Stage2Config, "weight_init", reweight.WEIGHT_INITS),
+        (C.Stage2Config, "weight_param", reweight.WEIGHT_PARAMS),
         (C.Stage2Config, "weight_mode", reweight.WEIGHT_MODES),
         (C.Stage2Config, "meta_distribution", reweight.META_DISTRIBUTIONS),
         (C.ModelConfig, "arch", tuple(models.MODELS)),

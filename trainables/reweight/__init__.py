@@ -33,7 +33,14 @@ from .step import (
     step_cost,
     step_ot_loss,
 )
-from .weights import WEIGHT_INITS, WEIGHT_MODES, WeightNet, WeightVector, class_balanced_weights
+from .weights import (
+    WEIGHT_INITS,
+    WEIGHT_MODES,
+    WEIGHT_PARAMS,
+    WeightNet,
+    WeightVector,
+    class_balanced_weights,
+)
 
 __all__ = [
     "COSTS",
@@ -43,6 +50,7 @@ __all__ = [
     "STOP_RULES",
     "WEIGHT_INITS",
     "WEIGHT_MODES",
+    "WEIGHT_PARAMS",
     "MetaDistribution",
     "Parallel",
     "SinkhornResult",

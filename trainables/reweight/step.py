@@ -59,6 +59,8 @@ class StepConfig:
     learn_weights: False holds the weights at their start: (a) is skipped and (b) computes the
       OT loss (for the record, without a graph) but takes no step on w; (c) is unchanged. The
       control of an OT run: Q is built from the same draws, so the random streams match.
+    normalize_weight_grad: step (b) divides the weights' gradient by its norm (over every weight
+      parameter), so the step is ``weight_lr`` long whatever the OT gradient's scale.
     loss_weights: "simplex" weights the CE by the batch's simplex weights (a weighted mean, the
       paper); "raw" multiplies each CE by the raw logit and sums (the released code).
     meta_ce_coef: extra ``coef * mean CE`` on the meta set in step (c) (released code: 10).
@@ -77,6 +79,7 @@ class StepConfig:
     virtual_lr: float = 2e-5
     virtual_step: bool = True
     learn_weights: bool = True
+    normalize_weight_grad: bool = False
     loss_weights: str = "simplex"
     meta_ce_coef: float = 0.0
     weight_decay: float = 0.0
@@ -243,6 +246,10 @@ def reweight_step(
         objective = objective + 0.5 * cfg.weight_decay * (logits_b**2).sum()
     w_params = [p for g in weight_opt.param_groups for p in g["params"]]
     w_grads = torch.autograd.grad(objective, w_params, allow_unused=True)
+    if cfg.normalize_weight_grad:
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in w_grads if g is not None))
+        if float(norm) > 0:
+            w_grads = tuple(None if g is None else g / norm.to(g.dtype) for g in w_grads)
     weight_opt.zero_grad(set_to_none=True)
     for p, g in zip(w_params, w_grads, strict=False):
         p.grad = g

@@ -5,10 +5,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["WEIGHT_INITS", "WEIGHT_MODES", "WeightNet", "WeightVector", "class_balanced_weights"]
+__all__ = [
+    "WEIGHT_INITS",
+    "WEIGHT_MODES",
+    "WEIGHT_PARAMS",
+    "WeightNet",
+    "WeightVector",
+    "class_balanced_weights",
+]
 
 WEIGHT_INITS = ("uniform", "class_balanced")
 WEIGHT_MODES = ("maintained", "scratch")
+# How the per-sample logits are parametrised: one free logit per sample (the paper's); one per
+# class, shared by its samples; a per-class logit plus a per-sample residual (starting at 0).
+WEIGHT_PARAMS = ("sample", "class", "class_residual")
 
 
 def class_balanced_weights(class_counts: Tensor, beta: float = 0.9999) -> Tensor:
@@ -33,6 +43,11 @@ class WeightVector(nn.Module):
 
     init ``"uniform"``: all logits 0. ``"class_balanced"``: each sample's logit is its class's
     effective-number weight (needs ``labels`` and ``num_classes``), as the released code does.
+
+    ``param`` (:data:`WEIGHT_PARAMS`): ``"sample"`` learns one logit per sample; ``"class"``
+    learns one per class (``logits = class_logits[labels]``); ``"class_residual"`` learns both
+    (``class_logits[labels] + residual``, the residual starting at 0). ``logits`` is the
+    per-sample vector in every case, differentiable in what is learned.
     """
 
     def __init__(
@@ -44,31 +59,53 @@ class WeightVector(nn.Module):
         num_classes: int | None = None,
         beta: float = 0.9999,
         mode: str = "maintained",
+        param: str = "sample",
     ) -> None:
         super().__init__()
         if init not in WEIGHT_INITS:
             raise ValueError(f"init must be one of {WEIGHT_INITS}, got {init!r}")
         if mode not in WEIGHT_MODES:
             raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
+        if param not in WEIGHT_PARAMS:
+            raise ValueError(f"param must be one of {WEIGHT_PARAMS}, got {param!r}")
+        if (init == "class_balanced" or param != "sample") and (
+            labels is None or num_classes is None
+        ):
+            raise ValueError(f"init={init!r}, param={param!r} needs labels and num_classes")
+        if param != "sample" and mode == "scratch":
+            raise ValueError("mode='scratch' resets per-sample logits: it needs param='sample'")
+        if labels is not None and labels.shape != (num_samples,):
+            raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
         if init == "uniform":
+            per_class = torch.zeros(num_classes or 0)
             start = torch.zeros(num_samples)
         else:
-            if labels is None or num_classes is None:
-                raise ValueError("init='class_balanced' needs labels and num_classes")
-            if labels.shape != (num_samples,):
-                raise ValueError(
-                    f"labels must have shape ({num_samples},), got {tuple(labels.shape)}"
-                )
             counts = torch.bincount(labels.cpu(), minlength=num_classes)
-            start = class_balanced_weights(counts, beta)[labels.cpu()]
+            per_class = class_balanced_weights(counts, beta)
+            start = per_class[labels.cpu()]
         self.mode = mode
-        self.logits = nn.Parameter(start.clone())
+        self.param = param
+        if param == "sample":
+            self.sample_logits = nn.Parameter(start.clone())
+        else:
+            self.class_logits = nn.Parameter(per_class.clone())
+            self.register_buffer("labels", labels.detach().cpu().long().clone())
+            if param == "class_residual":
+                self.residual = nn.Parameter(torch.zeros(num_samples))
         self.register_buffer("initial", start.clone())
+
+    @property
+    def logits(self) -> Tensor:
+        """The per-sample logits ``[N]`` (for ``param="sample"`` the learned parameter itself)."""
+        if self.param == "sample":
+            return self.sample_logits
+        per = self.class_logits[self.labels]
+        return per + self.residual if self.param == "class_residual" else per
 
     def reset_(self, idx: Tensor) -> None:
         """Put the logits of ``idx`` back to their initial values (the "scratch" mode)."""
         with torch.no_grad():
-            self.logits[idx] = self.initial[idx]
+            self.sample_logits[idx] = self.initial[idx]
 
     def measure(self, idx: Tensor) -> Tensor:
         """The batch's OT measure ``softmax(logits[idx])`` (differentiable w.r.t. the logits)."""
