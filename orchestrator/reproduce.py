@@ -240,7 +240,14 @@ def _figures(table: Table, specs: list[RunSpec], entries: dict, c, exp_id: str, 
     seed = min(s.seed for s in specs)
     cands = [s for s in specs if s.cell.column.name == first_col and s.seed == seed]
     ot = next(
-        (s for s in cands if s.cfg.stage2.method == "ot" and not s.cell.method.fidelity), None
+        (
+            s
+            for s in cands
+            if s.cfg.stage2.method == "ot"
+            and s.cfg.stage2.learn_weights  # the OT row, not its control
+            and not s.cell.method.fidelity
+        ),
+        None,
     )
     base = next((s for s in cands if s.cfg.stage2.method == "none"), None)
     with tempfile.TemporaryDirectory() as tmp:

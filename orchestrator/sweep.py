@@ -233,7 +233,8 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
         )
         return
     ctl = dataclasses.replace(tuned, stage2=dataclasses.replace(tuned.stage2, learn_weights=False))
-    task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=args.gpus_per_trial)(control_run)
+    gpus = min(1.0, args.gpus_per_trial)  # one process, even for data-parallel trials
+    task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=gpus)(control_run)
     try:
         got = ray.get(task.remote(ctl, entry.uri, max(1, int(args.cpus_per_trial))))
     except ray.exceptions.RayError as err:
