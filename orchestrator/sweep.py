@@ -246,7 +246,8 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
         c, parent, {names.CONTROL_VAL: got["val"], names.CONTROL_TEST: got["test"]}, step=0
     )
     print(
-        f"  its control (weights held at their start, seed {cfg.seed}): val {got['val']:.2f}, "
+        f"\n  the best setting's control (weights held at their start, seed {cfg.seed}): "
+        f"val {got['val']:.2f}, "
         f"test {got['test']:.2f}; OT's own gain: val {best['best_val'] - got['val']:+.2f}, "
         f"test {best['best_test'] - got['test']:+.2f}"
         + (f" (the best of {n_ranked} settings on validation: optimistic)" if n_ranked > 1 else "")

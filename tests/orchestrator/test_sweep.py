@@ -215,7 +215,7 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
     # the closing ranking lists every trial of the sweep, those finished before the kill too,
     # in the order of their selection metric; Optuna's re-report warnings are not shown
     table = resumed.stdout.split("rank  val_bal_acc  test_bal_acc  trial\n")[1].split("\n\n")[0]
-    ranked = [ln.split() for ln in table.splitlines() if ln.strip()]
+    ranked = [ln.split() for ln in table.splitlines() if ln.split()[:1] and ln.split()[0].isdigit()]
     assert [int(r[0]) for r in ranked] == [1, 2, 3, 4, 5, 6], resumed.stdout[-3000:]
     assert {r[3] for r in ranked} == set(ids) and done_before <= {r[3] for r in ranked}
     vals = [float(r[1]) for r in ranked]
