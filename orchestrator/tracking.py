@@ -72,6 +72,9 @@ def resolve_tracking_uri(explicit: str | None, storage_uri: str, local_root: Pat
 def client(uri: str):
     from mlflow.tracking import MlflowClient
 
+    # the commands read single small artifacts (sampled.json, figures): no progress bars in
+    # their output
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return MlflowClient(tracking_uri=uri)
 
 
