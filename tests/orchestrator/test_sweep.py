@@ -53,6 +53,7 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     ok(first)
     assert "stage 1: building" in first.stdout
     assert "== sweep summary ==" in first.stdout and "python -m orchestrator.ui" in first.stdout
+    assert "Downloading artifacts" not in first.stdout + first.stderr  # no progress bars
     rs = runs(tmp_path)
     (parent,) = kind(rs, "sweep")
     assert parent.info.status == "FINISHED"
