@@ -61,7 +61,9 @@ def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
     builds = 0.0
     for cfg in {k: cfg for cfg, k in reversed(runs)}.values():  # one build per key
         factor = META_STAGE1.get(cfg.stage1.reweight, 1.0)
-        builds += FIXED.build_s + cfg.stage1.epochs * epoch1 * factor
+        s1 = cfg.stage1
+        meta = s1.epochs - min(s1.meta_start, s1.epochs) if s1.reweight != "none" else 0
+        builds += FIXED.build_s + ((s1.epochs - meta) + meta * factor) * epoch1
     stage2 = sum(cfg.stage2.epochs * 0.22 for cfg in cfgs if cfg.stage2.method != "none")
     assert stage2 > 0  # the OT row and its control
     slots = 11 * FIXED.run_s + stage2
@@ -77,3 +79,17 @@ def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
     wide = estimate_plan(runs, concurrency=8)
     assert plan.wall_s - wide.wall_s == pytest.approx(slots / 2 - slots / 8)
     assert estimate_plan([], concurrency=2).wall_s == 0.0
+
+
+def test_a_meta_baseline_pays_its_multiple_only_after_meta_start():
+    from orchestrator.costs import META_STAGE1
+
+    cfg = cell_config(
+        next(c for c in TABLES["offline_image"].cells(None) if c.method.name == "metasaug_ce"),
+        seed=0,
+    )
+    s1 = cfg.stage1
+    assert 0 < s1.meta_start < s1.epochs  # plain CE first, MetaSAug from the first milestone
+    epoch1 = COSTS["image_mnist_lt"].stage1_epoch_s
+    want = (s1.meta_start + (s1.epochs - s1.meta_start) * META_STAGE1["metasaug"]) * epoch1
+    assert estimate_seconds(cfg, stage1=True, stage2=False)[0] == pytest.approx(want)
