@@ -175,12 +175,14 @@ def _estimate(pending: list[RunSpec], concurrency: int, cached: set[str]) -> tup
         f"  {dev}: about {sec / 3600:.2f} device-hours of epochs ({sec / 60:.1f} min)"
         for dev, sec in plan.device_s.items()
     ]
-    if pending and set(plan.device_s) <= {FIXED.device}:
+    if pending and plan.device_s and set(plan.device_s) <= {FIXED.device}:
+        left_out = ", without what is not measured" if plan.unmeasured else ""
         lines.append(
             f"  wall clock: about {plan.wall_s / 60:.1f} min at {concurrency} runs at a time, "
-            f"with start-up, stage-1 builds and tracking ({FIXED.source}, {FIXED.device})"
+            f"with start-up, stage-1 builds and tracking{left_out} ({FIXED.source}, "
+            f"{FIXED.device})"
         )
-    elif pending:
+    elif pending and plan.device_s:
         lines.append(
             "  wall clock: the device time above over the devices the cluster gives at once "
             f"(fixed costs are measured on a {FIXED.device} only)"
@@ -418,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
         f"\nreport again: python -m orchestrator.report {table.name}{smoke}{inv.store_args} "
         "--format html --out report.html"
     )
-    if estimate is not None and set(estimate.device_s) <= {FIXED.device}:
+    if estimate is not None and estimate.device_s and set(estimate.device_s) <= {FIXED.device}:
         took = (time.monotonic() - started) / 60
         note = " (parts not measured left out)" if estimate.unmeasured else ""
         print(f"took {took:.1f} min; estimated {estimate.wall_s / 60:.1f} min{note}")

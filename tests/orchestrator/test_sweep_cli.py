@@ -94,7 +94,7 @@ def test_list_names_every_experiment(repo):
     "args, message",
     [
         (["no_table"], "unknown table"),
-        (["offline_image", "--methods", "metasaug_ldam"], "has no method metasaug_ldam"),
+        (["offline_image", "--methods", "metasaug_focal"], "has no method metasaug_focal"),
         (["offline_image", "--columns", "nope"], "has no column nope"),
         (["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
         (["table5"], "SST-2"),
@@ -120,5 +120,7 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, repo):
         [*cmd, "--storage", str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=120
     )
     assert res.returncode == 0, res.stderr
-    assert "cells: 49, runs: 490 (490 to run" in res.stdout  # 7 columns x 7 rows x 10 seeds
+    # 7 columns x 8 rows (7 + the OT row's +no_ot control) x 10 seeds
+    assert "cells: 56, runs: 560 (560 to run" in res.stdout
+    assert "wall clock" not in res.stdout  # nothing of it is measured: no wall clock to give
     assert "warning: SST-2" in res.stderr and not (tmp_path / "mlflow.db").exists()
