@@ -17,11 +17,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 import pytest
+
+from .._serving import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -312,17 +313,7 @@ def mlflow_server(root: Path, port: int):
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-                    if r.read().decode().strip() == "OK":
-                        break
-            except OSError:
-                pass
-            assert proc.poll() is None, proc.stdout.read()[-3000:]
-            assert time.time() < deadline, "mlflow server did not come up"
-            time.sleep(1)
+        wait_healthy(url, proc, what="mlflow server")
         yield url
     finally:
         proc.terminate()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
+
+from .._serving import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -30,16 +31,7 @@ def test_ui_serves_the_local_store(tmp_path, repo, free_port):
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                    assert r.read().decode().strip() == "OK"
-                    break
-            except OSError:
-                assert proc.poll() is None, proc.stdout.read()
-                assert time.time() < deadline, "the UI did not come up"
-                time.sleep(0.5)
+        wait_healthy(base, proc, what="the UI", timeout_s=90)
         req = urllib.request.Request(
             f"{base}/api/2.0/mlflow/experiments/search",
             data=json.dumps({"max_results": 10}).encode(),

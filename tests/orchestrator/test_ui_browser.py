@@ -12,10 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
+
+from .._serving import wait_healthy
 
 pytestmark = pytest.mark.slow
 
@@ -44,20 +44,6 @@ def _page_text(browser: str, url: str) -> str:
     ).stdout  # fmt: skip
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
-
-
-def _wait_healthy(base: str, proc) -> None:
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as r:
-                if r.read().decode().strip() == "OK":
-                    return
-        except OSError:
-            pass
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline, "the UI did not come up"
-        time.sleep(1)
 
 
 def _rendered(browser: str, url: str, expected: list[str]) -> str:
@@ -95,7 +81,7 @@ def test_the_sweeps_view_lists_its_trials_ranked_in_a_real_browser(
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(base, proc)
+        wait_healthy(base, proc, what="the UI", timeout_s=90)
         url = printed.replace("http://127.0.0.1:5000", base)
         text = _rendered(browser, url, names)
         # the runs table: every trial, flat (not folded under the sweep's parent), best first

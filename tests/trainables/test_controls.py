@@ -11,26 +11,16 @@ import torch
 from torch import nn
 
 from trainables.config import Stage2Config
-from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.arrays import StageData
 from trainables.loop import train_stage2
 from trainables.models import SplitNet
 from trainables.reweight import WeightVector
 
+from ._synthetic import three_class_features
+
 
 def _data() -> StageData:
-    # synthetic features: a unit test of what moves, not of the method's effect
-    g = torch.Generator().manual_seed(0)
-    counts = (12, 6, 3)
-    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-
-    def split(y):
-        return TensorSplit(torch.randn(len(y), 8, generator=g) + y[:, None].float(), y)
-
-    small = torch.arange(3).repeat(2)
-    return StageData(
-        train=split(ys), meta=split(small), val=split(small), test=split(small),
-        num_classes=3, train_counts=counts, source="synthetic (unit test)",
-    )  # fmt: skip
+    return three_class_features()
 
 
 def _run(cfg: Stage2Config, spy: list | None = None):

@@ -8,31 +8,16 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from trainables.config import Stage2Config
-from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.arrays import StageData
 from trainables.distributed import DataParallel
 from trainables.loop import train_stage2
 from trainables.models import SplitNet
 
+from ._synthetic import three_class_features
+
 
 def _data() -> StageData:
-    # Synthetic features (a unit test of the arithmetic, not of the method's effect).
-    g = torch.Generator().manual_seed(0)
-    counts = (12, 6, 3)
-    ys = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
-
-    def split(y):
-        return TensorSplit(torch.randn(len(y), 8, generator=g) + y[:, None].float(), y)
-
-    small = torch.arange(3).repeat(2)
-    return StageData(
-        train=split(ys),
-        meta=split(small),
-        val=split(small),
-        test=split(small),
-        num_classes=3,
-        train_counts=counts,
-        source="synthetic (unit test)",
-    )
+    return three_class_features()
 
 
 def _model() -> SplitNet:
