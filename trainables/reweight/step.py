@@ -232,44 +232,27 @@ def reweight_step(
             with torch.no_grad():
                 q_step = build_q(f1(meta_x), meta_y)
 
-    # ---- step (b): OT loss and one step on w ----
-    if not cfg.learn_weights:
-        with torch.no_grad():
-            cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
-            ot = step_ot_loss(cfg, cost, measure.detach(), q_step.b.to(measure.dtype))
-        return _model_step(model, x, y, idx, weights, model_opt, cfg, z_now, meta_x, meta_y,
-                           parallel, ot, virtual)  # fmt: skip
-    cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
-    ot = step_ot_loss(cfg, cost, measure, q_step.b.to(measure.dtype))
-    objective = ot
-    if is_vector and cfg.weight_decay:
-        objective = objective + 0.5 * cfg.weight_decay * (logits_b**2).sum()
-    w_params = [p for g in weight_opt.param_groups for p in g["params"]]
-    w_grads = torch.autograd.grad(objective, w_params, allow_unused=True)
-    if cfg.normalize_weight_grad:
-        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in w_grads if g is not None))
-        if float(norm) > 0:
-            w_grads = tuple(None if g is None else g / norm.to(g.dtype) for g in w_grads)
-    weight_opt.zero_grad(set_to_none=True)
-    for p, g in zip(w_params, w_grads, strict=False):
-        p.grad = g
-    weight_opt.step()
-    if parallel is not None:
-        parallel.broadcast_(w_params)
-    return _model_step(model, x, y, idx, weights, model_opt, cfg, z_now, meta_x, meta_y,
-                       parallel, ot, virtual)  # fmt: skip
+    # ---- step (b): OT loss and, unless the weights are held, one step on w ----
+    with torch.set_grad_enabled(cfg.learn_weights and torch.is_grad_enabled()):
+        cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
+        ot = step_ot_loss(cfg, cost, measure, q_step.b.to(measure.dtype))
+    if cfg.learn_weights:
+        objective = ot
+        if is_vector and cfg.weight_decay:
+            objective = objective + 0.5 * cfg.weight_decay * (logits_b**2).sum()
+        w_params = [p for g in weight_opt.param_groups for p in g["params"]]
+        w_grads = torch.autograd.grad(objective, w_params, allow_unused=True)
+        if cfg.normalize_weight_grad:
+            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in w_grads if g is not None))
+            if float(norm) > 0:
+                w_grads = tuple(None if g is None else g / norm.to(g.dtype) for g in w_grads)
+        weight_opt.zero_grad(set_to_none=True)
+        for p, g in zip(w_params, w_grads, strict=False):
+            p.grad = g
+        weight_opt.step()
+        if parallel is not None:
+            parallel.broadcast_(w_params)
 
-
-def _model_step(
-    model: SplitModel, x: Tensor, y: Tensor, idx: Tensor, weights: WeightVector | WeightNet,
-    model_opt: torch.optim.Optimizer, cfg: StepConfig, z_now: Tensor | None,
-    meta_x: Tensor | None, meta_y: Tensor | None, parallel: Parallel | None, ot: Tensor,
-    virtual: bool,
-) -> StepResult:  # fmt: skip
-    """Step (c): the model's step on the batch's CE weighted by the current weights."""
-    f1, f2 = model.features, model.classifier
-    f1_params = _trainable(f1)
-    is_vector = isinstance(weights, WeightVector)
     # ---- step (c): model step with the updated weights ----
     with torch.no_grad():
         if is_vector:
