@@ -36,6 +36,7 @@ __all__ = [
     "features_data",
     "needs_features",
     "pick_device",
+    "run_population",
     "run_stage2",
     "run_trial",
     "scalar_summary",
@@ -249,6 +250,44 @@ def run_stage2(
         parallel=parallel,
     )
     return s2, data
+
+
+def run_population(
+    cfgs: list[ExperimentConfig],
+    stage1: Stage1Output,
+    *,
+    device: torch.device | None = None,
+    **hooks,
+) -> tuple[list, StageData]:
+    """Stage 2 of every config in ``cfgs`` as one population
+    (:func:`trainables.population.train_population`, whose hooks and ``rungs`` pass through),
+    from one stage-1 result, set up as :func:`run_stage2` sets up a single trial (so member
+    ``m`` starts where the single trial of ``cfgs[m]`` starts). Returns the members' outcomes
+    and the cached features they ran on."""
+    from trainables.population import check_population, train_population
+
+    cfg = cfgs[0]
+    check_population([c.stage2 for c in cfgs], cfg.data.num_classes)
+    for c in cfgs[1:]:
+        same = dataclasses.replace(c, stage2=cfg.stage2)
+        if same != cfg:
+            raise ValueError("population members must share everything outside stage2")
+    device = device or pick_device()
+    torch.set_rng_state(stage1.rng["torch"])
+    generator = torch.Generator()
+    generator.set_state(stage1.rng["generator"])
+    if stage1.features is None:
+        add_features(cfg, stage1, device)
+    data = features_data(stage1, device)
+    model, state = modality_of(cfg.data.source).feature_model(
+        cfg, data, stage1.model_state, stage1.info
+    )
+    model = model.to(device)
+    model.load_state_dict(state)
+    outcomes = train_population(
+        model, data, [c.stage2 for c in cfgs], generator=generator, features=data, **hooks
+    )
+    return outcomes, data
 
 
 def run_trial(

@@ -28,7 +28,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["BACKENDS", "default_backend", "fused_applicable", "fused_unrolled_ot"]
+__all__ = [
+    "BACKENDS",
+    "default_backend",
+    "fused_applicable",
+    "fused_dtype",
+    "fused_unrolled_ot",
+]
 
 BACKENDS = ("numpy", "torch", "triton")
 
@@ -43,6 +49,24 @@ def fused_applicable(cost: Tensor, eps: float) -> bool:
     if limit is None:
         return False
     return bool((cost.detach().abs().amax() / eps) <= limit)
+
+
+def fused_dtype(cost: Tensor, eps: float | Tensor) -> torch.dtype | None:
+    """The dtype in which the scaling domain is exact for ``cost / eps`` (one host sync):
+    ``cost``'s own where it is safe; float64 for a float32 cost whose ratio fits float64's range
+    (the iterates are then computed more precisely, not differently); None where neither holds
+    (the log-domain loop is needed). ``eps`` may be a tensor broadcasting against the leading
+    dimensions of ``cost`` (one value per problem: every problem must fit)."""
+    limit = _LIMIT.get(cost.dtype)
+    if limit is None:
+        return None
+    ratio = cost.detach().abs().amax(dim=(-2, -1)) / eps
+    worst = float(ratio.max()) if ratio.numel() else 0.0
+    if worst <= limit:
+        return cost.dtype
+    if cost.dtype == torch.float32 and worst <= _LIMIT[torch.float64]:
+        return torch.float64
+    return None
 
 
 class _Torch:

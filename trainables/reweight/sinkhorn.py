@@ -277,7 +277,9 @@ def ot_loss(
     for float32 problems of up to 256 rows (:mod:`.triton_ot`), else in torch.
     ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks ``fused`` whenever
     it is exact: no warm start (``init=None``) and ``max |C| / eps`` inside the dtype's safe
-    range (checked once per call). With a ``tol`` it stops by the same rule at the same checks
+    range (checked once per call); a float32 problem beyond float32's range but inside
+    float64's is solved fused in float64 and its value and gradients returned in float32.
+    With a ``tol`` it stops by the same rule at the same checks
     (on CUDA the Triton kernels decide on chip for a single problem that fits one tile).
     """
     if grad not in GRAD_MODES:
@@ -286,16 +288,19 @@ def ot_loss(
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     kwargs = dict(max_iter=max_iter, tol=tol, check_every=check_every, stop=stop, init=init)
     if grad == "unrolled" and impl != "reference":
-        from .fused import fused_applicable, fused_unrolled_ot
+        from .fused import fused_dtype, fused_unrolled_ot
 
         if impl == "fused" and init is not None:
             raise ValueError("impl='fused' starts from zero potentials: needs init=None")
         if init is None:
             _check_inputs(cost, a, b, eps, max_iter)
             _check_stop(stop, check_every)
-            if impl == "fused" or fused_applicable(cost, eps):
+            dtype = cost.dtype if impl == "fused" else fused_dtype(cost, eps)
+            if dtype is not None:
                 rule = None if tol is None else (stop, tol, check_every)
-                return fused_unrolled_ot(cost, a, b, eps=eps, n_iter=max_iter, stop=rule)
+                args = (cost, a, b) if dtype == cost.dtype else (x.to(dtype) for x in (cost, a, b))
+                out = fused_unrolled_ot(*args, eps=eps, n_iter=max_iter, stop=rule)
+                return out.to(cost.dtype)
     if grad == "unrolled":
         res = sinkhorn(cost, a, b, eps=eps, **kwargs)
         return (cost * res.plan).sum((-2, -1))

@@ -1,0 +1,105 @@
+"""P problems with P solver settings in one call: member m equals ``ot_loss`` on its problem
+with its own lambda, cap and tolerance (value and gradients, every path), the frozen members
+really stop where their own loop stops, and the hand-written log-domain reverse pass agrees
+with finite differences."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+
+from trainables.reweight import ot_loss
+from trainables.reweight.batched import batched_ot_loss
+
+# lambda, cap, tolerance per member: eps 0.004 puts max C / eps beyond float64's scaling range
+# (the log-domain path); the tolerances stop members at different checks.
+EPS = [0.1, 0.05, 0.5, 0.004, 1.0, 0.02]
+CAPS = [30, 7, 50, 40, 3, 25]
+TOLS = [None, 1e-3, 1e-2, 1e-4, None, 1e-3]
+
+
+def _problems(dtype=torch.float64, p=6, n=7, m=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cost = (2 * torch.rand(p, n, m, generator=g, dtype=dtype)).requires_grad_()
+    a = torch.softmax(torch.randn(p, n, generator=g, dtype=dtype), 1).requires_grad_()
+    b = torch.softmax(torch.randn(p, m, generator=g, dtype=dtype), 1).requires_grad_()
+    return cost, a, b
+
+
+@pytest.mark.parametrize("impl", ["auto", "fused", "reference"])
+@pytest.mark.parametrize("stop", ["marginal", "potential_change"])
+def test_each_member_is_its_own_ot_loss(impl, stop):
+    cost, a, b = _problems()
+    eps, caps, tols = (EPS, CAPS, TOLS) if impl != "fused" else (EPS[:3], CAPS[:3], TOLS[:3])
+    p = len(eps)
+    cost, a, b = cost[:p], a[:p], b[:p]
+    v = batched_ot_loss(
+        cost, a, b, eps=eps, max_iter=caps, tol=tols, stop=stop, check_every=2, impl=impl
+    )
+    scale = torch.arange(1, p + 1, dtype=v.dtype)  # a different upstream gradient per member
+    gc, ga, gb = torch.autograd.grad((v * scale).sum(), (cost, a, b))
+    for m in range(p):
+        one = ot_loss(
+            cost[m], a[m], b[m], eps=eps[m], max_iter=caps[m], tol=tols[m], stop=stop,
+            check_every=2, impl="reference" if impl == "reference" else "auto",
+        )  # fmt: skip
+        g1 = torch.autograd.grad(one * (m + 1), (cost, a, b))
+        torch.testing.assert_close(v[m], one, rtol=1e-12, atol=1e-14)
+        for got, want in ((gc[m], g1[0][m]), (ga[m], g1[1][m]), (gb[m], g1[2][m])):
+            torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
+
+
+def test_frozen_members_stop_where_their_own_loop_stops():
+    """With a tolerance a member's value is its early-stopped solve, not the capped one: the
+    member with tol 1e-2 differs from the same problem run to its cap."""
+    cost, a, b = _problems()
+    v = batched_ot_loss(cost, a, b, eps=EPS, max_iter=CAPS, tol=TOLS, check_every=2).detach()
+    capped = ot_loss(cost[2], a[2], b[2], eps=EPS[2], max_iter=CAPS[2]).detach()
+    early = ot_loss(cost[2], a[2], b[2], eps=EPS[2], max_iter=CAPS[2], tol=1e-2, check_every=2)
+    assert abs(float(capped - early.detach())) > 1e-8  # the tolerance matters here
+    torch.testing.assert_close(v[2], early.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_log_domain_reverse_pass_against_finite_differences():
+    cost, a, b = _problems(p=3, n=5, m=3, seed=2)
+    eps, caps, tols = [0.003, 0.005, 0.004], [9, 4, 12], [None, None, 1e-3]
+
+    def f(c, x, y):
+        return batched_ot_loss(
+            c, x, y, eps=eps, max_iter=caps, tol=tols, check_every=3, impl="reference"
+        )
+
+    assert torch.autograd.gradcheck(f, (cost, a, b), eps=1e-7, atol=1e-6, rtol=1e-5)
+
+
+def test_float32_members_beyond_float32_range_are_solved_in_float64(monkeypatch):
+    """max C / eps = 2 / 0.02 = 100: past float32's scaling range (30), inside float64's."""
+    cost, a, b = (t.detach().float().requires_grad_() for t in _problems(p=2))
+    v = batched_ot_loss(cost, a, b, eps=[0.02, 0.5], max_iter=[30, 30], tol=[None, None])
+    assert v.dtype == torch.float32
+    exact = [
+        ot_loss(cost[m].double(), a[m].double(), b[m].double(), eps=e, max_iter=30)
+        for m, e in enumerate([0.02, 0.5])
+    ]
+    for m in range(2):
+        assert abs(float(v[m]) - float(exact[m])) < 1e-6
+    # ot_loss takes the same route for one float32 problem: fused in float64, not the log loop
+    sinkhorn_mod = importlib.import_module("trainables.reweight.sinkhorn")
+    calls = []
+    real = sinkhorn_mod.sinkhorn
+    monkeypatch.setattr(sinkhorn_mod, "sinkhorn", lambda *x, **k: calls.append(1) or real(*x, **k))
+    single = ot_loss(cost[0], a[0], b[0], eps=0.02, max_iter=30)
+    assert not calls and single.dtype == torch.float32
+    assert abs(float(single) - float(exact[0])) < 1e-6
+
+
+def test_bad_arguments_are_refused():
+    cost, a, b = _problems(p=2)
+    with pytest.raises(ValueError, match="one entry per problem"):
+        batched_ot_loss(cost, a, b, eps=[0.1], max_iter=[5, 5], tol=[None, None])
+    with pytest.raises(ValueError, match="every eps must be > 0"):
+        batched_ot_loss(cost, a, b, eps=[0.1, 0.0], max_iter=[5, 5], tol=[None, None])
+    with pytest.raises(ValueError, match="cost must be"):
+        batched_ot_loss(cost[0], a[0], b[0], eps=[0.1], max_iter=[5], tol=[None])

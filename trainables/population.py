@@ -1,0 +1,584 @@
+"""Population stage 2: P settings of the cached-feature stage 2 trained at once.
+
+Where f1 is frozen (``stage2.train=classifier``: the offline image, text and point-cloud
+experiments and the released-code preset) a stage-2 step is tiny and bound by per-call
+overhead. :func:`train_population` trains P members at once: stacked classifier heads (one
+``torch.func.functional_call`` under ``vmap``), one weight vector or weight net per member, one
+batched Sinkhorn call for all members (:func:`trainables.reweight.batched.batched_ot_loss`, each
+member with its own lambda, iteration cap and tolerance), and per-member step sizes, momenta,
+cost mixing and weight parametrisations. Every member sees the same batches, the same Q and the
+same draws, in the order :func:`trainables.loop.train_stage2` makes them, so member ``m`` gives
+what the single trial of its setting gives with the same seed (the equivalence is tested).
+
+Which fields may differ between members: :data:`VARYING`; every other stage-2 field, and the
+rest of the experiment, is the population's own (checked by :func:`check_population`).
+Members leave the population when they diverge (a non-finite loss at the end of an epoch, as a
+single trial raises there) or when successive halving culls them at a rung; the others go on.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from trainables.config import Stage2Config
+from trainables.data.arrays import StageData, iterate_batches
+from trainables.loop import (
+    StageResult,
+    _no_nan,
+    _q_builder,
+    _Selector,
+    check_stage2,
+    flat_metrics,
+    frozen_feature_data,
+    step_config,
+)
+from trainables.metrics import classification_metrics
+from trainables.models import SplitNet
+from trainables.reweight import WeightNet, class_balanced_weights, feature_cost, label_cost
+from trainables.reweight.batched import batched_ot_loss
+
+__all__ = [
+    "VARYING",
+    "MemberOutcome",
+    "check_population",
+    "halving_rungs",
+    "population_reason",
+    "train_population",
+]
+
+# Stage-2 fields a member may set for itself; all else is shared by the population.
+VARYING = frozenset(
+    {
+        "lr",
+        "momentum",
+        "weight_decay",
+        "weight_lr",
+        "weight_momentum",
+        "weight_decay_w",
+        "weight_param",
+        "weight_optimizer",
+        "weight_normalize",
+        "learn_weights",
+        "feature_weight",
+        "label_weight",
+        "released_mixing",
+        "eps",
+        "max_iter",
+        "tol",
+        "meta_ce_coef",
+        "virtual_step",  # no virtual step on frozen features: it has no effect there
+    }
+)
+
+Callback = Callable[[int, str, int, dict], None]
+
+
+@dataclass
+class MemberOutcome:
+    """One member's stage-2 result. ``error``: the divergence that ended it (its result holds
+    the epochs before); ``stopped_epoch``: the epoch (from 0) after which successive halving
+    culled it; both None for a member that ran every epoch."""
+
+    result: StageResult
+    error: FloatingPointError | None = None
+    stopped_epoch: int | None = None
+
+
+def population_reason(cfg: Stage2Config) -> str | None:
+    """Why ``cfg``'s stage 2 cannot run as a population member (None when it can)."""
+    if cfg.method != "ot":
+        return "stage2.method=none evaluates the stage-1 model: there is no stage 2 to batch"
+    if cfg.train != "classifier":
+        return "f1 trains in stage 2 (stage2.train=all): one setting per trial"
+    if cfg.grad != "unrolled":
+        return f"stage2.grad={cfg.grad}: populations solve the unrolled OT loss only"
+    return None
+
+
+def check_population(cfgs: Sequence[Stage2Config], num_classes: int) -> None:
+    """Raise ValueError (one line) unless ``cfgs`` can train as one population."""
+    if not cfgs:
+        raise ValueError("a population needs at least one member")
+    for cfg in cfgs:
+        reason = population_reason(cfg)
+        if reason:
+            raise ValueError(f"no population: {reason}")
+        check_stage2(cfg, num_classes)
+    first = cfgs[0]
+    for f in fields(Stage2Config):
+        if f.name in VARYING:
+            continue
+        values = {repr(getattr(c, f.name)) for c in cfgs}
+        if len(values) > 1:
+            raise ValueError(
+                f"stage2.{f.name} differs between members ({', '.join(sorted(values))}); "
+                f"only {', '.join(sorted(VARYING))} may"
+            )
+    if first.weights == "net" and any(c.weight_param != "sample" for c in cfgs):
+        raise ValueError("stage2.weights=net learns its weights with the weight net")
+
+
+def halving_rungs(epochs: int, grace: int, reduction: int) -> list[int]:
+    """The epochs (counted from 1) after which successive halving culls: ``grace * r^i`` below
+    ``epochs`` (ASHA's rungs for the same settings)."""
+    rungs, t = [], max(1, grace)
+    while t < epochs and reduction > 1:
+        rungs.append(t)
+        t *= reduction
+    return rungs
+
+
+class _Stacked:
+    """P copies of a module as stacked parameters, called through ``vmap``."""
+
+    def __init__(self, module: nn.Module, p: int) -> None:
+        if list(module.buffers()) or any(
+            isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)) for m in module.modules()
+        ):
+            raise ValueError("no population: the classifier has buffers or dropout")
+        copies = [copy.deepcopy(module) for _ in range(p)]
+        params, _ = stack_module_state(copies)
+        self.names = list(params)
+        self.params = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
+        self.base = copy.deepcopy(module).to("meta")
+
+        def one(ps: dict, x: Tensor) -> Tensor:
+            return functional_call(self.base, ps, (x,))
+
+        self._call = vmap(one, in_dims=(0, None))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """x ``[B, ...]`` (shared) -> ``[P, B, ...]``."""
+        return self._call(self.params, x)
+
+    def keep(self, idx: Tensor) -> None:
+        self.params = {
+            n: t.detach()[idx].clone().requires_grad_(True) for n, t in self.params.items()
+        }
+
+    def member_state(self, m: int, prefix: str) -> dict[str, Tensor]:
+        return {f"{prefix}{n}": t.detach()[m].clone() for n, t in self.params.items()}
+
+
+def _col(values: Sequence[float], like: Tensor) -> Tensor:
+    return torch.tensor(list(values), dtype=like.dtype, device=like.device)
+
+
+class _Optim:
+    """Per-member SGD (torch.optim.SGD's update, dampening 0) or Adam (torch.optim.Adam's
+    defaults) on stacked tensors ``[P, ...]``, each member with its own step size and
+    momentum; ``adam[m]`` picks the rule; ``mask`` (per parameter, ``[P]``) leaves a member's
+    tensor untouched."""
+
+    def __init__(self, lr, momentum, weight_decay, nesterov: bool, adam, like: Tensor):
+        self.lr, self.mom, self.wd = _col(lr, like), _col(momentum, like), _col(weight_decay, like)
+        self.adam = torch.tensor(list(adam), dtype=torch.bool, device=like.device)
+        self.nesterov = nesterov
+        self.state: dict[str, dict[str, Tensor]] = {}
+        self.steps = 0
+
+    def keep(self, idx: Tensor) -> None:
+        self.lr, self.mom, self.wd, self.adam = (
+            t[idx] for t in (self.lr, self.mom, self.wd, self.adam)
+        )
+        self.state = {n: {k: v[idx] for k, v in s.items()} for n, s in self.state.items()}
+
+    @staticmethod
+    def _b(v: Tensor, like: Tensor) -> Tensor:
+        return v.view(-1, *([1] * (like.dim() - 1)))
+
+    @torch.no_grad()
+    def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]):
+        self.steps += 1
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            st = self.state.setdefault(name, {})
+            lr, mom, wd = self._b(self.lr, p), self._b(self.mom, p), self._b(self.wd, p)
+            # SGD
+            d = g + wd * p
+            if "buf" not in st:
+                st["buf"] = d.clone()
+            else:
+                st["buf"] = torch.where(mom != 0, st["buf"] * mom + d, st["buf"])
+            step_d = torch.where(mom != 0, d + mom * st["buf"] if self.nesterov else st["buf"], d)
+            sgd = p + (-lr) * step_d
+            new = sgd
+            if bool(self.adam.any()):
+                b1, b2, eps = 0.9, 0.999, 1e-8
+                m1 = st.setdefault("exp_avg", torch.zeros_like(p))
+                m2 = st.setdefault("exp_avg_sq", torch.zeros_like(p))
+                m1 = m1.lerp(g, 1 - b1)
+                m2 = m2 * b2 + (1 - b2) * g * g
+                st["exp_avg"], st["exp_avg_sq"] = m1, m2
+                bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
+                denom = (m2.sqrt() / math.sqrt(bc2)) + eps
+                adam = p + (-(lr / bc1)) * (m1 / denom)
+                new = torch.where(self._b(self.adam, p), adam, sgd)
+            p.copy_(torch.where(self._b(masks[name], p), new, p))
+
+
+class _Weights:
+    """The members' weights: per-sample logits (``sample``), per-class logits (``class``) or
+    both (``class_residual``), or a weight net per member (``net``)."""
+
+    def __init__(self, cfgs, work_data: StageData, model: SplitNet, k: int, device) -> None:
+        cfg = cfgs[0]
+        self.p = len(cfgs)
+        self.net = cfg.weights == "net"
+        self.mode, self.raw = cfg.weight_mode, cfg.loss_weights == "raw"
+        y = work_data.train.y
+        if self.net:
+            self.heads = _Stacked(
+                WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device), self.p
+            )
+            self.params = self.heads.params
+            self.masks = {
+                n: torch.ones(self.p, dtype=torch.bool, device=device) for n in self.params
+            }
+            return
+        n = len(work_data.train)
+        dtype = torch.get_default_dtype()
+        if cfg.weight_init == "uniform":
+            per_class = torch.zeros(k, dtype=dtype)
+            start = torch.zeros(n, dtype=dtype)
+        else:
+            counts = torch.bincount(y.cpu(), minlength=k)
+            per_class = class_balanced_weights(counts)
+            start = per_class[y.cpu()]
+        self.labels = y
+        self.initial = start.to(device)
+        kinds = [c.weight_param for c in cfgs]
+        self.is_sample = torch.tensor([w == "sample" for w in kinds], device=device)
+        self.params = {
+            "sample_logits": start.to(device).repeat(self.p, 1).requires_grad_(True),
+            "class_logits": per_class.to(device).repeat(self.p, 1).requires_grad_(True),
+            "residual": torch.zeros(self.p, n, dtype=dtype, device=device).requires_grad_(True),
+        }
+        self.masks = {
+            "sample_logits": self.is_sample.clone(),
+            "class_logits": torch.tensor([w != "sample" for w in kinds], device=device),
+            "residual": torch.tensor([w == "class_residual" for w in kinds], device=device),
+        }
+
+    def keep(self, idx: Tensor) -> None:
+        self.masks = {k: v[idx] for k, v in self.masks.items()}
+        if self.net:
+            self.heads.keep(idx)
+            self.params = self.heads.params
+            return
+        self.is_sample = self.is_sample[idx]
+        self.params = {
+            k: v.detach()[idx].clone().requires_grad_(True) for k, v in self.params.items()
+        }
+
+    def logits(self) -> Tensor:
+        """``[P, N]``: each member's per-sample logits (as ``WeightVector.logits``)."""
+        ps = self.params
+        per = ps["class_logits"][:, self.labels] + ps["residual"]
+        return torch.where(self.is_sample[:, None], ps["sample_logits"], per)
+
+    def reset_(self, idx: Tensor) -> None:
+        with torch.no_grad():
+            self.params["sample_logits"][:, idx] = self.initial[idx]
+
+    def batch(self, idx: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """(the OT measure ``[P, B]``, the batch's logits ``[P, B]`` or None for the net)."""
+        if self.net:
+            return self.heads(z), None  # WeightNet.forward: the softmax over the batch
+        lb = self.logits()[:, idx]
+        return torch.softmax(lb, dim=1), lb
+
+    @torch.no_grad()
+    def loss_weights(self, idx: Tensor, z: Tensor) -> Tensor:
+        if self.net:
+            return self.heads(z)
+        lb = self.logits()[:, idx]
+        return lb.clone() if self.raw else torch.softmax(lb, dim=1)
+
+    @torch.no_grad()
+    def per_sample(self, train_x: Tensor, *, raw: bool = False) -> Tensor:
+        """``[P, N]``: every member's normalised weights over the whole training set (the
+        weight net applied to every training feature at once), or its raw logits."""
+        if self.net:
+            return self.heads(train_x)
+        lg = self.logits().detach()
+        return lg.clone() if raw else torch.softmax(lg, dim=1)
+
+
+def train_population(
+    model: SplitNet,
+    data: StageData,
+    cfgs: Sequence[Stage2Config],
+    *,
+    generator: torch.Generator,
+    features: StageData | None = None,
+    callback: Callback | None = None,
+    on_member_end: Callable[[int, MemberOutcome], None] | None = None,
+    on_improve: Callable[[int, StageResult], None] | None = None,
+    epoch_end: Callable[[int], None] | None = None,
+    rungs: Sequence[int] = (),
+    reduction: int = 3,
+) -> list[MemberOutcome]:
+    """Stage 2 of every setting in ``cfgs`` at once (see the module docstring).
+
+    ``features``: the cached f1 features (as for :func:`trainables.loop.train_stage2`).
+    ``callback(member, "stage2", epoch, metrics)``: each member's epoch, with the metrics a
+    single trial reports. ``on_member_end(member, outcome)``: as soon as a member is done
+    (diverged, culled or finished). ``on_improve(member, result)``: after an epoch that improved
+    a member's validation (``result`` is the member's live result). ``epoch_end(epoch)``: after
+    every member's callback of the epoch and the culling at a rung. ``rungs``: epochs (from 1)
+    after which the members below the top ``1 / reduction`` (by best validation balanced
+    accuracy so far) are culled.
+    """
+    k = data.num_classes
+    check_population(cfgs, k)
+    cfg = cfgs[0]
+    p_all = len(cfgs)
+    work_data = features if features is not None else frozen_feature_data(model, data)
+    device = data.train.y.device
+    steps_cfg = [step_config(c, k) for c in cfgs]
+    heads = _Stacked(model.classifier, p_all)
+    like = next(iter(heads.params.values()))
+    model_opt = _Optim(
+        [c.lr for c in cfgs], [c.momentum for c in cfgs], [c.weight_decay for c in cfgs],
+        cfg.nesterov, [False] * p_all, like,
+    )  # fmt: skip
+    head_masks = {n: torch.ones(p_all, dtype=torch.bool, device=device) for n in heads.params}
+    weights = _Weights(cfgs, work_data, model, k, device)
+    wlike = next(iter(weights.params.values()))
+    weight_opt = _Optim(
+        [c.weight_lr for c in cfgs], [c.weight_momentum for c in cfgs], [0.0] * p_all,
+        False, [c.weight_optimizer == "adam" for c in cfgs], wlike,
+    )  # fmt: skip
+    build_q = _q_builder(cfg, k, generator)
+    fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
+    meta_y = work_data.meta.y
+    members = list(range(p_all))  # active members, by original index
+    selectors = [_Selector() for _ in range(p_all)]
+    outcomes: list[MemberOutcome | None] = [None] * p_all
+
+    def end(m: int, outcome: MemberOutcome) -> None:
+        outcomes[m] = outcome
+        if on_member_end:
+            on_member_end(m, outcome)
+
+    def keep(pos: list[int]) -> None:
+        nonlocal members
+        idx = torch.tensor(pos, dtype=torch.long, device=device)
+        members = [members[i] for i in pos]
+        heads.keep(idx)
+        model_opt.keep(idx)
+        weights.keep(idx)
+        weight_opt.keep(idx)
+        for n in head_masks:
+            head_masks[n] = head_masks[n][idx]
+
+    for epoch in range(cfg.epochs):
+        if not members:
+            break
+        sc = [steps_cfg[m] for m in members]
+        q = build_q(work_data.meta.x, meta_y) if fixed_q else None
+        ot_sum = torch.zeros(len(members), device=device, dtype=like.dtype)
+        loss_sum = torch.zeros_like(ot_sum)
+        steps = 0
+        meta_all = torch.arange(len(work_data.meta))
+        meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
+        fw = _col([s.feature_weight for s in sc], like)[:, None, None]
+        lw = _col([s.label_weight for s in sc], like)[:, None, None]
+        decay = _col([s.weight_decay for s in sc], like)
+        coef = _col([s.meta_ce_coef for s in sc], like)
+        learn = torch.tensor([s.learn_weights for s in sc], device=device)
+        normalize = [s.normalize_weight_grad for s in sc]
+        for idx in iterate_batches(
+            len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
+        ):
+            idx_dev = idx.to(device)
+            x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
+            y = work_data.train.y[idx_dev]
+            step_q = q if q is not None else build_q(meta_x, meta_y)
+            ot, loss = _step(
+                x, y, idx_dev, step_q, meta_x, meta_y, sc, heads, model_opt, head_masks,
+                weights, weight_opt, fw, lw, decay, coef, learn, normalize, k,
+            )  # fmt: skip
+            ot_sum += ot
+            loss_sum += loss
+            steps += 1
+        ot_mean = ot_sum.tolist()
+        loss_mean = loss_sum.tolist()
+        alive = []
+        for pos, m in enumerate(members):
+            try:
+                _no_nan(ot_mean[pos] / steps, "the OT loss", "stage 2", epoch)
+                _no_nan(loss_mean[pos] / steps, "the weighted training loss", "stage 2", epoch)
+            except FloatingPointError as err:
+                end(m, MemberOutcome(selectors[m].result, error=err))
+                continue
+            alive.append(pos)
+        if len(alive) < len(members):
+            ot_mean = [ot_mean[i] for i in alive]
+            loss_mean = [loss_mean[i] for i in alive]
+            keep(alive)
+        if not members:
+            break
+        preds = _predict(heads, work_data)
+        w_all = weights.per_sample(work_data.train.x)
+        raw_all = None if weights.net or not weights.raw else weights.per_sample(None, raw=True)
+        for pos, m in enumerate(members):
+            metrics = {
+                split: classification_metrics(
+                    preds[split][pos], getattr(work_data, split).y, k, work_data.train_counts
+                )
+                for split in ("val", "test")
+            }
+            sel = selectors[m]
+            improved = sel.update(epoch, metrics, _View(heads, pos))
+            mass, per_sample = _class_mass(w_all[pos], work_data.train.y, k)
+            sel.result.weight_mass.append(mass)
+            sel.result.sample_weights = per_sample
+            if raw_all is not None:
+                raw, per_sample = _class_mass(raw_all[pos], work_data.train.y, k)
+                sel.result.raw_mass.append(raw)
+                sel.result.raw_sample_weights = per_sample
+            if improved and on_improve:
+                on_improve(m, sel.result)
+            if callback:
+                callback(
+                    m,
+                    "stage2",
+                    epoch,
+                    {
+                        "ot_loss": ot_mean[pos] / steps,
+                        "train_loss": loss_mean[pos] / steps,
+                        **flat_metrics(metrics),
+                    },
+                )
+        if epoch + 1 in rungs and epoch + 1 < cfg.epochs and len(members) > 1:
+            scores = [selectors[m].best_val for m in members]
+            n_keep = max(1, math.ceil(len(members) / reduction))
+            order = sorted(range(len(members)), key=lambda i: (-scores[i], members[i]))
+            kept = sorted(order[:n_keep])
+            for pos in order[n_keep:]:
+                end(
+                    members[pos], MemberOutcome(selectors[members[pos]].result, stopped_epoch=epoch)
+                )
+            keep(kept)
+        if epoch_end:
+            epoch_end(epoch)
+    for m in members:
+        end(m, MemberOutcome(selectors[m].result))
+    return [o for o in outcomes if o is not None]
+
+
+def _class_mass(w: Tensor, y: Tensor, k: int) -> tuple[list[float], list[float]]:
+    mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, y, w)
+    return mass.tolist(), w.tolist()
+
+
+class _View:
+    """One member's classifier as a ``state_dict`` (what ``_Selector`` copies)."""
+
+    def __init__(self, heads: _Stacked, pos: int) -> None:
+        self.heads, self.pos = heads, pos
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.heads.member_state(self.pos, "classifier.")
+
+
+@torch.no_grad()
+def _predict(heads: _Stacked, data: StageData) -> dict[str, Tensor]:
+    out = {}
+    for split in ("val", "test"):
+        s = getattr(data, split)
+        preds = [
+            heads(s.x[i]).argmax(-1)
+            for i in iterate_batches(len(s), SplitNet.eval_batch_size, shuffle=False)
+        ]
+        out[split] = torch.cat(preds, dim=1) if preds else torch.empty(0, dtype=torch.long)
+    return out
+
+
+def _step(
+    x, y, idx, q, meta_x, meta_y, sc, heads, model_opt, head_masks, weights, weight_opt,
+    fw, lw, decay, coef, learn, normalize, k,
+):  # fmt: skip
+    """Steps (b) and (c) of Algorithm 1 for every member on one batch (f1 frozen: no (a))."""
+    p = len(sc)
+    cfg0 = sc[0]
+    if not weights.net and weights.mode == "scratch":
+        weights.reset_(idx)
+    any_learn = bool(learn.any())
+    with torch.set_grad_enabled(any_learn):
+        measure, lb = weights.batch(idx, x)
+        base_dtype = q.b.dtype
+        kind = cfg0.cost
+        if kind == "label":
+            cost = lw * label_cost(y, q.y, k, dtype=base_dtype)
+        else:
+            feat = feature_cost(x, q.z)
+            cost = fw * feat
+            if kind == "combined":
+                cost = cost + lw * label_cost(y, q.y, k, dtype=feat.dtype)
+        cost = cost.expand(p, -1, -1).to(measure.dtype)
+        ot = batched_ot_loss(
+            cost,
+            measure,
+            q.b.to(measure.dtype).expand(p, -1),
+            eps=[s.eps for s in sc],
+            max_iter=[s.max_iter for s in sc],
+            tol=[s.tol for s in sc],
+            stop=cfg0.stop,
+            check_every=cfg0.check_every,
+            impl=cfg0.impl,
+        )
+    if any_learn:
+        objective = ot
+        if lb is not None and bool((decay != 0).any()):
+            objective = objective + 0.5 * decay * (lb**2).sum(1)
+        names = list(weights.params)
+        grads = torch.autograd.grad(
+            objective.sum(), [weights.params[n] for n in names], allow_unused=True
+        )
+        grads = {
+            n: torch.zeros_like(weights.params[n]) if g is None else g
+            for n, g in zip(names, grads, strict=True)
+        }
+        if any(normalize):
+            # each member's step is weight_lr long: its gradient over every weight parameter
+            # it learns, divided by its norm (members that do not normalise keep theirs)
+            sq = sum(
+                ((g * _rows(weights.masks[n], g)).double() ** 2).flatten(1).sum(1)
+                for n, g in grads.items()
+            )
+            norm = torch.sqrt(sq)
+            use = torch.tensor(normalize, device=norm.device) & (norm > 0)
+            for n, g in grads.items():
+                grads[n] = torch.where(_rows(use, g), g / _rows(norm, g).to(g.dtype), g)
+        masks = {n: weights.masks[n] & learn for n in names}
+        weight_opt.step(weights.params, grads, masks)
+    w_new = weights.loss_weights(idx, x)
+    logits = heads(x)  # [P, B, K]
+    ce = F.cross_entropy(logits.reshape(-1, k), y.repeat(p), reduction="none").view(p, -1)
+    loss = (w_new * ce).sum(1)
+    if bool((coef != 0).any()):
+        ml = heads(meta_x)
+        mce = F.cross_entropy(ml.reshape(-1, k), meta_y.repeat(p), reduction="none").view(p, -1)
+        loss = loss + coef * mce.mean(1)
+    names = list(heads.params)
+    grads = torch.autograd.grad(loss.sum(), [heads.params[n] for n in names])
+    model_opt.step(heads.params, dict(zip(names, grads, strict=True)), head_masks)
+    return ot.detach(), loss.detach()
+
+
+def _rows(v: Tensor, like: Tensor) -> Tensor:
+    """``[P]`` viewed to broadcast over ``like``'s trailing dimensions."""
+    return v.view(-1, *([1] * (like.dim() - 1)))

@@ -1,0 +1,396 @@
+"""The OT loss of P independent problems with P different solver settings, in one call.
+
+A population of stage-2 settings (``trainables.population``) solves one ``[B, M]`` problem per
+member at every step, each with its own ``eps`` (lambda), iteration cap and tolerance. This
+module solves them together: member ``m`` gets exactly the iterates, value and gradient that
+:func:`.sinkhorn.ot_loss` (``grad="unrolled"``) gives for its problem alone with its settings.
+
+How different caps and tolerances share one loop: every member runs the same iteration body,
+and a member that has reached its cap, or met its stopping rule at a check, is *frozen*: its
+scalings (potentials) keep their values (``where(active, new, old)``), so its plan is the one
+its own loop would have stopped at. The reverse pass of the fused path masks the frozen
+iterations out (their adjoints are zero and the carried adjoint passes through unchanged); the
+log-domain path gets the same from autograd through ``torch.where``. The loop ends when every
+member is frozen. Each stopping rule is evaluated per member (``"marginal"``: the member's L1
+error of its Q-side marginal; ``"potential_change"``: its ``sum_j |g_j - g_j^prev|``), which is
+what :func:`.sinkhorn.sinkhorn` computes for a single problem.
+
+Which path: as ``ot_loss(impl="auto")`` decides per call, each member takes the scaling-domain
+path (:mod:`.fused`, NumPy on CPU, torch elsewhere) when ``max |C_m| / eps_m`` is in the dtype's
+safe range (a float32 member beyond float32's range but inside float64's: fused in float64),
+else the log-domain loop (in NumPy with a hand-written reverse pass on the CPU, under autograd
+elsewhere); each group is solved in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .fused import _LIMIT, _NumPy, _Torch
+from .sinkhorn import STOP_RULES
+
+__all__ = ["batched_ot_loss"]
+
+
+class _TorchX(_Torch):
+    @staticmethod
+    def where(mask, a, b):
+        return torch.where(mask, a, b)
+
+    @staticmethod
+    def zeros_like(x):
+        return torch.zeros_like(x)
+
+    @staticmethod
+    def asarray(values, like):
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def to_host(x):
+        return x.detach().cpu().numpy()
+
+
+class _NumPyX(_NumPy):
+    @staticmethod
+    def where(mask, a, b):
+        return np.where(mask, a, b)
+
+    @staticmethod
+    def zeros_like(x):
+        return np.zeros_like(x)
+
+    @staticmethod
+    def asarray(values, like):
+        return np.asarray(values, dtype=like.dtype)
+
+    @staticmethod
+    def to_host(x):
+        return x
+
+
+def _stats(xp, rule: str, eps, kt, u, v, v_before, b):
+    """Each member's stopping statistic (``[P]``), as :func:`.fused._stop_error` computes it
+    for one problem."""
+    if rule == "marginal":
+        return xp.abs(v * xp.mv(kt, u) - b).sum(axis=-1)
+    change = xp.log(v) if v_before is None else xp.log(v) - xp.log(v_before)
+    return (eps[:, None] * xp.abs(change)).sum(axis=-1)
+
+
+def _fused_forward(xp, cost, a, b, eps, caps: np.ndarray, tols: np.ndarray, rule, every):
+    """The scaling-domain iterations with freezing; returns the values and the replay."""
+    k = xp.exp(-cost / eps[:, None, None])
+    kt = xp.t(k)
+    u = xp.ones_like(a)
+    v = xp.ones_like(b)
+    active = caps > 0
+    us, vs, ss, rs, acts = [u], [], [], [], []
+    for it in range(int(caps.max())):
+        act = active & (it < caps)
+        if not act.any():
+            break
+        r = xp.mv(kt, u)
+        v_new = b / r
+        s = xp.mv(k, v_new)
+        u_new = a / s
+        v_before = v if it else None
+        if act.all():  # the common case: no member frozen yet
+            u, v = u_new, v_new
+        else:
+            act_x = xp.asarray(act, a)[:, None] > 0
+            u = xp.where(act_x, u_new, u)
+            v = xp.where(act_x, v_new, v)
+        us.append(u)
+        vs.append(v)
+        ss.append(s)
+        rs.append(r)
+        acts.append(act)
+        active = act.copy()
+        active &= it + 1 < caps
+        if (it + 1) % every == 0:
+            err = xp.to_host(_stats(xp, rule, eps, kt, u, v, v_before, b))
+            active &= ~(err < tols)
+    plan = u[..., :, None] * k * v[..., None, :]
+    n_done = np.sum(np.stack(acts, 0), 0) if acts else np.zeros_like(caps)
+    return (cost * plan).sum(axis=(-2, -1)), (k, kt, eps, us, vs, ss, rs, acts, n_done)
+
+
+def _fused_backward(xp, g, cost, saved):
+    k, kt, eps, us, vs, ss, rs, acts, n_done = saved
+    steps = len(acts)
+    g = g[..., None, None]
+    u_last, v_last = us[-1], vs[-1]
+    uv = u_last[..., :, None] * v_last[..., None, :]
+    t_bar = g * cost
+    grad_cost = g * uv * k
+    k_bar = t_bar * uv
+    tk = t_bar * k
+    u_bar = xp.mv(tk, v_last)
+    vt0 = -xp.mv(xp.t(tk), u_last)
+    vt = vt0
+    zero_n, zero_m = xp.zeros_like(u_last), xp.zeros_like(v_last)
+    qs, ws, ps, zs = [], [], [], []
+    for t in range(steps - 1, -1, -1):
+        if acts[t].all() and not (n_done == t + 1).any():  # every member runs, none starts
+            q = u_bar / ss[t]
+            w = q * us[t + 1]
+            vt = xp.mv(kt, w)
+            p = vt / rs[t]
+            z = p * vs[t]
+            u_bar = xp.mv(k, z)
+            qs.append(q)
+            ws.append(w)
+            ps.append(p)
+            zs.append(z)
+            continue
+        act = xp.asarray(acts[t], u_last)[:, None] > 0
+        first = xp.asarray(n_done == t + 1, u_last)[:, None] > 0
+        q = u_bar / ss[t]
+        w = q * us[t + 1]  # the u iteration t produced
+        ktw = xp.mv(kt, w)
+        vt_new = xp.where(first, vt + ktw, ktw)
+        p = vt_new / rs[t]
+        z = p * vs[t]
+        u_bar = xp.where(act, xp.mv(k, z), u_bar)
+        vt = xp.where(act, vt_new, vt)
+        qs.append(xp.where(act, q, zero_n))
+        ws.append(xp.where(act, w, zero_n))
+        ps.append(xp.where(act, p, zero_m))
+        zs.append(xp.where(act, z, zero_m))
+    a_bar = xp.stack(qs, 0).sum(axis=0)
+    b_bar = -xp.stack(ps, 0).sum(axis=0)
+    w_hist = xp.stack(ws[::-1], -1)  # [P, N, T]
+    z_hist = xp.stack(zs[::-1], -2)  # [P, T, M]
+    v_hist = xp.stack(vs, -2)  # [P, T, M]
+    u_hist = xp.stack(us[:-1], -1)  # [P, N, T]: u before each iteration
+    k_bar = k_bar - w_hist @ v_hist + u_hist @ z_hist
+    return grad_cost - k_bar * k / eps[:, None, None], a_bar, b_bar
+
+
+class _BatchedFused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cost, a, b, eps, caps, tols, rule, every, backend):
+        xp = _NumPyX if backend == "numpy" else _TorchX
+        value, saved = _fused_forward(
+            xp, *(xp.wrap(x) for x in (cost, a, b, eps)), caps, tols, rule, every
+        )
+        ctx.xp, ctx.replay = xp, saved
+        ctx.save_for_backward(cost, a, b)
+        return xp.unwrap(value, cost)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        cost, _, _ = ctx.saved_tensors
+        xp = ctx.xp
+        grads = _fused_backward(xp, xp.wrap(grad_out), xp.wrap(cost), ctx.replay)
+        return (
+            *(
+                xp.unwrap(g, cost) if need else None
+                for g, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
+            ),
+            *([None] * 6),
+        )
+
+
+def _lse(x: np.ndarray, axis: int) -> np.ndarray:
+    m = x.max(axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return (np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m).squeeze(axis)
+
+
+def _log_forward(cost, a, b, eps, caps: np.ndarray, tols: np.ndarray, rule, every):
+    """The log-domain iterations of :func:`.sinkhorn.sinkhorn` with freezing, in NumPy; returns
+    the values and what the reverse pass replays (the potentials of every iteration)."""
+    neg_c = -cost / eps[:, None, None]
+    la, lb = np.log(a), np.log(b)
+    u, v = np.zeros_like(a), np.zeros_like(b)
+    active = caps > 0
+    us, vs, acts = [u], [], []
+    for it in range(int(caps.max())):
+        act = active & (it < caps)
+        if not act.any():
+            break
+        v_prev = v
+        v_new = lb - _lse(u[:, :, None] + neg_c, 1)
+        u_new = la - _lse(v_new[:, None, :] + neg_c, 2)
+        u = np.where(act[:, None], u_new, u)
+        v = np.where(act[:, None], v_new, v)
+        us.append(u)
+        vs.append(v)
+        acts.append(act)
+        active = act & (it + 1 < caps)
+        if (it + 1) % every == 0:
+            if rule == "marginal":
+                col = _lse(u[:, :, None] + neg_c, 1) + v
+                err = np.abs(np.exp(col) - b).sum(-1)
+            else:
+                err = np.abs(eps[:, None] * (v - v_prev)).sum(-1)
+            active &= ~(err < tols)
+    plan = np.exp(u[:, :, None] + v[:, None, :] + neg_c)
+    n_done = np.sum(np.stack(acts, 0), 0)
+    return (cost * plan).sum(axis=(-2, -1)), (neg_c, la, lb, eps, plan, us, vs, acts, n_done)
+
+
+def _log_backward(g, cost, a, b, saved):
+    """Reverse pass of :func:`_log_forward` (the softmax Jacobians of each log-sum-exp, formed
+    from the stored potentials), times ``g``; returns the gradients for cost, a and b."""
+    neg_c, la, lb, eps, plan, us, vs, acts, n_done = saved
+    g3 = g[:, None, None]
+    n_bar = g3 * cost * plan  # through the plan's exponent
+    grad_c = g3 * plan  # the direct term
+    u_bar = n_bar.sum(-1)
+    v0 = n_bar.sum(-2)
+    v_bar = v0
+    la_bar, lb_bar = np.zeros_like(la), np.zeros_like(lb)
+    for t in range(len(acts) - 1, -1, -1):
+        act = acts[t][:, None]
+        first = (n_done == t + 1)[:, None]
+        u_t, v_t, u_prev = us[t + 1], vs[t], us[t]
+        # u_t = la - LSE_j(v_t + N): row softmax B; v_t = lb - LSE_i(u_prev + N): column softmax A
+        rows = np.exp(v_t[:, None, :] + neg_c + u_t[:, :, None] - la[:, :, None])
+        ub = np.where(act, u_bar, 0.0)
+        la_bar += ub
+        vb = np.where(first, v_bar, 0.0) - (ub[:, :, None] * rows).sum(1)
+        vb = np.where(act, vb, 0.0)
+        cols = np.exp(u_prev[:, :, None] + neg_c + v_t[:, None, :] - lb[:, None, :])
+        lb_bar += vb
+        n_bar -= ub[:, :, None] * rows + vb[:, None, :] * cols
+        u_bar = np.where(act, -(cols * vb[:, None, :]).sum(2), u_bar)
+    return grad_c - n_bar / eps[:, None, None], la_bar / a, lb_bar / b
+
+
+class _BatchedLog(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cost, a, b, eps, caps, tols, rule, every):
+        arrays = [x.detach().numpy() for x in (cost, a, b, eps)]
+        # a zero weight (an underflowed softmax) gives log 0 = -inf and then NaN, as in the
+        # reference loop; the member then diverges there, without NumPy's warnings
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            value, saved = _log_forward(*arrays, caps, tols, rule, every)
+        ctx.replay = saved
+        ctx.save_for_backward(cost, a, b)
+        return torch.from_numpy(np.asarray(value, dtype=arrays[0].dtype))
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        cost, a, b = ctx.saved_tensors
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            grads = _log_backward(
+                grad_out.numpy(), *(x.detach().numpy() for x in (cost, a, b)), ctx.replay
+            )
+        out = [
+            torch.from_numpy(np.asarray(gr, dtype=cost.numpy().dtype)) if need else None
+            for gr, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
+        ]
+        return (*out, *([None] * 5))
+
+
+def _log_domain(cost, a, b, eps: Tensor, caps: np.ndarray, tols: np.ndarray, rule, every):
+    """The log-domain loop of :func:`.sinkhorn.sinkhorn` with freezing, under autograd (off
+    the CPU; there :func:`_log_forward` and its hand-written reverse pass run in NumPy)."""
+    e = eps[:, None]
+    neg_c = -cost / eps[:, None, None]
+    log_a, log_b = torch.log(a), torch.log(b)
+    u, v = torch.zeros_like(a), torch.zeros_like(b)
+    active = caps > 0
+    for it in range(int(caps.max())):
+        act_np = active & (it < caps)
+        if not act_np.any():
+            break
+        act = torch.as_tensor(act_np, device=cost.device)[:, None]
+        v_prev = v
+        v_new = log_b - torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2)
+        u_new = log_a - torch.logsumexp(v_new.unsqueeze(-2) + neg_c, dim=-1)
+        u = torch.where(act, u_new, u)
+        v = torch.where(act, v_new, v)
+        active = act_np & (it + 1 < caps)
+        if (it + 1) % every == 0:
+            with torch.no_grad():
+                if rule == "marginal":
+                    col = torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2) + v
+                    err = (col.exp() - b).abs().sum(-1)
+                else:
+                    err = (e * (v - v_prev)).abs().sum(-1)
+            active &= ~(err.cpu().numpy() < tols)
+    plan = (u.unsqueeze(-1) + v.unsqueeze(-2) + neg_c).exp()
+    return (cost * plan).sum((-2, -1))
+
+
+def batched_ot_loss(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    *,
+    eps: Sequence[float],
+    max_iter: Sequence[int],
+    tol: Sequence[float | None],
+    stop: str = "marginal",
+    check_every: int = 10,
+    impl: str = "auto",
+) -> Tensor:
+    """``<C_m, T*_m>`` for P problems, ``[P]``, differentiable in ``cost``, ``a`` and ``b``.
+
+    cost ``[P, N, M]``, a ``[P, N]``, b ``[P, M]``; eps, max_iter, tol: one entry per problem
+    (``tol`` None: exactly ``max_iter`` iterations). Member m equals
+    ``ot_loss(cost[m], a[m], b[m], eps=eps[m], max_iter=max_iter[m], tol=tol[m], stop=stop,
+    check_every=check_every, grad="unrolled", impl=impl)`` (up to rounding). ``impl``:
+    ``"auto"`` (per member, as ``ot_loss`` decides), ``"fused"`` or ``"reference"``.
+    """
+    if cost.dim() != 3:
+        raise ValueError(f"cost must be [P, N, M], got shape {tuple(cost.shape)}")
+    p = cost.shape[0]
+    if a.shape != cost.shape[:2] or b.shape != (p, cost.shape[2]):
+        raise ValueError(
+            f"a must be {tuple(cost.shape[:2])} and b {(p, cost.shape[2])}, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+    if not (len(eps) == len(max_iter) == len(tol) == p):
+        raise ValueError(f"eps, max_iter and tol need one entry per problem ({p})")
+    if stop not in STOP_RULES:
+        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
+    if impl not in ("auto", "fused", "reference"):
+        raise ValueError(f"impl must be auto, fused or reference, got {impl!r}")
+    if min(eps) <= 0 or min(max_iter) < 1 or check_every < 1:
+        raise ValueError("every eps must be > 0, every max_iter >= 1, and check_every >= 1")
+    caps = np.asarray(max_iter, dtype=np.int64)
+    tols = np.asarray([-np.inf if t is None else t for t in tol], dtype=np.float64)
+    eps_t = torch.as_tensor(list(eps), dtype=cost.dtype, device=cost.device)
+    # per member: 0 the log-domain loop, 1 fused in cost's dtype, 2 fused in float64
+    limit = _LIMIT.get(cost.dtype)
+    if impl == "reference" or limit is None:
+        path = np.zeros(p, dtype=np.int64)
+    elif impl == "fused":
+        path = np.ones(p, dtype=np.int64)
+    else:
+        ratio = (cost.detach().abs().amax(dim=(-2, -1)) / eps_t).cpu().numpy()
+        path = np.where(ratio <= limit, 1, 0)
+        if cost.dtype == torch.float32:
+            path = np.where((path == 0) & (ratio <= _LIMIT[torch.float64]), 2, path)
+    backend = "numpy" if cost.device.type == "cpu" else "torch"
+    parts, order = [], []
+    for kind in (1, 2, 0):
+        idx = np.flatnonzero(path == kind)
+        if idx.size == 0:
+            continue
+        sel = torch.as_tensor(idx, device=cost.device)
+        args = [cost[sel], a[sel], b[sel], eps_t[sel]]
+        if kind == 2:
+            args = [x.double() for x in args]
+        rest = (caps[idx], tols[idx], stop, check_every)
+        if kind:
+            parts.append(_BatchedFused.apply(*args, *rest, backend).to(cost.dtype))
+        elif backend == "numpy":
+            parts.append(_BatchedLog.apply(*args, *rest))
+        else:
+            parts.append(_log_domain(*args, *rest))
+        order.append(idx)
+    if len(parts) == 1:
+        return parts[0]
+    perm = torch.as_tensor(np.argsort(np.concatenate(order)), device=cost.device)
+    return torch.cat(parts)[perm]
