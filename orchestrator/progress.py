@@ -132,6 +132,14 @@ def trial_line(
         f"trial {trial_id}  {state:<17}  val {_metric(result.get(names.SELECT_METRIC))}  "
         f"test {_metric(result.get(names.SELECTED_TEST))}"
     )
+    if "population" in config:  # a population trial: its best member's setting
+        from .search import member_key
+
+        members = config["population"]
+        vals = [result.get(member_key(i), -1.0) for i in range(len(members))]
+        top = max(range(len(members)), key=lambda i: vals[i]) if members else 0
+        best = short_settings(members[top]) if members else ""
+        return f"{line}  {len(members)} settings; best m{top}: {best}"
     settings = short_settings(config)
     return f"{line}  {settings}" if settings else line
 

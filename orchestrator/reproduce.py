@@ -27,7 +27,14 @@ from pathlib import Path
 
 from search_spaces.resolve import unknown_name
 from search_spaces.tables import TABLES, Cell, Table, cell_config
-from trainables.config import ConfigError, ExperimentConfig, apply_overrides, apply_values
+from trainables.config import (
+    ConfigError,
+    ExperimentConfig,
+    Stage2Config,
+    apply_overrides,
+    apply_values,
+    to_dict,
+)
 
 from . import cli, names, tracking
 from .cli import REPO, CommandError
@@ -457,6 +464,36 @@ def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spe
     return out
 
 
+def population_groups(pending: list[RunSpec]) -> list[list[str]]:
+    """The pending runs' keys, grouped: runs of one stage-1 entry whose configs differ only in
+    member-level stage-2 fields (an OT row and its ``+no_ot`` control, say) train as one
+    population (``trainables.population``), each still its own MLflow run; every other run is
+    a group of one. Seeds never share a group (each has its own stage 1)."""
+    from trainables.population import VARYING, population_reason
+
+    groups: dict[str, list[str]] = {}
+    for s in pending:
+        if population_reason(s.cfg.stage2) is not None:
+            groups[s.run_key] = [s.run_key]
+            continue
+        neutral = {f: getattr(Stage2Config(), f) for f in VARYING}
+        shape = dataclasses.replace(s.cfg, stage2=dataclasses.replace(s.cfg.stage2, **neutral))
+        key = f"{s.stage1_key}|{json.dumps(to_dict(shape), sort_keys=True)}"
+        groups.setdefault(key, []).append(s.run_key)
+    return list(groups.values())
+
+
+def _reproduce_unit(config: dict, contexts: dict) -> None:
+    """One grid point of ``reproduce``: a single run, or a population of runs."""
+    from .population import reproduce_population
+
+    keys = config["runs"]
+    if len(keys) == 1:
+        reproduce_trial({"run": keys[0]}, contexts)
+    else:
+        reproduce_population(config, contexts)
+
+
 def _run_pending(
     args, inv: _Invocation, specs: list[RunSpec], pending: list[RunSpec]
 ) -> tuple[bool, Plan]:
@@ -487,12 +524,16 @@ def _run_pending(
     if fits < 1:
         raise CommandError("a run does not fit the cluster (see --cpus-per-trial/--gpus-per-trial)")
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
+    groups = population_groups(pending)
+    if any(len(g) > 1 for g in groups):
+        n = sum(len(g) for g in groups if len(g) > 1)
+        print(f"{n} runs train as {sum(len(g) > 1 for g in groups)} populations", flush=True)
     trainable = tune.with_resources(
-        tune.with_parameters(reproduce_trial, contexts=contexts), resources
+        tune.with_parameters(_reproduce_unit, contexts=contexts), resources
     )
     tuner = tune.Tuner(
         trainable,
-        param_space={"run": tune.grid_search(list(contexts))},
+        param_space={"runs": tune.grid_search(groups)},
         tune_config=tune.TuneConfig(
             max_concurrent_trials=min(fits, len(contexts)),
             trial_dirname_creator=lambda t: f"run_{t.trial_id}",

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import sys
 import tempfile
 import time
@@ -44,6 +45,7 @@ _RECORDED_ARGS = (
     "max_failures",
     "workers_per_trial",
     "space",
+    "population",
 )
 
 
@@ -67,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
         "--workers-per-trial", type=int, default=0,
         help="Ray Train workers per trial, data-parallel (default: 1, or the GPUs when > 1)",
     )  # fmt: skip
+    p.add_argument(
+        "--population", type=int, default=0,
+        help="settings each trial trains at once on cached features (default: up to 16 where "
+        "stage 2 runs on cached features, 1 where f1 trains); --trials counts settings",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     return p
 
@@ -84,7 +91,41 @@ def _workers(args: argparse.Namespace) -> int:
     return int(args.gpus_per_trial) if args.gpus_per_trial >= 2 else 1
 
 
-def _concurrency(args: argparse.Namespace) -> int:
+def _no_population(args: argparse.Namespace, cfg, module) -> str | None:
+    """Why this sweep's trials cannot train populations (None when they can); an explicit
+    ``--population`` above 1 is refused with it, before anything starts."""
+    from trainables.population import VARYING, population_reason
+
+    reason = population_reason(cfg.stage2)
+    keys = list(space_best(module, cfg))
+    other = [k for k in keys if not (k.startswith("stage2.") and k[7:] in VARYING)]
+    if reason is None and other:
+        reason = f"the space searches {other[0]}, which members cannot set for themselves"
+    if reason is None and _workers(args) > 1:
+        reason = "data-parallel trials (--workers-per-trial) train one setting each"
+    if reason and args.population > 1:
+        raise CommandError(f"--population {args.population}: {reason}")
+    return reason
+
+
+def population_size(args: argparse.Namespace, cfg, module, fits: int) -> int:
+    """Settings per Tune trial: ``--population`` where the experiment's stage 2 and the space
+    allow a population (cached features, single-worker trials, only member-level keys
+    searched), else 1; by default as many as fill the trial slots, at most 16."""
+    if args.population == 1 or _no_population(args, cfg, module):
+        return 1
+    if args.population:
+        return args.population
+    return max(1, min(16, math.ceil(args.trials / max(1, fits))))
+
+
+def _fits(args: argparse.Namespace) -> int:
+    workers = _workers(args)
+    driver = _DRIVER_CPU if workers > 1 else 0.0
+    return cli.fitting_trials(args.cpus_per_trial * workers + driver, args.gpus_per_trial)
+
+
+def _concurrency(args: argparse.Namespace, population: int = 1) -> int:
     import ray
 
     res = ray.cluster_resources()
@@ -102,7 +143,7 @@ def _concurrency(args: argparse.Namespace) -> int:
             f"{' + its driver' if driver else ''}) but the cluster has {res.get('CPU', 0):g}"
         )
     want = args.concurrency or fits
-    return max(1, min(want, fits, args.trials))
+    return max(1, min(want, fits, math.ceil(args.trials / population)))
 
 
 class _FinishStopped:
@@ -114,9 +155,13 @@ class _FinishStopped:
 
         class FinishStopped(Callback):
             def on_trial_complete(self, iteration, trials, trial, **info):
+                from .population import close_members
+
                 c = tracking.client(spec.uri)
                 runs = tracking.trial_runs(c, spec.experiment_id, parent_run_id, trial.trial_id)
                 tracking.close_running(c, runs, tag=names.STOPPED_EARLY, status="FINISHED")
+                if "population" in trial.config:
+                    close_members(spec, parent_run_id, trial.trial_id)
 
         return FinishStopped()
 
@@ -171,16 +216,18 @@ def _sampled(c, run) -> dict:
         return json.loads(Path(path).read_text())
 
 
-def _summary(cfg, c, exp_id: str, parent: str, results, conc: int) -> dict:
+def _summary(cfg, c, exp_id: str, parent: str, results, conc: int, population: int = 1) -> dict:
     rows = []
     for r in _ranking(c, exp_id, parent):
         m = {**r.data.metrics, "trial_id": r.data.tags.get("ray.trial_id", r.info.run_id)}
         rows.append((m[names.SELECT_METRIC], m.get(names.SELECTED_TEST), m, r))
     print("\n== sweep summary ==", flush=True)
     print(f"experiment {cfg.name} ({cfg.table}), preset {cfg.preset}, seed {cfg.seed}")
+    pop = f" population trials of up to {population} settings" if population > 1 else ""
     print(
-        f"trials: {len(results)} run, {results.num_errors} errored, {len(rows)} ranked "
-        f"(every finished trial of this sweep, resumed ones included); concurrency {conc}"
+        f"trials: {len(results)}{pop} run, {results.num_errors} errored, {len(rows)} ranked "
+        f"(every finished {'setting' if pop else 'trial'} of this sweep, resumed ones "
+        f"included); concurrency {conc}"
     )
     if not rows:
         return {}
@@ -340,7 +387,9 @@ def _context(
     return ctx, {"cpu": _DRIVER_CPU}
 
 
-def _tuner(trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, callback):
+def _tuner(
+    trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, callback, population=1
+):
     """A new Tuner (Optuna TPE seeded from the config, the published setting first, ASHA on
     stage-2 epochs), or the interrupted one restored."""
     from ray import tune
@@ -356,25 +405,39 @@ def _tuner(trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, 
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     epochs = cfg.stage2.epochs
+    if population > 1:
+        from .search import PopulationSearch
+
+        search = PopulationSearch(
+            module.space,
+            population=population,
+            total=args.trials,
+            metric=names.SELECT_METRIC,
+            mode="max",
+            points_to_evaluate=[space_best(module, cfg)],
+            seed=cfg.seed,
+        )
+    else:
+        search = OptunaSearch(
+            space=module.space,
+            metric=names.SELECT_METRIC,
+            mode="max",
+            points_to_evaluate=[space_best(module, cfg)],
+            seed=cfg.seed,
+        )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=names.SELECT_METRIC,
             mode="max",
-            search_alg=OptunaSearch(
-                space=module.space,
-                metric=names.SELECT_METRIC,
-                mode="max",
-                points_to_evaluate=[space_best(module, cfg)],
-                seed=cfg.seed,
-            ),
+            search_alg=search,
             scheduler=ASHAScheduler(
                 time_attr=names.TIME_ATTR,
                 max_t=max(1, epochs),
                 grace_period=max(1, epochs // 4),
                 reduction_factor=3,
             ),
-            num_samples=args.trials,
+            num_samples=math.ceil(args.trials / population),
             max_concurrent_trials=conc,
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             # A stopped trial's thread is joined before its actor takes the next trial;
@@ -459,6 +522,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             module.check(cfg)
         except ValueError as err:
             raise CommandError(str(err)) from None
+    _no_population(args, cfg, module)
     uri, exp_id, c = cli.open_tracking(
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
@@ -485,7 +549,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     stage1_run = tracking.stage1_build_run(c, exp_id, entry.key)
     if stage1_run:
         c.set_tag(parent, names.STAGE1_RUN, stage1_run)
-    conc = _concurrency(args)
+    population = population_size(args, cfg, module, _fits(args))
+    args.population = population
+    conc = _concurrency(args, population)
     rec = {
         "sweep_id": sweep_id,
         "name": args.name,
@@ -498,15 +564,27 @@ def run_sweep(args: argparse.Namespace) -> int:
     }
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
     ctx, resources = _context(cfg, entry, spec, parent, sweep_id, storage, args, module, stage1_run)
-    trainable = tune.with_resources(tune.with_parameters(stage2_trial, ctx=ctx), resources)
+    if population > 1:
+        from .population import population_trial
+
+        fn = population_trial
+        print(
+            f"{args.trials} settings as {math.ceil(args.trials / population)} trials of up to "
+            f"{population} (a population each: one child run per setting)",
+            flush=True,
+        )
+    else:
+        fn = stage2_trial
+    trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
     tuner = _tuner(
-        trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent)
-    )
+        trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent),
+        population,
+    )  # fmt: skip
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
     results = tuner.fit()
-    best = _summary(cfg, c, exp_id, parent, results, conc)
+    best = _summary(cfg, c, exp_id, parent, results, conc, population)
     _control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
     ok = _finish(c, parent, best, results)
@@ -536,10 +614,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.cpus_per_trial <= 0
         or args.gpus_per_trial < 0
         or args.workers_per_trial < 0
+        or args.population < 0
     ):
         p.error(
-            "--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial and "
-            "--workers-per-trial >= 0"
+            "--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial, "
+            "--workers-per-trial and --population >= 0"
         )
     return cli.run_command(lambda: run_sweep(args))
 

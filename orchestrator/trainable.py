@@ -234,13 +234,21 @@ class TrialTracker:
                 torch.save(state, d / "best_model.pt")
             self.client.log_artifacts(self.run_id, str(d))
 
-    def finish(self, summary: dict) -> None:
-        self.closed = True
+    def log_summary(self, summary: dict) -> None:
+        """The summary so far (metrics and ``result.json``), the run left open: what a run
+        stopped without notice keeps (a population uploads it before each report at which a
+        scheduler may stop it)."""
         if self.client is None:
             return
         step = int(summary.get("last_epoch", {}).get("epoch", 0))
         tracking.log_metrics(self.client, self.run_id, tracking.flat_summary(summary), step=step)
         self.client.log_dict(self.run_id, summary, "result.json")
+
+    def finish(self, summary: dict) -> None:
+        self.closed = True
+        if self.client is None:
+            return
+        self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def stopped_early(self) -> None:

@@ -90,9 +90,7 @@ def _make_modelnet_tree(root: Path, *, shuffle_names: bool = False, quirk: bool 
             if shuffle_names:
                 numbers = list(rng.permutation(numbers) + 100)
             for i, number in enumerate(numbers):
-                text = _modelnet_mesh(c, i + (50 if split == "test" else 0)).export(
-                    file_type="off"
-                )
+                text = _modelnet_mesh(c, i + (50 if split == "test" else 0)).export(file_type="off")
                 if quirk and c == 0 and i == 0:
                     text = text.replace("OFF\n", "OFF", 1)
                 (folder / f"{name}_{number:04d}.off").write_text(text)

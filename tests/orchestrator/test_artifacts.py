@@ -51,9 +51,7 @@ def drawn(monkeypatch) -> list:
                         "points": [c.get_offsets().copy() for c in ax.collections],
                         "legend_over_plot": bool(
                             ax.get_legend()
-                            and ax.get_legend()
-                            .get_window_extent()
-                            .overlaps(ax.get_window_extent())
+                            and ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())
                         ),
                     }
                     for ax in fig.axes

@@ -175,6 +175,8 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
         "6",
         "--concurrency",
         "1",
+        "--population",
+        "1",
         "--set",
         "stage2.epochs=3",
     ]
@@ -226,6 +228,106 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
     assert vals[0] == round(by_id[ranked[0][3]].data.metrics["selected_val_balanced_acc"], 2)
     assert "6 ranked" in resumed.stdout
     assert "is already reported" not in resumed.stdout + resumed.stderr
+
+
+def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> None:
+    """Start ``cmd``, wait until ``enough(finished trial-kind runs)``, then SIGKILL it all."""
+    with open(storage / "driver.log", "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(1.0)
+            if "stage 1:" in (storage / "driver.log").read_text():
+                done = [t for t in kind(runs(storage), "trial") if t.info.status == "FINISHED"]
+                if enough(done):
+                    break
+        assert proc.poll() is None, "the sweep finished before it could be killed"
+        _kill_session(proc.pid)
+
+
+def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke):
+    from mlflow.tracking import MlflowClient
+
+    res = smoke(tmp_path, "--trials", "32", "--population", "8", "--set", "stage2.epochs=4")
+    ok(res)
+    assert "32 settings as 4 trials of up to 8" in res.stdout
+    assert "32 ranked" in res.stdout
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "FINISHED"
+    members = children(rs, parent)
+    assert len(members) == 32 and {m.info.status for m in members} == {"FINISHED"}
+    assert {m.data.tags["ot.kind"] for m in members} == {"trial"}
+    pops = {}
+    for m in members:
+        pops.setdefault(m.data.tags["ot.population"], set()).add(int(m.data.tags["ot.member"]))
+        assert (
+            m.data.tags["ray.trial_id"]
+            == f"{m.data.tags['ot.population']}_m{m.data.tags['ot.member']}"
+        )
+    assert len(pops) == 4 and all(v == set(range(8)) for v in pops.values())
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # successive halving inside each population (rungs after epochs 1 and 3, factor 3: 3 of
+    # 8 go past epoch 1, 1 past epoch 3); ASHA may also stop a whole population at a rung
+    ran = {}
+    for m in members:
+        hist = c.get_metric_history(m.info.run_id, "val_balanced_acc")
+        epochs = [h.step for h in hist]
+        assert epochs == list(range(1, len(epochs) + 1))
+        ran[m.info.run_id] = len(epochs)
+        assert (m.data.tags.get("ot.stopped_early") == "true") == (len(epochs) < 4)
+        assert m.data.metrics["selected_val_balanced_acc"] == max(h.value for h in hist)
+        arts = {a.path for a in c.list_artifacts(m.info.run_id)}
+        assert {
+            "confusion_matrix.png", "per_class_acc.csv", "learned_weights.png", "config.json",
+            "sampled.json", "best_model.pt", "result.json", "weight_mass.json",
+        } <= arts, arts  # fmt: skip
+    for pop in pops:
+        lengths = [ran[m.info.run_id] for m in members if m.data.tags["ot.population"] == pop]
+        assert sum(n > 1 for n in lengths) <= 3 and sum(n > 3 for n in lengths) <= 1
+    assert max(ran.values()) == 4
+    # the published setting was asked first; 32 different settings in all
+    from search_spaces import SPACES
+
+    best = {k: str(v) for k, v in SPACES["image_mnist_lt"].best().items()}
+    assert any(all(m.data.params[k] == v for k, v in best.items()) for m in members)
+    assert len({m.data.params["stage2.lr"] for m in members}) == 32
+    # the parent's best is the best member by validation
+    top = max(members, key=lambda m: m.data.metrics["selected_val_balanced_acc"])
+    assert (
+        parent.data.metrics["best_selected_val_balanced_acc"]
+        == top.data.metrics["selected_val_balanced_acc"]
+    )
+
+
+def test_population_sigkill_then_resume_loses_no_finished_member(tmp_path, smoke, repo):
+    cmd = [
+        sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke", "--quiet",
+        "--storage", str(tmp_path), "--trials", "16", "--population", "4",
+        "--concurrency", "1", "--set", "stage2.epochs=3",
+    ]  # fmt: skip
+    _run_sweep_then_kill(cmd, tmp_path, repo, lambda done: len(done) >= 4)
+    done_before = {
+        t.data.tags["ray.trial_id"]: t.info.run_id
+        for t in kind(runs(tmp_path), "trial")
+        if t.info.status == "FINISHED"
+    }
+    assert len(done_before) >= 4
+    resumed = smoke(tmp_path, "--resume")
+    ok(resumed)
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    members = children(rs, parent)
+    finished = [m for m in members if m.info.status == "FINISHED"]
+    ids = [m.data.tags["ray.trial_id"] for m in finished]
+    assert len(ids) == len(set(ids)) == 16, ids  # every member finished exactly once
+    for tid, run_id in done_before.items():  # the finished ones kept their run, not re-run
+        (again,) = [m for m in finished if m.data.tags["ray.trial_id"] == tid]
+        assert again.info.run_id == run_id and again.data.tags["ot.attempt"] == "1"
+    assert not [m for m in members if m.info.status == "RUNNING"]
+    assert "16 ranked" in resumed.stdout
 
 
 def test_failed_trial_is_retried(tmp_path, smoke):

@@ -20,6 +20,14 @@ import pytest
             "unreachable",
         ),
         (["image_mnist_lt", "--smoke", "--resume"], "no interrupted sweep"),
+        (
+            ["image_mnist_lt", "--smoke", "--population", "4", "--set", "stage2.train=all"],
+            "--population 4: f1 trains in stage 2 (stage2.train=all): one setting per trial",
+        ),
+        (
+            ["image_mnist_lt", "--smoke", "--population", "4", "--space", "meta_reweight"],
+            "--population 4: the space searches stage1.meta_lr, which members cannot set",
+        ),
         (["text_sst5", "--smoke"], "SST-5 not found"),
         (["text_sst2", "--smoke", "--set", "data.root=/nonexistent"], "SST-2.zip"),
         (

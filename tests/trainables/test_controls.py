@@ -51,7 +51,7 @@ def test_weights_stay_bit_equal_to_their_start_and_the_rest_is_the_ot_run(train,
     )  # fmt: skip
     spy: list = []
     control_state, control = _run(dataclasses.replace(base, learn_weights=False), spy)
-    (weights, start), = spy
+    ((weights, start),) = spy
     assert torch.equal(weights.logits.detach(), start)  # bit-equal after 2 epochs
     learned_state, learned = _run(base)
     assert control.weight_mass != learned.weight_mass  # the OT run's weights did move

@@ -1,0 +1,189 @@
+"""Population trials against one setting per trial, on the same cores. Not a test.
+
+    .venv/bin/python bench/population.py [--experiment image_mnist_lt] [--settings 64]
+        [--sizes 16 32 64] [--workers 2] [--sweep] [--out bench/results/population_<exp>.json]
+
+Part 1, the training itself: stage 1 is built once; the same ``--settings`` stage-2 settings
+(a seeded random sample of the experiment's search space) are trained (a) one per trial, with
+the single-trial loop (``run_stage2``: what every sweep trial ran before populations), and (b)
+as populations of P members (``run_population``), every member to the last epoch (no culling),
+so both do the same work. The settings are spread over ``--workers`` processes (one thread
+each): the wall time is the slowest worker's, from the moment every worker has the stage-1
+result loaded. Printed: wall time, settings per minute, the ratio against (a), and the best
+validation score reached (the same settings: it should agree).
+
+Part 2 (``--sweep``), the whole command: ``orchestrator.sweep NAME --trials N`` with
+``--population 1`` and with the largest P of ``--sizes`` (Ray, Optuna, ASHA and MLflow
+included; stage 1 already cached), timed end to end, with the best validation score each found
+(TPE adapts differently with P, so these are not the same settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from _results import save_cpu_result
+
+REPO = Path(__file__).resolve().parents[1]
+_STATE: dict = {}
+
+
+def _settings(name: str, n: int, seed: int) -> list[dict]:
+    import optuna
+
+    from search_spaces import SPACES
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        t = study.ask()
+        SPACES[name].space(t)
+        out.append(dict(t.params))
+    return out
+
+
+def _init(name: str, stage1_path: str) -> None:
+    torch.set_num_threads(1)
+    from search_spaces import resolve
+    from trainables.trial import Stage1Output
+
+    _STATE["cfg"] = resolve(name)
+    _STATE["stage1"] = Stage1Output(**torch.load(stage1_path, weights_only=False))
+
+
+def _single(settings: list[dict]) -> tuple[float, list[float]]:
+    from trainables.config import apply_values
+    from trainables.trial import run_stage2
+
+    start, vals = time.perf_counter(), []
+    for s in settings:
+        res, _ = run_stage2(apply_values(_STATE["cfg"], s), _STATE["stage1"])
+        vals.append(res.selected["val"]["balanced_acc"])
+    return time.perf_counter() - start, vals
+
+
+def _population(settings: list[dict]) -> tuple[float, list[float]]:
+    from trainables.config import apply_values
+    from trainables.trial import run_population
+
+    start = time.perf_counter()
+    cfgs = [apply_values(_STATE["cfg"], s) for s in settings]
+    outs, _ = run_population(cfgs, _STATE["stage1"])
+    return time.perf_counter() - start, [o.result.selected["val"]["balanced_acc"] for o in outs]
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    return [items[i : i + n] for i in range(0, len(items), n)]
+
+
+def _measure(pool, fn, jobs: list[list[dict]], n: int) -> dict:
+    start = time.perf_counter()
+    got = pool.map(fn, jobs)
+    wall = time.perf_counter() - start
+    vals = [v for _, vs in got for v in vs]
+    return {
+        "wall_s": round(wall, 2),
+        "settings_per_min": round(60 * n / wall, 2),
+        "best_val": max(vals),
+        "vals": vals,
+    }
+
+
+def training(name: str, n: int, sizes: list[int], workers: int, seed: int) -> dict:
+    from search_spaces import resolve
+    from trainables.trial import build_stage1
+
+    cfg = resolve(name)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    s1 = build_stage1(cfg)
+    print(f"stage 1 of {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+    settings = _settings(name, n, seed)
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "stage1.pt")
+        torch.save(s1.__dict__, path)
+        ctx = mp.get_context("spawn")
+        with ctx.Pool(workers, initializer=_init, initargs=(name, path)) as pool:
+            pool.map(abs, range(workers))  # every worker started and initialised
+            per = -(-n // workers)
+            base = _measure(pool, _single, _chunks(settings, per), n)
+            out["P=1"] = base
+            print(f"P=1 (one setting per trial): {base['wall_s']:.1f} s, "
+                  f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}",
+                  flush=True)  # fmt: skip
+            for p in sizes:
+                r = _measure(pool, _population, _chunks(settings, p), n)
+                r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
+                out[f"P={p}"] = r
+                print(f"P={p}: {r['wall_s']:.1f} s, {r['settings_per_min']:.1f} settings/min "
+                      f"({r['ratio']:.2f}x), best val {r['best_val']:.2f}", flush=True)  # fmt: skip
+    return out
+
+
+def _sweep(name: str, storage: str, trials: int, population: int) -> dict:
+    cmd = [sys.executable, "-m", "orchestrator.sweep", name, "--quiet", "--storage", storage,
+           "--trials", str(trials), "--population", str(population)]  # fmt: skip
+    start = time.perf_counter()
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if res.returncode:
+        raise SystemExit(f"sweep failed: {res.stderr.strip().splitlines()[-1]}")
+    best = re.search(r"val balanced acc ([0-9.]+) \(selection metric\)", res.stdout)
+    return {
+        "wall_s": round(wall, 1),
+        "settings_per_min": round(60 * trials / wall, 2),
+        "best_val": float(best.group(1)) if best else None,
+    }
+
+
+def sweeps(name: str, trials: int, population: int) -> dict:
+    with tempfile.TemporaryDirectory() as storage:
+        _sweep(name, storage, 1, 1)  # builds the stage-1 cache entry: not timed
+        out = {"P=1": _sweep(name, storage, trials, 1)}
+        out[f"P={population}"] = _sweep(name, storage, trials, population)
+    ratio = out[f"P={population}"]["settings_per_min"] / out["P=1"]["settings_per_min"]
+    out["ratio"] = round(ratio, 2)
+    for k, v in out.items():
+        if k != "ratio":
+            print(f"sweep {k}: {v['wall_s']:.1f} s, {v['settings_per_min']:.1f} settings/min, "
+                  f"best val {v['best_val']}", flush=True)  # fmt: skip
+    print(f"sweep ratio: {ratio:.2f}x", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--experiment", default="image_mnist_lt")
+    p.add_argument("--settings", type=int, default=64)
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sweep", action="store_true", help="also time the whole sweep command")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    start = time.time()
+    result = {
+        "experiment": args.experiment,
+        "settings": args.settings,
+        "workers": args.workers,
+        "training": training(args.experiment, args.settings, args.sizes, args.workers, args.seed),
+    }
+    if args.sweep:
+        result["sweep"] = sweeps(args.experiment, args.settings, max(args.sizes))
+    out = args.out or REPO / f"bench/results/population_{args.experiment}.json"
+    save_cpu_result(out, result, start)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
