@@ -66,7 +66,11 @@ def _single(settings: list[dict]) -> tuple[float, list[float]]:
 
     start, vals = time.perf_counter(), []
     for s in settings:
-        res, _ = run_stage2(apply_values(_STATE["cfg"], s), _STATE["stage1"])
+        try:
+            res, _ = run_stage2(apply_values(_STATE["cfg"], s), _STATE["stage1"])
+        except FloatingPointError:  # a diverged setting (a population member drops out)
+            vals.append(float("nan"))
+            continue
         vals.append(res.selected["val"]["balanced_acc"])
     return time.perf_counter() - start, vals
 
@@ -78,7 +82,11 @@ def _population(settings: list[dict]) -> tuple[float, list[float]]:
     start = time.perf_counter()
     cfgs = [apply_values(_STATE["cfg"], s) for s in settings]
     outs, _ = run_population(cfgs, _STATE["stage1"])
-    return time.perf_counter() - start, [o.result.selected["val"]["balanced_acc"] for o in outs]
+    vals = [
+        float("nan") if o.error is not None else o.result.selected["val"]["balanced_acc"]
+        for o in outs
+    ]
+    return time.perf_counter() - start, vals
 
 
 def _chunks(items: list, n: int) -> list[list]:
@@ -93,7 +101,8 @@ def _measure(pool, fn, jobs: list[list[dict]], n: int) -> dict:
     return {
         "wall_s": round(wall, 2),
         "settings_per_min": round(60 * n / wall, 2),
-        "best_val": max(vals),
+        "best_val": max(v for v in vals if v == v),
+        "diverged": sum(v != v for v in vals),
         "vals": vals,
     }
 
@@ -119,14 +128,15 @@ def training(name: str, n: int, sizes: list[int], workers: int, seed: int) -> di
             base = _measure(pool, _single, _chunks(settings, per), n)
             out["P=1"] = base
             print(f"P=1 (one setting per trial): {base['wall_s']:.1f} s, "
-                  f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}",
-                  flush=True)  # fmt: skip
+                  f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}, "
+                  f"{base['diverged']} diverged", flush=True)  # fmt: skip
             for p in sizes:
                 r = _measure(pool, _population, _chunks(settings, p), n)
                 r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
                 out[f"P={p}"] = r
                 print(f"P={p}: {r['wall_s']:.1f} s, {r['settings_per_min']:.1f} settings/min "
-                      f"({r['ratio']:.2f}x), best val {r['best_val']:.2f}", flush=True)  # fmt: skip
+                      f"({r['ratio']:.2f}x), best val {r['best_val']:.2f}, "
+                      f"{r['diverged']} diverged", flush=True)  # fmt: skip
     return out
 
 

@@ -380,8 +380,9 @@ def batched_ot_loss(
             continue
         sel = torch.as_tensor(idx, device=cost.device)
         args = [cost[sel], a[sel], b[sel], eps_t[sel]]
-        if kind == 2:
-            args = [x.double() for x in args]
+        if kind == 2:  # eps from the given values, not from its float32 rounding
+            eps64 = torch.as_tensor([eps[i] for i in idx], dtype=torch.float64, device=cost.device)
+            args = [*(x.double() for x in args[:3]), eps64]
         rest = (caps[idx], tols[idx], stop, check_every)
         if kind:
             parts.append(_BatchedFused.apply(*args, *rest, backend).to(cost.dtype))
