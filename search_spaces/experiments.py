@@ -54,7 +54,7 @@ def _cifar(k: int, smoke: bool, preset: str) -> ExperimentConfig:
         stage1=Stage1Config(),
         stage2=Stage2Config(),
     )
-    cfg = apply_preset(cfg, preset)
+    cfg = apply_preset(cfg, preset, images=True)
     if smoke:
         cfg = _smoke(
             dataclasses.replace(
@@ -116,7 +116,7 @@ def _large(
         ),
         stage2=Stage2Config(),
     )
-    cfg = apply_preset(cfg, preset)
+    cfg = apply_preset(cfg, preset, images=True)
     # Paper Sec. 6.1: a random mini-batch of 100 of the 1000 ImageNet-LT prototypes per step.
     if k == 1000:
         cfg = dataclasses.replace(cfg, stage2=dataclasses.replace(cfg.stage2, prototype_batch=100))
@@ -184,7 +184,7 @@ def image_mnist_lt(smoke: bool = False, preset: str = "paper") -> ExperimentConf
         ),
         stage2=Stage2Config(),
     )
-    cfg = apply_preset(cfg, preset)
+    cfg = apply_preset(cfg, preset, images=True)
     # Stage 2 sized for this data: classifier-only on cached features (f1 frozen), 10 epochs,
     # with step sizes that move the weights within that budget (see README, "MNIST-LT").
     cfg = dataclasses.replace(

@@ -192,9 +192,7 @@ def cell_config(
 
 # ---------------------------------------------------------------- methods
 
-OT_VECTOR = Method(
-    "ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector", ot=True
-)
+OT_VECTOR = Method("ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector", ot=True)
 IMAGE_BASELINES = {
     "ce": Method("ce", _baseline("ce"), "ce"),
     "focal": Method("focal", _baseline("focal"), "focal"),
@@ -232,7 +230,11 @@ IMAGE_BASELINES = {
 # extra, test-set epoch selection, needs no run: every run records the best test epoch too.
 FIDELITY = (
     Method(
-        "ot@released_code", _fixed("stage1.loss=ce"), "ot_weight_vector", "released_code", True,
+        "ot@released_code",
+        _fixed("stage1.loss=ce"),
+        "ot_weight_vector",
+        "released_code",
+        True,
         ot=True,
     ),
     Method(

@@ -18,6 +18,7 @@ from typing import Literal
 
 __all__ = [
     "IDENTITY_KEYS",
+    "IMAGE_PRESETS",
     "POSTHOC",
     "PRESETS",
     "ConfigError",
@@ -82,6 +83,8 @@ Amp = Literal["none", "bf16"]
 Compile = Literal["none", "default", "reduce-overhead"]
 Method = Literal["ot", "none"]
 Train = Literal["all", "classifier"]
+Features = Literal["cached", "augmented"]
+PrototypeFrom = Literal["features", "pixel_mean"]
 Weights = Literal["vector", "net"]
 WeightInit = Literal["uniform", "class_balanced"]
 WeightParam = Literal["sample", "class", "class_residual"]  # reweight.WEIGHT_PARAMS
@@ -243,6 +246,14 @@ class Stage2Config(_Checked):
     epochs: int = 40
     batch_size: int = 16
     train: Train = "all"  # all | classifier (frozen f1: runs on cached features)
+    # with train=classifier: f1's features computed once, unaugmented (cached), or recomputed
+    # by the frozen f1 (eval-mode batch norm) from each step's augmented images (augmented: the
+    # released code; image experiments only)
+    features: Features = "cached"
+    # the class prototypes of Q: the mean meta feature of each class (features), or f1 applied
+    # in train-mode batch norm (updating its running statistics) to each class's mean augmented
+    # meta image, once per epoch (pixel_mean: the released code; needs features=augmented)
+    prototype_from: PrototypeFrom = "features"
     lr: float = 2e-5  # alpha
     momentum: float = 0.9
     nesterov: bool = False
@@ -369,12 +380,21 @@ _SECTIONS = {
 }
 
 
-def apply_preset(cfg: ExperimentConfig, preset: str) -> ExperimentConfig:
+# What a preset adds where stage 2 sees images (the image experiments' builders ask for it):
+# the released code re-augments the images f1 sees at every step and builds its prototypes
+# from per-class pixel-mean images in train-mode batch norm.
+IMAGE_PRESETS: dict[str, dict[str, object]] = {
+    "paper": dict(features="cached", prototype_from="features"),
+    "released_code": dict(features="augmented", prototype_from="pixel_mean"),
+}
+
+
+def apply_preset(cfg: ExperimentConfig, preset: str, *, images: bool = False) -> ExperimentConfig:
+    """``cfg`` under ``preset``; ``images``: also its image-only switches (IMAGE_PRESETS)."""
     if preset not in PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    return dataclasses.replace(
-        cfg, preset=preset, stage2=dataclasses.replace(cfg.stage2, **PRESETS[preset])
-    )
+    values = {**PRESETS[preset], **(IMAGE_PRESETS[preset] if images else {})}
+    return dataclasses.replace(cfg, preset=preset, stage2=dataclasses.replace(cfg.stage2, **values))
 
 
 def _optional(tp: object) -> tuple[object, bool]:

@@ -29,6 +29,7 @@ from trainables.reweight import (
     WeightVector,
     class_balanced_weights,
     class_prototypes,
+    pixel_mean_prototypes,
     random_prototype_batch,
     random_sample_per_class,
     released_code_mixing,
@@ -184,6 +185,18 @@ def check_stage2(cfg: Stage2Config, num_classes: int) -> None:
         )
     if cfg.weight_param != "sample" and cfg.weight_mode == "scratch":
         raise ValueError("stage2.weight_mode=scratch resets per-sample logits: weight_param=sample")
+    if cfg.features == "augmented" and (cfg.train != "classifier" or cfg.weights == "net"):
+        raise ValueError(
+            "stage2.features=augmented recomputes a frozen f1's features: it needs "
+            "stage2.train=classifier and the weight vector (stage2.weights=vector)"
+        )
+    if cfg.prototype_from == "pixel_mean" and (
+        cfg.features != "augmented" or cfg.meta_distribution != "prototype"
+    ):
+        raise ValueError(
+            "stage2.prototype_from=pixel_mean puts mean images through f1: it needs "
+            "stage2.features=augmented and stage2.meta_distribution=prototype"
+        )
     step_config(cfg, num_classes)
 
 
@@ -483,7 +496,13 @@ def train_stage2(
         return sel.result
     check_stage2(cfg, k)
     frozen = cfg.train == "classifier"
-    if frozen:
+    augmented = frozen and cfg.features == "augmented"
+    if augmented:  # f1 frozen, run on every step's augmented images (eval-mode batch norm)
+        if not data.is_images:
+            raise ValueError("stage2.features=augmented needs images; this data has features")
+        work_data, work = data, SplitNet(model.features, model.classifier, model.feature_dim)
+        model.features.requires_grad_(False)
+    elif frozen:
         work_data = features if features is not None else frozen_feature_data(model, data)
         work = SplitNet(_Identity(), model.classifier, model.feature_dim)
         model.features.requires_grad_(False)
@@ -524,7 +543,7 @@ def train_stage2(
         work.train()
         if frozen:
             model.features.eval()
-        q = build_q(work_data.meta.x, meta_y) if (frozen and fixed_q) else None
+        q = build_q(work_data.meta.x, meta_y) if (frozen and fixed_q and not augmented) else None
         ot_sum = torch.zeros((), device=device)
         loss_sum = torch.zeros((), device=device)
         steps = shard_samples = 0
@@ -532,6 +551,14 @@ def train_stage2(
         # augmentation only where stage 2 sees images (on cached features there is none).
         meta_all = torch.arange(len(work_data.meta))
         meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
+        q_input = meta_x
+        if augmented:  # Q from this epoch's augmented meta images, through the frozen f1
+            if cfg.prototype_from == "pixel_mean":
+                q = pixel_mean_prototypes(model.features, meta_x, meta_y, k)
+            with torch.no_grad():
+                q_input = model.features(meta_x)
+            if q is None and fixed_q:
+                q = build_q(q_input, meta_y)
         for idx in iterate_batches(
             len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
         ):
@@ -539,7 +566,7 @@ def train_stage2(
             x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
             step_q = q
             if frozen and step_q is None:
-                step_q = build_q(meta_x, meta_y)
+                step_q = build_q(q_input, meta_y)
             res = reweight_step(
                 work,
                 x,

@@ -98,6 +98,8 @@ def population_reason(cfg: Stage2Config) -> str | None:
         return "stage2.method=none evaluates the stage-1 model: there is no stage 2 to batch"
     if cfg.train != "classifier":
         return "f1 trains in stage 2 (stage2.train=all): one setting per trial"
+    if cfg.features != "cached":
+        return "stage2.features=augmented runs f1 on augmented images at every step"
     if cfg.grad != "unrolled":
         return f"stage2.grad={cfg.grad}: populations solve the unrolled OT loss only"
     return None

@@ -115,7 +115,9 @@ def stage1_identity(cfg: ExperimentConfig) -> dict:
 
 
 def needs_features(cfg: ExperimentConfig) -> bool:
-    return cfg.stage2.method == "ot" and cfg.stage2.train == "classifier"
+    """Stage 2 runs on the cached f1 features (not on images re-augmented every step)."""
+    s2 = cfg.stage2
+    return s2.method == "ot" and s2.train == "classifier" and s2.features == "cached"
 
 
 _SPLITS = ("train", "meta", "val", "test")

@@ -11,6 +11,7 @@ __all__ = [
     "META_DISTRIBUTIONS",
     "MetaDistribution",
     "class_prototypes",
+    "pixel_mean_prototypes",
     "random_prototype_batch",
     "random_sample_per_class",
     "whole_meta_set",
@@ -50,6 +51,28 @@ def class_prototypes(z_meta: Tensor, y_meta: Tensor, num_classes: int) -> MetaDi
     protos = sums / counts.unsqueeze(-1).to(z_meta.dtype)
     labels = torch.arange(num_classes, device=y_meta.device)
     return MetaDistribution(protos, labels, _uniform(num_classes, z_meta))
+
+
+def pixel_mean_prototypes(
+    f1: torch.nn.Module, x_meta: Tensor, y_meta: Tensor, num_classes: int
+) -> MetaDistribution:
+    """Q over K prototypes as the released code builds them: each class's meta images averaged
+    in pixel space, the K mean images put through ``f1`` in train mode (batch norm uses their
+    batch statistics and updates its running statistics), mass 1/K. ``x_meta``: float images
+    ``[M, ...]``. No graph is kept; ``f1`` gets its previous mode back."""
+    counts = _check_classes(y_meta, num_classes)
+    flat = x_meta.reshape(x_meta.shape[0], -1)
+    sums = torch.zeros(num_classes, flat.shape[1], dtype=flat.dtype, device=flat.device)
+    means = sums.index_add(0, y_meta, flat) / counts.unsqueeze(-1).to(flat.dtype)
+    was = f1.training
+    f1.train()
+    try:
+        with torch.no_grad():
+            z = f1(means.reshape(num_classes, *x_meta.shape[1:]))
+    finally:
+        f1.train(was)
+    labels = torch.arange(num_classes, device=y_meta.device)
+    return MetaDistribution(z, labels, _uniform(num_classes, z))
 
 
 def whole_meta_set(z_meta: Tensor, y_meta: Tensor) -> MetaDistribution:
