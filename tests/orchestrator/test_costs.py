@@ -54,9 +54,11 @@ def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
     cells = TABLES["offline_image"].cells(None)
     cfgs = [cell_config(c, seed=0, smoke=True) for c in cells]
     runs = [(cfg, stage1_hash(cfg)) for cfg in cfgs]
-    # 8 baselines, posthoc_la, the OT row and its +no_ot control: the CE stage 1 is shared by
-    # ce, the OT row and its control; posthoc_la has its own (CE training, adjusted selection)
-    assert len(runs) == 11 and len({k for _, k in runs}) == 9
+    # 8 baselines, posthoc_la, the OT row and its +no_ot control, OT on the CB-CE and LDAM-DRW
+    # stage 1 with their controls: the CE stage 1 is shared by ce, the OT row and its control,
+    # cb_ce's and ldam_drw's by their OT rows and controls; posthoc_la has its own (CE
+    # training, adjusted selection)
+    assert len(runs) == 15 and len({k for _, k in runs}) == 9
     epoch1 = COSTS["image_mnist_lt"].stage1_epoch_s
     builds = 0.0
     for cfg in {k: cfg for cfg, k in reversed(runs)}.values():  # one build per key
@@ -65,8 +67,8 @@ def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
         meta = s1.epochs - min(s1.meta_start, s1.epochs) if s1.reweight != "none" else 0
         builds += FIXED.build_s + ((s1.epochs - meta) + meta * factor) * epoch1
     stage2 = sum(cfg.stage2.epochs * 0.22 for cfg in cfgs if cfg.stage2.method != "none")
-    assert stage2 > 0  # the OT row and its control
-    slots = 11 * FIXED.run_s + stage2
+    assert stage2 > 0  # the OT rows and their controls
+    slots = 15 * FIXED.run_s + stage2
     plan = estimate_plan(runs, concurrency=2)
     assert plan.wall_s == pytest.approx(FIXED.invocation_s + builds + slots / 2)
     assert plan.device_s == {"2-core CPU": pytest.approx(builds - 9 * FIXED.build_s + stage2)}
