@@ -129,7 +129,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         return
     live: dict[int, StageResult] = {}
     open_members = set(todo)
-    data_box: list = []
+    data = None  # the cached features the members' artifacts describe (set below)
 
     def callback(pos: int, stage: str, epoch: int, metrics: dict) -> None:
         i = todo[pos]
@@ -150,7 +150,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
             best_val[i] = max(t.best_val, 0.0)
             return
         if outcome.result.selected:
-            t.upload_selected(outcome.result, data_box[0])
+            t.upload_selected(outcome.result, data)
         if outcome.stopped_epoch is not None:
             t.stopped_early()
         else:
@@ -167,7 +167,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
             # go up first (a single trial uploads at each improvement for the same reason)
             for i in sorted(open_members):
                 if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
-                    trackers[i].upload_selected(live[i], data_box[0])
+                    trackers[i].upload_selected(live[i], data)
                     trackers[i].log_summary(scalar_summary(live[i]))
                     uploaded[i] = live[i].selected.get("epoch")
         report(epoch)
@@ -178,7 +178,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         stage1 = read_entry(ctx.entry_uri, features=needs_features(cfgs[0]))
         if stage1.features is None:  # an entry built for a row that did not need them
             add_features(cfgs[0], stage1, pick_device())
-        data_box.append(features_data(stage1, torch.device("cpu")))
+        data = features_data(stage1, torch.device("cpu"))
         run_population(
             [cfgs[i] for i in todo],
             stage1,
@@ -194,7 +194,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         for i in sorted(open_members):
             t = trackers[i]
             if i in live:
-                t.upload_selected(live[i], data_box[0])
+                t.upload_selected(live[i], data)
             t.stopped_early()
         raise
     except BaseException as err:

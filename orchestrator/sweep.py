@@ -131,7 +131,7 @@ def _concurrency(args: argparse.Namespace, population: int = 1) -> int:
     res = ray.cluster_resources()
     workers = _workers(args)
     driver = _DRIVER_CPU if workers > 1 else 0.0
-    fits = cli.fitting_trials(args.cpus_per_trial * workers + driver, args.gpus_per_trial)
+    fits = _fits(args)
     if args.gpus_per_trial > 0 and fits < 1:
         raise CommandError(
             f"--gpus-per-trial {args.gpus_per_trial} but the cluster has {res.get('GPU', 0)} GPUs"

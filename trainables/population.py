@@ -114,7 +114,6 @@ def check_population(cfgs: Sequence[Stage2Config], num_classes: int) -> None:
         if reason:
             raise ValueError(f"no population: {reason}")
         check_stage2(cfg, num_classes)
-    first = cfgs[0]
     for f in fields(Stage2Config):
         if f.name in VARYING:
             continue
@@ -124,8 +123,6 @@ def check_population(cfgs: Sequence[Stage2Config], num_classes: int) -> None:
                 f"stage2.{f.name} differs between members ({', '.join(sorted(values))}); "
                 f"only {', '.join(sorted(VARYING))} may"
             )
-    if first.weights == "net" and any(c.weight_param != "sample" for c in cfgs):
-        raise ValueError("stage2.weights=net learns its weights with the weight net")
 
 
 def halving_rungs(epochs: int, grace: int, reduction: int) -> list[int]:
@@ -148,7 +145,6 @@ class _Stacked:
             raise ValueError("no population: the classifier has buffers or dropout")
         copies = [copy.deepcopy(module) for _ in range(p)]
         params, _ = stack_module_state(copies)
-        self.names = list(params)
         self.params = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
         self.base = copy.deepcopy(module).to("meta")
 

@@ -180,20 +180,7 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
         "--set",
         "stage2.epochs=3",
     ]
-    with open(tmp_path / "driver.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(1.0)
-            # the store is created (and migrated) before stage 1 starts: poll only after
-            if "stage 1:" in (tmp_path / "driver.log").read_text():
-                done = [t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]
-                if len(done) >= 2:
-                    break
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        _kill_session(proc.pid)
+    _run_sweep_then_kill(cmd, tmp_path, repo, lambda done: len(done) >= 2)
     # what had finished at the moment of the kill
     done_before = {
         t.data.tags["ray.trial_id"]
@@ -239,6 +226,7 @@ def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> None:
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             time.sleep(1.0)
+            # the store is created (and migrated) before stage 1 starts: poll only after
             if "stage 1:" in (storage / "driver.log").read_text():
                 done = [t for t in kind(runs(storage), "trial") if t.info.status == "FINISHED"]
                 if enough(done):

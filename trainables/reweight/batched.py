@@ -30,46 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .fused import _LIMIT, _NumPy, _Torch
+from .fused import _LIMIT, _XP
 from .sinkhorn import STOP_RULES
 
 __all__ = ["batched_ot_loss"]
-
-
-class _TorchX(_Torch):
-    @staticmethod
-    def where(mask, a, b):
-        return torch.where(mask, a, b)
-
-    @staticmethod
-    def zeros_like(x):
-        return torch.zeros_like(x)
-
-    @staticmethod
-    def asarray(values, like):
-        return torch.as_tensor(values, dtype=like.dtype, device=like.device)
-
-    @staticmethod
-    def to_host(x):
-        return x.detach().cpu().numpy()
-
-
-class _NumPyX(_NumPy):
-    @staticmethod
-    def where(mask, a, b):
-        return np.where(mask, a, b)
-
-    @staticmethod
-    def zeros_like(x):
-        return np.zeros_like(x)
-
-    @staticmethod
-    def asarray(values, like):
-        return np.asarray(values, dtype=like.dtype)
-
-    @staticmethod
-    def to_host(x):
-        return x
 
 
 def _stats(xp, rule: str, eps, kt, u, v, v_before, b):
@@ -174,7 +138,7 @@ def _fused_backward(xp, g, cost, saved):
 class _BatchedFused(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cost, a, b, eps, caps, tols, rule, every, backend):
-        xp = _NumPyX if backend == "numpy" else _TorchX
+        xp = _XP[backend]
         value, saved = _fused_forward(
             xp, *(xp.wrap(x) for x in (cost, a, b, eps)), caps, tols, rule, every
         )

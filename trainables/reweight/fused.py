@@ -96,6 +96,17 @@ class _Torch:
     def unwrap(x, like):
         return x
 
+    where = staticmethod(torch.where)
+    zeros_like = staticmethod(torch.zeros_like)
+
+    @staticmethod
+    def asarray(values, like):
+        return torch.as_tensor(values, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def to_host(x):
+        return x.detach().cpu().numpy()
+
 
 class _NumPy:
     exp = staticmethod(np.exp)
@@ -122,6 +133,17 @@ class _NumPy:
     @staticmethod
     def unwrap(x, like):
         return torch.from_numpy(np.asarray(x, dtype=like.numpy().dtype))
+
+    where = staticmethod(np.where)
+    zeros_like = staticmethod(np.zeros_like)
+
+    @staticmethod
+    def asarray(values, like):
+        return np.asarray(values, dtype=like.dtype)
+
+    @staticmethod
+    def to_host(x):
+        return x
 
 
 _XP = {"torch": _Torch, "numpy": _NumPy}
