@@ -29,6 +29,7 @@ __all__ = [
     "CommandError",
     "add_cluster_args",
     "add_config_args",
+    "apply_offline",
     "config_from_args",
     "init_ray",
     "node_cpus",
@@ -75,6 +76,11 @@ def add_config_args(
     )  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="tiny variant (seconds)")
     p.add_argument(
+        "--offline", action="store_true",
+        help="fetch nothing (sets HF_HUB_OFFLINE=1): a missing dataset or encoder stops in one "
+        "line naming what to fetch and where it goes",
+    )  # fmt: skip
+    p.add_argument(
         "--print-config", action="store_true",
         help="print the resolved config(s) and stage-1 key(s) as JSON; run nothing",
     )  # fmt: skip
@@ -111,8 +117,18 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def apply_offline(args: argparse.Namespace) -> None:
+    """``--offline``: every library's offline switch on, for this process and its workers."""
+    if getattr(args, "offline", False):
+        from trainables.data.fetch import go_offline
+
+        go_offline()
+
+
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
-    """The resolved config of ``args.name`` (the options of :func:`add_config_args`)."""
+    """The resolved config of ``args.name`` (the options of :func:`add_config_args`); applies
+    ``--offline`` first."""
+    apply_offline(args)
     try:
         return resolve(
             args.name,
@@ -125,9 +141,14 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         raise CommandError(str(err)) from None
 
 
-def preflight(cfg: ExperimentConfig, *, data: bool = True, label: str = "") -> None:
+def preflight(
+    cfg: ExperimentConfig, *, data: bool = True, label: str = "", fetch: bool = True
+) -> None:
     """Refuse, in one line, what would fail later: a combination the stages reject, and
-    (``data``) a dataset that is not there. Runs before Ray starts or the store is touched."""
+    (``data``) a dataset or pretrained weights that are not there, after fetching what is
+    missing (unless ``fetch`` is off or the process is offline). Runs before Ray starts or the
+    store is touched."""
+    from trainables.models import PretrainedWeightsMissing
     from trainables.trial import check_config, check_data
 
     where = f"{label}: " if label else ""
@@ -137,8 +158,8 @@ def preflight(cfg: ExperimentConfig, *, data: bool = True, label: str = "") -> N
         raise CommandError(f"{where}bad configuration: {err}") from None
     if data:
         try:
-            check_data(cfg)
-        except DatasetMissing as err:
+            check_data(cfg, fetch=fetch)
+        except (DatasetMissing, PretrainedWeightsMissing) as err:
             raise CommandError(str(err)) from None
 
 
@@ -230,7 +251,15 @@ def init_ray(address: str | None) -> None:
     if address:
         # The workers of a running cluster were started by `ray start`, not by this process:
         # the settings their trials read travel in the job's runtime environment.
-        shipped = ("TUNE_FUNCTION_THREAD_TIMEOUT_S", "OT_REWEIGHT_FAIL_ONCE")
+        from trainables.data.fetch import MIRROR_VAR, OFFLINE_VARS
+
+        shipped = (
+            "TUNE_FUNCTION_THREAD_TIMEOUT_S",
+            "OT_REWEIGHT_FAIL_ONCE",
+            "HF_ENDPOINT",
+            MIRROR_VAR,
+            *OFFLINE_VARS,
+        )
         env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
         kwargs["runtime_env"] = {"env_vars": env_vars}
     try:

@@ -306,12 +306,15 @@ def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
         cli.preflight(s.cfg, data=False, label=s.cell.key)
     checked = set()
     for s in specs:
-        data = json.dumps(dataclasses.asdict(s.cfg.data), sort_keys=True)
+        m = s.cfg.model
+        data = json.dumps(
+            [dataclasses.asdict(s.cfg.data), m.arch, m.encoder, m.pretrained], sort_keys=True
+        )
         if data in checked:
             continue
         checked.add(data)
         try:
-            cli.preflight(s.cfg)
+            cli.preflight(s.cfg, fetch=not dry_run)
         except CommandError as err:
             if not dry_run:
                 raise
@@ -561,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seeds must be >= 1, got {args.seeds} (leave it out for the protocol's)")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         p.error("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    cli.apply_offline(args)
     return cli.run_command(lambda: run(args))
 
 

@@ -14,6 +14,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# No test reaches beyond 127.0.0.1: every library's offline switch is on for the suite and the
+# commands it starts; only the loopback tests (tests/_loopback.py) turn them off, in a
+# subprocess pointed at a server on 127.0.0.1.
+for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ[_var] = "1"
+os.environ.pop("OT_DATA_MIRROR", None)
+
 # training meshes per class in the ModelNet10 fixture: chair the largest, bathtub the smallest
 MODELNET_TRAIN_COUNTS = (6, 9, 12, 7, 7, 10, 8, 11, 8, 9)
 

@@ -153,7 +153,8 @@ class DataConfig(_Checked):
     test_per_class: int = 0  # carve a balanced test set out of a source that has none
     limit_per_class: int = 0  # keep only the first k images per class (CI subsets); 0 = all
     augment: bool = True
-    download: bool = False
+    # fetch a missing CIFAR / ModelNet10 / SST source through its library (never when offline)
+    download: bool = True
     image_size: int = 224  # file-list datasets (ImageNet-LT, Places-LT) are decoded to S x S
     # Text (SST-2 / SST-5 / tweets; paper Sec. 6.2): class ``minority_class`` keeps
     # ``minority`` examples, every other class ``majority``; ``extra_per_class`` balanced

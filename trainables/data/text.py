@@ -134,25 +134,47 @@ def read_sst5(root: Path) -> dict[str, TextExamples]:
     )  # fmt: skip
 
 
-# Hugging Face dataset ids of the two releases (used only when files are not given locally).
-HUB_IDS = {"sst2": ("glue", "sst2"), "sst5": ("SetFit/sst5", None)}
+# Hugging Face dataset ids of the two releases (used when no local files are given): GLUE's
+# SST-2 (its validation split is the test set; "glue" on the hub redirects to nyu-mll/glue) and
+# the fine-grained SST-5 export of SetFit.
+HUB_IDS = {"sst2": ("nyu-mll/glue", "sst2"), "sst5": ("SetFit/sst5", None)}
+_HUB_LABELS = {"sst2": "SST-2", "sst5": "SST-5"}
+_LOCAL_FILES = {
+    "sst2": "GLUE's SST-2/train.tsv and dev.tsv",
+    "sst5": "the PTB trees (trees/train.txt, test.txt) or train.jsonl and test.jsonl",
+}
 
 
-def read_from_hub(source: str) -> dict[str, TextExamples]:
-    """SST-2 (GLUE; its validation split is the test set) or SST-5 (SetFit/sst5) through the
-    ``datasets`` package, when it is installed and the hub is reachable."""
+def read_from_hub(source: str, local: Path | None = None) -> dict[str, TextExamples]:
+    """SST-2 or SST-5 through Hugging Face ``datasets``: fetched into its cache on first use,
+    read from the cache afterwards and offline. ``local`` (the folder that was looked at
+    first) is named in the one-line error when neither works."""
+    from .fetch import first_line, go_offline, hub_endpoint, is_offline, unreachable
+
+    name, config = HUB_IDS[source]
+    label = _HUB_LABELS[source]
+    reason = "offline (--offline or HF_HUB_OFFLINE)" if is_offline() else None
+    if reason is None:
+        reason = unreachable(hub_endpoint())
+        if reason is not None:
+            go_offline()  # the hub cannot be reached: the cache alone, without network attempts
     try:
         import datasets
     except ImportError:
-        raise DatasetMissing(
-            f"{source}: no local files and the `datasets` package is not installed"
-        ) from None
-    name, config = HUB_IDS[source]
+        raise DatasetMissing(f"{label}: the `datasets` package is not installed") from None
     try:
         ds = datasets.load_dataset(name, config)
-    except Exception as err:  # offline, hub errors: one line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DatasetMissing(f"{source}: could not load {name} from the hub ({first})") from None
+    except Exception as err:
+        where = f" under {local} nor" if local is not None else ""
+        if reason is not None:
+            raise DatasetMissing(
+                f"{label} not found{where} in the Hugging Face datasets cache, and {reason}: run "
+                f"once with a network (it fetches {name} through `datasets`), or put "
+                f"{_LOCAL_FILES[source]} in a folder and --set data.root=DIR"
+            ) from None
+        raise DatasetMissing(
+            f"{label}: fetching {name} from {hub_endpoint()} failed ({first_line(err)})"
+        ) from None
     text_key = "sentence" if source == "sst2" else "text"
     test_split = "validation" if source == "sst2" else "test"
     out = {}

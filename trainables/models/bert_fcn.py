@@ -35,18 +35,37 @@ def resolve_encoder(name: str) -> str:
     return name
 
 
-def load_pretrained(name: str, what: str):
-    """``AutoModel`` / ``AutoTokenizer`` from local files only: no hub access at run time."""
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(name: str, what: str, *, fetch: bool = True):
+    """``AutoModel`` / ``AutoTokenizer`` of ``name``: a local directory, the packaged MiniLM, or
+    a hub name (fetched into the Hugging Face cache on first use; from the cache only when
+    offline, when ``fetch`` is off, or when the hub cannot be reached, so nothing hangs)."""
+    from trainables.data.fetch import first_line, hub_endpoint, is_offline, unreachable
 
     path = resolve_encoder(name)
+    local = Path(path).is_dir()
+    reason = None
+    if not local:
+        reason = "offline (--offline or HF_HUB_OFFLINE)" if is_offline() else None
+        reason = reason or (None if fetch else "not fetched now")
+        reason = reason or unreachable(hub_endpoint())
+    from transformers import AutoModel, AutoTokenizer
+
     cls = AutoModel if what == "model" else AutoTokenizer
     try:
-        return cls.from_pretrained(path, local_files_only=True)
-    except OSError:
+        return cls.from_pretrained(path, local_files_only=local or reason is not None)
+    except Exception as err:
+        if local:
+            raise PretrainedWeightsMissing(
+                f"encoder directory {path} cannot be loaded ({first_line(err)})"
+            ) from None
+        if reason is not None:
+            raise PretrainedWeightsMissing(
+                f"encoder {name!r} is not in the Hugging Face cache, and {reason}: run once "
+                f"with a network (it fetches {name} from the hub), `hf download {name}`, or "
+                "--set model.encoder=DIR"
+            ) from None
         raise PretrainedWeightsMissing(
-            f"encoder {name!r} is not available offline: download it once (e.g. "
-            f"`huggingface-cli download {name}`) or set model.encoder to a local directory"
+            f"encoder {name!r}: fetching from {hub_endpoint()} failed ({first_line(err)})"
         ) from None
 
 
