@@ -210,6 +210,28 @@ def test_modelnet10_is_fetched_through_pyg_and_equals_the_local_tree(
     assert sorted(p.name for p in root.iterdir()) == [".raw.lock", "processed", "raw"]
 
 
+# --------------------------------------------------------------------------- ImageNet weights
+
+
+def test_pretrained_weights_are_fetched_through_torch_hub_which_checks_their_hash(
+    tmp_path, monkeypatch
+):
+    from trainables.models.resnet_tv import PretrainedWeightsMissing, pretrained_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    with pytest.raises(PretrainedWeightsMissing, match=r"resnet50 weights not found .* offline"):
+        pretrained_weights("resnet50")  # the suite is offline
+    with LoopbackServer() as srv:
+        srv.add_file("/models/resnet50-0676ba61.pth", b"not the published weights")
+        _online(monkeypatch, srv)
+        with pytest.raises(PretrainedWeightsMissing, match="fetching .* failed") as e:
+            pretrained_weights("resnet50")
+        assert srv.fetched("/models/resnet50-0676ba61.pth") == 1  # torchvision's file name
+    assert "nothing was kept" in str(e.value)
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    assert not folder.exists() or list(folder.iterdir()) == []  # the hash refused it
+
+
 # --------------------------------------------------------------------------- Hugging Face
 
 
