@@ -224,7 +224,7 @@ def test_pretrained_weights_are_fetched_through_torch_hub_which_checks_their_has
     with LoopbackServer() as srv:
         srv.add_file("/models/resnet50-0676ba61.pth", b"not the published weights")
         _online(monkeypatch, srv)
-        with pytest.raises(PretrainedWeightsMissing, match="fetching .* failed") as e:
+        with pytest.raises(PretrainedWeightsMissing, match=r"fetching .* failed") as e:
             pretrained_weights("resnet50")
         assert srv.fetched("/models/resnet50-0676ba61.pth") == 1  # torchvision's file name
     assert "nothing was kept" in str(e.value)
