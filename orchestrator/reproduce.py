@@ -74,6 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         help="seeds per cell, 0..N-1, N >= 1 (default: the experiments' protocol, e.g. 10 "
         "for text)",
     )  # fmt: skip
+    p.add_argument(
+        "--first-seed", type=int, default=0,
+        help="seeds FIRST..FIRST+N-1 (default 0): e.g. fresh seeds for a --tuned setting that a "
+        "sweep picked on seed 0",
+    )  # fmt: skip
     p.add_argument("--methods", nargs="+", default=None, help="only these rows")
     p.add_argument("--columns", nargs="+", default=None, help="only these columns")
     cli.add_config_args(p, preset_default="paper", seed=False)
@@ -101,6 +106,7 @@ def plan(
     fidelity: bool,
     columns: list[str] | None = None,
     overrides: list[str] | None = None,
+    first_seed: int = 0,
 ) -> list[RunSpec]:
     """Every run of the table: cells x seeds, each with its resolved config and stage-1 key."""
     try:
@@ -114,7 +120,7 @@ def plan(
                 cell_config(cell, seed=0, preset=preset, smoke=smoke), overrides or []
             )
             n = seeds if seeds is not None else base.seeds
-            for seed in range(n):
+            for seed in range(first_seed, first_seed + n):
                 cfg = dataclasses.replace(base, seed=seed)
                 out.append(RunSpec(cell, seed, cfg, stage1_hash(cfg)))
         except ConfigError as err:
@@ -387,6 +393,7 @@ def run(args: argparse.Namespace) -> int:
         fidelity=args.fidelity,
         columns=args.columns,
         overrides=args.overrides,
+        first_seed=args.first_seed,
     )
     if args.print_config:
         cli.print_configs((s.run_key, s.cfg) for s in specs)
@@ -411,6 +418,7 @@ def run(args: argparse.Namespace) -> int:
         {
             "reproduce.table": table.name,
             "reproduce.seeds": "protocol" if args.seeds is None else args.seeds,
+            "reproduce.first_seed": args.first_seed,
             "reproduce.methods": ",".join(args.methods or []) or "all",
             "reproduce.preset": args.preset,
             "reproduce.tuned": args.tuned,
@@ -562,6 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(unknown_name("table", args.table, TABLES))
     if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds} (leave it out for the protocol's)")
+    if args.first_seed < 0:
+        p.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         p.error("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     cli.apply_offline(args)

@@ -89,6 +89,18 @@ def test_print_config_of_a_sweep_honours_seed_and_overrides(tmp_path, capsys):
     assert got["stage1_key"] != stage1_hash(resolve("image_mnist_lt", smoke=True))
 
 
+def test_reproduce_first_seed_shifts_the_seeds_of_every_cell(tmp_path, capsys):
+    argv = ["offline_image", "--smoke", "--methods", "ce", "--seeds", "2", "--print-config"]
+    got = _printed(capsys, reproduce.main, [*argv, "--first-seed", "5"])
+    assert [(g["run"].rsplit("|", 1)[1], g["config"]["seed"]) for g in got] == [
+        ("seed5", 5),
+        ("seed6", 6),
+    ]
+    plain = _printed(capsys, reproduce.main, argv)
+    assert [g["config"]["seed"] for g in plain] == [0, 1]
+    assert got[1]["stage1_key"] != plain[1]["stage1_key"]  # seed 6's own stage 1
+
+
 def _parsers():
     from orchestrator import report, ui
 
@@ -114,6 +126,7 @@ def test_every_option_of_every_command_says_what_it_does():
         (sweep.main, ["text_tweet"], "did you mean 'text_tweets'?"),
         (reproduce.main, ["tabel1"], "unknown table 'tabel1'; did you mean 'table1'?"),
         (reproduce.main, ["offline_image", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+        (reproduce.main, ["offline_image", "--first-seed", "-1"], "--first-seed must be >= 0"),
         (run.main, ["image_mnist_lt", "--bogus"], "unrecognized arguments: --bogus"),
     ],
 )
