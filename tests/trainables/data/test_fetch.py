@@ -290,17 +290,29 @@ def test_sst_and_the_encoder_come_through_the_hub_then_from_its_cache_offline(tm
 def test_an_interrupted_hub_download_is_not_kept_and_the_next_run_fetches_again(tmp_path):
     with LoopbackServer() as srv:
         _hub(srv)
-        srv.cut("/train.jsonl", times=1000)  # every try of the file stops half-way
+        srv.cut("/train.jsonl", times=1000)  # every try of these files stops half-way
+        srv.cut("/model.safetensors", times=1000)
         res = _python(_load_cmd("text_sst5"), _env(srv, tmp_path))
         assert res.returncode != 0
         assert "DatasetMissing: SST-5: fetching SetFit/sst5 from" in _last_line(res)
         tries = srv.fetched("/train.jsonl")
         assert tries >= 1
-        srv.cut("/train.jsonl", times=0)
+
+        srv.cut("/train.jsonl", times=0)  # the data comes through, the weights do not
+        res = _python(_load_cmd("text_sst5"), _env(srv, tmp_path))
+        assert res.returncode != 0
+        line = _last_line(res)
+        assert "PretrainedWeightsMissing: encoder 'bert-base-uncased': fetching from" in line
+        assert srv.fetched("/train.jsonl") > tries
+        weight_tries = srv.fetched("/model.safetensors")
+        assert weight_tries >= 1
+
+        srv.cut("/model.safetensors", times=0)
         res = _python(_load_cmd("text_sst5"), _env(srv, tmp_path))
         assert res.returncode == 0, res.stderr[-3000:]
-        assert json.loads(res.stdout.strip().splitlines()[-1])["pool"] == 200  # all 200 rows
-        assert srv.fetched("/train.jsonl") > tries
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        assert got["pool"] == 200 and got["hidden"] == 16  # all rows, the whole checkpoint
+        assert srv.fetched("/model.safetensors") > weight_tries
 
 
 # --------------------------------------------------------------------------- the commands
