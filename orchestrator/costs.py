@@ -8,7 +8,7 @@ of training samples (CIFAR-LT at another imbalance factor has fewer).
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from trainables.config import ExperimentConfig
@@ -142,15 +142,26 @@ class Plan:
 
 
 def estimate_plan(
-    runs: list[tuple[ExperimentConfig, str]], concurrency: int, cached: Collection[str] = ()
+    runs: list[tuple[ExperimentConfig, str]],
+    concurrency: int,
+    cached: Collection[str] = (),
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Plan:
     """``runs``: (config, stage-1 key) of every run left; the first run of a key builds it,
-    unless the key is ``cached``."""
+    unless the key is ``cached``. ``groups``: indices of the runs that train as one population
+    (one trial: one slot and its fixed cost; each member's stage 2 counted at its single-trial
+    cost, since no saving was measured for the small populations of a table); default, one run
+    per group. ``concurrency`` counts groups at a time."""
     device: dict[str, float] = {}
     unmeasured: set[str] = set()
     builds = run_slots = 0.0
     seen: set[str] = set(cached)
-    for cfg, key in runs:
+    group_of = list(range(len(runs)))
+    for g, members in enumerate(groups or []):
+        for i in members:
+            group_of[i] = len(runs) + g
+    slotted: set[int] = set()
+    for i, (cfg, key) in enumerate(runs):
         first = key not in seen
         seen.add(key)
         for part in ("stage1", "stage2"):
@@ -165,6 +176,7 @@ def estimate_plan(
             if part == "stage1":
                 builds += FIXED.build_s + sec
             else:
-                run_slots += FIXED.run_s + sec
+                run_slots += sec + (0.0 if group_of[i] in slotted else FIXED.run_s)
+                slotted.add(group_of[i])
     wall = (FIXED.invocation_s + builds + run_slots / max(1, concurrency)) if runs else 0.0
     return Plan(device, wall, unmeasured)

@@ -183,15 +183,28 @@ def _apply_tuned(c, specs: list[RunSpec]) -> list[RunSpec]:
 
 
 def _estimate(pending: list[RunSpec], concurrency: int, cached: set[str]) -> tuple[list[str], Plan]:
-    plan = estimate_plan([(s.cfg, s.stage1_key) for s in pending], concurrency, cached)
-    lines = [
+    index = {s.run_key: i for i, s in enumerate(pending)}
+    groups = [[index[k] for k in g] for g in population_groups(pending)]
+    runs = [(s.cfg, s.stage1_key) for s in pending]
+    plan = estimate_plan(runs, min(concurrency, max(len(groups), 1)), cached, groups)
+    populations = [g for g in groups if len(g) > 1]
+    lines = (
+        [
+            f"  {sum(map(len, populations))} runs train as {len(populations)} populations "
+            "(one trial each; a member's stage 2 counted at a single run's cost)"
+        ]
+        if populations
+        else []
+    )
+    lines += [
         f"  {dev}: about {sec / 3600:.2f} device-hours of epochs ({sec / 60:.1f} min)"
         for dev, sec in plan.device_s.items()
     ]
     if pending and plan.device_s and set(plan.device_s) <= {FIXED.device}:
         left_out = ", without what is not measured" if plan.unmeasured else ""
         lines.append(
-            f"  wall clock: about {plan.wall_s / 60:.1f} min at {concurrency} runs at a time, "
+            f"  wall clock: about {plan.wall_s / 60:.1f} min at "
+            f"{min(concurrency, max(len(groups), 1))} trials at a time, "
             f"with start-up, stage-1 builds and tracking{left_out} ({FIXED.source}, "
             f"{FIXED.device})"
         )

@@ -81,6 +81,14 @@ def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
     wide = estimate_plan(runs, concurrency=8)
     assert plan.wall_s - wide.wall_s == pytest.approx(slots / 2 - slots / 8)
     assert estimate_plan([], concurrency=2).wall_s == 0.0
+    # an OT row and its control as one population: one trial slot, one fixed cost, the same
+    # stage-2 epochs
+    ot = [i for i, cfg in enumerate(cfgs) if cfg.stage2.method == "ot"]
+    assert len(ot) >= 2
+    pair = [ot[0], ot[1]]
+    grouped = estimate_plan(runs, concurrency=2, groups=[pair])
+    assert grouped.device_s == plan.device_s
+    assert plan.wall_s - grouped.wall_s == pytest.approx(FIXED.run_s / 2)
 
 
 def test_a_meta_baseline_pays_its_multiple_only_after_meta_start():

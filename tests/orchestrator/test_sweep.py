@@ -623,7 +623,7 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     assert "cells: 3, runs: 6 (6 to run, 0 finished before)" in dry.stdout
     assert "stage-1 builds: 2 distinct" in dry.stdout
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
-    est = re.search(r"wall clock: about ([0-9.]+) min at [0-9]+ runs at a time", dry.stdout)
+    est = re.search(r"wall clock: about ([0-9.]+) min at [0-9]+ trials at a time", dry.stdout)
     assert est, dry.stdout
     real = reproduce(tmp_path, *args, "--quiet")
     ok(real)
