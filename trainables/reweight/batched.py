@@ -7,11 +7,12 @@ module solves them together: member ``m`` gets exactly the iterates, value and g
 
 How different caps and tolerances share one loop: every member runs the same iteration body,
 and a member that has reached its cap, or met its stopping rule at a check, is *frozen*: its
-scalings (potentials) keep their values (``where(active, new, old)``), so its plan is the one
-its own loop would have stopped at. The reverse pass of the fused path masks the frozen
-iterations out (their adjoints are zero and the carried adjoint passes through unchanged); the
-log-domain path gets the same from autograd through ``torch.where``. The loop ends when every
-member is frozen. Each stopping rule is evaluated per member (``"marginal"``: the member's L1
+scalings (potentials) keep their values, so its plan is the one its own loop would have stopped
+at. The fused path drops frozen members from its arrays (the running ones are gathered into
+compact arrays, again each time one stops) and its reverse pass runs each member back from its
+own last iteration; the log-domain paths mask frozen members (``where(active, new, old)``; the
+reverse pass gets the same from autograd through ``torch.where`` or by hand). The loop ends when
+every member is frozen. Each stopping rule is evaluated per member (``"marginal"``: the member's L1
 error of its Q-side marginal; ``"potential_change"``: its ``sum_j |g_j - g_j^prev|``), which is
 what :func:`.sinkhorn.sinkhorn` computes for a single problem.
 
@@ -25,6 +26,7 @@ elsewhere); each group is solved in one call.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -45,93 +47,119 @@ def _stats(xp, rule: str, eps, kt, u, v, v_before, b):
     return (eps[:, None] * xp.abs(change)).sum(axis=-1)
 
 
+@dataclass
+class _Segment:
+    """Iterations ``start..end-1`` of the members ``idx`` (the ones still running), in compact
+    arrays with the iteration first: ``us[j]`` the u before iteration ``start + j`` (``us[T]``
+    after the last), ``vs``, ``ss``, ``rs`` the v, ``K v`` and ``K^T u`` of each iteration
+    (allocated for the most iterations the members may run; the first ``end - start`` used)."""
+
+    idx: np.ndarray
+    start: int
+    end: int
+    us: object
+    vs: object
+    ss: object
+    rs: object
+
+
 def _fused_forward(xp, cost, a, b, eps, caps: np.ndarray, tols: np.ndarray, rule, every):
-    """The scaling-domain iterations with freezing; returns the values and the replay."""
+    """The scaling-domain iterations with freezing; returns the values and the replay.
+
+    The running members are gathered into compact arrays, which run without masking until one
+    of them stops (its cap, or its stopping rule at a check); then the stopped members' final
+    scalings are written back and the rest are gathered again: a segment per change of the
+    running set (at most one per member), not a mask per iteration."""
     k = xp.exp(-cost / eps[:, None, None])
     kt = xp.t(k)
     u = xp.ones_like(a)
     v = xp.ones_like(b)
-    active = caps > 0
-    us, vs, ss, rs, acts = [u], [], [], [], []
-    for it in range(int(caps.max())):
-        act = active & (it < caps)
-        if not act.any():
-            break
-        r = xp.mv(kt, u)
-        v_new = b / r
-        s = xp.mv(k, v_new)
-        u_new = a / s
-        v_before = v if it else None
-        if act.all():  # the common case: no member frozen yet
-            u, v = u_new, v_new
-        else:
-            act_x = xp.asarray(act, a)[:, None] > 0
-            u = xp.where(act_x, u_new, u)
-            v = xp.where(act_x, v_new, v)
-        us.append(u)
-        vs.append(v)
-        ss.append(s)
-        rs.append(r)
-        acts.append(act)
-        active = act.copy()
-        active &= it + 1 < caps
-        if (it + 1) % every == 0:
-            err = xp.to_host(_stats(xp, rule, eps, kt, u, v, v_before, b))
-            active &= ~(err < tols)
+    n_done = np.zeros_like(caps)
+    alive = np.flatnonzero(caps > 0)
+    segments: list[_Segment] = []
+    it = 0
+    while alive.size:
+        ii = xp.index(alive, a)
+        kc, ktc, ac, bc, epsc = k[ii], kt[ii], a[ii], b[ii], eps[ii]
+        n, most = alive.size, int(caps[alive].max()) - it
+        us = xp.empty((most + 1, n, a.shape[-1]), a)
+        vs = xp.empty((most, n, b.shape[-1]), b)
+        ss = xp.empty((most, n, a.shape[-1]), a)
+        rs = xp.empty((most, n, b.shape[-1]), b)
+        us[0] = u[ii]
+        vc = v[ii]
+        first_cap = int(caps[alive].min())
+        j = 0
+        while True:
+            r = xp.mv(ktc, us[j])
+            v_new = bc / r
+            s = xp.mv(kc, v_new)
+            us[j + 1] = ac / s
+            v_before = vc if it else None
+            vc = v_new
+            vs[j] = vc
+            ss[j] = s
+            rs[j] = r
+            it += 1
+            j += 1
+            check = it % every == 0
+            if it < first_cap and not check:
+                continue
+            stops = it >= caps[alive]
+            if check:
+                err = xp.to_host(_stats(xp, rule, epsc, ktc, us[j], vc, v_before, bc))
+                stops |= err < tols[alive]
+            if stops.any():
+                break
+        segments.append(_Segment(alive, it - j, it, us, vs, ss, rs))
+        u[ii] = us[j]
+        v[ii] = vc
+        n_done[alive[stops]] = it
+        alive = alive[~stops]
     plan = u[..., :, None] * k * v[..., None, :]
-    n_done = np.sum(np.stack(acts, 0), 0) if acts else np.zeros_like(caps)
-    return (cost * plan).sum(axis=(-2, -1)), (k, kt, eps, us, vs, ss, rs, acts, n_done)
+    return (cost * plan).sum(axis=(-2, -1)), (k, kt, eps, u, v, segments, n_done)
 
 
 def _fused_backward(xp, g, cost, saved):
-    k, kt, eps, us, vs, ss, rs, acts, n_done = saved
-    steps = len(acts)
+    """The reverse pass, segment by segment from the last: a member's adjoints start at its
+    own last iteration (the plan's direct terms) and run back through its segments."""
+    k, kt, eps, u_last, v_last, segments, n_done = saved
     g = g[..., None, None]
-    u_last, v_last = us[-1], vs[-1]
     uv = u_last[..., :, None] * v_last[..., None, :]
     t_bar = g * cost
     grad_cost = g * uv * k
     k_bar = t_bar * uv
     tk = t_bar * k
-    u_bar = xp.mv(tk, v_last)
+    u_bar = xp.mv(tk, v_last)  # each member's, until its segments replace it
     vt0 = -xp.mv(xp.t(tk), u_last)
-    vt = vt0
-    zero_n, zero_m = xp.zeros_like(u_last), xp.zeros_like(v_last)
-    qs, ws, ps, zs = [], [], [], []
-    for t in range(steps - 1, -1, -1):
-        if acts[t].all() and not (n_done == t + 1).any():  # every member runs, none starts
-            q = u_bar / ss[t]
-            w = q * us[t + 1]
-            vt = xp.mv(kt, w)
-            p = vt / rs[t]
-            z = p * vs[t]
-            u_bar = xp.mv(k, z)
-            qs.append(q)
-            ws.append(w)
-            ps.append(p)
-            zs.append(z)
-            continue
-        act = xp.asarray(acts[t], u_last)[:, None] > 0
-        first = xp.asarray(n_done == t + 1, u_last)[:, None] > 0
-        q = u_bar / ss[t]
-        w = q * us[t + 1]  # the u iteration t produced
-        ktw = xp.mv(kt, w)
-        vt_new = xp.where(first, vt + ktw, ktw)
-        p = vt_new / rs[t]
-        z = p * vs[t]
-        u_bar = xp.where(act, xp.mv(k, z), u_bar)
-        vt = xp.where(act, vt_new, vt)
-        qs.append(xp.where(act, q, zero_n))
-        ws.append(xp.where(act, w, zero_n))
-        ps.append(xp.where(act, p, zero_m))
-        zs.append(xp.where(act, z, zero_m))
-    a_bar = xp.stack(qs, 0).sum(axis=0)
-    b_bar = -xp.stack(ps, 0).sum(axis=0)
-    w_hist = xp.stack(ws[::-1], -1)  # [P, N, T]
-    z_hist = xp.stack(zs[::-1], -2)  # [P, T, M]
-    v_hist = xp.stack(vs, -2)  # [P, T, M]
-    u_hist = xp.stack(us[:-1], -1)  # [P, N, T]: u before each iteration
-    k_bar = k_bar - w_hist @ v_hist + u_hist @ z_hist
+    a_bar, b_bar = xp.zeros_like(u_last), xp.zeros_like(v_last)
+    for seg in reversed(segments):
+        ii = xp.index(seg.idx, u_last)
+        kc, ktc = k[ii], kt[ii]
+        steps = seg.end - seg.start
+        ws = xp.empty(seg.ss[:steps].shape, u_last)  # [T, n, N]
+        ps = xp.empty(seg.vs[:steps].shape, v_last)  # [T, n, M]
+        zs = xp.empty(seg.vs[:steps].shape, v_last)
+        q_sum = xp.zeros_like(u_last[ii])
+        ends_here = xp.asarray(n_done[seg.idx] == seg.end, u_last)[:, None]
+        ub = u_bar[ii]
+        for j in range(steps - 1, -1, -1):
+            q = ub / seg.ss[j]
+            ws[j] = q * seg.us[j + 1]
+            vt = xp.mv(ktc, ws[j])
+            if j == steps - 1:  # the direct term, for the members whose last step it is
+                vt = vt + vt0[ii] * ends_here
+            ps[j] = vt / seg.rs[j]
+            zs[j] = ps[j] * seg.vs[j]
+            ub = xp.mv(kc, zs[j])
+            q_sum = q_sum + q
+        u_bar[ii] = ub
+        a_bar[ii] = a_bar[ii] + q_sum
+        b_bar[ii] = b_bar[ii] - ps.sum(axis=0)
+        # sum over the segment's iterations of the outer products, member by member
+        w_v = xp.bmm_t(ws, seg.vs[:steps])  # [n, N, M]
+        u_z = xp.bmm_t(seg.us[:steps], zs)
+        k_bar[ii] = k_bar[ii] - w_v + u_z
     return grad_cost - k_bar * k / eps[:, None, None], a_bar, b_bar
 
 

@@ -104,6 +104,21 @@ class _Torch:
         return torch.as_tensor(values, dtype=like.dtype, device=like.device)
 
     @staticmethod
+    def index(idx, like):
+        """Integer indices (a NumPy array) for indexing arrays like ``like``."""
+        return torch.as_tensor(idx, device=like.device)
+
+    @staticmethod
+    def empty(shape, like):
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+
+    @staticmethod
+    def bmm_t(x, y):
+        """``sum_t x[t, n, :, None] * y[t, n, None, :]``: ``[T, n, I]``, ``[T, n, J]`` ->
+        ``[n, I, J]``."""
+        return x.permute(1, 2, 0) @ y.transpose(0, 1)
+
+    @staticmethod
     def to_host(x):
         return x.detach().cpu().numpy()
 
@@ -140,6 +155,18 @@ class _NumPy:
     @staticmethod
     def asarray(values, like):
         return np.asarray(values, dtype=like.dtype)
+
+    @staticmethod
+    def index(idx, like):
+        return idx
+
+    @staticmethod
+    def empty(shape, like):
+        return np.empty(shape, dtype=like.dtype)
+
+    @staticmethod
+    def bmm_t(x, y):
+        return np.matmul(x.transpose(1, 2, 0), y.transpose(1, 0, 2))
 
     @staticmethod
     def to_host(x):

@@ -51,6 +51,32 @@ def test_each_member_is_its_own_ot_loss(impl, stop):
             torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("stop", ["marginal", "potential_change"])
+def test_the_torch_namespace_of_the_fused_path_equals_numpy(stop):
+    """What runs off the CPU (the fused path's torch namespace) against the NumPy one, on the
+    CPU: members stopping at different iterations, so several compactions happen."""
+    from trainables.reweight.batched import _BatchedFused
+
+    cost, a, b = _problems()
+    eps = torch.tensor([0.1, 0.05, 0.5, 0.2, 1.0, 0.02], dtype=torch.float64)
+    caps = torch.tensor(CAPS).numpy()
+    tols = torch.tensor([float("-inf") if t is None else t for t in TOLS]).numpy()
+    scale = torch.arange(1, 7, dtype=torch.float64)
+    out = {}
+    for backend in ("numpy", "torch"):
+        v = _BatchedFused.apply(cost, a, b, eps, caps, tols, stop, 2, backend)
+        out[backend] = (v, *torch.autograd.grad((v * scale).sum(), (cost, a, b)))
+    for got, want in zip(out["torch"], out["numpy"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    # and each member is its own ot_loss
+    for m in range(6):
+        one = ot_loss(
+            cost[m], a[m], b[m], eps=float(eps[m]), max_iter=int(caps[m]), tol=TOLS[m],
+            stop=stop, check_every=2,
+        )  # fmt: skip
+        torch.testing.assert_close(out["torch"][0][m], one, rtol=1e-12, atol=1e-14)
+
+
 def test_frozen_members_stop_where_their_own_loop_stops():
     """With a tolerance a member's value is its early-stopped solve, not the capped one: the
     member with tol 1e-2 differs from the same problem run to its cap."""
