@@ -195,34 +195,49 @@ class _Optim:
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]):
+        """One step of every member, in place. Work a uniform population does not need is
+        skipped (weight decay when every member has none, the momentum buffer when no member
+        has momentum, the SGD rule when every member uses Adam, the mask when it keeps every
+        member): the stacked tensors are P times a single trial's, and each pass over them
+        counts."""
         self.steps += 1
+        any_wd, any_mom = bool((self.wd != 0).any()), bool((self.mom != 0).any())
+        any_adam, all_adam = bool(self.adam.any()), bool(self.adam.all())
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
                 continue
             st = self.state.setdefault(name, {})
-            lr, mom, wd = self._b(self.lr, p), self._b(self.mom, p), self._b(self.wd, p)
-            # SGD
-            d = g + wd * p
-            if "buf" not in st:
-                st["buf"] = d.clone()
-            else:
-                st["buf"] = torch.where(mom != 0, st["buf"] * mom + d, st["buf"])
-            step_d = torch.where(mom != 0, d + mom * st["buf"] if self.nesterov else st["buf"], d)
-            sgd = p + (-lr) * step_d
-            new = sgd
-            if bool(self.adam.any()):
+            lr = self._b(self.lr, p)
+            every = bool(masks[name].all())  # no member masked: update p in place
+            new = None
+            if not all_adam:  # SGD: torch.optim.SGD's update (dampening 0)
+                d = g.addcmul(self._b(self.wd, p), p) if any_wd else g
+                if any_mom:
+                    mom = self._b(self.mom, p)
+                    if "buf" not in st:
+                        st["buf"] = d.clone()
+                    else:  # a member without momentum: 0 * buf + d = d
+                        st["buf"].mul_(mom).add_(d)
+                    d = d.addcmul(mom, st["buf"]) if self.nesterov else st["buf"]
+                if every and not any_adam:
+                    p.addcmul_(lr, d, value=-1)
+                    continue
+                new = p.addcmul(lr, d, value=-1)
+            if any_adam:  # torch.optim.Adam's defaults
                 b1, b2, eps = 0.9, 0.999, 1e-8
                 m1 = st.setdefault("exp_avg", torch.zeros_like(p))
                 m2 = st.setdefault("exp_avg_sq", torch.zeros_like(p))
-                m1 = m1.lerp(g, 1 - b1)
-                m2 = m2 * b2 + (1 - b2) * g * g
-                st["exp_avg"], st["exp_avg_sq"] = m1, m2
+                m1.lerp_(g, 1 - b1)
+                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
                 bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-                denom = (m2.sqrt() / math.sqrt(bc2)) + eps
-                adam = p + (-(lr / bc1)) * (m1 / denom)
-                new = torch.where(self._b(self.adam, p), adam, sgd)
-            p.copy_(torch.where(self._b(masks[name], p), new, p))
+                denom = (m2.sqrt() / math.sqrt(bc2)).add_(eps)
+                if every and all_adam:
+                    p.addcmul_(lr / bc1, m1.div(denom), value=-1)
+                    continue
+                adam = p.addcmul(lr / bc1, m1.div(denom), value=-1)
+                new = adam if new is None else torch.where(self._b(self.adam, p), adam, new)
+            p.copy_(new if every else torch.where(self._b(masks[name], p), new, p))
 
 
 class _Weights:
