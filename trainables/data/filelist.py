@@ -44,7 +44,8 @@ _WHERE_TO_GET = {
 
 
 def _hint(dataset_name: str) -> str:
-    return _WHERE_TO_GET.get(dataset_name, f"split files and images as described by {_OLTR}")
+    where = _WHERE_TO_GET.get(dataset_name, f"split files and images as described by {_OLTR}")
+    return f"{where}; put both in one folder DIR and --set data.root=DIR"
 
 
 def read_split_file(path: str | Path) -> tuple[list[str], np.ndarray]:

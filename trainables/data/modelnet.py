@@ -97,7 +97,7 @@ def _check_tree(root: Path, *, fetch: bool = False) -> None:
     raise DatasetMissing(
         f"ModelNet10 not found under {raw}{hint}{why}: download {MODELNET10_URL}, unzip it and "
         f"move its ModelNet10 folder to {raw}, so that {raw}/chair/train/chair_0001.off exists "
-        f"(missing: {', '.join(missing)})"
+        f"(missing: {', '.join(missing)}), or --set data.root=DIR for a copy elsewhere"
     )
 
 

@@ -359,6 +359,7 @@ def test_offline_every_source_stops_in_one_line_with_exit_2(tmp_path, sst5_dir, 
         assert res.returncode == 2, (args, res.stderr[-2000:])
         assert len(lines) == 1 and message in lines[0], (args, lines)
         assert "offline" in lines[0] or "ImageNet-LT" in message, lines
+        assert "--set " in lines[0], lines  # how to point at a local copy
 
 
 def test_an_unreachable_host_stops_in_one_line_without_offline(
