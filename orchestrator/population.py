@@ -19,7 +19,7 @@ import torch
 
 from trainables.config import apply_values
 from trainables.loop import StageResult
-from trainables.population import MemberOutcome, halving_rungs
+from trainables.population import MemberOutcome
 from trainables.trial import (
     add_features,
     features_data,
@@ -32,7 +32,7 @@ from trainables.trial import (
 from . import names, tracking
 from .search import member_key
 from .stages import read_entry
-from .trainable import SweepContext, TrialTracker, _inject_fault
+from .trainable import SweepContext, TrialTracker, _inject_fault, asha_rungs
 
 __all__ = [
     "MEMBER",
@@ -67,10 +67,8 @@ def population_trial(config: dict, ctx: SweepContext) -> None:
         for i, s in enumerate(config["population"])
     ]
     epochs = ctx.base.stage2.epochs
-    # the sweep's ASHA rungs (grace epochs // 4, factor 3): members are culled there too
-    train_members(
-        members, trial_id, tune.report, rungs=halving_rungs(epochs, max(1, epochs // 4), 3)
-    )
+    # the sweep's ASHA rungs: members are culled there too
+    train_members(members, trial_id, tune.report, rungs=asha_rungs(epochs))
 
 
 def reproduce_population(config: dict, contexts: dict[str, SweepContext]) -> None:
@@ -164,7 +162,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         if epoch + 1 in rungs:
             # ASHA may stop the trial at this report, and the process may end before the
             # SystemExit handler below runs: every open member's selection and summary so far
-            # go up first (a single trial uploads at each improvement for the same reason)
+            # go up first, figures included (a single trial draws its own there too)
             for i in sorted(open_members):
                 if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
                     trackers[i].upload_selected(live[i], data)

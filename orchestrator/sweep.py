@@ -358,7 +358,7 @@ def _context(
     cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, module, stage1_run
 ):
     """(the trials' shared context, their resources)."""
-    from .trainable import SweepContext
+    from .trainable import SweepContext, asha_rungs
 
     ctx = SweepContext(
         base=cfg,
@@ -370,6 +370,7 @@ def _context(
         cpus_per_trial=args.cpus_per_trial,
         storage_uri=storage.uri,
         tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
+        rungs=asha_rungs(cfg.stage2.epochs),
     )
     workers = _workers(args)
     if workers > 1 and getattr(module, "STAGE1", False):
@@ -397,6 +398,7 @@ def _tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from . import progress
+    from .trainable import ASHA_REDUCTION, asha_grace
 
     exp_path = storage.child_uri(args.name, sweep_id)
     if args.resume and tune.Tuner.can_restore(exp_path):
@@ -434,8 +436,8 @@ def _tuner(
             scheduler=ASHAScheduler(
                 time_attr=names.TIME_ATTR,
                 max_t=max(1, epochs),
-                grace_period=max(1, epochs // 4),
-                reduction_factor=3,
+                grace_period=asha_grace(epochs),
+                reduction_factor=ASHA_REDUCTION,
             ),
             num_samples=math.ceil(args.trials / population),
             max_concurrent_trials=conc,

@@ -69,6 +69,22 @@ class SweepContext:
     train_storage: str = ""  # where the TorchTrainer runs keep their state
     tags: dict | None = None  # extra MLflow tags of every trial run (reproduce: table, cell)
     storage_uri: str = ""  # the run storage: trials whose sample changes stage 1 build it there
+    rungs: tuple[int, ...] = ()  # epochs (from 1) at whose report the scheduler may stop a trial
+
+
+ASHA_REDUCTION = 3
+
+
+def asha_grace(epochs: int) -> int:
+    """The sweep's ASHA grace period (stage-2 epochs before a trial can be stopped)."""
+    return max(1, epochs // 4)
+
+
+def asha_rungs(epochs: int) -> tuple[int, ...]:
+    """The epochs (from 1) at whose report the sweep's ASHA may stop a trial."""
+    from trainables.population import halving_rungs
+
+    return tuple(halving_rungs(epochs, asha_grace(epochs), ASHA_REDUCTION))
 
 
 # Tests only: a directory named here makes the first trial attempt (of any sweep or
@@ -114,6 +130,7 @@ class TrialTracker:
         """``enabled=False``: the selection bookkeeping only (data-parallel ranks above 0)."""
         self.ctx, self.cfg = ctx, cfg
         self.result: StageResult | None = None
+        self._data, self._drawn = None, True  # the data of the last upload; its PNGs drawn
         self.best_val = -1.0
         self.best_test = float("nan")
         self.best_epoch = -1
@@ -187,8 +204,14 @@ class TrialTracker:
             tracking.log_metrics(self.client, self.run_id, out, step=epoch + 1)
         return out
 
-    def upload_selected(self, result: StageResult, data) -> None:
-        self.result = result
+    def upload_progress(self, result: StageResult, data) -> None:
+        """The selection so far, without its figures: what a run stopped without notice keeps
+        (the data the figures are drawn from; drawing is most of an upload's time, so the
+        PNGs are drawn once, when the run closes)."""
+        self.upload_selected(result, data, figures=False)
+
+    def upload_selected(self, result: StageResult, data, *, figures: bool = True) -> None:
+        self.result, self._data, self._drawn = result, data, figures
         if self.client is None:
             return
         from . import artifacts
@@ -198,27 +221,29 @@ class TrialTracker:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             test = sel.get("test", {})
-            artifacts.write_confusion_png(
-                test["confusion"],
-                counts,
-                d / "confusion_matrix.png",
-                title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}",
-            )
+            if figures:
+                artifacts.write_confusion_png(
+                    test["confusion"],
+                    counts,
+                    d / "confusion_matrix.png",
+                    title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}",
+                )
             artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
             (d / "confusion.json").write_text(
                 json.dumps({"confusion": test["confusion"], "train_counts": counts})
             )
             if result.weight_mass:
                 raw = bool(result.raw_mass)
-                artifacts.write_weight_png(
-                    result.weight_mass,
-                    d / "learned_weights.png",
-                    sample_weights=result.sample_weights or None,
-                    labels=data.train.y.tolist() if result.sample_weights else None,
-                    train_counts=counts,
-                    raw_mass=result.raw_mass if raw else None,
-                    raw_sample_weights=(result.raw_sample_weights or None) if raw else None,
-                )
+                if figures:
+                    artifacts.write_weight_png(
+                        result.weight_mass,
+                        d / "learned_weights.png",
+                        sample_weights=result.sample_weights or None,
+                        labels=data.train.y.tolist() if result.sample_weights else None,
+                        train_counts=counts,
+                        raw_mass=result.raw_mass if raw else None,
+                        raw_sample_weights=(result.raw_sample_weights or None) if raw else None,
+                    )
                 mass = {
                     "softmax_mass": result.weight_mass,  # [epoch][class], the OT measure
                     "loss_uses": "raw" if raw else "softmax",
@@ -244,10 +269,17 @@ class TrialTracker:
         tracking.log_metrics(self.client, self.run_id, tracking.flat_summary(summary), step=step)
         self.client.log_dict(self.run_id, summary, "result.json")
 
+    def draw_pending(self) -> None:
+        """Before a run closes: the last selection uploaded without its figures, again with
+        them (every file rewritten, so the figures and the data agree)."""
+        if self.result is not None and not self._drawn and self.result.selected:
+            self.upload_selected(self.result, self._data)
+
     def finish(self, summary: dict) -> None:
         self.closed = True
         if self.client is None:
             return
+        self.draw_pending()
         self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
@@ -267,6 +299,7 @@ class TrialTracker:
             return
         if diverged:
             self.client.set_tag(self.run_id, names.DIVERGED, "true")
+            self.draw_pending()  # its selection before it diverged
         msg = "".join(traceback.format_exception_only(type(err), err)).strip()
         self.client.set_tag(self.run_id, names.ERROR, msg[:5000])
         self.client.set_terminated(self.run_id, status="FAILED")
@@ -422,6 +455,10 @@ def _run_trial(
             out = tracker.epoch(metrics, epoch)
             if epoch == 0 and rank0:
                 _inject_fault()
+            if epoch + 1 in ctx.rungs:
+                # the scheduler may stop the trial at this report, and its process may end
+                # before the SystemExit handler below draws anything: the figures go up first
+                tracker.draw_pending()
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
                 pending.append(out)
@@ -433,7 +470,7 @@ def _run_trial(
             stage1,
             callback=on_epoch,
             device=device or pick_device(),
-            on_improve=tracker.upload_selected,
+            on_improve=tracker.upload_progress,
             parallel=parallel,
         )
         tracker.upload_selected(s2, data)

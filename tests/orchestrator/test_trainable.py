@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from orchestrator.tracking import flat_summary as _flat_summary
 from trainables.loop import improves
 
@@ -50,3 +52,108 @@ def test_summary_counts_epochs_from_one_as_the_mlflow_steps_do():
     assert flat["validation_selected/epoch"] == 1
     assert flat["best_test_epoch/epoch"] == 3
     assert flat["validation_selected/val_balanced_acc"] == 61.0
+
+
+def _tracker(tmp_path):
+    from orchestrator import tracking
+    from orchestrator.trainable import SweepContext, TrialTracker
+    from search_spaces import resolve
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "tracker", str(tmp_path / "artifacts"))
+    c = tracking.client(uri)
+    parent = c.create_run(exp, run_name="sweep").info.run_id
+    cfg = resolve("image_mnist_lt")
+    ctx = SweepContext(cfg, "", "key", tracking.TrackingSpec(uri, exp), parent, "sweep-1")
+    return TrialTracker(ctx, cfg, "t0", "trial_0"), c
+
+
+def _result(epoch: int):
+    import torch
+
+    from trainables.data.arrays import StageData, TensorSplit
+    from trainables.loop import StageResult
+
+    split = TensorSplit(torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]))
+    data = StageData(split, split, split, split, 2, train_counts=(3, 1), source="features")
+    sel = {
+        "epoch": epoch,
+        "val": {"balanced_acc": 60.0 + epoch},
+        "test": {"balanced_acc": 50.0, "confusion": [[3, 0], [1, 0]], "per_class_acc": [1.0, 0.0]},
+    }
+    res = StageResult(last=sel, selected=sel, best_test_epoch=sel)
+    res.weight_mass = [[0.5, 0.5]] * (epoch + 1)
+    res.sample_weights = [0.25] * 4
+    return res, data
+
+
+def _artifacts(c, run_id):
+    return {a.path for a in c.list_artifacts(run_id)}
+
+
+def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_closes(
+    tmp_path, monkeypatch
+):
+    """An improvement uploads the selection's data (a run killed without notice keeps it);
+    the PNGs, most of an upload's time, are drawn once, from the last selection, at close."""
+    import json
+
+    from orchestrator import artifacts
+
+    drawn = []
+    real = artifacts.write_confusion_png
+    monkeypatch.setattr(
+        artifacts,
+        "write_confusion_png",
+        lambda *a, **kw: drawn.append(kw["title"]) or real(*a, **kw),
+    )
+    tracker, c = _tracker(tmp_path)
+    tracker.start({})
+    for epoch in (0, 2):
+        res, data = _result(epoch)
+        tracker.upload_progress(res, data)
+    assert drawn == []
+    up = _artifacts(c, tracker.run_id)
+    assert {"confusion.json", "per_class_acc.csv", "weight_mass.json"} <= up
+    assert not {"confusion_matrix.png", "learned_weights.png"} & up
+    tracker.stopped_early()  # the scheduler stopped it: closed with its figures
+    assert drawn == ["image_mnist_lt: test, validation-selected epoch 3"]
+    up = _artifacts(c, tracker.run_id)
+    assert {"confusion_matrix.png", "learned_weights.png"} <= up
+    run = c.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ot.stopped_early"] == "true"
+    local = c.download_artifacts(tracker.run_id, "weight_mass.json", str(tmp_path))
+    # the figures and their data: epochs 1-3
+    assert len(json.loads(Path(local).read_text())["softmax_mass"]) == 3
+
+
+def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(tmp_path, monkeypatch):
+    from orchestrator import artifacts
+    from trainables.trial import scalar_summary
+
+    drawn = []
+    monkeypatch.setattr(artifacts, "write_weight_png", lambda *a, **kw: drawn.append(a[1].name))
+    tracker, _ = _tracker(tmp_path)
+    tracker.start({})
+    res, data = _result(1)
+    tracker.upload_progress(res, data)
+    tracker.upload_selected(res, data)
+    tracker.finish(scalar_summary(res))
+    assert drawn == ["learned_weights.png"]
+
+
+def test_the_rungs_a_trial_draws_before_are_the_sweeps_asha_milestones():
+    """A trial draws its figures before the reports at which ASHA may stop it: those epochs
+    must be the scheduler's own milestones (those below the last epoch)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.trainable import ASHA_REDUCTION, asha_grace, asha_rungs
+
+    for epochs in (1, 2, 4, 10, 12, 30, 36, 200):
+        asha = ASHAScheduler(
+            time_attr="t", metric="m", mode="max", max_t=epochs,
+            grace_period=asha_grace(epochs), reduction_factor=ASHA_REDUCTION,
+        )  # fmt: skip
+        milestones = sorted(m for m, _ in asha._brackets[0]._rungs if m < epochs)
+        assert list(asha_rungs(epochs)) == milestones, epochs
+    assert asha_rungs(10) == (2, 6)
