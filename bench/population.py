@@ -13,7 +13,8 @@ result loaded. Printed: wall time, settings per minute, the ratio against (a), a
 validation score reached (the same settings: it should agree).
 
 Part 2 (``--sweep``), the whole command: ``orchestrator.sweep NAME --trials N`` with
-``--population 1`` and with the largest P of ``--sizes`` (Ray, Optuna, ASHA and MLflow
+``--population 1`` and with the largest P of ``--sizes`` that still gives every worker a
+population (Ray, Optuna, ASHA and MLflow
 included; stage 1 already cached), timed end to end, with the best validation score each found
 (TPE adapts differently with P, so these are not the same settings).
 """
@@ -189,7 +190,9 @@ def main() -> None:
         "training": training(args.experiment, args.settings, args.sizes, args.workers, args.seed),
     }
     if args.sweep:
-        result["sweep"] = sweeps(args.experiment, args.settings, max(args.sizes))
+        # the largest P that still makes one population trial per worker (all cores busy)
+        fits = [p for p in args.sizes if args.settings // p >= args.workers]
+        result["sweep"] = sweeps(args.experiment, args.settings, max(fits or args.sizes))
     out = args.out or REPO / f"bench/results/population_{args.experiment}.json"
     save_cpu_result(out, result, start)
     print(f"wrote {out}")
