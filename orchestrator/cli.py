@@ -98,6 +98,11 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         help="MLflow tracking URI (or MLFLOW_TRACKING_URI; default <storage>/mlflow.db)",
     )  # fmt: skip
     p.add_argument(
+        "--cache-in-storage", action="store_true",
+        help="fetch data sets, encoders and weights into <storage>/cache (a path) instead of "
+        "./data and each library's own cache (HF_HOME, TORCH_HOME)",
+    )  # fmt: skip
+    p.add_argument(
         "--cpus-per-trial", type=float, default=1.0,
         help="CPUs per trial (per worker of a data-parallel trial; default 1)",
     )  # fmt: skip
@@ -118,11 +123,24 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
 
 
 def apply_offline(args: argparse.Namespace) -> None:
-    """``--offline``: every library's offline switch on, for this process and its workers."""
+    """``--offline``: every library's offline switch on, for this process and its workers;
+    ``--cache-in-storage``: every fetch under ``<storage>/cache``."""
     if getattr(args, "offline", False):
         from trainables.data.fetch import go_offline
 
         go_offline()
+    if getattr(args, "cache_in_storage", False):
+        from trainables.data.fetch import use_cache_dir
+
+        arg = args.storage or "runs"
+        if arg.startswith("file://"):
+            arg = arg[len("file://") :]
+        elif "://" in arg:
+            raise CommandError(
+                f"--cache-in-storage needs a storage path, not {arg}: the libraries cache on "
+                "a file system"
+            )
+        use_cache_dir(Path(arg) / "cache")
 
 
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
@@ -251,7 +269,7 @@ def init_ray(address: str | None) -> None:
     if address:
         # The workers of a running cluster were started by `ray start`, not by this process:
         # the settings their trials read travel in the job's runtime environment.
-        from trainables.data.fetch import MIRROR_VAR, OFFLINE_VARS
+        from trainables.data.fetch import CACHE_VARS, MIRROR_VAR, OFFLINE_VARS
 
         shipped = (
             "TUNE_FUNCTION_THREAD_TIMEOUT_S",
@@ -259,6 +277,7 @@ def init_ray(address: str | None) -> None:
             "HF_ENDPOINT",
             MIRROR_VAR,
             *OFFLINE_VARS,
+            *CACHE_VARS,
         )
         env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
         kwargs["runtime_env"] = {"env_vars": env_vars}

@@ -396,6 +396,7 @@ def _open_invocation(args, table: Table) -> _Invocation:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
+    cli.apply_offline(args)  # --offline, --cache-in-storage: before any library is imported
     table = TABLES[args.table]
     specs = plan(
         table,
@@ -587,7 +588,6 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         p.error("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
-    cli.apply_offline(args)
     return cli.run_command(lambda: run(args))
 
 

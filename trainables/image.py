@@ -12,6 +12,7 @@ from torch import Tensor
 
 from trainables.config import DataConfig, ExperimentConfig, ModelConfig
 from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.fetch import data_home
 from trainables.data.longtail import make_longtail_split
 from trainables.models import SplitNet, build_model
 
@@ -62,7 +63,9 @@ def _load(cfg: DataConfig):
         name = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes)
         if name is None:
             raise ValueError(f"CIFAR has 10 or 100 classes, not {cfg.num_classes}")
-        return load_cifar(cfg.root or DEFAULT_DATA_ROOT / name, name, download=cfg.download)
+        return load_cifar(
+            cfg.root or data_home(DEFAULT_DATA_ROOT) / name, name, download=cfg.download
+        )
     if cfg.source == "cifar10_jpeg":
         from trainables.data.cifar import load_cifar10_jpeg
 
@@ -72,7 +75,7 @@ def _load(cfg: DataConfig):
     if cfg.source in ("imagenet_lt", "places_lt"):
         from trainables.data import filelist
 
-        root = Path(cfg.root or DEFAULT_DATA_ROOT / cfg.source)
+        root = Path(cfg.root or data_home(DEFAULT_DATA_ROOT) / cfg.source)
         return getattr(filelist, f"{cfg.source}_splits")(root, root)
     raise ValueError(f"unknown data.source {cfg.source!r}; choose from {IMAGE_SOURCES}")
 
@@ -207,7 +210,7 @@ class ImageModality:
 
             name = {10: "cifar10", 100: "cifar100"}.get(data.num_classes)
             if name is not None:  # another count fails with its own message when loaded
-                root = data.root or DEFAULT_DATA_ROOT / name
+                root = data.root or data_home(DEFAULT_DATA_ROOT) / name
                 check_cifar(root, name, fetch=fetch and data.download)
         elif data.source == "cifar10_jpeg":
             from trainables.data.cifar import check_cifar10_jpeg

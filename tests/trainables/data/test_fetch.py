@@ -8,6 +8,7 @@ read the project's ``OT_DATA_MIRROR`` at call time and are tested in this proces
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -396,3 +397,62 @@ def test_run_text_sst5_fetches_on_first_use_then_runs_the_same_offline(tmp_path,
     assert again == first
     # the smoke split of the served SST-5: 24 per class, 6 for the minority class 1
     assert first["data_source"] == "SST-5" and first["train_counts"] == [24, 6, 24, 24, 24]
+
+
+_IN_STORAGE = """
+import argparse, hashlib, json, os, sys
+from orchestrator import cli
+cli.apply_offline(argparse.Namespace(storage=STORAGE, cache_in_storage=True, offline=False))
+from torchvision.datasets import CIFAR10
+CIFAR10.tgz_md5 = MD5  # the fixture is not the real archive
+from search_spaces import resolve
+from trainables import image
+cifar = image._load(resolve("image_cifar10_lt", smoke=True, overrides=["data.source=cifar"]).data)
+print(json.dumps({"cifar": int(cifar.train_x.shape[0]), "env": {v: os.environ[v] for v in VARS}}))
+"""
+
+
+def test_cache_in_storage_puts_every_fetch_under_the_storage(tmp_path):
+    """``--cache-in-storage``: CIFAR (by URL) under ``<storage>/cache/data``, SST-5 and the
+    encoder in the Hugging Face caches under ``<storage>/cache/huggingface``; nothing in the
+    caches the environment named before; a storage that is not a path is refused."""
+    from trainables.data.fetch import CACHE_VARS
+
+    storage, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    archive, train, _ = _cifar10_archive()
+    code = (
+        _IN_STORAGE.replace("STORAGE", repr(str(storage)))
+        .replace("MD5", repr(hashlib.md5(archive).hexdigest()))
+        .replace("VARS", repr(CACHE_VARS))
+    )
+    sst = _LOAD.replace(
+        "import json, sys\n",
+        "import argparse, json, sys\nfrom orchestrator import cli\n"
+        f"cli.apply_offline(argparse.Namespace(storage={str(storage)!r}, cache_in_storage=True))\n",
+    ).replace("sys.argv[1]", repr("text_sst5"))
+    with LoopbackServer() as srv:
+        srv.add_file("/~kriz/cifar-10-python.tar.gz", archive)
+        _hub(srv)
+        res = _python(code, _env(srv, elsewhere))
+        assert res.returncode == 0, res.stderr[-3000:]
+        got = json.loads(res.stdout.strip().splitlines()[-1])
+        res = _python(sst, _env(srv, elsewhere))
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert json.loads(res.stdout.strip().splitlines()[-1])["pool"] == 200
+    cache = storage.resolve() / "cache"
+    assert got["cifar"] == len(train)
+    assert got["env"] == {
+        "OT_DATA_HOME": str(cache / "data"),
+        "HF_HOME": str(cache / "huggingface"),
+        "TORCH_HOME": str(cache / "torch"),
+    }
+    assert (cache / "data" / "cifar10" / "cifar-10-batches-py" / "data_batch_1").is_file()
+    hub = cache / "huggingface" / "hub"
+    assert any(hub.glob("models--bert-base-uncased/snapshots/*/model.safetensors"))
+    assert any(hub.glob("datasets--SetFit--sst5/snapshots/*/*"))
+    assert not elsewhere.exists()  # the environment's own HF_HOME / TORCH_HOME: untouched
+
+    from orchestrator import cli
+
+    with pytest.raises(cli.CommandError, match="--cache-in-storage needs a storage path"):
+        cli.apply_offline(argparse.Namespace(storage="s3://bucket/runs", cache_in_storage=True))
