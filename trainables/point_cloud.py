@@ -26,7 +26,6 @@ __all__ = [
     "build_point_model",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
 POINT_SOURCES = ("modelnet10", "shapes")
 POINT_MODELS = ("pointnet", "pointnet2", "dgcnn")
 # The synthetic test clouds come from another stream than the training pool.
@@ -34,7 +33,7 @@ _SHAPES_TEST_STREAM = 1_000_003
 
 
 def _root(cfg: DataConfig) -> Path:
-    return Path(cfg.root or data_home(REPO / "data") / "modelnet10")
+    return Path(cfg.root or data_home() / "modelnet10")
 
 
 def _load(cfg: DataConfig, seed: int):

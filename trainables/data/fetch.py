@@ -49,6 +49,7 @@ HUB_DEFAULT = "https://huggingface.co"
 # own cache settings (Hugging Face hub and datasets; torch.hub's weights)
 DATA_HOME_VAR = "OT_DATA_HOME"
 CACHE_VARS = (DATA_HOME_VAR, "HF_HOME", "TORCH_HOME")
+CHECKOUT_DATA = Path(__file__).resolve().parents[2] / "data"
 CONNECT_TIMEOUT_S = 5.0
 
 
@@ -99,9 +100,9 @@ def use_cache_dir(root: str | Path) -> Path:
     return root
 
 
-def data_home(default: Path) -> Path:
-    """Where a dataset fetched by URL goes when ``data.root`` is unset: ``default``, or
-    ``<root>/data`` under :func:`use_cache_dir`."""
+def data_home(default: Path = CHECKOUT_DATA) -> Path:
+    """Where a dataset fetched by URL goes when ``data.root`` is unset: ``default`` (the
+    checkout's ``data/``), or ``<root>/data`` under :func:`use_cache_dir`."""
     home = os.environ.get(DATA_HOME_VAR)
     return Path(home) if home else default
 

@@ -402,7 +402,7 @@ def test_run_text_sst5_fetches_on_first_use_then_runs_the_same_offline(tmp_path,
 _IN_STORAGE = """
 import argparse, hashlib, json, os, sys
 from orchestrator import cli
-cli.apply_offline(argparse.Namespace(storage=STORAGE, cache_in_storage=True, offline=False))
+cli.apply_fetch_settings(argparse.Namespace(storage=STORAGE, cache_in_storage=True, offline=False))
 from torchvision.datasets import CIFAR10
 CIFAR10.tgz_md5 = MD5  # the fixture is not the real archive
 from search_spaces import resolve
@@ -428,7 +428,8 @@ def test_cache_in_storage_puts_every_fetch_under_the_storage(tmp_path):
     sst = _LOAD.replace(
         "import json, sys\n",
         "import argparse, json, sys\nfrom orchestrator import cli\n"
-        f"cli.apply_offline(argparse.Namespace(storage={str(storage)!r}, cache_in_storage=True))\n",
+        "cli.apply_fetch_settings("
+        f"argparse.Namespace(storage={str(storage)!r}, cache_in_storage=True))\n",
     ).replace("sys.argv[1]", repr("text_sst5"))
     with LoopbackServer() as srv:
         srv.add_file("/~kriz/cifar-10-python.tar.gz", archive)
@@ -455,4 +456,5 @@ def test_cache_in_storage_puts_every_fetch_under_the_storage(tmp_path):
     from orchestrator import cli
 
     with pytest.raises(cli.CommandError, match="--cache-in-storage needs a storage path"):
-        cli.apply_offline(argparse.Namespace(storage="s3://bucket/runs", cache_in_storage=True))
+        remote = argparse.Namespace(storage="s3://bucket/runs", cache_in_storage=True)
+        cli.apply_fetch_settings(remote)
