@@ -100,7 +100,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-in-storage", action="store_true",
         help="fetch data sets, encoders and weights into <storage>/cache (a path) instead of "
-        "./data and each library's own cache (HF_HOME, TORCH_HOME)",
+        "the checkout's data/ and each library's own cache (HF_HOME, TORCH_HOME)",
     )  # fmt: skip
     p.add_argument(
         "--cpus-per-trial", type=float, default=1.0,
