@@ -17,10 +17,13 @@ error of its Q-side marginal; ``"potential_change"``: its ``sum_j |g_j - g_j^pre
 what :func:`.sinkhorn.sinkhorn` computes for a single problem.
 
 Which path: as ``ot_loss(impl="auto")`` decides per call, each member takes the scaling-domain
-path (:mod:`.fused`, NumPy on CPU, torch elsewhere) when ``max |C_m| / eps_m`` is in the dtype's
+path when ``max |C_m| / eps_m`` is in the dtype's
 safe range (a float32 member beyond float32's range but inside float64's: fused in float64),
 else the log-domain loop (in NumPy with a hand-written reverse pass on the CPU, under autograd
-elsewhere); each group is solved in one call.
+elsewhere); each group is solved in one call. On the CPU the scaling-domain members run the
+compiled loop of :mod:`.compiled`, one member after another inside one call, each exactly its
+own iterations (the freezing above is then not needed); the shared loop with freezing runs in
+torch elsewhere (or in NumPy on request).
 """
 
 from __future__ import annotations
@@ -325,6 +328,7 @@ def batched_ot_loss(
     stop: str = "marginal",
     check_every: int = 10,
     impl: str = "auto",
+    backend: str | None = None,
 ) -> Tensor:
     """``<C_m, T*_m>`` for P problems, ``[P]``, differentiable in ``cost``, ``a`` and ``b``.
 
@@ -333,6 +337,10 @@ def batched_ot_loss(
     ``ot_loss(cost[m], a[m], b[m], eps=eps[m], max_iter=max_iter[m], tol=tol[m], stop=stop,
     check_every=check_every, grad="unrolled", impl=impl)`` (up to rounding). ``impl``:
     ``"auto"`` (per member, as ``ot_loss`` decides), ``"fused"`` or ``"reference"``.
+    ``backend`` of the scaling-domain members: ``"numba"`` (the default on the CPU: each member
+    runs its own compiled loop, :mod:`.compiled`, and gets bit for bit what ``ot_loss`` gives
+    it alone), ``"numpy"`` or ``"torch"`` (one shared loop with freezing; torch is the default
+    elsewhere).
     """
     if cost.dim() != 3:
         raise ValueError(f"cost must be [P, N, M], got shape {tuple(cost.shape)}")
@@ -364,7 +372,10 @@ def batched_ot_loss(
         path = np.where(ratio <= limit, 1, 0)
         if cost.dtype == torch.float32:
             path = np.where((path == 0) & (ratio <= _LIMIT[torch.float64]), 2, path)
-    backend = "numpy" if cost.device.type == "cpu" else "torch"
+    on_cpu = cost.device.type == "cpu"
+    backend = backend or ("numba" if on_cpu else "torch")
+    if backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
+        raise ValueError(f"backend must be numba or numpy (CPU) or torch, got {backend!r}")
     parts, order = [], []
     for kind in (1, 2, 0):
         idx = np.flatnonzero(path == kind)
@@ -376,9 +387,17 @@ def batched_ot_loss(
             eps64 = torch.as_tensor([eps[i] for i in idx], dtype=torch.float64, device=cost.device)
             args = [*(x.double() for x in args[:3]), eps64]
         rest = (caps[idx], tols[idx], stop, check_every)
-        if kind:
+        if kind and backend == "numba":
+            from .compiled import compiled_ot
+
+            value = compiled_ot(
+                *args[:3], eps=args[3].detach().numpy(), caps=rest[0], tols=rest[1],
+                stop=stop, check_every=check_every,
+            )  # fmt: skip
+            parts.append(value.to(cost.dtype))
+        elif kind:
             parts.append(_BatchedFused.apply(*args, *rest, backend).to(cost.dtype))
-        elif backend == "numpy":
+        elif on_cpu:
             parts.append(_BatchedLog.apply(*args, *rest))
         else:
             parts.append(_log_domain(*args, *rest))

@@ -129,3 +129,40 @@ def test_bad_arguments_are_refused():
         batched_ot_loss(cost, a, b, eps=[0.1, 0.0], max_iter=[5, 5], tol=[None, None])
     with pytest.raises(ValueError, match="cost must be"):
         batched_ot_loss(cost[0], a[0], b[0], eps=[0.1], max_iter=[5], tol=[None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("stop", ["marginal", "potential_change"])
+def test_compiled_members_are_bit_for_bit_their_single_problem(dtype, stop):
+    """On the CPU each scaling-domain member runs its own compiled loop: what it gets in a
+    population is exactly (not up to rounding) what ``ot_loss`` gives its problem alone, in
+    float32 too; and it agrees with the shared NumPy loop with freezing up to rounding."""
+    from trainables.reweight.fused import fused_dtype
+
+    cost, a, b = _problems(dtype)
+    eps, caps, tols = EPS[:3] + EPS[4:], CAPS[:3] + CAPS[4:], TOLS[:3] + TOLS[4:]
+    p = len(eps)
+    keep = [0, 1, 2, 4, 5]
+    cost, a, b = (x.detach()[keep].requires_grad_() for x in (cost, a, b))
+    # float32 member 5 (eps 0.02, C up to 2) lies beyond float32's range: run in float64
+    assert fused_dtype(cost[4], eps[4]) == (torch.float64 if dtype == torch.float32 else dtype)
+    scale = torch.arange(1, p + 1, dtype=dtype)
+    out = {}
+    for backend in ("numba", "numpy"):
+        kw = dict(eps=eps, max_iter=caps, tol=tols, stop=stop, check_every=2, backend=backend)
+        v = batched_ot_loss(cost, a, b, **kw)
+        out[backend] = (v, *torch.autograd.grad((v * scale).sum(), (cost, a, b)))
+    for m in range(p):
+        one = ot_loss(
+            cost[m], a[m], b[m], eps=eps[m], max_iter=caps[m], tol=tols[m], stop=stop,
+            check_every=2,
+        )  # fmt: skip
+        g1 = torch.autograd.grad(one * (m + 1), (cost, a, b))
+        assert torch.equal(out["numba"][0][m], one)
+        for got, want in zip(out["numba"][1:], g1, strict=True):
+            assert torch.equal(got[m], want[m])
+    rtol = 1e-10 if dtype == torch.float64 else 2e-5
+    for got, want in zip(out["numba"], out["numpy"], strict=True):
+        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    with pytest.raises(ValueError, match="backend must be"):
+        batched_ot_loss(cost, a, b, eps=eps, max_iter=caps, tol=tols, backend="triton")
