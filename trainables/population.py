@@ -135,8 +135,28 @@ def halving_rungs(epochs: int, grace: int, reduction: int) -> list[int]:
     return rungs
 
 
+_ACTIVATIONS = {nn.ReLU: torch.relu, nn.Tanh: torch.tanh}
+
+
+def _direct_layers(module: nn.Module) -> list[tuple[str, nn.Module]] | None:
+    """The layers of a linear classifier, an FCN (``nn.Sequential`` of linear layers and
+    ReLU/tanh) or a weight net, which the stacked parameters run as batched matrix products;
+    None for any other module (called through ``vmap``)."""
+    if isinstance(module, nn.Linear):
+        return [("", module)]
+    if isinstance(module, WeightNet):
+        return [("proj.", module.proj), ("", nn.Tanh()), ("att.", module.att)]
+    if isinstance(module, nn.Sequential) and all(
+        isinstance(m, (nn.Linear, *_ACTIVATIONS)) for m in module
+    ):
+        return [(f"{n}.", m) for n, m in module.named_children()]
+    return None
+
+
 class _Stacked:
-    """P copies of a module as stacked parameters, called through ``vmap``."""
+    """P copies of a module as stacked parameters: linear layers as one batched matrix product
+    for all members (``x [B, D] @ W [P, D, K]``: a call per layer, not per member), anything
+    else through ``vmap``."""
 
     def __init__(self, module: nn.Module, p: int) -> None:
         if list(module.buffers()) or any(
@@ -147,6 +167,8 @@ class _Stacked:
         params, _ = stack_module_state(copies)
         self.params = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
         self.base = copy.deepcopy(module).to("meta")
+        self.layers = _direct_layers(module)
+        self.batch_softmax = isinstance(module, WeightNet)  # its forward: softmax over the batch
 
         def one(ps: dict, x: Tensor) -> Tensor:
             return functional_call(self.base, ps, (x,))
@@ -155,7 +177,19 @@ class _Stacked:
 
     def __call__(self, x: Tensor) -> Tensor:
         """x ``[B, ...]`` (shared) -> ``[P, B, ...]``."""
-        return self._call(self.params, x)
+        if self.layers is None:
+            return self._call(self.params, x)
+        for prefix, layer in self.layers:
+            if not isinstance(layer, nn.Linear):
+                x = _ACTIVATIONS[type(layer)](x)
+                continue
+            x = torch.matmul(x, self.params[f"{prefix}weight"].transpose(-1, -2))
+            bias = self.params.get(f"{prefix}bias")
+            if bias is not None:
+                x = x + bias.unsqueeze(-2)
+        if self.batch_softmax:
+            return torch.softmax(x.squeeze(-1), dim=-1)
+        return x
 
     def keep(self, idx: Tensor) -> None:
         self.params = {
@@ -294,11 +328,15 @@ class _Weights:
             k: v.detach()[idx].clone().requires_grad_(True) for k, v in self.params.items()
         }
 
-    def logits(self) -> Tensor:
-        """``[P, N]``: each member's per-sample logits (as ``WeightVector.logits``)."""
+    def logits(self, idx: Tensor | None = None) -> Tensor:
+        """``[P, N]``: each member's per-sample logits (as ``WeightVector.logits``), or only
+        those of the samples ``idx``."""
         ps = self.params
-        per = ps["class_logits"][:, self.labels] + ps["residual"]
-        return torch.where(self.is_sample[:, None], ps["sample_logits"], per)
+        labels, sample, residual = self.labels, ps["sample_logits"], ps["residual"]
+        if idx is not None:
+            labels, sample, residual = labels[idx], sample[:, idx], residual[:, idx]
+        per = ps["class_logits"][:, labels] + residual
+        return torch.where(self.is_sample[:, None], sample, per)
 
     def reset_(self, idx: Tensor) -> None:
         with torch.no_grad():
@@ -308,14 +346,14 @@ class _Weights:
         """(the OT measure ``[P, B]``, the batch's logits ``[P, B]`` or None for the net)."""
         if self.net:
             return self.heads(z), None  # WeightNet.forward: the softmax over the batch
-        lb = self.logits()[:, idx]
+        lb = self.logits(idx)
         return torch.softmax(lb, dim=1), lb
 
     @torch.no_grad()
     def loss_weights(self, idx: Tensor, z: Tensor) -> Tensor:
         if self.net:
             return self.heads(z)
-        lb = self.logits()[:, idx]
+        lb = self.logits(idx)
         return lb.clone() if self.raw else torch.softmax(lb, dim=1)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ halving culls the worst members at a rung; settings a population cannot mix are 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -15,7 +16,9 @@ from trainables.config import Stage2Config
 from trainables.data.arrays import StageData, TensorSplit
 from trainables.loop import train_stage2
 from trainables.models import SplitNet
+from trainables.models.common import NormedLinear
 from trainables.population import check_population, halving_rungs, train_population
+from trainables.reweight import WeightNet
 
 from ._synthetic import three_class_features
 
@@ -205,3 +208,35 @@ def test_the_stacked_optimiser_steps_each_member_as_torch_optim_does(members, ne
     keep[0] = True
     opt.step(stacked, {"w": grads[0]}, {"w": keep})
     assert torch.equal(stacked["w"][1:], before[1:]) and not torch.equal(stacked["w"][0], before[0])
+
+
+@pytest.mark.parametrize(
+    "make, direct",
+    [
+        (lambda: nn.Linear(8, 3), True),
+        (lambda: nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 3)), True),
+        (lambda: nn.Sequential(nn.Linear(8, 6), nn.Tanh(), nn.Linear(6, 3, bias=False)), True),
+        (lambda: WeightNet(8, 5), True),
+        (lambda: NormedLinear(8, 3), False),
+    ],
+)
+def test_stacked_members_compute_what_each_module_computes(make, direct):
+    """Linear classifiers, FCNs and weight nets run as batched matrix products, anything else
+    through vmap; either way member m's output is its own module's on the shared input."""
+    from trainables.population import _Stacked
+
+    torch.manual_seed(0)
+    module = make().double()
+    stacked = _Stacked(module, 3)
+    assert (stacked.layers is not None) == direct
+    with torch.no_grad():  # members differ
+        for t in stacked.params.values():
+            t.add_(0.1 * torch.randn_like(t))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    out = stacked(x)
+    for m in range(3):
+        one = copy.deepcopy(module)
+        one.load_state_dict(stacked.member_state(m, ""))
+        torch.testing.assert_close(out[m], one(x), rtol=1e-12, atol=1e-12)
+    g = torch.autograd.grad(out.square().sum(), list(stacked.params.values()))
+    assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in g)
