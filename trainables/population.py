@@ -183,7 +183,9 @@ class _Stacked:
             if not isinstance(layer, nn.Linear):
                 x = _ACTIVATIONS[type(layer)](x)
                 continue
-            x = torch.matmul(x, self.params[f"{prefix}weight"].transpose(-1, -2))
+            # (W x^T)^T rather than x W^T: the weight's gradient comes out contiguous
+            w = self.params[f"{prefix}weight"]
+            x = torch.matmul(w, x.transpose(-1, -2)).transpose(-1, -2)
             bias = self.params.get(f"{prefix}bias")
             if bias is not None:
                 x = x + bias.unsqueeze(-2)
@@ -216,6 +218,7 @@ class _Optim:
         self.nesterov = nesterov
         self.state: dict[str, dict[str, Tensor]] = {}
         self.steps = 0
+        self.compiled = True  # False: tensor operations on the CPU too (tests compare both)
 
     def keep(self, idx: Tensor) -> None:
         self.lr, self.mom, self.wd, self.adam = (
@@ -229,11 +232,34 @@ class _Optim:
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]):
-        """One step of every member, in place. Work a uniform population does not need is
-        skipped (weight decay when every member has none, the momentum buffer when no member
-        has momentum, the SGD rule when every member uses Adam, the mask when it keeps every
-        member): the stacked tensors are P times a single trial's, and each pass over them
-        counts."""
+        """One step of every member, in place: on the CPU one compiled pass over each stacked
+        tensor (:mod:`trainables.compiled_optim`), elsewhere :meth:`step_tensors`."""
+        first = next(iter(params.values()))
+        if first.device.type != "cpu" or not self.compiled:
+            self.step_tensors(params, grads, masks)
+            return
+        from trainables.compiled_optim import stacked_step
+
+        self.steps += 1
+        cols = [t.numpy() for t in (self.lr, self.mom, self.wd, self.adam)]
+        for name, p in params.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            stacked_step(
+                p, g, self.state.setdefault(name, {}), *cols, masks[name].numpy(),
+                steps=self.steps, nesterov=self.nesterov,
+            )  # fmt: skip
+
+    @torch.no_grad()
+    def step_tensors(
+        self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]
+    ):
+        """The same step as tensor operations (any device). Work a uniform population does not
+        need is skipped (weight decay when every member has none, the momentum buffer when no
+        member has momentum, the SGD rule when every member uses Adam, the mask when it keeps
+        every member): the stacked tensors are P times a single trial's, and each pass over
+        them counts."""
         self.steps += 1
         any_wd, any_mom = bool((self.wd != 0).any()), bool((self.mom != 0).any())
         any_adam, all_adam = bool(self.adam.any()), bool(self.adam.all())

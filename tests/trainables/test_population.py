@@ -178,17 +178,20 @@ def test_what_members_cannot_mix_is_refused():
         ([(0.01, 0.0, 0.0, True), (0.2, 0.0, 0.0, True)], False),  # Adam only
     ],
 )
-def test_the_stacked_optimiser_steps_each_member_as_torch_optim_does(members, nesterov):
-    """Each member's rows of the stacked tensor follow torch.optim.SGD / Adam on that row alone;
-    a masked member's rows stay bit-equal."""
+@pytest.mark.parametrize("compiled", [True, False])
+def test_the_stacked_optimiser_steps_each_member_as_torch_optim_does(members, nesterov, compiled):
+    """Each member's rows of the stacked tensor follow torch.optim.SGD / Adam on that row alone,
+    in one compiled pass and as tensor operations; a masked member's rows stay bit-equal."""
     from trainables.population import _Optim
 
     gen = torch.Generator().manual_seed(0)
     start = torch.randn(len(members), 4, 3, generator=gen, dtype=torch.float64)
     grads = [torch.randn(len(members), 4, 3, generator=gen, dtype=torch.float64) for _ in range(5)]
+    grads[1] = grads[1].transpose(1, 2).contiguous().transpose(1, 2)  # a strided gradient
     stacked = {"w": start.clone()}
     lr, mom, wd, adam = zip(*members, strict=True)
     opt = _Optim(lr, mom, wd, nesterov, adam, start)
+    opt.compiled = compiled
     for g in grads:
         opt.step(stacked, {"w": g}, {"w": torch.ones(len(members), dtype=torch.bool)})
     for m, (lr_m, mom_m, wd_m, adam_m) in enumerate(members):
