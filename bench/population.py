@@ -1,7 +1,8 @@
 """Population trials against one setting per trial, on the same cores. Not a test.
 
     .venv/bin/python bench/population.py [--experiment image_mnist_lt] [--settings 64]
-        [--sizes 16 32 64] [--workers 2] [--sweep] [--out bench/results/population_<exp>.json]
+        [--sizes 16 32 64] [--workers 2] [--repeats 3] [--sweep]
+        [--out bench/results/population_<exp>.json]
 
 Part 1, the training itself: stage 1 is built once; the same ``--settings`` stage-2 settings
 (a seeded random sample of the experiment's search space) are trained (a) one per trial, with
@@ -9,8 +10,9 @@ the single-trial loop (``run_stage2``: what every sweep trial ran before populat
 as populations of P members (``run_population``), every member to the last epoch (no culling),
 so both do the same work. The settings are spread over ``--workers`` processes (one thread
 each): the wall time is the slowest worker's, from the moment every worker has the stage-1
-result loaded. Printed: wall time, settings per minute, the ratio against (a), and the best
-validation score reached (the same settings: it should agree).
+result loaded; each wall time is the median of ``--repeats`` runs (whose scores must agree).
+Printed: wall time, settings per minute, the ratio against (a), and the best validation score
+reached (the same settings: it should agree).
 
 Part 2 (``--sweep``), the whole command: ``orchestrator.sweep NAME --trials N`` with
 ``--population 1`` and with the largest P of ``--sizes`` that still gives every worker a
@@ -94,13 +96,22 @@ def _chunks(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
 
-def _measure(pool, fn, jobs: list[list[dict]], n: int) -> dict:
-    start = time.perf_counter()
-    got = pool.map(fn, jobs)
-    wall = time.perf_counter() - start
-    vals = [v for _, vs in got for v in vs]
+def _measure(pool, fn, jobs: list[list[dict]], n: int, repeats: int) -> dict:
+    """The median wall time of ``repeats`` runs (a shared machine's noise), each run's
+    validation scores checked equal (the same settings, seeded)."""
+    walls, vals = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        got = pool.map(fn, jobs)
+        walls.append(time.perf_counter() - start)
+        run_vals = [v for _, vs in got for v in vs]
+        if vals is not None and str(run_vals) != str(vals):
+            raise SystemExit("a repeat gave different validation scores: not deterministic")
+        vals = run_vals
+    wall = sorted(walls)[len(walls) // 2]
     return {
         "wall_s": round(wall, 2),
+        "runs_s": [round(w, 2) for w in walls],
         "settings_per_min": round(60 * n / wall, 2),
         "best_val": max(v for v in vals if v == v),
         "diverged": sum(v != v for v in vals),
@@ -108,7 +119,9 @@ def _measure(pool, fn, jobs: list[list[dict]], n: int) -> dict:
     }
 
 
-def training(name: str, n: int, sizes: list[int], workers: int, seed: int) -> dict:
+def training(
+    name: str, n: int, sizes: list[int], workers: int, seed: int, repeats: int = 3
+) -> dict:
     from search_spaces import resolve
     from trainables.trial import build_stage1
 
@@ -126,13 +139,13 @@ def training(name: str, n: int, sizes: list[int], workers: int, seed: int) -> di
         with ctx.Pool(workers, initializer=_init, initargs=(name, path)) as pool:
             pool.map(abs, range(workers))  # every worker started and initialised
             per = -(-n // workers)
-            base = _measure(pool, _single, _chunks(settings, per), n)
+            base = _measure(pool, _single, _chunks(settings, per), n, repeats)
             out["P=1"] = base
             print(f"P=1 (one setting per trial): {base['wall_s']:.1f} s, "
                   f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}, "
                   f"{base['diverged']} diverged", flush=True)  # fmt: skip
             for p in sizes:
-                r = _measure(pool, _population, _chunks(settings, p), n)
+                r = _measure(pool, _population, _chunks(settings, p), n, repeats)
                 r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
                 out[f"P={p}"] = r
                 print(f"P={p}: {r['wall_s']:.1f} s, {r['settings_per_min']:.1f} settings/min "
@@ -180,6 +193,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sweep", action="store_true", help="also time the whole sweep command")
+    p.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     start = time.time()
@@ -187,7 +201,10 @@ def main() -> None:
         "experiment": args.experiment,
         "settings": args.settings,
         "workers": args.workers,
-        "training": training(args.experiment, args.settings, args.sizes, args.workers, args.seed),
+        "repeats": args.repeats,
+        "training": training(
+            args.experiment, args.settings, args.sizes, args.workers, args.seed, args.repeats
+        ),
     }
     if args.sweep:
         # the largest P that still makes one population trial per worker (all cores busy)
