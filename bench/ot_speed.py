@@ -9,7 +9,7 @@ it (medians; CUDA timings synchronise before reading the clock). Variants of the
 iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000):
   * reference: the log-domain loop under autograd (``impl="reference"``, the paper's gradient);
   * auto: what ``ot_loss`` picks by default for the device and size;
-  * fused_numpy (CPU) / fused_torch / fused_triton (CUDA): the same
+  * fused_numba, fused_numpy (CPU) / fused_torch / fused_triton (CUDA): the same
     iterations in the scaling domain with a hand-written backward (exact), on each backend of
     :mod:`trainables.reweight.fused`; fused_triton_w1..w8 with 1-8 warps per program;
   * implicit / envelope: the other gradient modes (converged / different objective);
@@ -70,10 +70,11 @@ def timed(fn, device: torch.device, *, repeat: int, warmup: int = 3) -> float:
 
 def fast_paths(device: torch.device, shape: tuple[int, int]) -> dict:
     """The exact fast variants for this device and size: name -> fn(cost, a, q) -> OT value
-    (NumPy on the CPU only; the Triton kernels on CUDA where they take the problem)."""
+    (numba and NumPy on the CPU only; the Triton kernels on CUDA where they take the problem)."""
     out = {"auto": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200)}
     for backend in BACKENDS:
         usable = {
+            "numba": device.type == "cpu",
             "numpy": device.type == "cpu",
             "triton": device.type == "cuda" and triton_fits(torch.float32, shape),
         }.get(backend, True)

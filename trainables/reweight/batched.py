@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .fused import _LIMIT, _XP
+from .fused import _LIMIT, _XP, COMPILED_MAX_ENTRIES
 from .sinkhorn import STOP_RULES
 
 __all__ = ["batched_ot_loss"]
@@ -337,10 +337,10 @@ def batched_ot_loss(
     ``ot_loss(cost[m], a[m], b[m], eps=eps[m], max_iter=max_iter[m], tol=tol[m], stop=stop,
     check_every=check_every, grad="unrolled", impl=impl)`` (up to rounding). ``impl``:
     ``"auto"`` (per member, as ``ot_loss`` decides), ``"fused"`` or ``"reference"``.
-    ``backend`` of the scaling-domain members: ``"numba"`` (the default on the CPU: each member
-    runs its own compiled loop, :mod:`.compiled`, and gets bit for bit what ``ot_loss`` gives
-    it alone), ``"numpy"`` or ``"torch"`` (one shared loop with freezing; torch is the default
-    elsewhere).
+    ``backend`` of the scaling-domain members: ``"numba"`` (each member runs its own compiled
+    loop, :mod:`.compiled`, and gets bit for bit what ``ot_loss`` gives it alone; the CPU's
+    default below ``fused.COMPILED_MAX_ENTRIES`` entries per problem), ``"numpy"`` (the CPU's
+    default above) or ``"torch"`` (the default elsewhere): one shared loop with freezing.
     """
     if cost.dim() != 3:
         raise ValueError(f"cost must be [P, N, M], got shape {tuple(cost.shape)}")
@@ -373,7 +373,8 @@ def batched_ot_loss(
         if cost.dtype == torch.float32:
             path = np.where((path == 0) & (ratio <= _LIMIT[torch.float64]), 2, path)
     on_cpu = cost.device.type == "cpu"
-    backend = backend or ("numba" if on_cpu else "torch")
+    small = cost.shape[1] * cost.shape[2] < COMPILED_MAX_ENTRIES
+    backend = backend or (("numba" if small else "numpy") if on_cpu else "torch")
     if backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
         raise ValueError(f"backend must be numba or numpy (CPU) or torch, got {backend!r}")
     parts, order = [], []

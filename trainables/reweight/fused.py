@@ -10,10 +10,11 @@ gradient with respect to ``K`` as one matrix product at the end.
 
 The loop is written once against a small array namespace and runs on one of two backends:
 
-* ``"numba"`` (CPU tensors, the default there; :mod:`.compiled`): the whole loop of a problem
-  is one compiled function. At these sizes the loop is bound by its calls, not its arithmetic,
-  so this is an order of magnitude faster than NumPy's; a batch of problems with a stopping
-  rule (which stops the batch as a whole) goes to NumPy;
+* ``"numba"`` (CPU tensors, the default there below ``COMPILED_MAX_ENTRIES``;
+  :mod:`.compiled`): the whole loop of a problem is one compiled function. At stage 2's sizes
+  the loop is bound by its calls, not its arithmetic, so this is an order of magnitude faster
+  than NumPy's; a batch of problems with a stopping rule (which stops the batch as a whole)
+  goes to NumPy;
 * ``"numpy"`` (CPU tensors): the reference on the CPU; a NumPy call costs a fraction of a
   torch dispatch, so it runs several times faster than torch there. Inputs are viewed, not
   copied, and saved as tensors, so autograd's in-place checks still apply;
@@ -41,6 +42,12 @@ __all__ = [
 ]
 
 BACKENDS = ("numba", "numpy", "torch", "triton")
+
+# Problems of fewer entries (N * M) than this take the compiled loop on a CPU, larger ones NumPy:
+# the compiled loop's matrix-vector products are plain loops, BLAS's win from about 4,096
+# entries (bench/README.md: numba 1.8 ms against NumPy 4.4 ms at B16 K100, 9.4 against 3.7 ms at
+# B64 K256, forward and backward at 200 iterations).
+COMPILED_MAX_ENTRIES = 4096
 
 # exp(+-LIMIT) and the scalings built from them stay normal numbers, with a margin for the
 # marginals (>= 1e-6) and the sums over N or M entries.
@@ -336,7 +343,8 @@ def _compiled(cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int, stop)
 
 
 def default_backend(cost: Tensor, *, stop: bool = False) -> str:
-    """numba on the CPU (NumPy for a batch of problems with a stopping rule); on CUDA the
+    """numba on the CPU for problems below ``COMPILED_MAX_ENTRIES`` (NumPy for larger ones and
+    for a batch of problems with a stopping rule); on CUDA the
     Triton kernels where they take the problem (with early stopping: a single problem of one
     tile), else torch."""
     return pick_backend(cost.device.type, cost.dtype, tuple(cost.shape), stop=stop)
@@ -346,7 +354,8 @@ def pick_backend(
     device_type: str, dtype: torch.dtype, shape: tuple[int, ...], *, stop: bool = False
 ) -> str:
     if device_type == "cpu":
-        return "numpy" if stop and len(shape) > 2 else "numba"
+        small = len(shape) >= 2 and shape[-2] * shape[-1] < COMPILED_MAX_ENTRIES
+        return "numba" if small and not (stop and len(shape) > 2) else "numpy"
     if device_type == "cuda":
         from .triton_ot import triton_fits
 

@@ -109,6 +109,7 @@ def test_the_one_tile_kernels_compile_with_fewer_warps(monkeypatch, warps):
 def test_the_default_backend_per_device_and_size():
     assert pick_backend("cpu", torch.float32, (16, 100)) == "numba"
     assert pick_backend("cpu", torch.float64, (3, 16, 100)) == "numba"
+    assert pick_backend("cpu", torch.float32, (64, 256)) == "numpy"  # BLAS wins from 4096
     assert pick_backend("cuda", torch.float32, (16, 100)) == "triton"
     assert pick_backend("cuda", torch.float32, (4, 32, 365)) == "triton"  # 32 x 512 tiles
     assert pick_backend("cuda", torch.float32, (128, 1000)) == "triton"  # streamed
