@@ -202,6 +202,10 @@ class _Stacked:
         return {f"{prefix}{n}": t.detach()[m].clone() for n, t in self.params.items()}
 
 
+# 1 MB of float32: below it a stacked tensor stays in cache between tensor operations
+COMPILED_MIN_ELEMENTS = 1 << 18
+
+
 def _col(values: Sequence[float], like: Tensor) -> Tensor:
     return torch.tensor(list(values), dtype=like.dtype, device=like.device)
 
@@ -218,7 +222,10 @@ class _Optim:
         self.nesterov = nesterov
         self.state: dict[str, dict[str, Tensor]] = {}
         self.steps = 0
-        self.compiled = True  # False: tensor operations on the CPU too (tests compare both)
+        # on the CPU, stacked tensors of at least this many elements take one compiled pass
+        # (None: never; tests compare both); smaller ones stay in cache between the tensor
+        # operations, which round as torch.optim does
+        self.compiled_min: int | None = COMPILED_MIN_ELEMENTS
 
     def keep(self, idx: Tensor) -> None:
         self.lr, self.mom, self.wd, self.adam = (
@@ -232,72 +239,68 @@ class _Optim:
 
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]):
-        """One step of every member, in place: on the CPU one compiled pass over each stacked
-        tensor (:mod:`trainables.compiled_optim`), elsewhere :meth:`step_tensors`."""
-        first = next(iter(params.values()))
-        if first.device.type != "cpu" or not self.compiled:
-            self.step_tensors(params, grads, masks)
-            return
-        from trainables.compiled_optim import stacked_step
-
+        """One step of every member, in place: a large stacked tensor on the CPU in one compiled
+        pass (:mod:`trainables.compiled_optim`; as tensor operations it would make 4-5 passes,
+        each out of cache), the rest as tensor operations (any device)."""
         self.steps += 1
-        cols = [t.numpy() for t in (self.lr, self.mom, self.wd, self.adam)]
-        for name, p in params.items():
-            g = grads.get(name)
-            if g is None:
-                continue
-            stacked_step(
-                p, g, self.state.setdefault(name, {}), *cols, masks[name].numpy(),
-                steps=self.steps, nesterov=self.nesterov,
-            )  # fmt: skip
-
-    @torch.no_grad()
-    def step_tensors(
-        self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]
-    ):
-        """The same step as tensor operations (any device). Work a uniform population does not
-        need is skipped (weight decay when every member has none, the momentum buffer when no
-        member has momentum, the SGD rule when every member uses Adam, the mask when it keeps
-        every member): the stacked tensors are P times a single trial's, and each pass over
-        them counts."""
-        self.steps += 1
-        any_wd, any_mom = bool((self.wd != 0).any()), bool((self.mom != 0).any())
-        any_adam, all_adam = bool(self.adam.any()), bool(self.adam.all())
+        flags = (
+            bool((self.wd != 0).any()), bool((self.mom != 0).any()),
+            bool(self.adam.any()), bool(self.adam.all()),
+        )  # fmt: skip
+        cols = None
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
                 continue
             st = self.state.setdefault(name, {})
-            lr = self._b(self.lr, p)
-            every = bool(masks[name].all())  # no member masked: update p in place
-            new = None
-            if not all_adam:  # SGD: torch.optim.SGD's update (dampening 0)
-                d = g.addcmul(self._b(self.wd, p), p) if any_wd else g
-                if any_mom:
-                    mom = self._b(self.mom, p)
-                    if "buf" not in st:
-                        st["buf"] = d.clone()
-                    else:  # a member without momentum: 0 * buf + d = d
-                        st["buf"].mul_(mom).add_(d)
-                    d = d.addcmul(mom, st["buf"]) if self.nesterov else st["buf"]
-                if every and not any_adam:
-                    p.addcmul_(lr, d, value=-1)
-                    continue
-                new = p.addcmul(lr, d, value=-1)
-            if any_adam:  # torch.optim.Adam's defaults
-                b1, b2, eps = 0.9, 0.999, 1e-8
-                m1 = st.setdefault("exp_avg", torch.zeros_like(p))
-                m2 = st.setdefault("exp_avg_sq", torch.zeros_like(p))
-                m1.lerp_(g, 1 - b1)
-                m2.mul_(b2).addcmul_(g, g, value=1 - b2)
-                bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
-                denom = (m2.sqrt() / math.sqrt(bc2)).add_(eps)
-                if every and all_adam:
-                    p.addcmul_(lr / bc1, m1.div(denom), value=-1)
-                    continue
-                adam = p.addcmul(lr / bc1, m1.div(denom), value=-1)
-                new = adam if new is None else torch.where(self._b(self.adam, p), adam, new)
-            p.copy_(new if every else torch.where(self._b(masks[name], p), new, p))
+            least = self.compiled_min
+            if p.device.type == "cpu" and least is not None and p.numel() >= least:
+                from trainables.compiled_optim import stacked_step
+
+                cols = cols or [t.numpy() for t in (self.lr, self.mom, self.wd, self.adam)]
+                stacked_step(
+                    p, g, st, *cols, masks[name].numpy(), steps=self.steps,
+                    nesterov=self.nesterov,
+                )  # fmt: skip
+            else:
+                self._tensor_step(p, g, st, masks[name], *flags)
+
+    def _tensor_step(self, p, g, st, mask, any_wd, any_mom, any_adam, all_adam) -> None:
+        """One stacked tensor's step as tensor operations. Work a uniform population does not
+        need is skipped (weight decay when every member has none, the momentum buffer when no
+        member has momentum, the SGD rule when every member uses Adam, the mask when it keeps
+        every member): the stacked tensors are P times a single trial's, and each pass over
+        them counts."""
+        lr = self._b(self.lr, p)
+        every = bool(mask.all())  # no member masked: update p in place
+        new = None
+        if not all_adam:  # SGD: torch.optim.SGD's update (dampening 0)
+            d = g.addcmul(self._b(self.wd, p), p) if any_wd else g
+            if any_mom:
+                mom = self._b(self.mom, p)
+                if "buf" not in st:
+                    st["buf"] = d.clone()
+                else:  # a member without momentum: 0 * buf + d = d
+                    st["buf"].mul_(mom).add_(d)
+                d = d.addcmul(mom, st["buf"]) if self.nesterov else st["buf"]
+            if every and not any_adam:
+                p.addcmul_(lr, d, value=-1)
+                return
+            new = p.addcmul(lr, d, value=-1)
+        if any_adam:  # torch.optim.Adam's defaults
+            b1, b2, eps = 0.9, 0.999, 1e-8
+            m1 = st.setdefault("exp_avg", torch.zeros_like(p))
+            m2 = st.setdefault("exp_avg_sq", torch.zeros_like(p))
+            m1.lerp_(g, 1 - b1)
+            m2.mul_(b2).addcmul_(g, g, value=1 - b2)
+            bc1, bc2 = 1 - b1**self.steps, 1 - b2**self.steps
+            denom = (m2.sqrt() / math.sqrt(bc2)).add_(eps)
+            if every and all_adam:
+                p.addcmul_(lr / bc1, m1.div(denom), value=-1)
+                return
+            adam = p.addcmul(lr / bc1, m1.div(denom), value=-1)
+            new = adam if new is None else torch.where(self._b(self.adam, p), adam, new)
+        p.copy_(new if every else torch.where(self._b(mask, p), new, p))
 
 
 class _Weights:

@@ -191,7 +191,7 @@ def test_the_stacked_optimiser_steps_each_member_as_torch_optim_does(members, ne
     stacked = {"w": start.clone()}
     lr, mom, wd, adam = zip(*members, strict=True)
     opt = _Optim(lr, mom, wd, nesterov, adam, start)
-    opt.compiled = compiled
+    opt.compiled_min = 0 if compiled else None
     for g in grads:
         opt.step(stacked, {"w": g}, {"w": torch.ones(len(members), dtype=torch.bool)})
     for m, (lr_m, mom_m, wd_m, adam_m) in enumerate(members):
@@ -243,3 +243,35 @@ def test_stacked_members_compute_what_each_module_computes(make, direct):
         torch.testing.assert_close(out[m], one(x), rtol=1e-12, atol=1e-12)
     g = torch.autograd.grad(out.square().sum(), list(stacked.params.values()))
     assert all(torch.isfinite(t).all() and t.abs().sum() > 0 for t in g)
+
+
+def test_large_stacked_tensors_take_the_compiled_pass_and_small_ones_tensor_operations(
+    monkeypatch,
+):
+    """Which path a stacked tensor takes goes by its size; both follow torch.optim.SGD."""
+    import trainables.compiled_optim as co
+    from trainables.population import COMPILED_MIN_ELEMENTS, _Optim
+
+    seen = []
+    real = co.stacked_step
+    monkeypatch.setattr(
+        co, "stacked_step", lambda p, *a, **k: seen.append(p.numel()) or real(p, *a, **k)
+    )
+    gen = torch.Generator().manual_seed(0)
+    params = {"big": torch.randn(2, COMPILED_MIN_ELEMENTS // 2, generator=gen),
+              "small": torch.randn(2, 3, generator=gen)}  # fmt: skip
+    start = {n: t.clone() for n, t in params.items()}
+    grads = {n: torch.randn(t.shape, generator=gen) for n, t in params.items()}
+    opt = _Optim([0.1, 0.2], [0.9, 0.0], [1e-3, 0.0], False, [False, False], params["big"])
+    masks = {n: torch.ones(2, dtype=torch.bool) for n in params}
+    opt.step(params, grads, masks)
+    opt.step(params, grads, masks)
+    assert seen == [COMPILED_MIN_ELEMENTS] * 2  # the big one, at each step; never the small one
+    for n in params:
+        for m, (lr, mom, wd) in enumerate([(0.1, 0.9, 1e-3), (0.2, 0.0, 0.0)]):
+            w = start[n][m].clone().requires_grad_(True)
+            ref = torch.optim.SGD([w], lr=lr, momentum=mom, weight_decay=wd)
+            for _ in range(2):
+                w.grad = grads[n][m].clone()
+                ref.step()
+            torch.testing.assert_close(params[n][m], w.detach(), rtol=1e-5, atol=1e-6)
