@@ -76,6 +76,9 @@ def stacked_step(p, g, state: dict, lr, mom, wd, adam, mask, *, steps: int, nest
             torch.zeros_like(p.detach()),
             torch.zeros_like(p.detach()),
         )
+    for k, v in state.items():  # the kernel writes through views: no strided buffer
+        if not v.is_contiguous():  # (a tensor-operation step may have cloned a strided grad)
+            state[k] = v.contiguous()
     bufs = [
         state[k].numpy().reshape(flat) if k in state else empty for k in ("exp_avg", "exp_avg_sq")
     ]

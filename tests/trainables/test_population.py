@@ -275,3 +275,26 @@ def test_large_stacked_tensors_take_the_compiled_pass_and_small_ones_tensor_oper
                 w.grad = grads[n][m].clone()
                 ref.step()
             torch.testing.assert_close(params[n][m], w.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_a_strided_buffer_from_a_tensor_step_is_taken_by_the_compiled_pass():
+    """A tensor-operation step clones a strided gradient into the momentum buffer; a compiled
+    step after it writes through the buffer's memory, so it must get a contiguous one."""
+    from trainables.population import _Optim
+
+    gen = torch.Generator().manual_seed(1)
+    p0 = torch.randn(2, 4, 3, generator=gen)
+    grads = [torch.randn(2, 3, 4, generator=gen).transpose(1, 2) for _ in range(3)]  # strided
+    stacked = {"w": p0.clone()}
+    opt = _Optim([0.1, 0.3], [0.9, 0.5], [0.0, 0.0], False, [False, False], p0)
+    masks = {"w": torch.ones(2, dtype=torch.bool)}
+    for i, g in enumerate(grads):
+        opt.compiled_min = None if i == 0 else 0  # tensor operations first, then compiled
+        opt.step(stacked, {"w": g}, masks)
+    for m, (lr, mom) in enumerate([(0.1, 0.9), (0.3, 0.5)]):
+        w = p0[m].clone().requires_grad_(True)
+        ref = torch.optim.SGD([w], lr=lr, momentum=mom)
+        for g in grads:
+            w.grad = g[m].clone()
+            ref.step()
+        torch.testing.assert_close(stacked["w"][m], w.detach(), rtol=1e-5, atol=1e-6)
