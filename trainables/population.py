@@ -220,6 +220,7 @@ class _Optim:
         self.lr, self.mom, self.wd = _col(lr, like), _col(momentum, like), _col(weight_decay, like)
         self.adam = torch.tensor(list(adam), dtype=torch.bool, device=like.device)
         self.nesterov = nesterov
+        self._flags()
         self.state: dict[str, dict[str, Tensor]] = {}
         self.steps = 0
         # on the CPU, stacked tensors of at least this many elements take one compiled pass
@@ -227,43 +228,53 @@ class _Optim:
         # operations, which round as torch.optim does
         self.compiled_min: int | None = COMPILED_MIN_ELEMENTS
 
+    def _flags(self) -> None:
+        # (any weight decay, any momentum, any Adam, all Adam): work a population skips
+        self.flags = (
+            bool((self.wd != 0).any()), bool((self.mom != 0).any()),
+            bool(self.adam.any()), bool(self.adam.all()),
+        )  # fmt: skip
+        self.cols = None  # the per-member values as NumPy arrays (the compiled pass)
+
     def keep(self, idx: Tensor) -> None:
         self.lr, self.mom, self.wd, self.adam = (
             t[idx] for t in (self.lr, self.mom, self.wd, self.adam)
         )
         self.state = {n: {k: v[idx] for k, v in s.items()} for n, s in self.state.items()}
+        self._flags()
 
     @staticmethod
     def _b(v: Tensor, like: Tensor) -> Tensor:
         return v.view(-1, *([1] * (like.dim() - 1)))
 
     @torch.no_grad()
-    def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]):
+    def step(
+        self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor | None]
+    ) -> None:
         """One step of every member, in place: a large stacked tensor on the CPU in one compiled
         pass (:mod:`trainables.compiled_optim`; as tensor operations it would make 4-5 passes,
-        each out of cache), the rest as tensor operations (any device)."""
+        each out of cache), the rest as tensor operations (any device). ``masks[name]``: the
+        members whose tensor steps (``[P]`` bool), or None for every member."""
         self.steps += 1
-        flags = (
-            bool((self.wd != 0).any()), bool((self.mom != 0).any()),
-            bool(self.adam.any()), bool(self.adam.all()),
-        )  # fmt: skip
-        cols = None
         for name, p in params.items():
             g = grads.get(name)
             if g is None:
                 continue
             st = self.state.setdefault(name, {})
+            mask = masks[name]
             least = self.compiled_min
             if p.device.type == "cpu" and least is not None and p.numel() >= least:
                 from trainables.compiled_optim import stacked_step
 
-                cols = cols or [t.numpy() for t in (self.lr, self.mom, self.wd, self.adam)]
+                if self.cols is None:
+                    self.cols = [t.numpy() for t in (self.lr, self.mom, self.wd, self.adam)]
+                every = mask if mask is not None else torch.ones(p.shape[0], dtype=torch.bool)
                 stacked_step(
-                    p, g, st, *cols, masks[name].numpy(), steps=self.steps,
+                    p, g, st, *self.cols, every.numpy(), steps=self.steps,
                     nesterov=self.nesterov,
                 )  # fmt: skip
             else:
-                self._tensor_step(p, g, st, masks[name], *flags)
+                self._tensor_step(p, g, st, mask, *self.flags)
 
     def _tensor_step(self, p, g, st, mask, any_wd, any_mom, any_adam, all_adam) -> None:
         """One stacked tensor's step as tensor operations. Work a uniform population does not
@@ -272,7 +283,7 @@ class _Optim:
         every member): the stacked tensors are P times a single trial's, and each pass over
         them counts."""
         lr = self._b(self.lr, p)
-        every = bool(mask.all())  # no member masked: update p in place
+        every = mask is None  # no member masked: update p in place
         new = None
         if not all_adam:  # SGD: torch.optim.SGD's update (dampening 0)
             d = g.addcmul(self._b(self.wd, p), p) if any_wd else g
@@ -335,16 +346,26 @@ class _Weights:
         self.initial = start.to(device)
         kinds = [c.weight_param for c in cfgs]
         self.is_sample = torch.tensor([w == "sample" for w in kinds], device=device)
-        self.params = {
-            "sample_logits": start.to(device).repeat(self.p, 1).requires_grad_(True),
-            "class_logits": per_class.to(device).repeat(self.p, 1).requires_grad_(True),
-            "residual": torch.zeros(self.p, n, dtype=dtype, device=device).requires_grad_(True),
+        # only the parametrisations some member uses (each is a [P, N] or [P, K] tensor that
+        # every step would otherwise index, differentiate and step for nobody)
+        params = {
+            "sample_logits": (lambda: start.to(device).repeat(self.p, 1), "sample" in kinds),
+            "class_logits": (
+                lambda: per_class.to(device).repeat(self.p, 1),
+                set(kinds) != {"sample"},
+            ),
+            "residual": (
+                lambda: torch.zeros(self.p, n, dtype=dtype, device=device),
+                "class_residual" in kinds,
+            ),
         }
-        self.masks = {
-            "sample_logits": self.is_sample.clone(),
-            "class_logits": torch.tensor([w != "sample" for w in kinds], device=device),
-            "residual": torch.tensor([w == "class_residual" for w in kinds], device=device),
+        self.params = {n: make().requires_grad_(True) for n, (make, used) in params.items() if used}
+        masks = {
+            "sample_logits": [w == "sample" for w in kinds],
+            "class_logits": [w != "sample" for w in kinds],
+            "residual": [w == "class_residual" for w in kinds],
         }
+        self.masks = {n: torch.tensor(masks[n], device=device) for n in self.params}
 
     def keep(self, idx: Tensor) -> None:
         self.masks = {k: v[idx] for k, v in self.masks.items()}
@@ -361,15 +382,22 @@ class _Weights:
         """``[P, N]``: each member's per-sample logits (as ``WeightVector.logits``), or only
         those of the samples ``idx``."""
         ps = self.params
-        labels, sample, residual = self.labels, ps["sample_logits"], ps["residual"]
-        if idx is not None:
-            labels, sample, residual = labels[idx], sample[:, idx], residual[:, idx]
-        per = ps["class_logits"][:, labels] + residual
+        sample, per = ps.get("sample_logits"), None
+        if "class_logits" in ps:
+            labels = self.labels if idx is None else self.labels[idx]
+            per = ps["class_logits"][:, labels]
+            if "residual" in ps:
+                per = per + (ps["residual"] if idx is None else ps["residual"][:, idx])
+        if sample is not None and idx is not None:
+            sample = sample[:, idx]
+        if per is None or sample is None:
+            return sample if per is None else per
         return torch.where(self.is_sample[:, None], sample, per)
 
     def reset_(self, idx: Tensor) -> None:
-        with torch.no_grad():
-            self.params["sample_logits"][:, idx] = self.initial[idx]
+        if "sample_logits" in self.params:
+            with torch.no_grad():
+                self.params["sample_logits"][:, idx] = self.initial[idx]
 
     def batch(self, idx: Tensor, z: Tensor) -> tuple[Tensor, Tensor | None]:
         """(the OT measure ``[P, B]``, the batch's logits ``[P, B]`` or None for the net)."""
@@ -433,7 +461,7 @@ def train_population(
         [c.lr for c in cfgs], [c.momentum for c in cfgs], [c.weight_decay for c in cfgs],
         cfg.nesterov, [False] * p_all, like,
     )  # fmt: skip
-    head_masks = {n: torch.ones(p_all, dtype=torch.bool, device=device) for n in heads.params}
+    head_masks: dict[str, Tensor | None] = dict.fromkeys(heads.params)  # every member steps
     weights = _Weights(cfgs, work_data, model, k, device)
     wlike = next(iter(weights.params.values()))
     weight_opt = _Optim(
@@ -460,8 +488,6 @@ def train_population(
         model_opt.keep(idx)
         weights.keep(idx)
         weight_opt.keep(idx)
-        for n in head_masks:
-            head_masks[n] = head_masks[n][idx]
 
     for epoch in range(cfg.epochs):
         if not members:
@@ -473,12 +499,7 @@ def train_population(
         steps = 0
         meta_all = torch.arange(len(work_data.meta))
         meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
-        fw = _col([s.feature_weight for s in sc], like)[:, None, None]
-        lw = _col([s.label_weight for s in sc], like)[:, None, None]
-        decay = _col([s.weight_decay for s in sc], like)
-        coef = _col([s.meta_ce_coef for s in sc], like)
-        learn = torch.tensor([s.learn_weights for s in sc], device=device)
-        normalize = [s.normalize_weight_grad for s in sc]
+        plan = _Plan.of(sc, weights, like)
         for idx in iterate_batches(
             len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
         ):
@@ -487,8 +508,8 @@ def train_population(
             y = work_data.train.y[idx_dev]
             step_q = q if q is not None else build_q(meta_x, meta_y)
             ot, loss = _step(
-                x, y, idx_dev, step_q, meta_x, meta_y, sc, heads, model_opt, head_masks,
-                weights, weight_opt, fw, lw, decay, coef, learn, normalize, k,
+                x, y, idx_dev, step_q, meta_x, meta_y, plan, heads, model_opt, head_masks,
+                weights, weight_opt, k,
             )  # fmt: skip
             ot_sum += ot
             loss_sum += loss
@@ -587,43 +608,84 @@ def _predict(heads: _Stacked, data: StageData) -> dict[str, Tensor]:
     return out
 
 
+@dataclass
+class _Plan:
+    """The members' settings as a step uses them, built once per epoch (members leave only
+    between epochs): per-member columns, and which optional work any member needs."""
+
+    cfg: Stage2Config  # the population's shared fields
+    fw: Tensor  # [P, 1, 1] feature-cost weight
+    lw: Tensor  # [P, 1, 1] label-cost weight
+    decay: Tensor | None  # [P] L2 on the weight logits; None when no member has any
+    coef: Tensor | None  # [P] meta cross-entropy coefficient; None when no member has any
+    learn: bool  # some member learns its weights
+    normalize: Tensor | None  # [P] bool: members whose weight step is normalised; None: none
+    masks: dict[str, Tensor | None]  # per weight parameter, the members it steps (None: all)
+    eps: list[float]
+    max_iter: list[int]
+    tol: list[float | None]
+
+    @classmethod
+    def of(cls, sc: Sequence, weights: _Weights, like: Tensor) -> _Plan:
+        device = like.device
+        learn = torch.tensor([s.learn_weights for s in sc], device=device)
+        masks: dict[str, Tensor | None] = {}
+        for n, m in weights.masks.items():
+            m = m & learn
+            masks[n] = None if bool(m.all()) else m
+        decay = _col([s.weight_decay for s in sc], like)
+        coef = _col([s.meta_ce_coef for s in sc], like)
+        normalize = [s.normalize_weight_grad for s in sc]
+        return cls(
+            cfg=sc[0],
+            fw=_col([s.feature_weight for s in sc], like)[:, None, None],
+            lw=_col([s.label_weight for s in sc], like)[:, None, None],
+            decay=decay if bool((decay != 0).any()) else None,
+            coef=coef if bool((coef != 0).any()) else None,
+            learn=bool(learn.any()),
+            normalize=torch.tensor(normalize, device=device) if any(normalize) else None,
+            masks=masks,
+            eps=[s.eps for s in sc],
+            max_iter=[s.max_iter for s in sc],
+            tol=[s.tol for s in sc],
+        )
+
+
 def _step(
-    x, y, idx, q, meta_x, meta_y, sc, heads, model_opt, head_masks, weights, weight_opt,
-    fw, lw, decay, coef, learn, normalize, k,
-):  # fmt: skip
+    x, y, idx, q, meta_x, meta_y, plan: _Plan, heads, model_opt, head_masks, weights, weight_opt, k
+):
     """Steps (b) and (c) of Algorithm 1 for every member on one batch (f1 frozen: no (a))."""
-    p = len(sc)
-    cfg0 = sc[0]
+    p = plan.fw.shape[0]
+    cfg0 = plan.cfg
     if not weights.net and weights.mode == "scratch":
         weights.reset_(idx)
-    any_learn = bool(learn.any())
-    with torch.set_grad_enabled(any_learn):
+    with torch.set_grad_enabled(plan.learn):
         measure, lb = weights.batch(idx, x)
         base_dtype = q.b.dtype
         kind = cfg0.cost
         if kind == "label":
-            cost = lw * label_cost(y, q.y, k, dtype=base_dtype)
+            cost = plan.lw * label_cost(y, q.y, k, dtype=base_dtype)
         else:
             feat = feature_cost(x, q.z)
-            cost = fw * feat
+            cost = plan.fw * feat
             if kind == "combined":
-                cost = cost + lw * label_cost(y, q.y, k, dtype=feat.dtype)
+                cost = cost + plan.lw * label_cost(y, q.y, k, dtype=feat.dtype)
         cost = cost.expand(p, -1, -1).to(measure.dtype)
         ot = batched_ot_loss(
             cost,
             measure,
             q.b.to(measure.dtype).expand(p, -1),
-            eps=[s.eps for s in sc],
-            max_iter=[s.max_iter for s in sc],
-            tol=[s.tol for s in sc],
+            eps=plan.eps,
+            max_iter=plan.max_iter,
+            tol=plan.tol,
             stop=cfg0.stop,
             check_every=cfg0.check_every,
             impl=cfg0.impl,
         )
-    if any_learn:
+    if plan.learn:
         objective = ot
-        if lb is not None and bool((decay != 0).any()):
-            objective = objective + 0.5 * decay * (lb**2).sum(1)
+        if lb is not None and plan.decay is not None:
+            objective = objective + 0.5 * plan.decay * (lb**2).sum(1)
         names = list(weights.params)
         grads = torch.autograd.grad(
             objective.sum(), [weights.params[n] for n in names], allow_unused=True
@@ -632,7 +694,7 @@ def _step(
             n: torch.zeros_like(weights.params[n]) if g is None else g
             for n, g in zip(names, grads, strict=True)
         }
-        if any(normalize):
+        if plan.normalize is not None:
             # each member's step is weight_lr long: its gradient over every weight parameter
             # it learns, divided by its norm (members that do not normalise keep theirs)
             sq = sum(
@@ -640,19 +702,18 @@ def _step(
                 for n, g in grads.items()
             )
             norm = torch.sqrt(sq)
-            use = torch.tensor(normalize, device=norm.device) & (norm > 0)
+            use = plan.normalize & (norm > 0)
             for n, g in grads.items():
                 grads[n] = torch.where(_rows(use, g), g / _rows(norm, g).to(g.dtype), g)
-        masks = {n: weights.masks[n] & learn for n in names}
-        weight_opt.step(weights.params, grads, masks)
+        weight_opt.step(weights.params, grads, plan.masks)
     w_new = weights.loss_weights(idx, x)
     logits = heads(x)  # [P, B, K]
     ce = F.cross_entropy(logits.reshape(-1, k), y.repeat(p), reduction="none").view(p, -1)
     loss = (w_new * ce).sum(1)
-    if bool((coef != 0).any()):
+    if plan.coef is not None:
         ml = heads(meta_x)
         mce = F.cross_entropy(ml.reshape(-1, k), meta_y.repeat(p), reduction="none").view(p, -1)
-        loss = loss + coef * mce.mean(1)
+        loss = loss + plan.coef * mce.mean(1)
     names = list(heads.params)
     grads = torch.autograd.grad(loss.sum(), [heads.params[n] for n in names])
     model_opt.step(heads.params, dict(zip(names, grads, strict=True)), head_masks)

@@ -110,6 +110,37 @@ def test_float64_members_equal_their_single_trials(weights):
         torch.set_default_dtype(torch.float32)
 
 
+@pytest.mark.parametrize(
+    "shared",
+    [
+        {"weight_param": "sample"},
+        {"weight_param": "sample", "weight_mode": "scratch"},
+        {"weight_param": "class", "weight_optimizer": "adam", "weight_lr": 0.1},
+        {"weight_param": "class_residual", "weight_momentum": 0.5},
+        {"learn_weights": False},
+    ],
+)
+def test_uniform_populations_skip_unused_work_and_still_equal_their_single_trials(shared):
+    """A population whose members share a parametrisation (or none learns weights) carries
+    only the weight tensors some member uses and skips the steps nobody needs (no decay, no
+    meta term, no normalisation, no mask): each member still gives its single trial's run."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        data = _data(torch.float64)
+        base = dataclasses.replace(BASE, **shared)
+        cfgs = [
+            base,
+            dataclasses.replace(base, lr=0.3, eps=0.05, max_iter=12, tol=1e-3, weight_lr=0.5),
+        ]
+        outs, logs = _population(cfgs, data)
+        for i, cfg in enumerate(cfgs):
+            single, log = _single(cfg, data)
+            assert _largest_difference(single, log, outs[i], logs[i]) < 1e-9, cfg
+            assert outs[i].result.selected["epoch"] == single.selected["epoch"]
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
 def test_float32_members_stay_within_a_stated_bound_of_their_single_trials():
     """Largest difference seen on these settings: 8.4e-5 (the training loss of the member on
     the log-domain path, whose NumPy loop rounds differently from torch's), 6e-6 on its

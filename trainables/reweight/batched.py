@@ -377,6 +377,8 @@ def batched_ot_loss(
     backend = backend or (("numba" if small else "numpy") if on_cpu else "torch")
     if backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
         raise ValueError(f"backend must be numba or numpy (CPU) or torch, got {backend!r}")
+    if backend == "numba":
+        return _numba_members(cost, a, b, eps_t, eps, path, caps, tols, stop, check_every, on_cpu)
     parts, order = [], []
     for kind in (1, 2, 0):
         idx = np.flatnonzero(path == kind)
@@ -388,15 +390,7 @@ def batched_ot_loss(
             eps64 = torch.as_tensor([eps[i] for i in idx], dtype=torch.float64, device=cost.device)
             args = [*(x.double() for x in args[:3]), eps64]
         rest = (caps[idx], tols[idx], stop, check_every)
-        if kind and backend == "numba":
-            from .compiled import compiled_ot
-
-            value = compiled_ot(
-                *args[:3], eps=args[3].detach().numpy(), caps=rest[0], tols=rest[1],
-                stop=stop, check_every=check_every,
-            )  # fmt: skip
-            parts.append(value.to(cost.dtype))
-        elif kind:
+        if kind:
             parts.append(_BatchedFused.apply(*args, *rest, backend).to(cost.dtype))
         elif on_cpu:
             parts.append(_BatchedLog.apply(*args, *rest))
@@ -407,3 +401,24 @@ def batched_ot_loss(
         return parts[0]
     perm = torch.as_tensor(np.argsort(np.concatenate(order)), device=cost.device)
     return torch.cat(parts)[perm]
+
+
+def _numba_members(cost, a, b, eps_t, eps, path, caps, tols, stop, check_every, on_cpu):
+    """The scaling-domain members in one compiled call on the whole stack (those in float64
+    flagged, no selection: each runs its own loop), the log-domain ones beside it."""
+    from .compiled import compiled_ot
+
+    scaling = path != 0
+    value = None
+    if scaling.any():
+        value = compiled_ot(
+            cost, a, b, eps=np.asarray(eps, dtype=np.float64), caps=caps, tols=tols, stop=stop,
+            check_every=check_every, todo=scaling, wide=path == 2,
+        )  # fmt: skip
+    logs = np.flatnonzero(path == 0)
+    if logs.size == 0:
+        return value
+    sel = torch.as_tensor(logs, device=cost.device)
+    args = (cost[sel], a[sel], b[sel], eps_t[sel], caps[logs], tols[logs], stop, check_every)
+    log_value = _BatchedLog.apply(*args) if on_cpu else _log_domain(*args)
+    return log_value if value is None else value.index_put((sel,), log_value)

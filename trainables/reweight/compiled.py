@@ -25,52 +25,67 @@ __all__ = ["compiled_ot"]
 
 
 @njit(cache=True, nogil=True)
-def _forward(cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value):
-    p, n, m = k.shape
-    for q in range(p):
+def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value):
+    # Every product is written as a sum of scaled rows (K^T u over K's rows, K v over the rows
+    # of K^T): the inner loop runs over independent outputs, which the compiler vectorises,
+    # and each output still adds its terms in index order (the same rounding as a dot product).
+    n, m = k.shape[1:]
+    kt = np.empty((m, n), dtype=k.dtype)
+    col = np.empty(m, dtype=k.dtype)
+    for slot in range(todo.shape[0]):  # the problems to solve; state by slot
+        q = todo[slot]
         kq = k[q]
         for i in range(n):
-            us[q, 0, i] = 1.0
+            for j in range(m):
+                kt[j, i] = kq[i, j]
+        for i in range(n):
+            us[slot, 0, i] = 1.0
         done = 0
         for it in range(caps[q]):
-            u = us[q, it]
-            r = rs[q, it]
+            u = us[slot, it]
+            r = rs[slot, it]
             for j in range(m):
-                r[j] = 0.0
-            for i in range(n):
+                r[j] = kq[0, j] * u[0]
+            for i in range(1, n):
                 ui = u[i]
                 for j in range(m):
                     r[j] += kq[i, j] * ui
-            v = vs[q, it]
+            v = vs[slot, it]
             for j in range(m):
                 v[j] = b[q, j] / r[j]
-            s = ss[q, it]
-            u_new = us[q, it + 1]
+            s = ss[slot, it]
+            u_new = us[slot, it + 1]
+            v0 = v[0]
             for i in range(n):
-                acc = kq[i, 0] * v[0]
-                for j in range(1, m):
-                    acc += kq[i, j] * v[j]
-                s[i] = acc
-                u_new[i] = a[q, i] / acc
+                s[i] = kt[0, i] * v0
+            for j in range(1, m):
+                vj = v[j]
+                for i in range(n):
+                    s[i] += kt[j, i] * vj
+            for i in range(n):
+                u_new[i] = a[q, i] / s[i]
             done = it + 1
             if done % every == 0:
                 err = 0.0
                 if marginal:  # L1 error of the Q-side marginal V (K^T U)
                     for j in range(m):
-                        col = kq[0, j] * u_new[0]
-                        for i in range(1, n):
-                            col += kq[i, j] * u_new[i]
-                        err += abs(v[j] * col - b[q, j])
+                        col[j] = kq[0, j] * u_new[0]
+                    for i in range(1, n):
+                        ui = u_new[i]
+                        for j in range(m):
+                            col[j] += kq[i, j] * ui
+                    for j in range(m):
+                        err += abs(v[j] * col[j] - b[q, j])
                 else:  # sum_j |g_j - g_j^prev| with g = eps log V (V = 1 before the first)
                     for j in range(m):
-                        before = np.log(vs[q, it - 1, j]) if it > 0 else 0.0
+                        before = np.log(vs[slot, it - 1, j]) if it > 0 else 0.0
                         err += eps[q] * abs(np.log(v[j]) - before)
                 if err < tols[q]:
                     break
-        n_done[q] = done
-        u = us[q, done]
+        n_done[slot] = done
+        u = us[slot, done]
         total = 0.0
-        v = vs[q, done - 1]
+        v = vs[slot, done - 1]
         for i in range(n):
             for j in range(m):
                 total += cost[q, i, j] * (u[i] * kq[i, j] * v[j])
@@ -78,17 +93,23 @@ def _forward(cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_
 
 
 @njit(cache=True, nogil=True)
-def _backward(g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
-    p, n, m = k.shape
+def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
+    n, m = k.shape[1:]
     u_bar = np.empty(n, dtype=us.dtype)
     vt0 = np.empty(m, dtype=vs.dtype)
     w = np.empty(n, dtype=us.dtype)
     z = np.empty(m, dtype=vs.dtype)
+    acc = np.empty(m, dtype=vs.dtype)
     k_bar = np.empty((n, m), dtype=k.dtype)
-    for q in range(p):
+    kt = np.empty((m, n), dtype=k.dtype)
+    for slot in range(todo.shape[0]):  # the problems to solve; state by slot
+        q = todo[slot]
         kq, cq, gq = k[q], cost[q], g[q]
-        last = n_done[q]
-        u_last, v_last = us[q, last], vs[q, last - 1]
+        for i in range(n):
+            for j in range(m):
+                kt[j, i] = kq[i, j]
+        last = n_done[slot]
+        u_last, v_last = us[slot, last], vs[slot, last - 1]
         # the plan T = diag(u) K diag(v) and <C, T>: the direct terms
         for i in range(n):
             u_bar[i] = 0.0
@@ -109,27 +130,35 @@ def _backward(g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
             b_bar[q, j] = 0.0
         # iteration t: r = K^T u_t, v = b / r, s = K v, u_{t+1} = a / s, reversed
         for t in range(last - 1, -1, -1):
-            u_after = us[q, t + 1]
-            s = ss[q, t]
+            u_after = us[slot, t + 1]
+            s = ss[slot, t]
             for i in range(n):
                 qi = u_bar[i] / s[i]
                 a_bar[q, i] += qi
                 w[i] = qi * u_after[i]
-            r, v, u_before = rs[q, t], vs[q, t], us[q, t]
+            r, v, u_before = rs[slot, t], vs[slot, t], us[slot, t]
+            w0 = w[0]
             for j in range(m):
-                acc = kq[0, j] * w[0]
-                for i in range(1, n):
-                    acc += kq[i, j] * w[i]
-                if t == last - 1:
-                    acc += vt0[j]
-                pj = acc / r[j]
+                acc[j] = kq[0, j] * w0
+            for i in range(1, n):
+                wi = w[i]
+                for j in range(m):
+                    acc[j] += kq[i, j] * wi
+            if t == last - 1:
+                for j in range(m):
+                    acc[j] += vt0[j]
+            for j in range(m):
+                pj = acc[j] / r[j]
                 b_bar[q, j] -= pj
                 z[j] = pj * v[j]
+            z0 = z[0]
             for i in range(n):
-                acc = kq[i, 0] * z[0]
-                for j in range(1, m):
-                    acc += kq[i, j] * z[j]
-                u_bar[i] = acc
+                u_bar[i] = kt[0, i] * z0
+            for j in range(1, m):
+                zj = z[j]
+                for i in range(n):
+                    u_bar[i] += kt[j, i] * zj
+            for i in range(n):
                 wi, ui = w[i], u_before[i]
                 for j in range(m):
                     k_bar[i, j] += ui * z[j] - wi * v[j]
@@ -138,26 +167,42 @@ def _backward(g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
                 grad_cost[q, i, j] -= k_bar[i, j] * kq[i, j] / eps[q]
 
 
-def _solve(cost, a, b, eps, caps, tols, marginal: bool, every: int):
-    p, n, m = cost.shape
+def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
+    n, m = cost.shape[1:]
     dt = cost.dtype
-    k = np.exp(-cost / eps[:, None, None])
-    most = int(caps.max()) if p else 0
-    us = np.empty((p, most + 1, n), dtype=dt)
-    vs, ss, rs = (np.empty((p, most, d), dtype=dt) for d in (m, n, m))
-    n_done = np.zeros(p, dtype=np.int64)
-    value = np.empty(p, dtype=dt)
-    _forward(cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value)
+    k = np.empty_like(cost)
+    k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
+    slots = todo.size
+    most = int(caps[todo].max()) if slots else 0
+    us = np.empty((slots, most + 1, n), dtype=dt)
+    vs, ss, rs = (np.empty((slots, most, d), dtype=dt) for d in (m, n, m))
+    n_done = np.zeros(slots, dtype=np.int64)
+    value = np.zeros(cost.shape[0], dtype=dt)
+    _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value)
     return value, (k, us, vs, ss, rs, n_done)
 
 
 class _CompiledOT(torch.autograd.Function):
+    """The problems of a stack in up to two groups: those solved in the stack's dtype and those
+    solved in float64 (``wide``: float32 problems beyond float32's scaling range), each problem
+    exactly as it is solved alone in its group's dtype; problems in neither group (``todo``
+    false) give 0 and no gradient (the caller solves them another way)."""
+
     @staticmethod
-    def forward(ctx, cost, a, b, eps, caps, tols, marginal, every):
+    def forward(ctx, cost, a, b, eps, caps, tols, marginal, every, todo, wide):
         arrays = [np.ascontiguousarray(x.detach().numpy()) for x in (cost, a, b)]
-        eps_np = np.ascontiguousarray(eps, dtype=arrays[0].dtype)
-        value, saved = _solve(*arrays, eps_np, caps, tols, marginal, every)
-        ctx.replay, ctx.eps = saved, eps_np
+        dt = arrays[0].dtype
+        value = np.zeros(cost.shape[0], dtype=dt)
+        ctx.groups = []
+        for pick, gdt in ((todo & ~wide, dt), (todo & wide, np.dtype(np.float64))):
+            idx = np.flatnonzero(pick)
+            if idx.size == 0:
+                continue
+            group = [x.astype(gdt, copy=False) for x in arrays]
+            eps_g = np.ascontiguousarray(eps, dtype=gdt)
+            got, saved = _solve(idx, *group, eps_g, caps, tols, marginal, every)
+            value[idx] = got[idx]
+            ctx.groups.append((idx, group[0], eps_g, saved))
         ctx.save_for_backward(cost, a, b)
         return torch.from_numpy(value)
 
@@ -165,31 +210,55 @@ class _CompiledOT(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         cost, _, _ = ctx.saved_tensors
-        c = np.ascontiguousarray(cost.detach().numpy())
-        k, us, vs, ss, rs, n_done = ctx.replay
-        ctx.replay = None
-        grad_cost = np.empty_like(c)
-        a_bar = np.empty(c.shape[:2], dtype=c.dtype)
-        b_bar = np.empty((c.shape[0], c.shape[2]), dtype=c.dtype)
-        g = np.ascontiguousarray(grad_out.numpy(), dtype=c.dtype)
-        _backward(g, c, k, ctx.eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar)
-        grads = (grad_cost, a_bar, b_bar)
+        dt = cost.numpy().dtype
+        p, n, m = cost.shape
+        grads = [np.zeros((p, n, m), dt), np.zeros((p, n), dt), np.zeros((p, m), dt)]
+        for idx, c, eps_g, (k, us, vs, ss, rs, n_done) in ctx.groups:
+            gdt = c.dtype
+            out = [np.empty((p, n, m), gdt), np.empty((p, n), gdt), np.empty((p, m), gdt)]
+            g = np.ascontiguousarray(grad_out.numpy(), dtype=gdt)
+            _backward(idx, g, c, k, eps_g, us, vs, ss, rs, n_done, *out)
+            for full, part in zip(grads, out, strict=True):
+                full[idx] = part[idx]
+        ctx.groups = None
         return (
             *(
                 torch.from_numpy(x) if need else None
                 for x, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
             ),
-            *([None] * 5),
+            *([None] * 7),
         )
 
 
-def compiled_ot(cost, a, b, *, eps, caps, tols, stop: str = "marginal", check_every: int = 1):
+def compiled_ot(
+    cost,
+    a,
+    b,
+    *,
+    eps,
+    caps,
+    tols,
+    stop: str = "marginal",
+    check_every: int = 1,
+    todo: np.ndarray | None = None,
+    wide: np.ndarray | None = None,
+):
     """``<C_q, T_q>`` for a stack of CPU problems (``cost [P, N, M]``, ``a [P, N]``,
     ``b [P, M]``), each after its own iterations: ``caps[q]`` at most, ending early at a check
     (every ``check_every`` iterations) where its statistic under ``stop`` is below ``tols[q]``
-    (``-inf``: never). Differentiable in ``cost``, ``a`` and ``b`` (the unrolled gradient)."""
+    (``-inf``: never). Differentiable in ``cost``, ``a`` and ``b`` (the unrolled gradient).
+    ``eps``: float64 values, rounded to each problem's dtype. ``todo`` (bool ``[P]``, default
+    all): the problems to solve (the others give 0 and a zero gradient); ``wide`` (bool
+    ``[P]``, default none): problems solved in float64 (from float64 casts of their inputs,
+    the value and gradients rounded back to the stack's dtype)."""
+    p = cost.shape[0]
     caps = np.ascontiguousarray(caps, dtype=np.int64)
     if caps.size and caps.min() < 1:
         raise ValueError("every iteration cap must be >= 1")
     tols = np.ascontiguousarray(tols, dtype=np.float64)
-    return _CompiledOT.apply(cost, a, b, eps, caps, tols, stop == "marginal", int(check_every))
+    todo = np.ones(p, dtype=bool) if todo is None else np.asarray(todo, dtype=bool)
+    wide = np.zeros(p, dtype=bool) if wide is None else np.asarray(wide, dtype=bool)
+    eps = np.asarray(eps, dtype=np.float64)
+    return _CompiledOT.apply(
+        cost, a, b, eps, caps, tols, stop == "marginal", int(check_every), todo, wide
+    )
