@@ -20,9 +20,10 @@ Which path: as ``ot_loss(impl="auto")`` decides per call, each member takes the 
 path when ``max |C_m| / eps_m`` is in the dtype's
 safe range (a float32 member beyond float32's range but inside float64's: fused in float64),
 else the log-domain loop (in NumPy with a hand-written reverse pass on the CPU, under autograd
-elsewhere); each group is solved in one call. On the CPU the scaling-domain members run the
-compiled loop of :mod:`.compiled`, one member after another inside one call, each exactly its
-own iterations (the freezing above is then not needed); the shared loop with freezing runs in
+elsewhere); each group is solved in one call. On the CPU, for problems under
+``fused.COMPILED_MAX_ENTRIES`` entries, every member runs the compiled loops of :mod:`.compiled`
+(scaling or log domain), one member after another inside one call, each exactly its own
+iterations (the freezing above is then not needed); the shared loops with freezing run in
 torch elsewhere (or in NumPy on request).
 """
 
@@ -378,7 +379,7 @@ def batched_ot_loss(
     if backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
         raise ValueError(f"backend must be numba or numpy (CPU) or torch, got {backend!r}")
     if backend == "numba":
-        return _numba_members(cost, a, b, eps_t, eps, path, caps, tols, stop, check_every, on_cpu)
+        return _numba_members(cost, a, b, eps, path, caps, tols, stop, check_every)
     parts, order = [], []
     for kind in (1, 2, 0):
         idx = np.flatnonzero(path == kind)
@@ -403,22 +404,12 @@ def batched_ot_loss(
     return torch.cat(parts)[perm]
 
 
-def _numba_members(cost, a, b, eps_t, eps, path, caps, tols, stop, check_every, on_cpu):
-    """The scaling-domain members in one compiled call on the whole stack (those in float64
-    flagged, no selection: each runs its own loop), the log-domain ones beside it."""
+def _numba_members(cost, a, b, eps, path, caps, tols, stop, check_every):
+    """Every member in one compiled call on the whole stack, each on its path (no selection:
+    each runs its own loop, bit for bit what it gets alone)."""
     from .compiled import compiled_ot
 
-    scaling = path != 0
-    value = None
-    if scaling.any():
-        value = compiled_ot(
-            cost, a, b, eps=np.asarray(eps, dtype=np.float64), caps=caps, tols=tols, stop=stop,
-            check_every=check_every, todo=scaling, wide=path == 2,
-        )  # fmt: skip
-    logs = np.flatnonzero(path == 0)
-    if logs.size == 0:
-        return value
-    sel = torch.as_tensor(logs, device=cost.device)
-    args = (cost[sel], a[sel], b[sel], eps_t[sel], caps[logs], tols[logs], stop, check_every)
-    log_value = _BatchedLog.apply(*args) if on_cpu else _log_domain(*args)
-    return log_value if value is None else value.index_put((sel,), log_value)
+    return compiled_ot(
+        cost, a, b, eps=np.asarray(eps, dtype=np.float64), caps=caps, tols=tols, stop=stop,
+        check_every=check_every, path=path,
+    )  # fmt: skip

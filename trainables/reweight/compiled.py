@@ -8,6 +8,10 @@ one problem is one compiled function: the same iterates (``r = K^T u``, ``v = b 
 iterations, and the same reverse replay, in the problem's dtype; only the order of the sums
 inside a matrix-vector product differs from NumPy's (rounding).
 
+Problems beyond float64's scaling range run the log-domain loop of :func:`.sinkhorn.sinkhorn`
+compiled the same way (each log-sum-exp shifted by its maximum), with a reverse pass that
+re-forms each log-sum-exp's softmax from the stored potentials.
+
 Problems come as a stack ``[P, N, M]``, each with its own ``eps``, iteration cap and tolerance,
 and each runs exactly its own iterations (no shared loop, no freezing): a member of a population
 (:mod:`.batched`) gets bit for bit what the same problem gets alone through
@@ -24,7 +28,7 @@ from numba import njit
 __all__ = ["compiled_ot"]
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value):
     # Every product is written as a sum of scaled rows (K^T u over K's rows, K v over the rows
     # of K^T): the inner loop runs over independent outputs, which the compiler vectorises,
@@ -92,7 +96,7 @@ def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, 
         value[q] = total
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
     n, m = k.shape[1:]
     u_bar = np.empty(n, dtype=us.dtype)
@@ -167,6 +171,155 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 grad_cost[q, i, j] -= k_bar[i, j] * kq[i, j] / eps[q]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_done, value):
+    # The log-domain loop of :func:`.sinkhorn.sinkhorn`: v = log b - LSE_i(u_i + N_ij),
+    # u = log a - LSE_j(v_j + N_ij) with N = -C / eps, each log-sum-exp shifted by its maximum
+    # (0 where that is not finite), from u = 0; the same stopping rules.
+    n, m = cost.shape[1:]
+    neg = np.empty((n, m), dtype=cost.dtype)
+    mx = np.empty(m, dtype=cost.dtype)
+    acc = np.empty(m, dtype=cost.dtype)
+    for slot in range(todo.shape[0]):
+        q = todo[slot]
+        e = eps[q]
+        for i in range(n):
+            for j in range(m):
+                neg[i, j] = -cost[q, i, j] / e
+        for i in range(n):
+            us[slot, 0, i] = 0.0
+        done = 0
+        for it in range(caps[q]):
+            u, v, u_new = us[slot, it], vs[slot, it], us[slot, it + 1]
+            _col_lse(u, neg, mx, acc)
+            for j in range(m):
+                v[j] = np.log(b[q, j]) - acc[j]
+            for i in range(n):
+                top = v[0] + neg[i, 0]
+                for j in range(1, m):
+                    t = v[j] + neg[i, j]
+                    if t > top:
+                        top = t
+                if not np.isfinite(top):
+                    top = 0.0
+                total = 0.0
+                for j in range(m):
+                    total += np.exp(v[j] + neg[i, j] - top)
+                u_new[i] = np.log(a[q, i]) - (np.log(total) + top)
+            done = it + 1
+            if done % every == 0:
+                err = 0.0
+                if marginal:  # L1 error of the Q-side marginal exp(LSE_i(u_i + N_ij) + v_j)
+                    _col_lse(u_new, neg, mx, acc)
+                    for j in range(m):
+                        err += abs(np.exp(acc[j] + v[j]) - b[q, j])
+                else:  # sum_j |eps (v_j - v_j^prev)| (v = 0 before the first)
+                    for j in range(m):
+                        before = vs[slot, it - 1, j] if it > 0 else 0.0
+                        err += abs(e * (v[j] - before))
+                if err < tols[q]:
+                    break
+        n_done[slot] = done
+        u, v = us[slot, done], vs[slot, done - 1]
+        total = 0.0
+        for i in range(n):
+            for j in range(m):
+                total += cost[q, i, j] * np.exp(u[i] + v[j] + neg[i, j])
+        value[q] = total
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _col_lse(u, neg, mx, acc):
+    """acc_j = LSE_i(u_i + neg_ij), shifted by the column's maximum (0 where not finite)."""
+    n, m = neg.shape
+    for j in range(m):
+        mx[j] = u[0] + neg[0, j]
+    for i in range(1, n):
+        ui = u[i]
+        for j in range(m):
+            t = ui + neg[i, j]
+            if t > mx[j]:
+                mx[j] = t
+    for j in range(m):
+        if not np.isfinite(mx[j]):
+            mx[j] = 0.0
+        acc[j] = 0.0
+    for i in range(n):
+        ui = u[i]
+        for j in range(m):
+            acc[j] += np.exp(ui + neg[i, j] - mx[j])
+    for j in range(m):
+        acc[j] = np.log(acc[j]) + mx[j]
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _log_backward(todo, g, cost, a, b, eps, us, vs, n_done, grad_cost, a_bar, b_bar):
+    # Reverse pass of _log_forward: each log-sum-exp's Jacobian is a softmax, re-formed from
+    # the stored potentials (rows: u's over j, cols: v's over i).
+    n, m = cost.shape[1:]
+    dt = cost.dtype
+    neg = np.empty((n, m), dtype=dt)
+    n_bar = np.empty((n, m), dtype=dt)
+    la = np.empty(n, dtype=dt)
+    lb = np.empty(m, dtype=dt)
+    u_bar = np.empty(n, dtype=dt)
+    v_bar = np.empty(m, dtype=dt)
+    vb = np.empty(m, dtype=dt)
+    for slot in range(todo.shape[0]):
+        q = todo[slot]
+        e, gq = eps[q], g[q]
+        last = n_done[slot]
+        for i in range(n):
+            la[i] = np.log(a[q, i])
+            for j in range(m):
+                neg[i, j] = -cost[q, i, j] / e
+        for j in range(m):
+            lb[j] = np.log(b[q, j])
+        u, v = us[slot, last], vs[slot, last - 1]
+        for i in range(n):
+            u_bar[i] = 0.0
+        for j in range(m):
+            v_bar[j] = 0.0
+        for i in range(n):
+            for j in range(m):
+                plan = np.exp(u[i] + v[j] + neg[i, j])
+                grad_cost[q, i, j] = gq * plan  # the direct term
+                nb = gq * cost[q, i, j] * plan  # through the plan's exponent
+                n_bar[i, j] = nb
+                u_bar[i] += nb
+                v_bar[j] += nb
+        for i in range(n):
+            a_bar[q, i] = 0.0
+        for j in range(m):
+            b_bar[q, j] = 0.0
+        for t in range(last - 1, -1, -1):
+            u_t, v_t, u_prev = us[slot, t + 1], vs[slot, t], us[slot, t]
+            for j in range(m):
+                vb[j] = v_bar[j] if t == last - 1 else 0.0
+            for i in range(n):
+                ub = u_bar[i]
+                a_bar[q, i] += ub
+                for j in range(m):
+                    rows = np.exp(v_t[j] + neg[i, j] + u_t[i] - la[i])
+                    vb[j] -= ub * rows
+                    n_bar[i, j] -= ub * rows
+            for j in range(m):
+                b_bar[q, j] += vb[j]
+            for i in range(n):
+                acc = 0.0
+                for j in range(m):
+                    cols = np.exp(u_prev[i] + neg[i, j] + v_t[j] - lb[j])
+                    n_bar[i, j] -= vb[j] * cols
+                    acc += cols * vb[j]
+                u_bar[i] = -acc
+        for i in range(n):
+            a_bar[q, i] /= a[q, i]
+            for j in range(m):
+                grad_cost[q, i, j] -= n_bar[i, j] / e
+        for j in range(m):
+            b_bar[q, j] /= b[q, j]
+
+
 def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     n, m = cost.shape[1:]
     dt = cost.dtype
@@ -182,27 +335,46 @@ def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     return value, (k, us, vs, ss, rs, n_done)
 
 
+def _solve_log(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
+    n, m = cost.shape[1:]
+    dt = cost.dtype
+    most = int(caps[todo].max()) if todo.size else 0
+    us = np.empty((todo.size, most + 1, n), dtype=dt)
+    vs = np.empty((todo.size, most, m), dtype=dt)
+    n_done = np.zeros(todo.size, dtype=np.int64)
+    value = np.zeros(cost.shape[0], dtype=dt)
+    with np.errstate(all="ignore"):  # a zero weight diverges to NaN, as in the reference loop
+        _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_done, value)
+    return value, (us, vs, n_done)
+
+
+# a member's path (as :mod:`.batched` numbers them): the log domain, the scaling domain in the
+# stack's dtype, the scaling domain in float64
+LOG, SCALING, SCALING64 = 0, 1, 2
+
+
 class _CompiledOT(torch.autograd.Function):
-    """The problems of a stack in up to two groups: those solved in the stack's dtype and those
-    solved in float64 (``wide``: float32 problems beyond float32's scaling range), each problem
-    exactly as it is solved alone in its group's dtype; problems in neither group (``todo``
-    false) give 0 and no gradient (the caller solves them another way)."""
+    """The problems of a stack in up to three groups by ``path``: the scaling domain in the
+    stack's dtype, in float64 (float32 problems beyond float32's scaling range), and the log
+    domain (beyond float64's), each problem exactly as it is solved alone on its path;
+    problems on no path (``path`` -1) give 0 and no gradient."""
 
     @staticmethod
-    def forward(ctx, cost, a, b, eps, caps, tols, marginal, every, todo, wide):
+    def forward(ctx, cost, a, b, eps, caps, tols, marginal, every, path):
         arrays = [np.ascontiguousarray(x.detach().numpy()) for x in (cost, a, b)]
         dt = arrays[0].dtype
         value = np.zeros(cost.shape[0], dtype=dt)
         ctx.groups = []
-        for pick, gdt in ((todo & ~wide, dt), (todo & wide, np.dtype(np.float64))):
-            idx = np.flatnonzero(pick)
+        for kind, gdt in ((SCALING, dt), (SCALING64, np.dtype(np.float64)), (LOG, dt)):
+            idx = np.flatnonzero(path == kind)
             if idx.size == 0:
                 continue
             group = [x.astype(gdt, copy=False) for x in arrays]
             eps_g = np.ascontiguousarray(eps, dtype=gdt)
-            got, saved = _solve(idx, *group, eps_g, caps, tols, marginal, every)
+            solve = _solve_log if kind == LOG else _solve
+            got, saved = solve(idx, *group, eps_g, caps, tols, marginal, every)
             value[idx] = got[idx]
-            ctx.groups.append((idx, group[0], eps_g, saved))
+            ctx.groups.append((kind, idx, group, eps_g, saved))
         ctx.save_for_backward(cost, a, b)
         return torch.from_numpy(value)
 
@@ -213,20 +385,24 @@ class _CompiledOT(torch.autograd.Function):
         dt = cost.numpy().dtype
         p, n, m = cost.shape
         grads = [np.zeros((p, n, m), dt), np.zeros((p, n), dt), np.zeros((p, m), dt)]
-        for idx, c, eps_g, (k, us, vs, ss, rs, n_done) in ctx.groups:
+        for kind, idx, (c, a, b), eps_g, saved in ctx.groups:
             gdt = c.dtype
             out = [np.empty((p, n, m), gdt), np.empty((p, n), gdt), np.empty((p, m), gdt)]
             g = np.ascontiguousarray(grad_out.numpy(), dtype=gdt)
-            _backward(idx, g, c, k, eps_g, us, vs, ss, rs, n_done, *out)
+            if kind == LOG:
+                with np.errstate(all="ignore"):
+                    _log_backward(idx, g, c, a, b, eps_g, *saved, *out)
+            else:
+                k, us, vs, ss, rs, n_done = saved
+                _backward(idx, g, c, k, eps_g, us, vs, ss, rs, n_done, *out)
             for full, part in zip(grads, out, strict=True):
                 full[idx] = part[idx]
-        ctx.groups = None
         return (
             *(
                 torch.from_numpy(x) if need else None
                 for x, need in zip(grads, ctx.needs_input_grad[:3], strict=True)
             ),
-            *([None] * 7),
+            *([None] * 6),
         )
 
 
@@ -240,25 +416,23 @@ def compiled_ot(
     tols,
     stop: str = "marginal",
     check_every: int = 1,
-    todo: np.ndarray | None = None,
-    wide: np.ndarray | None = None,
+    path: np.ndarray | None = None,
 ):
     """``<C_q, T_q>`` for a stack of CPU problems (``cost [P, N, M]``, ``a [P, N]``,
     ``b [P, M]``), each after its own iterations: ``caps[q]`` at most, ending early at a check
     (every ``check_every`` iterations) where its statistic under ``stop`` is below ``tols[q]``
     (``-inf``: never). Differentiable in ``cost``, ``a`` and ``b`` (the unrolled gradient).
-    ``eps``: float64 values, rounded to each problem's dtype. ``todo`` (bool ``[P]``, default
-    all): the problems to solve (the others give 0 and a zero gradient); ``wide`` (bool
-    ``[P]``, default none): problems solved in float64 (from float64 casts of their inputs,
-    the value and gradients rounded back to the stack's dtype)."""
+    ``eps``: float64 values, rounded to each problem's dtype. ``path`` (``[P]``, default all
+    ``SCALING``): ``SCALING`` the scaling domain in the stack's dtype, ``SCALING64`` in float64
+    (from float64 casts of the inputs; the value and gradients rounded back), ``LOG`` the log
+    domain in the stack's dtype, -1 not solved here (0 and a zero gradient)."""
     p = cost.shape[0]
     caps = np.ascontiguousarray(caps, dtype=np.int64)
     if caps.size and caps.min() < 1:
         raise ValueError("every iteration cap must be >= 1")
     tols = np.ascontiguousarray(tols, dtype=np.float64)
-    todo = np.ones(p, dtype=bool) if todo is None else np.asarray(todo, dtype=bool)
-    wide = np.zeros(p, dtype=bool) if wide is None else np.asarray(wide, dtype=bool)
+    path = np.full(p, SCALING) if path is None else np.asarray(path, dtype=np.int64)
     eps = np.asarray(eps, dtype=np.float64)
     return _CompiledOT.apply(
-        cost, a, b, eps, caps, tols, stop == "marginal", int(check_every), todo, wide
+        cost, a, b, eps, caps, tols, stop == "marginal", int(check_every), path
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -241,6 +242,21 @@ class _EnvelopeOT(torch.autograd.Function):
         )
 
 
+def _compiled_log(cost: Tensor, impl: str) -> bool:
+    """Whether a problem beyond the scaling domain's range runs the compiled log-domain loop
+    (:mod:`.compiled`: the same iterations as :func:`sinkhorn`, with a hand-written reverse
+    pass): one small problem on the CPU under ``impl="auto"``; ``"reference"`` keeps the loop
+    under autograd."""
+    from .fused import COMPILED_MAX_ENTRIES
+
+    return (
+        impl == "auto"
+        and cost.device.type == "cpu"
+        and cost.dim() == 2
+        and cost.shape[0] * cost.shape[1] < COMPILED_MAX_ENTRIES
+    )
+
+
 def ot_loss(
     cost: Tensor,
     a: Tensor,
@@ -279,8 +295,11 @@ def ot_loss(
     it is exact: no warm start (``init=None``) and ``max |C| / eps`` inside the dtype's safe
     range (checked once per call); a float32 problem beyond float32's range but inside
     float64's is solved fused in float64 and its value and gradients returned in float32.
-    With a ``tol`` it stops by the same rule at the same checks
-    (on CUDA the Triton kernels decide on chip for a single problem that fits one tile).
+    Beyond float64's range too, one small CPU problem (without a warm start) runs the
+    log-domain loop compiled with a hand-written reverse pass (:mod:`.compiled`; the same
+    iterations), anything else the reference. With a ``tol`` it stops by the same rule at the
+    same checks (on CUDA the Triton kernels decide on chip for a single problem that fits one
+    tile).
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
@@ -301,6 +320,15 @@ def ot_loss(
                 args = (cost, a, b) if dtype == cost.dtype else (x.to(dtype) for x in (cost, a, b))
                 out = fused_unrolled_ot(*args, eps=eps, n_iter=max_iter, stop=rule)
                 return out.to(cost.dtype)
+            if _compiled_log(cost, impl):
+                from .compiled import LOG, compiled_ot
+
+                out = compiled_ot(
+                    cost[None], a[None], b[None], eps=[float(eps)], caps=[max_iter],
+                    tols=[-np.inf if tol is None else tol], stop=stop, check_every=check_every,
+                    path=[LOG],
+                )  # fmt: skip
+                return out[0]
     if grad == "unrolled":
         res = sinkhorn(cost, a, b, eps=eps, **kwargs)
         return (cost * res.plan).sum((-2, -1))

@@ -88,14 +88,19 @@ def test_frozen_members_stop_where_their_own_loop_stops():
     torch.testing.assert_close(v[2], early.detach(), rtol=1e-12, atol=1e-14)
 
 
-def test_log_domain_reverse_pass_against_finite_differences():
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("stop", ["marginal", "potential_change"])
+def test_log_domain_reverse_pass_against_finite_differences(backend, stop):
+    """Both hand-written log-domain reverse passes: the compiled loop (each member its own)
+    and NumPy's shared loop with freezing."""
     cost, a, b = _problems(p=3, n=5, m=3, seed=2)
     eps, caps, tols = [0.003, 0.005, 0.004], [9, 4, 12], [None, None, 1e-3]
 
     def f(c, x, y):
         return batched_ot_loss(
-            c, x, y, eps=eps, max_iter=caps, tol=tols, check_every=3, impl="reference"
-        )
+            c, x, y, eps=eps, max_iter=caps, tol=tols, check_every=3, impl="reference",
+            stop=stop, backend=backend,
+        )  # fmt: skip
 
     assert torch.autograd.gradcheck(f, (cost, a, b), eps=1e-7, atol=1e-6, rtol=1e-5)
 
@@ -134,18 +139,19 @@ def test_bad_arguments_are_refused():
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("stop", ["marginal", "potential_change"])
 def test_compiled_members_are_bit_for_bit_their_single_problem(dtype, stop):
-    """On the CPU each scaling-domain member runs its own compiled loop: what it gets in a
-    population is exactly (not up to rounding) what ``ot_loss`` gives its problem alone, in
-    float32 too; and it agrees with the shared NumPy loop with freezing up to rounding."""
+    """On the CPU each member runs its own compiled loop (the scaling domain, in float64 where
+    float32's range ends, or the log domain): what it gets in a population is exactly (not up
+    to rounding) what ``ot_loss`` gives its problem alone, in float32 too; and it agrees with
+    the shared NumPy loops with freezing up to rounding."""
     from trainables.reweight.fused import fused_dtype
 
     cost, a, b = _problems(dtype)
-    eps, caps, tols = EPS[:3] + EPS[4:], CAPS[:3] + CAPS[4:], TOLS[:3] + TOLS[4:]
+    eps, caps, tols = EPS, CAPS, TOLS
     p = len(eps)
-    keep = [0, 1, 2, 4, 5]
-    cost, a, b = (x.detach()[keep].requires_grad_() for x in (cost, a, b))
-    # float32 member 5 (eps 0.02, C up to 2) lies beyond float32's range: run in float64
-    assert fused_dtype(cost[4], eps[4]) == (torch.float64 if dtype == torch.float32 else dtype)
+    # float32 member 6 (eps 0.02, C up to 2) lies beyond float32's range: run in float64;
+    # member 4 (eps 0.004) beyond float64's: the log domain
+    assert fused_dtype(cost[5], eps[5]) == (torch.float64 if dtype == torch.float32 else dtype)
+    assert fused_dtype(cost[3], eps[3]) is None
     scale = torch.arange(1, p + 1, dtype=dtype)
     out = {}
     for backend in ("numba", "numpy"):
@@ -161,8 +167,41 @@ def test_compiled_members_are_bit_for_bit_their_single_problem(dtype, stop):
         assert torch.equal(out["numba"][0][m], one)
         for got, want in zip(out["numba"][1:], g1, strict=True):
             assert torch.equal(got[m], want[m])
-    rtol = 1e-10 if dtype == torch.float64 else 2e-5
-    for got, want in zip(out["numba"], out["numpy"], strict=True):
-        torch.testing.assert_close(got, want, rtol=rtol, atol=rtol * float(want.abs().max()))
+    if dtype == torch.float64:
+        for got, want in zip(out["numba"], out["numpy"], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10 * float(want.abs().max()))
+    else:  # against the same problems in float64 (the truth float32 rounds)
+        c64, a64, b64 = (x.detach().double().requires_grad_() for x in (cost, a, b))
+        kw = dict(eps=eps, max_iter=caps, tol=tols, stop=stop, check_every=2)
+        v64 = batched_ot_loss(c64, a64, b64, **kw)
+        truth = (v64, *torch.autograd.grad((v64 * scale.double()).sum(), (c64, a64, b64)))
+        # largest seen, relative to a member's largest entry: 2e-5 on the scaling domain,
+        # 4.8e-4 on the log-domain member's gradient (the NumPy loop's: 1.7e-3)
+        for m in range(p):
+            rtol = 1e-3 if m == 3 else 1e-4
+            for got, want in zip(out["numba"], truth, strict=True):
+                scale_m = float(want[m].abs().max())
+                assert float((got[m].double() - want[m]).abs().max()) <= rtol * scale_m, m
     with pytest.raises(ValueError, match="backend must be"):
         batched_ot_loss(cost, a, b, eps=eps, max_iter=caps, tol=tols, backend="triton")
+
+
+def test_a_zero_weight_gives_a_non_finite_member_not_an_exception():
+    """A zero weight (an underflowed softmax) on the log-domain path: log 0 = -inf, and the
+    reverse pass divides by it. The compiled loops follow IEEE arithmetic as NumPy does (no
+    ZeroDivisionError): that member's gradient is not finite, so it diverges and leaves its
+    population, and the other members get exactly what they get without it."""
+    cost, a, b = (x.detach() for x in _problems(p=3))
+    a = a.clone()
+    a[1, 2] = 0.0
+    a = a / a.sum(1, keepdim=True)
+    cost, a, b = (x.requires_grad_() for x in (cost, a, b))
+    kw = dict(eps=[0.1, 0.004, 0.05], max_iter=[20, 20, 20], tol=[None, None, None])
+    v = batched_ot_loss(cost, a, b, **kw)
+    grads = torch.autograd.grad(v.sum(), (cost, a, b))
+    assert not torch.isfinite(grads[1][1]).all()
+    for m in (0, 2):
+        one = ot_loss(cost[m], a[m], b[m], eps=kw["eps"][m], max_iter=20)
+        g1 = torch.autograd.grad(one, (cost, a, b))
+        assert torch.equal(v[m], one)
+        assert all(torch.equal(g[m], h[m]) for g, h in zip(grads, g1, strict=True))

@@ -9,7 +9,7 @@ import torch
 
 from trainables.reweight import fused as fused_mod
 from trainables.reweight import ot_loss
-from trainables.reweight.fused import fused_applicable, fused_unrolled_ot
+from trainables.reweight.fused import fused_applicable, fused_dtype, fused_unrolled_ot
 
 from ._tolerance import assert_close_normwise, float32_tolerance
 
@@ -190,3 +190,32 @@ def test_the_cpu_backends_keep_autograds_in_place_check(backend):
         v.backward()
     with pytest.raises(ValueError, match="backend must be one of"):
         fused_unrolled_ot(c, a, b, eps=0.1, n_iter=10, backend="cupy")
+
+
+@pytest.mark.parametrize(
+    "stop, tol, check_every",
+    [("marginal", None, 10), ("marginal", 1e-4, 5), ("potential_change", 1e-3, 1)],
+)
+def test_a_problem_beyond_float64s_range_runs_the_compiled_log_loop(monkeypatch, stop, tol,
+                                                                    check_every):  # fmt: skip
+    """C / eps up to 2000: past float64's scaling range. One CPU problem runs the compiled
+    log-domain loop (not the loop under autograd) and gets its value and gradients; a batch
+    of problems still runs the reference loop."""
+    import importlib
+
+    sinkhorn_mod = importlib.import_module("trainables.reweight.sinkhorn")
+    c, a, b = _problem((9, 6), torch.float64, seed=4)
+    c = (2 * c.detach() / c.detach().max()).requires_grad_()
+    assert fused_dtype(c, 0.001) is None
+    kw = dict(eps=0.001, max_iter=300, tol=tol, stop=stop, check_every=check_every)
+    ref = _value_and_grads(lambda c, a, b: ot_loss(c, a, b, impl="reference", **kw), c, a, b)
+    calls = []
+    real = sinkhorn_mod.sinkhorn
+    monkeypatch.setattr(sinkhorn_mod, "sinkhorn", lambda *x, **k: calls.append(1) or real(*x, **k))
+    got = _value_and_grads(lambda c, a, b: ot_loss(c, a, b, **kw), c, a, b)
+    assert not calls
+    for x, y in zip(got, ref, strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-9 * float(y.detach().abs().max()))
+    batch = (x.detach().expand(2, *x.shape).clone() for x in (c, a, b))
+    ot_loss(*batch, **kw)
+    assert calls == [1]
