@@ -57,6 +57,9 @@ INTERRUPTED = "ot.interrupted"
 SUPERSEDED = "ot.superseded"
 STOPPED_EARLY = "ot.stopped_early"
 DIVERGED = "ot.diverged"
+# "pending": the selection's data is up, its PNGs not yet (the driver draws them if the trial's
+# process ends first); "drawn": they match the data
+FIGURES = "ot.figures"
 ERROR = "ot.error"
 
 # ---- metrics

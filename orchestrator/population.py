@@ -29,7 +29,7 @@ from trainables.trial import (
     scalar_summary,
 )
 
-from . import names, tracking
+from . import names
 from .search import member_key
 from .stages import read_entry
 from .trainable import SweepContext, TrialTracker, _inject_fault, asha_rungs
@@ -37,7 +37,6 @@ from .trainable import SweepContext, TrialTracker, _inject_fault, asha_rungs
 __all__ = [
     "MEMBER",
     "POPULATION",
-    "close_members",
     "member_id",
     "population_trial",
     "reproduce_population",
@@ -161,11 +160,11 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
             return  # reported once every member's run is closed
         if epoch + 1 in rungs:
             # ASHA may stop the trial at this report, and the process may end before the
-            # SystemExit handler below runs: every open member's selection and summary so far
-            # go up first, figures included (a single trial draws its own there too)
+            # SystemExit handler below runs: every open member's selection (its data: the
+            # driver draws the figures of a run left pending) and summary so far go up first
             for i in sorted(open_members):
                 if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
-                    trackers[i].upload_selected(live[i], data)
+                    trackers[i].upload_progress(live[i], data)
                     trackers[i].log_summary(scalar_summary(live[i]))
                     uploaded[i] = live[i].selected.get("epoch")
         report(epoch)
@@ -199,11 +198,3 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         for i in sorted(open_members):
             trackers[i].fail(err)
         raise
-
-
-def close_members(spec: tracking.TrackingSpec, parent_run_id: str, trial_id: str) -> None:
-    """Close a population trial's member runs left RUNNING (its process ended mid-report)."""
-    c = tracking.client(spec.uri)
-    tags = {names.PARENT: parent_run_id, POPULATION: trial_id}
-    runs = tracking.runs_with_tags(c, spec.experiment_id, tags)
-    tracking.close_running(c, runs, tag=names.STOPPED_EARLY, status="FINISHED")

@@ -147,23 +147,67 @@ def _concurrency(args: argparse.Namespace, population: int = 1) -> int:
 
 
 class _FinishStopped:
-    """Tune callback: a trial the scheduler stopped gets its MLflow run closed as FINISHED
-    (the trial closes it itself when it can; this covers a process ended mid-report)."""
+    """Tune callback: a trial the scheduler stopped gets its MLflow runs closed as FINISHED
+    (the trial closes them itself when it can; this covers a process ended mid-report), and
+    the figures of runs whose process ended before drawing them (``ot.figures=pending``) are
+    drawn from their uploaded data, in a background thread (``join()`` after the fit). The
+    callback is pickled with the Tuner's state, so the thread and its jobs live in
+    ``_DRAWING``, keyed by the callback's id, in the driver."""
 
     def __new__(cls, spec: tracking.TrackingSpec, parent_run_id: str):
         from ray.tune import Callback
 
         class FinishStopped(Callback):
+            def __init__(self) -> None:
+                self.key = f"{parent_run_id}-{id(self)}"
+
             def on_trial_complete(self, iteration, trials, trial, **info):
-                from .population import close_members
+                from .population import POPULATION
 
                 c = tracking.client(spec.uri)
-                runs = tracking.trial_runs(c, spec.experiment_id, parent_run_id, trial.trial_id)
+                by = POPULATION if "population" in trial.config else "ray.trial_id"
+                tags = {names.PARENT: parent_run_id, by: trial.trial_id}
+                runs = tracking.all_runs_with_tags(c, spec.experiment_id, tags)
                 tracking.close_running(c, runs, tag=names.STOPPED_EARLY, status="FINISHED")
-                if "population" in trial.config:
-                    close_members(spec, parent_run_id, trial.trial_id)
+                for run in runs:
+                    if run.data.tags.get(names.FIGURES) == "pending":
+                        pool, jobs = _drawing(self.key)
+                        run_id = run.info.run_id
+                        jobs.append((run_id, pool.submit(_draw_pending, spec.uri, run_id)))
+
+            def join(self) -> None:
+                """Wait for the figures still being drawn. A drawing that fails is reported
+                (one line each) and loses nothing else: the run keeps its data and its tag."""
+                pool, jobs = _DRAWING.pop(self.key, (None, []))
+                if pool is not None:
+                    pool.shutdown(wait=True)
+                for run_id, job in jobs:
+                    err = job.exception()
+                    if err is not None:
+                        print(
+                            f"warning: the figures of run {run_id} were not drawn: "
+                            f"{type(err).__name__}: {err}",
+                            file=sys.stderr,
+                        )
 
         return FinishStopped()
+
+
+_DRAWING: dict[str, tuple] = {}  # callback key -> (its one drawing thread, [(run id, job)])
+
+
+def _drawing(key: str) -> tuple:
+    if key not in _DRAWING:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _DRAWING[key] = (ThreadPoolExecutor(max_workers=1), [])  # matplotlib: one at a time
+    return _DRAWING[key]
+
+
+def _draw_pending(uri: str, run_id: str) -> None:
+    from .trainable import draw_uploaded_figures
+
+    draw_uploaded_figures(tracking.client(uri), run_id)  # a client of this thread's own
 
 
 def _sweep_dirs(storage: Storage, name: str) -> list[str]:
@@ -358,7 +402,7 @@ def _context(
     cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, module, stage1_run
 ):
     """(the trials' shared context, their resources)."""
-    from .trainable import SweepContext, asha_rungs
+    from .trainable import SweepContext
 
     ctx = SweepContext(
         base=cfg,
@@ -370,7 +414,6 @@ def _context(
         cpus_per_trial=args.cpus_per_trial,
         storage_uri=storage.uri,
         tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
-        rungs=asha_rungs(cfg.stage2.epochs),
     )
     workers = _workers(args)
     if workers > 1 and getattr(module, "STAGE1", False):
@@ -578,14 +621,17 @@ def run_sweep(args: argparse.Namespace) -> int:
     else:
         fn = stage2_trial
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
+    finisher = _FinishStopped(spec, parent)
     tuner = _tuner(
-        trainable, cfg, args, module, storage, sweep_id, conc, _FinishStopped(spec, parent),
-        population,
+        trainable, cfg, args, module, storage, sweep_id, conc, finisher, population,
     )  # fmt: skip
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
-    results = tuner.fit()
+    try:
+        results = tuner.fit()
+    finally:
+        finisher.join()  # the stopped trials' figures, before the ranking and the exit
     best = _summary(cfg, c, exp_id, parent, results, conc, population)
     _control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)

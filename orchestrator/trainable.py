@@ -17,6 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
@@ -69,7 +70,6 @@ class SweepContext:
     train_storage: str = ""  # where the TorchTrainer runs keep their state
     tags: dict | None = None  # extra MLflow tags of every trial run (reproduce: table, cell)
     storage_uri: str = ""  # the run storage: trials whose sample changes stage 1 build it there
-    rungs: tuple[int, ...] = ()  # epochs (from 1) at whose report the scheduler may stop a trial
 
 
 ASHA_REDUCTION = 3
@@ -131,6 +131,7 @@ class TrialTracker:
         self.ctx, self.cfg = ctx, cfg
         self.result: StageResult | None = None
         self._data, self._drawn = None, True  # the data of the last upload; its PNGs drawn
+        self._figures_tag: str | None = None  # the run's ot.figures tag as last set
         self.best_val = -1.0
         self.best_test = float("nan")
         self.best_epoch = -1
@@ -211,39 +212,28 @@ class TrialTracker:
         self.upload_selected(result, data, figures=False)
 
     def upload_selected(self, result: StageResult, data, *, figures: bool = True) -> None:
+        """The selected epoch's artifacts: the data (``confusion.json``, ``per_class_acc.csv``,
+        ``weight_mass.json``, ``sample_weights.npz``, ``best_model.pt``) and, with
+        ``figures``, the PNGs drawn from it (:func:`draw_figures`). Without them the run is
+        tagged ``ot.figures=pending``: the sweep's driver draws them from the uploaded data if
+        the process ends before the run closes (:func:`draw_uploaded_figures`)."""
         self.result, self._data, self._drawn = result, data, figures
         if self.client is None:
             return
-        from . import artifacts
+        from . import artifacts  # matplotlib: imported where a trial first uploads
 
         sel = result.selected
         counts = list(data.train_counts)
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             test = sel.get("test", {})
-            if figures:
-                artifacts.write_confusion_png(
-                    test["confusion"],
-                    counts,
-                    d / "confusion_matrix.png",
-                    title=f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}",
-                )
             artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
+            title = f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}"
             (d / "confusion.json").write_text(
-                json.dumps({"confusion": test["confusion"], "train_counts": counts})
+                json.dumps({"confusion": test["confusion"], "train_counts": counts, "title": title})
             )
             if result.weight_mass:
                 raw = bool(result.raw_mass)
-                if figures:
-                    artifacts.write_weight_png(
-                        result.weight_mass,
-                        d / "learned_weights.png",
-                        sample_weights=result.sample_weights or None,
-                        labels=data.train.y.tolist() if result.sample_weights else None,
-                        train_counts=counts,
-                        raw_mass=result.raw_mass if raw else None,
-                        raw_sample_weights=(result.raw_sample_weights or None) if raw else None,
-                    )
                 mass = {
                     "softmax_mass": result.weight_mass,  # [epoch][class], the OT measure
                     "loss_uses": "raw" if raw else "softmax",
@@ -251,13 +241,29 @@ class TrialTracker:
                 if raw:  # what the CE multiplies under stage2.loss_weights=raw
                     mass["raw_mass"] = result.raw_mass
                 (d / "weight_mass.json").write_text(json.dumps(mass))
+                if result.sample_weights:
+                    per_sample = {
+                        "weights": np.asarray(result.sample_weights, dtype=np.float64),
+                        "labels": data.train.y.cpu().numpy().astype(np.int64),
+                    }
+                    if raw and result.raw_sample_weights:
+                        per_sample["raw_weights"] = np.asarray(
+                            result.raw_sample_weights, dtype=np.float64
+                        )
+                    np.savez(d / FIGURE_SAMPLES, **per_sample)
             if result.state is not None:
                 state = result.state
                 if self.cfg.stage2.train == "classifier":
                     # f1 is frozen: it is the stage-1 checkpoint (ot.stage1_hash), not a copy
                     state = {k: v for k, v in state.items() if k.startswith("classifier.")}
                 torch.save(state, d / "best_model.pt")
+            if figures:
+                draw_figures(d)
             self.client.log_artifacts(self.run_id, str(d))
+        state = "drawn" if figures else "pending"
+        if self._figures_tag != state:
+            self.client.set_tag(self.run_id, names.FIGURES, state)
+            self._figures_tag = state
 
     def log_summary(self, summary: dict) -> None:
         """The summary so far (metrics and ``result.json``), the run left open: what a run
@@ -455,10 +461,6 @@ def _run_trial(
             out = tracker.epoch(metrics, epoch)
             if epoch == 0 and rank0:
                 _inject_fault()
-            if epoch + 1 in ctx.rungs:
-                # the scheduler may stop the trial at this report, and its process may end
-                # before the SystemExit handler below draws anything: the figures go up first
-                tracker.draw_pending()
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
                 pending.append(out)
@@ -498,3 +500,62 @@ def _run_trial(
         if not tracker.closed:
             tracker.fail(err)
         raise
+
+
+FIGURE_SAMPLES = "sample_weights.npz"  # per-sample weights and labels (the weight figure's)
+_FIGURE_DATA = ("confusion.json", "weight_mass.json", FIGURE_SAMPLES)
+
+
+def draw_figures(folder: Path) -> list[str]:
+    """Draw a run's PNGs from the data files in ``folder`` (as :meth:`TrialTracker.
+    upload_selected` writes them): ``confusion_matrix.png`` from ``confusion.json``, and
+    ``learned_weights.png`` from ``weight_mass.json`` (with the per-sample panel from
+    ``sample_weights.npz`` where present). Returns the names drawn."""
+    from . import artifacts
+
+    conf = json.loads((folder / "confusion.json").read_text())
+    counts = conf["train_counts"]
+    artifacts.write_confusion_png(
+        conf["confusion"], counts, folder / "confusion_matrix.png", title=conf.get("title", "")
+    )
+    drawn = ["confusion_matrix.png"]
+    if (folder / "weight_mass.json").exists():
+        mass = json.loads((folder / "weight_mass.json").read_text())
+        samples = {}
+        if (folder / FIGURE_SAMPLES).exists():
+            with np.load(folder / FIGURE_SAMPLES) as z:
+                samples = {k: z[k] for k in z.files}
+        raw = mass.get("loss_uses") == "raw"
+        artifacts.write_weight_png(
+            mass["softmax_mass"],
+            folder / "learned_weights.png",
+            sample_weights=samples.get("weights"),
+            labels=samples.get("labels"),
+            train_counts=counts,
+            raw_mass=mass.get("raw_mass") if raw else None,
+            raw_sample_weights=samples.get("raw_weights") if raw else None,
+        )
+        drawn.append("learned_weights.png")
+    return drawn
+
+
+def draw_uploaded_figures(client, run_id: str) -> bool:
+    """The PNGs of a run whose process ended before drawing them (``ot.figures=pending``),
+    drawn from its uploaded data and uploaded beside it; True when it drew."""
+    if client.get_run(run_id).data.tags.get(names.FIGURES) != "pending":
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        present = {a.path for a in client.list_artifacts(run_id)}
+        for name in _FIGURE_DATA:
+            if name in present:
+                client.download_artifacts(run_id, name, str(d))
+        if not (d / "confusion.json").exists():
+            return False
+        out = d / "png"
+        out.mkdir()
+        for name in draw_figures(d):
+            (d / name).rename(out / name)
+        client.log_artifacts(run_id, str(out))
+    client.set_tag(run_id, names.FIGURES, "drawn")
+    return True

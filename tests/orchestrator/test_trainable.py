@@ -157,3 +157,60 @@ def test_the_rungs_a_trial_draws_before_are_the_sweeps_asha_milestones():
         milestones = sorted(m for m, _ in asha._brackets[0]._rungs if m < epochs)
         assert list(asha_rungs(epochs)) == milestones, epochs
     assert asha_rungs(10) == (2, 6)
+
+
+def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path):
+    """A run whose process ended after uploading its selection's data (``ot.figures=pending``):
+    the driver draws its PNGs from that data, byte for byte what the trial would have drawn
+    itself, once (a drawn run, or one never pending, is left alone)."""
+    from orchestrator import names
+    from orchestrator.trainable import TrialTracker, draw_uploaded_figures
+
+    drawn_by_trial, c = _tracker(tmp_path)
+    pending = TrialTracker(drawn_by_trial.ctx, drawn_by_trial.cfg, "t1", "trial_1")
+    res, data = _result(2)
+    res.raw_mass = [[1.5, 0.5]] * 3  # the raw-weights row too (stage2.loss_weights=raw)
+    res.raw_sample_weights = [0.5, 0.5, 0.5, 1.5]
+    for t in (drawn_by_trial, pending):
+        t.start({})
+    drawn_by_trial.upload_selected(res, data)
+    pending.upload_progress(res, data)
+    tags = {t: c.get_run(t.run_id).data.tags.get(names.FIGURES) for t in (drawn_by_trial, pending)}
+    assert tags == {drawn_by_trial: "drawn", pending: "pending"}
+    assert "sample_weights.npz" in _artifacts(c, pending.run_id)
+    assert not {"confusion_matrix.png", "learned_weights.png"} & _artifacts(c, pending.run_id)
+    assert not draw_uploaded_figures(c, drawn_by_trial.run_id)
+    assert draw_uploaded_figures(c, pending.run_id)
+    assert c.get_run(pending.run_id).data.tags[names.FIGURES] == "drawn"
+    for png in ("confusion_matrix.png", "learned_weights.png"):
+        mine = Path(c.download_artifacts(drawn_by_trial.run_id, png, str(tmp_path / "a")))
+        theirs = Path(c.download_artifacts(pending.run_id, png, str(tmp_path / "b")))
+        assert mine.read_bytes() == theirs.read_bytes(), png
+    assert not draw_uploaded_figures(c, pending.run_id)  # drawn once
+
+
+def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_figures(
+    tmp_path, capsys
+):
+    """ASHA stopped a trial and its process ended mid-report: its run is still RUNNING with
+    its figures pending. The driver's callback closes it as stopped early and draws them (in
+    its background thread, finished by ``join``); another trial's run is left alone."""
+    from types import SimpleNamespace
+
+    from orchestrator import names
+    from orchestrator.sweep import _FinishStopped
+
+    stopped, c = _tracker(tmp_path)
+    res, data = _result(1)
+    stopped.start({})
+    stopped.upload_progress(res, data)
+    ctx = stopped.ctx
+    finisher = _FinishStopped(ctx.tracking, ctx.parent_run_id)
+    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="t0", config={}))
+    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="other", config={}))
+    finisher.join()
+    run = c.get_run(stopped.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[names.STOPPED_EARLY] == "true"
+    assert run.data.tags[names.FIGURES] == "drawn"
+    assert {"confusion_matrix.png", "learned_weights.png"} <= _artifacts(c, stopped.run_id)
+    assert "warning" not in capsys.readouterr().err
