@@ -40,7 +40,7 @@ from trainables.loop import (
     frozen_feature_data,
     step_config,
 )
-from trainables.metrics import classification_metrics
+from trainables.metrics import confusion_matrices, confusion_metrics
 from trainables.models import SplitNet
 from trainables.reweight import WeightNet, class_balanced_weights, feature_cost, label_cost
 from trainables.reweight.batched import batched_ot_loss
@@ -534,11 +534,13 @@ def train_population(
         preds = _predict(heads, work_data)
         w_all = weights.per_sample(work_data.train.x)
         raw_all = None if weights.net or not weights.raw else weights.per_sample(None, raw=True)
+        cms = {
+            split: confusion_matrices(preds[split], getattr(work_data, split).y, k)
+            for split in ("val", "test")
+        }
         for pos, m in enumerate(members):
             metrics = {
-                split: classification_metrics(
-                    preds[split][pos], getattr(work_data, split).y, k, work_data.train_counts
-                )
+                split: confusion_metrics(cms[split][pos], work_data.train_counts)
                 for split in ("val", "test")
             }
             sel = selectors[m]

@@ -91,3 +91,26 @@ def test_metrics_carry_no_float64_rounding_noise():
     m = classification_metrics(pred, target, 2, [200, 5])
     assert m["balanced_acc"] == 53.5 and m["per_class_acc"] == [50.0, 57.0]
     assert m["top1_error"] == round(100 * 44 / 102, 9)
+
+
+def test_a_populations_batched_confusions_give_each_members_own_metrics():
+    """P members' predictions of the same targets: one bincount for all, and each member's
+    metrics from its slice equal what ``classification_metrics`` gives it alone (a class with
+    no test sample included: its accuracy None, not 0)."""
+    from trainables.metrics import (
+        classification_metrics,
+        confusion_matrices,
+        confusion_metrics,
+    )
+
+    g = torch.Generator().manual_seed(0)
+    k, counts = 6, [300, 120, 60, 30, 12, 4]
+    target = torch.randint(0, k - 1, (50,), generator=g)  # class 5 absent from the targets
+    pred = torch.randint(0, k, (5, 50), generator=g)
+    cms = confusion_matrices(pred, target, k)
+    assert cms.shape == (5, k, k) and cms.sum() == 5 * 50
+    for m in range(5):
+        alone = classification_metrics(pred[m], target, k, counts)
+        assert confusion_metrics(cms[m], counts) == alone
+        assert alone["per_class_acc"][5] is None
+        assert alone["confusion"][2][3] == int(((target == 2) & (pred[m] == 3)).sum())
