@@ -142,15 +142,16 @@ def test_uniform_populations_skip_unused_work_and_still_equal_their_single_trial
 
 
 def test_float32_members_stay_within_a_stated_bound_of_their_single_trials():
-    """Largest difference seen on these settings: 8.4e-5 (the training loss of the member on
-    the log-domain path, whose NumPy loop rounds differently from torch's), 6e-6 on its
-    weights, 2e-7 elsewhere; accuracies equal. The bound tested is 1e-3."""
+    """Largest difference seen on these settings: 1.7e-5 on the weights and 1e-5 on a loss of
+    the class + residual member with normalised steps (the stacked heads' products round
+    differently), 4e-7 elsewhere (the log-domain member runs the same compiled loop as its
+    single trial); accuracies equal. The bound tested is 1e-4."""
     data = _data(torch.float32)
     cfgs = _settings("vector")
     outs, logs = _population(cfgs, data)
     for i, cfg in enumerate(cfgs):
         single, log = _single(cfg, data)
-        assert _largest_difference(single, log, outs[i], logs[i]) < 1e-3, cfg
+        assert _largest_difference(single, log, outs[i], logs[i]) < 1e-4, cfg
 
 
 def test_a_diverging_member_leaves_the_population_and_the_others_go_on():
