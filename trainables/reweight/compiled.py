@@ -29,6 +29,20 @@ __all__ = ["compiled_ot"]
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
+def _rows_dot(x, y, out):
+    """``out_j = sum_i x_ij y_i`` as a sum of scaled rows, terms added in ``i`` order (the
+    rounding of a dot product); the inner loop over independent outputs vectorises."""
+    n, m = x.shape
+    y0 = y[0]
+    for j in range(m):
+        out[j] = x[0, j] * y0
+    for i in range(1, n):
+        yi = y[i]
+        for j in range(m):
+            out[j] += x[i, j] * yi
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
 def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value):
     # Every product is written as a sum of scaled rows (K^T u over K's rows, K v over the rows
     # of K^T): the inner loop runs over independent outputs, which the compiler vectorises,
@@ -48,36 +62,20 @@ def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, 
         for it in range(caps[q]):
             u = us[slot, it]
             r = rs[slot, it]
-            for j in range(m):
-                r[j] = kq[0, j] * u[0]
-            for i in range(1, n):
-                ui = u[i]
-                for j in range(m):
-                    r[j] += kq[i, j] * ui
+            _rows_dot(kq, u, r)
             v = vs[slot, it]
             for j in range(m):
                 v[j] = b[q, j] / r[j]
             s = ss[slot, it]
             u_new = us[slot, it + 1]
-            v0 = v[0]
-            for i in range(n):
-                s[i] = kt[0, i] * v0
-            for j in range(1, m):
-                vj = v[j]
-                for i in range(n):
-                    s[i] += kt[j, i] * vj
+            _rows_dot(kt, v, s)
             for i in range(n):
                 u_new[i] = a[q, i] / s[i]
             done = it + 1
             if done % every == 0:
                 err = 0.0
                 if marginal:  # L1 error of the Q-side marginal V (K^T U)
-                    for j in range(m):
-                        col[j] = kq[0, j] * u_new[0]
-                    for i in range(1, n):
-                        ui = u_new[i]
-                        for j in range(m):
-                            col[j] += kq[i, j] * ui
+                    _rows_dot(kq, u_new, col)
                     for j in range(m):
                         err += abs(v[j] * col[j] - b[q, j])
                 else:  # sum_j |g_j - g_j^prev| with g = eps log V (V = 1 before the first)
@@ -141,13 +139,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 a_bar[q, i] += qi
                 w[i] = qi * u_after[i]
             r, v, u_before = rs[slot, t], vs[slot, t], us[slot, t]
-            w0 = w[0]
-            for j in range(m):
-                acc[j] = kq[0, j] * w0
-            for i in range(1, n):
-                wi = w[i]
-                for j in range(m):
-                    acc[j] += kq[i, j] * wi
+            _rows_dot(kq, w, acc)
             if t == last - 1:
                 for j in range(m):
                     acc[j] += vt0[j]
@@ -155,13 +147,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 pj = acc[j] / r[j]
                 b_bar[q, j] -= pj
                 z[j] = pj * v[j]
-            z0 = z[0]
-            for i in range(n):
-                u_bar[i] = kt[0, i] * z0
-            for j in range(1, m):
-                zj = z[j]
-                for i in range(n):
-                    u_bar[i] += kt[j, i] * zj
+            _rows_dot(kt, z, u_bar)
             for i in range(n):
                 wi, ui = w[i], u_before[i]
                 for j in range(m):
