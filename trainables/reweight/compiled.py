@@ -28,10 +28,11 @@ from numba import njit
 __all__ = ["compiled_ot"]
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy", inline="always")
 def _rows_dot(x, y, out):
     """``out_j = sum_i x_ij y_i`` as a sum of scaled rows, terms added in ``i`` order (the
-    rounding of a dot product); the inner loop over independent outputs vectorises."""
+    rounding of a dot product); the inner loop over independent outputs vectorises. Inlined
+    into each loop (called, it measured 12-15% slower: the compiler no longer specialised it)."""
     n, m = x.shape
     y0 = y[0]
     for j in range(m):
