@@ -348,18 +348,16 @@ class _Weights:
         self.is_sample = torch.tensor([w == "sample" for w in kinds], device=device)
         # only the parametrisations some member uses (each is a [P, N] or [P, K] tensor that
         # every step would otherwise index, differentiate and step for nobody)
-        params = {
-            "sample_logits": (lambda: start.to(device).repeat(self.p, 1), "sample" in kinds),
-            "class_logits": (
-                lambda: per_class.to(device).repeat(self.p, 1),
-                set(kinds) != {"sample"},
-            ),
-            "residual": (
-                lambda: torch.zeros(self.p, n, dtype=dtype, device=device),
-                "class_residual" in kinds,
-            ),
-        }
-        self.params = {n: make().requires_grad_(True) for n, (make, used) in params.items() if used}
+        used = set(kinds)
+        self.params = {}
+        if "sample" in used:
+            self.params["sample_logits"] = start.to(device).repeat(self.p, 1)
+        if used != {"sample"}:
+            self.params["class_logits"] = per_class.to(device).repeat(self.p, 1)
+        if "class_residual" in used:
+            self.params["residual"] = torch.zeros(self.p, n, dtype=dtype, device=device)
+        for t in self.params.values():
+            t.requires_grad_(True)
         masks = {
             "sample_logits": [w == "sample" for w in kinds],
             "class_logits": [w != "sample" for w in kinds],

@@ -330,8 +330,8 @@ def _solve_log(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     vs = np.empty((todo.size, most, m), dtype=dt)
     n_done = np.zeros(todo.size, dtype=np.int64)
     value = np.zeros(cost.shape[0], dtype=dt)
-    with np.errstate(all="ignore"):  # a zero weight diverges to NaN, as in the reference loop
-        _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_done, value)
+    # a zero weight diverges to NaN, as in the reference loop (IEEE arithmetic: no exception)
+    _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_done, value)
     return value, (us, vs, n_done)
 
 
@@ -377,8 +377,7 @@ class _CompiledOT(torch.autograd.Function):
             out = [np.empty((p, n, m), gdt), np.empty((p, n), gdt), np.empty((p, m), gdt)]
             g = np.ascontiguousarray(grad_out.numpy(), dtype=gdt)
             if kind == LOG:
-                with np.errstate(all="ignore"):
-                    _log_backward(idx, g, c, a, b, eps_g, *saved, *out)
+                _log_backward(idx, g, c, a, b, eps_g, *saved, *out)
             else:
                 k, us, vs, ss, rs, n_done = saved
                 _backward(idx, g, c, k, eps_g, us, vs, ss, rs, n_done, *out)
