@@ -341,7 +341,11 @@ def batched_ot_loss(
     ``backend`` of the scaling-domain members: ``"numba"`` (each member runs its own compiled
     loop, :mod:`.compiled`, and gets bit for bit what ``ot_loss`` gives it alone; the CPU's
     default below ``fused.COMPILED_MAX_ENTRIES`` entries per problem), ``"numpy"`` (the CPU's
-    default above) or ``"torch"`` (the default elsewhere): one shared loop with freezing.
+    default above), ``"triton"`` (CUDA's default for float32 problems of one tile: the Triton
+    kernels of :mod:`.triton_ot`, one program per member, each stopping by its own tol on
+    chip; a member gets exactly what ``ot_loss`` gives it alone there; the float64 and
+    log-domain members go through torch) or ``"torch"`` (the default elsewhere): one shared
+    loop with freezing.
     """
     if cost.dim() != 3:
         raise ValueError(f"cost must be [P, N, M], got shape {tuple(cost.shape)}")
@@ -375,9 +379,13 @@ def batched_ot_loss(
             path = np.where((path == 0) & (ratio <= _LIMIT[torch.float64]), 2, path)
     on_cpu = cost.device.type == "cpu"
     small = cost.shape[1] * cost.shape[2] < COMPILED_MAX_ENTRIES
-    backend = backend or (("numba" if small else "numpy") if on_cpu else "torch")
-    if backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
-        raise ValueError(f"backend must be numba or numpy (CPU) or torch, got {backend!r}")
+    backend = backend or _default_backend(cost, small)
+    if backend == "triton":
+        _check_triton(cost)
+    elif backend not in ("numba", "numpy", "torch") or (backend != "torch" and not on_cpu):
+        raise ValueError(
+            f"backend must be numba or numpy (CPU), triton (CUDA) or torch, got {backend!r}"
+        )
     if backend == "numba":
         return _numba_members(cost, a, b, eps, path, caps, tols, stop, check_every)
     parts, order = [], []
@@ -391,8 +399,15 @@ def batched_ot_loss(
             eps64 = torch.as_tensor([eps[i] for i in idx], dtype=torch.float64, device=cost.device)
             args = [*(x.double() for x in args[:3]), eps64]
         rest = (caps[idx], tols[idx], stop, check_every)
-        if kind:
-            parts.append(_BatchedFused.apply(*args, *rest, backend).to(cost.dtype))
+        if kind == 1 and backend == "triton":
+            from .triton_ot import triton_members
+
+            member_eps = [eps[i] for i in idx]
+            kw = dict(caps=caps[idx].tolist(), tols=tols[idx].tolist(), stop=stop)
+            parts.append(triton_members(*args[:3], eps=member_eps, check_every=check_every, **kw))
+        elif kind:
+            xp = "torch" if backend == "triton" else backend  # float64: Triton is float32 only
+            parts.append(_BatchedFused.apply(*args, *rest, xp).to(cost.dtype))
         elif on_cpu:
             parts.append(_BatchedLog.apply(*args, *rest))
         else:
@@ -402,6 +417,42 @@ def batched_ot_loss(
         return parts[0]
     perm = torch.as_tensor(np.argsort(np.concatenate(order)), device=cost.device)
     return torch.cat(parts)[perm]
+
+
+def _default_backend(cost: Tensor, small: bool) -> str:
+    """numba below ``COMPILED_MAX_ENTRIES`` entries per problem on a CPU, else NumPy; on CUDA
+    the Triton kernels (one program per member) for float32 problems of one tile, else torch."""
+    if cost.device.type == "cpu":
+        return "numba" if small else "numpy"
+    from .triton_ot import available
+
+    if available() and cost.device.type == "cuda" and _triton_takes(cost):
+        return "triton"
+    return "torch"
+
+
+def _triton_takes(cost: Tensor) -> bool:
+    from .triton_ot import MAX_ROWS, _block, _one_tile
+
+    n, m = cost.shape[1:]
+    return cost.dtype == torch.float32 and _block(n) <= MAX_ROWS and _one_tile(n, m)
+
+
+def _check_triton(cost: Tensor) -> None:
+    from .triton_ot import available, interpreted
+
+    if not available():
+        raise ValueError("backend='triton' needs the triton package")
+    if cost.device.type != "cuda" and not interpreted():
+        raise ValueError(
+            f"backend must be numba or numpy (CPU), triton (CUDA) or torch, got 'triton' for "
+            f"{cost.device} tensors (on a CPU only in Triton's interpreter: TRITON_INTERPRET=1)"
+        )
+    if not _triton_takes(cost):
+        raise ValueError(
+            f"backend='triton' takes float32 problems of one tile, got {cost.dtype} "
+            f"{tuple(cost.shape)}"
+        )
 
 
 def _numba_members(cost, a, b, eps, path, caps, tols, stop, check_every):

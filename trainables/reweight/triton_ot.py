@@ -28,6 +28,10 @@ needed), which is how the tests check that they compile for an H100 (``sm_90``).
 
 from __future__ import annotations
 
+import functools
+import math
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -44,6 +48,7 @@ __all__ = [
     "compile_for",
     "interpreted",
     "triton_fits",
+    "triton_members",
     "triton_unrolled_ot",
 ]
 
@@ -78,14 +83,19 @@ if triton is not None:
     @triton.jit
     def _ot_forward(
         c_ptr, a_ptr, b_ptr, u_hist, v_hist, r_hist, s_hist, u_last, val_ptr, n_used_ptr,
-        n, m, n_iter, check_every, inv_eps, eps, tol,
+        cap_ptr, inv_eps_ptr, eps_ptr, tol_ptr, n, m, n_hist, check_every,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, STOP: tl.constexpr,
     ):  # fmt: skip
-        # STOP: 0 runs n_iter iterations; 1 and 2 stop early by sinkhorn()'s "marginal" and
-        # "potential_change" rules, checked on chip every check_every iterations (one problem
-        # per launch: the rules' statistics are over the whole batch). The iterations run are
-        # written to n_used_ptr for the backward.
+        # Each program solves its own problem with its own 1 / eps, eps, iteration cap and tol
+        # (a population's members). STOP: 0 runs cap iterations; 1 and 2 stop early by
+        # sinkhorn()'s "marginal" and "potential_change" rules on the program's own problem,
+        # checked on chip every check_every iterations. The iterations run are written to
+        # n_used_ptr for the backward; n_hist is the history's capacity (the largest cap).
         pid = tl.program_id(0)
+        n_iter = tl.load(cap_ptr + pid)
+        inv_eps = tl.load(inv_eps_ptr + pid)
+        eps = tl.load(eps_ptr + pid)
+        tol = tl.load(tol_ptr + pid)
         rn = tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
         mn = rn < n
@@ -101,8 +111,8 @@ if triton is not None:
         t = pid * 0
         go = pid * 0 + 1
         while (t < n_iter) & (go > 0):
-            row_n = (pid * n_iter + t) * n
-            row_m = (pid * n_iter + t) * m
+            row_n = (pid * n_hist + t) * n
+            row_m = (pid * n_hist + t) * m
             tl.store(u_hist + row_n + rn, u, mask=mn)
             r = tl.sum(k * u[:, None], axis=0)
             v = tl.where(mm, b / tl.where(mm, r, 1.0), 0.0)
@@ -133,12 +143,13 @@ if triton is not None:
     @triton.jit
     def _ot_backward(
         c_ptr, g_ptr, u_hist, v_hist, r_hist, s_hist, u_last, dc_ptr, da_ptr, db_ptr,
-        n_used_ptr, n, m, n_iter, inv_eps,
+        n_used_ptr, inv_eps_ptr, n, m, n_iter,
         BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
     ):  # fmt: skip
         # n_iter: the history's capacity; the forward ran n_used of them
         pid = tl.program_id(0)
         n_used = tl.load(n_used_ptr + pid)
+        inv_eps = tl.load(inv_eps_ptr + pid)
         rn = tl.arange(0, BLOCK_N)
         rm = tl.arange(0, BLOCK_M)
         mn = rn < n
@@ -311,57 +322,71 @@ def _launch_args(n: int, m: int) -> dict:
 STOP_CODES = {None: 0, "marginal": 1, "potential_change": 2}
 
 
+@functools.lru_cache(maxsize=64)
+def _settings(
+    eps: tuple[float, ...], caps: tuple[int, ...], tols: tuple[float, ...], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Each problem's (1 / eps, eps, tol) as float32 ``[3, P]`` and its cap as int32 ``[P]`` on
+    ``device``: made once per distinct setting (a trial's and a population's repeat every
+    step), so a step copies nothing to the device. 1 / eps is taken in float64 and rounded
+    once, as a Python float passed to a kernel's float32 argument is."""
+    floats = torch.tensor([[1.0 / e for e in eps], list(eps), list(tols)], dtype=torch.float32)
+    return floats.to(device), torch.tensor(caps, dtype=torch.int32).to(device)
+
+
 class _TritonUnrolled(torch.autograd.Function):
+    """P problems ``[P, N, M]`` of one tile, one program each, each with its own eps, cap and
+    tol (``stop=(rule, check_every)``; rule None runs every problem to its cap)."""
+
     @staticmethod
-    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps: float, n_iter: int, stop) -> Tensor:
-        *batch, n, m = cost.shape
-        c = cost.detach().reshape(-1, n, m).contiguous()
-        p = c.shape[0]
+    def forward(ctx, cost: Tensor, a: Tensor, b: Tensor, eps, caps, tols, stop) -> Tensor:
+        p, n, m = cost.shape
+        c = cost.detach().contiguous()
+        floats, cap_t = _settings(tuple(eps), tuple(caps), tuple(tols), c.device)
+        n_hist = max(caps)
         new = lambda *s: torch.empty(*s, device=c.device, dtype=c.dtype)  # noqa: E731
         hist_n, hist_v, hist_r, hist_s = (
-            new(p, n_iter, n),
-            new(p, n_iter, m),
-            new(p, n_iter, m),
-            new(p, n_iter, n),
+            new(p, n_hist, n),
+            new(p, n_hist, m),
+            new(p, n_hist, m),
+            new(p, n_hist, n),
         )
         u_last, val = new(p, n), new(p)
         n_used = torch.empty(p, device=c.device, dtype=torch.int32)
-        rule, tol, check_every = stop if stop is not None else (None, 0.0, 1)
+        rule, check_every = stop
         _kernel(_ot_forward, c.device)[(p,)](
-            c,
-            a.detach().reshape(p, n).contiguous(),
-            b.detach().reshape(p, m).contiguous(),
+            c, a.detach().contiguous(), b.detach().contiguous(),
             hist_n, hist_v, hist_r, hist_s, u_last, val, n_used,
-            n, m, n_iter, int(check_every), 1.0 / eps, float(eps), float(tol),
+            cap_t, floats[0], floats[1], floats[2], n, m, n_hist, int(check_every),
             STOP=STOP_CODES[rule],
             **_launch_args(n, m),
         )  # fmt: skip
-        ctx.eps, ctx.n_iter = eps, n_iter
-        ctx.save_for_backward(cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last, n_used)
-        return val.reshape(batch)
+        ctx.n_hist = n_hist
+        ctx.save_for_backward(cost, hist_n, hist_v, hist_r, hist_s, u_last, n_used, floats)
+        return val
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        cost, a, b, hist_n, hist_v, hist_r, hist_s, u_last, n_used = ctx.saved_tensors
-        *_, n, m = cost.shape
-        c = cost.reshape(-1, n, m).contiguous()
-        p = c.shape[0]
+        cost, hist_n, hist_v, hist_r, hist_s, u_last, n_used, floats = ctx.saved_tensors
+        p, n, m = cost.shape
+        c = cost.contiguous()
         dc, da, db = (
             torch.empty_like(c),
             torch.empty(p, n, device=c.device),
             torch.empty(p, m, device=c.device),
         )
         _kernel(_ot_backward, c.device)[(p,)](
-            c, grad_out.reshape(p).contiguous(), hist_n, hist_v, hist_r, hist_s, u_last,
-            dc, da, db, n_used,
-            n, m, ctx.n_iter, 1.0 / ctx.eps,
+            c, grad_out.contiguous(), hist_n, hist_v, hist_r, hist_s, u_last,
+            dc, da, db, n_used, floats[0],
+            n, m, ctx.n_hist,
             **_launch_args(n, m),
         )  # fmt: skip
         return (
-            dc.view_as(cost) if ctx.needs_input_grad[0] else None,
-            da.view_as(a) if ctx.needs_input_grad[1] else None,
-            db.view_as(b) if ctx.needs_input_grad[2] else None,
+            dc if ctx.needs_input_grad[0] else None,
+            da if ctx.needs_input_grad[1] else None,
+            db if ctx.needs_input_grad[2] else None,
+            None,
             None,
             None,
             None,
@@ -467,8 +492,51 @@ def triton_unrolled_ot(
     a = a.expand(*batch, n)
     b = b.expand(*batch, m)
     if _one_tile(n, m):
-        return _TritonUnrolled.apply(cost, a, b, float(eps), int(n_iter), stop)
+        c = cost.reshape(-1, n, m)
+        p = c.shape[0]
+        rule, tol, every = stop if stop is not None else (None, 0.0, 1)
+        val = _TritonUnrolled.apply(
+            c, a.reshape(p, n), b.reshape(p, m), (float(eps),) * p, (int(n_iter),) * p,
+            (float(tol),) * p, (rule, every),
+        )  # fmt: skip
+        return val.reshape(batch)
     return _TritonStreamed.apply(cost, a, b, float(eps), int(n_iter))
+
+
+def triton_members(
+    cost: Tensor,
+    a: Tensor,
+    b: Tensor,
+    *,
+    eps: Sequence[float],
+    caps: Sequence[int],
+    tols: Sequence[float],
+    stop: str = "marginal",
+    check_every: int = 10,
+) -> Tensor:
+    """``[P]``: P independent problems of one tile (a population's members), one program
+    each, problem ``p`` with its own ``eps[p]``, iteration cap ``caps[p]`` and tolerance
+    ``tols[p]`` (``-inf``: run to the cap), stopped by ``stop``'s rule on its own problem.
+    Problem ``p`` gets exactly what :func:`triton_unrolled_ot` gives it alone (the same program
+    on the same data). cost ``[P, N, M]``, a ``[P, N]``, b ``[P, M]``, float32."""
+    if triton is None:
+        raise RuntimeError("the triton OT path needs the triton package")
+    p, n, m = cost.shape
+    if cost.dtype != torch.float32 or _block(n) > MAX_ROWS or not _one_tile(n, m):
+        raise ValueError(
+            f"triton_members takes float32 [P, N, M] problems of one tile, got {cost.dtype} "
+            f"{tuple(cost.shape)}"
+        )
+    if stop not in STOP_CODES or stop is None:
+        raise ValueError(f"stop rule must be marginal or potential_change, got {stop!r}")
+    if not (len(eps) == len(caps) == len(tols) == p) or min(caps) < 1:
+        raise ValueError(f"eps, caps and tols need one entry per problem ({p}), caps >= 1")
+    tols = tuple(float(t) for t in tols)
+    rule = stop if any(t > -math.inf for t in tols) else None  # no problem stops: no checks
+    return _TritonUnrolled.apply(
+        cost, a, b, tuple(float(e) for e in eps), tuple(int(c) for c in caps), tols,
+        (rule, check_every),
+    )  # fmt: skip
 
 
 def compile_for(
@@ -480,13 +548,13 @@ def compile_for(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    ptr, i32, f32 = "*fp32", "i32", "fp32"
+    ptr, i32 = "*fp32", "i32"
     constexprs = {}
     if _one_tile(n, m):
         args = _launch_args(n, m)
         sigs = {
-            _ot_forward: [ptr] * 9 + ["*i32"] + [i32] * 4 + [f32] * 3,
-            _ot_backward: [ptr] * 10 + ["*i32"] + [i32] * 3 + [f32],
+            _ot_forward: [ptr] * 9 + ["*i32"] * 2 + [ptr] * 3 + [i32] * 4,
+            _ot_backward: [ptr] * 10 + ["*i32", ptr] + [i32] * 3,
         }
         constexprs = {_ot_forward: {"STOP": STOP_CODES[stop]}}
     else:

@@ -109,6 +109,7 @@ def main() -> None:
                 _diff(x, y) for x, y in zip(got["triton"], got["triton_fixed"], strict=True)
             ],
         }
+    out["population"] = _population()
     errors = {}
     for name, args in {
         "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
@@ -125,6 +126,62 @@ def main() -> None:
             errors[name] = str(e)
     out["errors"] = errors
     print(json.dumps(out))
+
+
+# a population's batch: per member eps, iteration cap and tol (-inf: runs to its cap); with
+# costs in [0, 1), eps 0.02 is past float32's scaling range (solved in float64) and eps 0.002
+# past float64's (the log domain): those two members go through torch
+POP_EPS = [0.1, 0.05, 0.02, 0.002, 0.2, 0.08]
+POP_CAPS = [20, 50, 7, 30, 40, 300]
+POP_TOLS = [float("-inf"), 1e-3, float("-inf"), 1e-2, float("-inf"), 1e-4]
+POP_TRITON = [0, 1, 4, 5]  # the members the kernels solve
+
+
+def _population() -> dict:
+    """Members of one batched call through backend="triton" against each member alone."""
+    from trainables.reweight.batched import batched_ot_loss
+
+    g = torch.Generator().manual_seed(11)
+    p, n, m = len(POP_EPS), 16, 10
+    cost = torch.rand(p, n, m, generator=g).requires_grad_()
+    a = torch.softmax(torch.randn(p, n, generator=g), -1).requires_grad_()
+    b = torch.softmax(torch.randn(p, m, generator=g), -1).requires_grad_()
+    upstream = torch.arange(1, p + 1, dtype=torch.float32)
+    res = {}
+    for rule, every in (("marginal", 3), ("potential_change", 2)):
+        kw = dict(eps=POP_EPS, max_iter=POP_CAPS, stop=rule, check_every=every)
+        tols = [None if t == float("-inf") else t for t in POP_TOLS]
+        got = {}
+        for backend in ("triton", "torch"):
+            v = batched_ot_loss(cost, a, b, tol=tols, backend=backend, **kw)
+            got[backend] = (v, *torch.autograd.grad((v * upstream).sum(), (cost, a, b)))
+        c64, a64, b64 = (x.detach().double().requires_grad_() for x in (cost, a, b))
+        v64 = batched_ot_loss(c64, a64, b64, tol=tols, **kw)
+        truth = (v64, *torch.autograd.grad((v64 * upstream.double()).sum(), (c64, a64, b64)))
+        alone, same_as_torch, vs64 = {}, {}, {}
+        for i in range(p):
+            if i in POP_TRITON:  # exactly what the kernels give the member as a single problem
+                stop = None if tols[i] is None else (rule, tols[i], every)
+                ci, ai, bi = (x.detach()[i].clone().requires_grad_() for x in (cost, a, b))
+                vi = triton_unrolled_ot(ci, ai, bi, eps=POP_EPS[i], n_iter=POP_CAPS[i], stop=stop)
+                one = (vi, *torch.autograd.grad(vi * (i + 1), (ci, ai, bi)))
+                alone[i] = all(
+                    torch.equal(x[i], y) for x, y in zip(got["triton"], one, strict=True)
+                )
+            else:  # the float64 and log-domain members: what the torch backend gives them
+                pairs = zip(got["triton"], got["torch"], strict=True)
+                same_as_torch[i] = all(torch.equal(x[i], y[i]) for x, y in pairs)
+            vs64[i] = [_diff(x[i], y[i]) for x, y in zip(got["triton"], truth, strict=True)]
+        res[rule] = {"alone": alone, "same_as_torch": same_as_torch, "vs_float64": vs64}
+    try:
+        c = torch.rand(2, 4, 3, dtype=torch.float64)
+        batched_ot_loss(
+            c, torch.ones(2, 4) / 4, torch.ones(2, 3) / 3, eps=[0.1, 0.1], max_iter=[2, 2],
+            tol=[None, None], backend="triton",
+        )  # fmt: skip
+    except ValueError as e:
+        res["float64_error"] = str(e)
+    return res
 
 
 if __name__ == "__main__":

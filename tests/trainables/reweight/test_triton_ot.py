@@ -65,6 +65,29 @@ def test_early_stopping_on_chip_equals_the_reference(interpreted_run):
             assert diff <= 1e-6 * scale or diff < 1e-9, (case, res["vs_fixed"])
 
 
+def test_a_population_batch_gives_each_member_what_it_gets_alone(interpreted_run):
+    """One call for a population's members (batched_ot_loss with backend="triton", what a
+    population uses on CUDA), each with its own eps, iteration cap and tol: a member the
+    kernels take gets bit for bit its single-problem result (the same program on the same
+    data: the smaller caps and the early stops are per program); a member beyond float32's
+    scaling range gets exactly the torch backend's; every member is within float32 rounding of
+    the float64 solution, stopping where float64 stops."""
+    pop = interpreted_run["population"]
+    for rule in ("marginal", "potential_change"):
+        res = pop[rule]
+        assert sorted(map(int, res["alone"])) == [0, 1, 4, 5], rule
+        assert all(res["alone"].values()), (rule, res["alone"])
+        assert sorted(map(int, res["same_as_torch"])) == [2, 3], rule
+        assert all(res["same_as_torch"].values()), (rule, res["same_as_torch"])
+        for member, diffs in res["vs_float64"].items():
+            # largest seen, relative to the output's largest entry: 3.8e-6 for the
+            # scaling-domain members; 4.4e-3 for the log-domain one (eps 0.002, max|C| / eps
+            # near 500: the torch loop in float32)
+            rtol = 1e-2 if member == "3" else 1e-4
+            assert _within(diffs, rtol), (rule, member, diffs)
+    assert "float32 problems of one tile" in pop["float64_error"]
+
+
 def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
     errors = interpreted_run["errors"]
     assert "float32" in errors["float64"]
