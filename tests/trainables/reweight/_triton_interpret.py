@@ -110,6 +110,7 @@ def main() -> None:
             ],
         }
     out["population"] = _population()
+    out["population_training"] = _population_training()
     errors = {}
     for name, args in {
         "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
@@ -181,6 +182,48 @@ def _population() -> dict:
         )  # fmt: skip
     except ValueError as e:
         res["float64_error"] = str(e)
+    return res
+
+
+def _population_training() -> dict:
+    """Stage 2 as a population against each member's single trial, both with their OT losses
+    through the kernels (as on CUDA: the interpreter's CPU tensors otherwise take the compiled
+    CPU loops), in float32: the largest difference of any per-epoch metric or weight."""
+    import dataclasses
+
+    from tests.trainables import test_population as tp
+    from trainables.reweight import batched, fused, triton_ot
+
+    used = {"single": 0, "population": 0}
+
+    def single_backend(cost, *, stop=False):
+        takes = triton_ot.triton_fits(cost.dtype, tuple(cost.shape), stop=stop)
+        used["single"] += takes
+        return "triton" if takes else "torch"
+
+    def population_backend(cost, small):
+        takes = batched._triton_takes(cost)
+        used["population"] += takes
+        return "triton" if takes else "torch"
+
+    fused.default_backend = single_backend
+    batched._default_backend = population_backend
+    data = tp._data(torch.float32)
+    res = {}
+    for weights in ("vector", "net"):
+        cfgs = [dataclasses.replace(c, epochs=2) for c in tp._settings(weights)]
+        outs, logs = tp._population(cfgs, data)
+        worst, diverged = [], []
+        for i, cfg in enumerate(cfgs):
+            try:
+                single, log = tp._single(cfg, data)
+            except FloatingPointError as err:  # as in float32 on the CPU: so must the member
+                member = outs[i].error
+                diverged.append([i, str(err), None if member is None else str(member)])
+                continue
+            worst.append(tp._largest_difference(single, log, outs[i], logs[i]))
+        res[weights] = {"members": len(cfgs), "largest_difference": worst, "diverged": diverged}
+    res["triton_calls"] = used
     return res
 
 
