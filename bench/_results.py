@@ -21,13 +21,15 @@ def mean_std(rows: dict, keys) -> tuple[dict, dict]:
     return mean, sd
 
 
-def save_cpu_result(out: Path, payload: dict, start: float) -> None:
+def save_cpu_result(out: Path, payload: dict, start: float, device: str = "cpu") -> None:
     """``payload`` plus the torch version, device, threads and wall time, as JSON at ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    if device.startswith("cuda"):
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     record = {
         **payload,
         "torch": torch.__version__,
-        "device": "cpu",
+        "device": device,
         "threads": torch.get_num_threads(),
         "wall_s": round(time.time() - start, 1),
     }

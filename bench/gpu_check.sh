@@ -6,6 +6,15 @@
 #   bash bench/gpu_check.sh speed              # ~3-4 min: the Triton tests, bench/ot_speed.py
 #   bash bench/gpu_check.sh cell DATA.npz      # the Table-1 cell CIFAR-10-LT IF 100, seed 0
 #   bash bench/gpu_check.sh all DATA.npz       # both
+#   bash bench/gpu_check.sh population DIR     # ~5 min: population trials on the GPU (#17)
+#
+# population: DIR holds what `bench/population.py --export DIR` wrote here (stage 1 with its
+# cached features, the 64 settings; 5 MB for image_mnist_lt and text_tweets), e.g.
+#   .venv/bin/python bench/population.py --experiment image_mnist_lt --export .data/population
+#   .venv/bin/python bench/population.py --experiment text_tweets --export .data/population
+# then run with carry [".data"]. It times the first ${SINGLE:-16} settings one per trial and
+# all 64 as populations of 16, 32 and 64 (one GPU, one worker), and checks that a member's
+# picks equal its single trial's.
 #
 # Taking the data along (56 MB; the tree that travels is limited to 64 MiB): here,
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg/cifar10_jpeg_q75.npz .data/
@@ -17,9 +26,10 @@
 # the paper preset, which trains f1 with the virtual step) under `timeout ${CELL_SECONDS:-480}`.
 # Its JSON is rewritten after every stage-2 epoch, so a cut run still reports what finished and
 # the pace of what did not. Extra overrides: CELL_SETS="--set stage1.amp=bf16 ...".
-# NOT RUN YET: no GPU was lent to the sessions that wrote it.
+# NOT RUN YET: no GPU was lent to the sessions that wrote it (population: smoke-run on a CPU
+# with DEVICE=cpu SINGLE=2 POP_ARGS="--settings 8 --sizes 4 8").
 set -uo pipefail
-MODE=${1:?speed, cell or all}
+MODE=${1:?speed, cell, all or population}
 DATA=${2:-}
 PY=${PYTHON:-python3}
 DEST=${OUT:-bench/results/gpu}
@@ -38,6 +48,18 @@ if [ "$MODE" = speed ] || [ "$MODE" = all ]; then
   $PY bench/ot_speed.py --device cuda --out "$DEST/ot_speed_cuda.json" \
     --stage1-variants fp32 channels_last bf16 bf16_channels_last compiled 2>&1 \
     | tee "$DEST/ot_speed.log" || status=1
+fi
+if [ "$MODE" = population ]; then
+  [ -d "$DATA" ] || { echo "error: give the folder bench/population.py --export wrote"; exit 2; }
+  $PY -m pytest -q -p no:cacheprovider tests/trainables/reweight/test_triton_ot.py 2>&1 \
+    | tee "$DEST/tests_population.log" || status=1
+  for exp in image_mnist_lt text_tweets; do
+    [ -f "$DATA/stage1_$exp.pt" ] || continue
+    timeout "${POP_SECONDS:-240}" $PY bench/population.py --experiment "$exp" --from "$DATA" \
+      --device "${DEVICE:-cuda}" --workers 1 --repeats 1 --single-settings "${SINGLE:-16}" \
+      --sizes 16 32 64 --out "$DEST/population_cuda_$exp.json" ${POP_ARGS:-} 2>&1 \
+      | tee "$DEST/population_cuda_$exp.log" || status=1  # shellcheck disable=SC2086
+  done
 fi
 if [ "$MODE" = cell ] || [ "$MODE" = all ]; then
   [ -f "$DATA" ] || { echo "error: give the path of cifar10_jpeg_q75.npz (got '$DATA')"; exit 2; }

@@ -24,6 +24,7 @@ included; stage 1 already cached), timed end to end, with the best validation sc
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import re
 import subprocess
@@ -54,13 +55,14 @@ def _settings(name: str, n: int, seed: int) -> list[dict]:
     return out
 
 
-def _init(name: str, stage1_path: str) -> None:
+def _init(name: str, stage1_path: str, device: str = "cpu") -> None:
     torch.set_num_threads(1)
     from search_spaces import resolve
     from trainables.trial import Stage1Output
 
     _STATE["cfg"] = resolve(name)
     _STATE["stage1"] = Stage1Output(**torch.load(stage1_path, weights_only=False))
+    _STATE["device"] = torch.device(device)
 
 
 def _single(settings: list[dict]) -> tuple[float, list[float]]:
@@ -70,7 +72,8 @@ def _single(settings: list[dict]) -> tuple[float, list[float]]:
     start, vals = time.perf_counter(), []
     for s in settings:
         try:
-            res, _ = run_stage2(apply_values(_STATE["cfg"], s), _STATE["stage1"])
+            cfg = apply_values(_STATE["cfg"], s)
+            res, _ = run_stage2(cfg, _STATE["stage1"], device=_STATE["device"])
         except FloatingPointError:  # a diverged setting (a population member drops out)
             vals.append(float("nan"))
             continue
@@ -84,7 +87,7 @@ def _population(settings: list[dict]) -> tuple[float, list[float]]:
 
     start = time.perf_counter()
     cfgs = [apply_values(_STATE["cfg"], s) for s in settings]
-    outs, _ = run_population(cfgs, _STATE["stage1"])
+    outs, _ = run_population(cfgs, _STATE["stage1"], device=_STATE["device"])
     vals = [
         float("nan") if o.error is not None else o.result.selected["val"]["balanced_acc"]
         for o in outs
@@ -119,38 +122,80 @@ def _measure(pool, fn, jobs: list[list[dict]], n: int, repeats: int) -> dict:
     }
 
 
-def training(
-    name: str, n: int, sizes: list[int], workers: int, seed: int, repeats: int = 3
-) -> dict:
+def export(name: str, n: int, seed: int, folder: Path) -> None:
+    """Stage 1 with its cached features, and the ``n`` settings, written to ``folder`` (what
+    ``--from`` reads: for a machine without Optuna or the datasets, e.g. a lent GPU)."""
     from search_spaces import resolve
-    from trainables.trial import build_stage1
+    from trainables.modalities import modality_of
+    from trainables.trial import add_features, build_stage1, features_data
 
     cfg = resolve(name)
     torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    s1 = build_stage1(cfg)
-    print(f"stage 1 of {name}: {time.perf_counter() - t0:.1f} s", flush=True)
-    settings = _settings(name, n, seed)
-    out: dict = {}
+    cpu = torch.device("cpu")
+    s1 = build_stage1(cfg, device=cpu)
+    add_features(cfg, s1, cpu)
+    # only the state stage 2 loads on the features (a text experiment's FCN, not its encoder)
+    _, s1.model_state = modality_of(cfg.data.source).feature_model(
+        cfg, features_data(s1, cpu), s1.model_state, s1.info
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(s1.__dict__, folder / f"stage1_{name}.pt")
+    (folder / f"settings_{name}.json").write_text(json.dumps(_settings(name, n, seed)))
+    print(f"wrote {folder}/stage1_{name}.pt and settings_{name}.json")
+
+
+def training(
+    name: str, n: int, sizes: list[int], workers: int, seed: int, repeats: int = 3,
+    source: Path | None = None, device: str = "cpu", single: int | None = None,
+) -> dict:  # fmt: skip
+    """``source``: a folder ``export`` wrote (else stage 1 is built and the settings drawn
+    here). ``single``: time one setting per trial on the first ``single`` settings only (their
+    rate stands for all: on a GPU the 64 single trials would take most of a lent machine's
+    time); their scores are compared with the same settings' in every population."""
     with tempfile.TemporaryDirectory() as tmp:
-        path = str(Path(tmp) / "stage1.pt")
-        torch.save(s1.__dict__, path)
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(workers, initializer=_init, initargs=(name, path)) as pool:
-            pool.map(abs, range(workers))  # every worker started and initialised
-            per = -(-n // workers)
-            base = _measure(pool, _single, _chunks(settings, per), n, repeats)
-            out["P=1"] = base
-            print(f"P=1 (one setting per trial): {base['wall_s']:.1f} s, "
-                  f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}, "
-                  f"{base['diverged']} diverged", flush=True)  # fmt: skip
-            for p in sizes:
-                r = _measure(pool, _population, _chunks(settings, p), n, repeats)
-                r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
-                out[f"P={p}"] = r
-                print(f"P={p}: {r['wall_s']:.1f} s, {r['settings_per_min']:.1f} settings/min "
-                      f"({r['ratio']:.2f}x), best val {r['best_val']:.2f}, "
-                      f"{r['diverged']} diverged", flush=True)  # fmt: skip
+        if source is not None:
+            path = str(source / f"stage1_{name}.pt")
+            settings = json.loads((source / f"settings_{name}.json").read_text())[:n]
+        else:
+            from search_spaces import resolve
+            from trainables.trial import build_stage1
+
+            cfg = resolve(name)
+            torch.manual_seed(cfg.seed)
+            t0 = time.perf_counter()
+            s1 = build_stage1(cfg)
+            print(f"stage 1 of {name}: {time.perf_counter() - t0:.1f} s", flush=True)
+            settings = _settings(name, n, seed)
+            path = str(Path(tmp) / "stage1.pt")
+            torch.save(s1.__dict__, path)
+        return _timed(name, settings, sizes, workers, repeats, path, device, single)
+
+
+def _timed(name, settings, sizes, workers, repeats, path, device, single) -> dict:
+    n = len(settings)
+    out: dict = {}
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init, initargs=(name, path, device)) as pool:
+        pool.map(abs, range(workers))  # every worker started and initialised
+        # untimed: each worker's first trial and population (compiled kernels loaded or built)
+        pool.map(_population, [settings[:2]] * workers)
+        pool.map(_single, [settings[:1]] * workers)
+        first = settings[: single or n]
+        per = -(-len(first) // workers)
+        base = _measure(pool, _single, _chunks(first, per), len(first), repeats)
+        out["P=1"] = base
+        print(f"P=1 (one setting per trial, {len(first)} settings): {base['wall_s']:.1f} s, "
+              f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}, "
+              f"{base['diverged']} diverged", flush=True)  # fmt: skip
+        for p in sizes:
+            r = _measure(pool, _population, _chunks(settings, p), n, repeats)
+            r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
+            same = zip(base["vals"], r["vals"][: len(first)], strict=True)
+            r["picks_differ_from_single"] = sum(str(x) != str(y) for x, y in same)
+            out[f"P={p}"] = r
+            print(f"P={p}: {r['wall_s']:.1f} s, {r['settings_per_min']:.1f} settings/min "
+                  f"({r['ratio']:.2f}x), best val {r['best_val']:.2f}, "
+                  f"{r['diverged']} diverged", flush=True)  # fmt: skip
     return out
 
 
@@ -195,15 +240,43 @@ def main() -> None:
     p.add_argument("--sweep", action="store_true", help="also time the whole sweep command")
     p.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (then use --workers 1)")
+    p.add_argument(
+        "--export",
+        type=Path,
+        metavar="DIR",
+        help="only write stage 1 (with its features) and the settings to DIR",
+    )
+    p.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="read stage 1 and the settings from DIR (written by --export)",
+    )
+    p.add_argument("--single-settings", type=int, default=None, metavar="K",
+                   help="time one setting per trial on the first K settings only")  # fmt: skip
     args = p.parse_args()
+    if args.export:
+        export(args.experiment, args.settings, args.seed, args.export)
+        return
     start = time.time()
     result = {
         "experiment": args.experiment,
         "settings": args.settings,
         "workers": args.workers,
         "repeats": args.repeats,
+        "single_settings": args.single_settings or args.settings,
         "training": training(
-            args.experiment, args.settings, args.sizes, args.workers, args.seed, args.repeats
+            args.experiment,
+            args.settings,
+            args.sizes,
+            args.workers,
+            args.seed,
+            args.repeats,
+            args.source,
+            args.device,
+            args.single_settings,
         ),
     }
     if args.sweep:
@@ -211,7 +284,7 @@ def main() -> None:
         fits = [p for p in args.sizes if args.settings // p >= args.workers]
         result["sweep"] = sweeps(args.experiment, args.settings, max(fits or args.sizes))
     out = args.out or REPO / f"bench/results/population_{args.experiment}.json"
-    save_cpu_result(out, result, start)
+    save_cpu_result(out, result, start, device=args.device)
     print(f"wrote {out}")
 
 
