@@ -95,6 +95,39 @@ def _population(settings: list[dict]) -> tuple[float, list[float]]:
     return time.perf_counter() - start, vals
 
 
+def _ceiling(settings: list[dict]) -> dict:
+    """What no population can beat on this core: the matrix-product FLOPs of one setting's
+    stage 2 (torch's FlopCounterMode over a single trial: forward, backward, evaluation) at the
+    rate this core multiplies the head's largest layer in cache (one thread, the batch's
+    shape). A population does at least the FLOPs of its members."""
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainables.config import apply_values
+    from trainables.modalities import modality_of
+    from trainables.trial import features_data, run_stage2
+
+    cfg = apply_values(_STATE["cfg"], settings[0])
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run_stage2(cfg, _STATE["stage1"], device=_STATE["device"])
+    flops = counter.get_total_flops()
+    data = features_data(_STATE["stage1"], torch.device("cpu"))
+    model, _ = modality_of(cfg.data.source).feature_model(
+        cfg, data, _STATE["stage1"].model_state, _STATE["stage1"].info
+    )
+    w = max((m.weight for m in model.modules() if isinstance(m, nn.Linear)), key=torch.numel)
+    x = torch.randn(w.shape[1], cfg.stage2.batch_size)
+    w = w.detach().clone()
+    reps = max(50, int(2e9 / (2 * w.numel() * x.shape[1])))
+    torch.matmul(w, x)
+    start = time.perf_counter()
+    for _ in range(reps):
+        torch.matmul(w, x)
+    rate = reps * 2 * w.numel() * x.shape[1] / (time.perf_counter() - start)
+    return {"flops_per_setting": flops, "gemm_flops_per_s": rate, "layer": list(w.shape)}
+
+
 def _chunks(items: list, n: int) -> list[list]:
     return [items[i : i + n] for i in range(0, len(items), n)]
 
@@ -187,6 +220,16 @@ def _timed(name, settings, sizes, workers, repeats, path, device, single) -> dic
         print(f"P=1 (one setting per trial, {len(first)} settings): {base['wall_s']:.1f} s, "
               f"{base['settings_per_min']:.1f} settings/min, best val {base['best_val']:.2f}, "
               f"{base['diverged']} diverged", flush=True)  # fmt: skip
+        if device == "cpu":
+            ceil = pool.map(_ceiling, [settings[:1]])[0]
+            per_min = 60 * workers * ceil["gemm_flops_per_s"] / ceil["flops_per_setting"]
+            ceil["settings_per_min"] = round(per_min, 1)
+            ceil["ratio"] = round(per_min / base["settings_per_min"], 2)
+            out["ceiling"] = ceil
+            print(f"ceiling: {ceil['flops_per_setting'] / 1e9:.3f} GFLOP per setting at "
+                  f"{ceil['gemm_flops_per_s'] / 1e9:.1f} GFLOP/s per worker (a "
+                  f"{ceil['layer']} layer in cache): at most {per_min:.0f} settings/min, "
+                  f"{ceil['ratio']:.2f}x", flush=True)  # fmt: skip
         for p in sizes:
             r = _measure(pool, _population, _chunks(settings, p), n, repeats)
             r["ratio"] = round(r["settings_per_min"] / base["settings_per_min"], 2)
