@@ -14,6 +14,7 @@ members that already finished: members are independent, so the others train as b
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 
@@ -44,6 +45,8 @@ __all__ = [
 ]
 
 POPULATION, MEMBER = "ot.population", "ot.member"
+# the longest a member's epochs wait in its tracker before they go up to MLflow
+FLUSH_SECONDS = 10.0
 
 
 def member_id(trial_id: str, i: int) -> str:
@@ -95,6 +98,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
             member_id(trial_id, i),
             run_name,
             extra_tags={POPULATION: trial_id, MEMBER: str(i)},
+            buffered=True,
         )
         for i, (mctx, c, run_name, _) in enumerate(members)
     ]
@@ -155,9 +159,18 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
 
     uploaded: dict[int, int] = {}  # member -> the selected epoch its artifacts show
 
+    last_flush = time.monotonic()
+
     def epoch_end(epoch: int) -> None:
+        nonlocal last_flush
         if epoch >= epochs - 1:
             return  # reported once every member's run is closed
+        if epoch + 1 in rungs or time.monotonic() - last_flush > FLUSH_SECONDS:
+            # the members' epochs so far go up together: before a report at which ASHA may
+            # stop the trial, and at least every FLUSH_SECONDS for the live view
+            for i in sorted(open_members):
+                trackers[i].flush()
+            last_flush = time.monotonic()
         if epoch + 1 in rungs:
             # ASHA may stop the trial at this report, and the process may end before the
             # SystemExit handler below runs: every open member's selection (its data: the

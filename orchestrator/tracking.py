@@ -145,18 +145,27 @@ def log_params(c, run_id: str, params: Mapping[str, object]) -> None:
         c.log_batch(run_id, params=items[i : i + 100])
 
 
-def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> None:
-    """Finite scalars only (None and NaN are 'not measured', not zero)."""
+def metric_items(metrics: Mapping[str, object], step: int) -> list:
+    """MLflow metrics of ``metrics`` at ``step``, stamped now: finite scalars only (None and
+    NaN are 'not measured', not zero)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    items = [
+    return [
         Metric(k, float(v), now, step)
         for k, v in metrics.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     ]
-    for i in range(0, len(items), 1000):
+
+
+def log_metric_items(c, run_id: str, items: list) -> None:
+    for i in range(0, len(items), 1000):  # MLflow's per-batch limit
         c.log_batch(run_id, metrics=items[i : i + 1000])
+
+
+def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> None:
+    """Finite scalars only (None and NaN are 'not measured', not zero)."""
+    log_metric_items(c, run_id, metric_items(metrics, step))
 
 
 def runs_with_tags(c, experiment_id: str, tags: Mapping[str, str]) -> Iterable:

@@ -126,9 +126,15 @@ class TrialTracker:
         *,
         enabled: bool = True,
         extra_tags: dict | None = None,
+        buffered: bool = False,
     ):
-        """``enabled=False``: the selection bookkeeping only (data-parallel ranks above 0)."""
+        """``enabled=False``: the selection bookkeeping only (data-parallel ranks above 0).
+        ``buffered``: :meth:`epoch` keeps its metrics until :meth:`flush` (or an upload, a
+        summary or the run's end) sends them in one batch, each with its own step and time
+        (a population's epochs take milliseconds; one MLflow write per member and epoch cost
+        more than its training)."""
         self.ctx, self.cfg = ctx, cfg
+        self.buffered, self._unsent = buffered, []
         self.result: StageResult | None = None
         self._data, self._drawn = None, True  # the data of the last upload; its PNGs drawn
         self._figures_tag: str | None = None  # the run's ot.figures tag as last set
@@ -202,8 +208,16 @@ class TrialTracker:
             names.SELECTED_EPOCH: self.best_epoch + 1,
         }
         if self.client is not None:  # steps count epochs from 1, as TIME_ATTR does
-            tracking.log_metrics(self.client, self.run_id, out, step=epoch + 1)
+            self._unsent.extend(tracking.metric_items(out, step=epoch + 1))
+            if not self.buffered:
+                self.flush()
         return out
+
+    def flush(self) -> None:
+        """Send the epochs' metrics :meth:`epoch` kept (buffered), in one batch."""
+        if self.client is not None and self._unsent:
+            tracking.log_metric_items(self.client, self.run_id, self._unsent)
+            self._unsent = []
 
     def upload_progress(self, result: StageResult, data) -> None:
         """The selection so far, without its figures: what a run stopped without notice keeps
@@ -220,6 +234,7 @@ class TrialTracker:
         self.result, self._data, self._drawn = result, data, figures
         if self.client is None:
             return
+        self.flush()
         from . import artifacts  # matplotlib: imported where a trial first uploads
 
         sel = result.selected
@@ -271,6 +286,7 @@ class TrialTracker:
         scheduler may stop it)."""
         if self.client is None:
             return
+        self.flush()
         step = int(summary.get("last_epoch", {}).get("epoch", 0))
         tracking.log_metrics(self.client, self.run_id, tracking.flat_summary(summary), step=step)
         self.client.log_dict(self.run_id, summary, "result.json")
@@ -285,6 +301,7 @@ class TrialTracker:
         self.closed = True
         if self.client is None:
             return
+        self.flush()
         self.draw_pending()
         self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
@@ -293,6 +310,7 @@ class TrialTracker:
         """The scheduler stopped the trial; the selected model's artifacts are already up."""
         if self.client is None:
             return
+        self.flush()
         self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
         if self.result is not None:
             self.finish(scalar_summary(self.result))
@@ -303,6 +321,7 @@ class TrialTracker:
         self.closed = True
         if self.client is None:
             return
+        self.flush()
         if diverged:
             self.client.set_tag(self.run_id, names.DIVERGED, "true")
             self.draw_pending()  # its selection before it diverged

@@ -127,6 +127,51 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     assert len(json.loads(Path(local).read_text())["softmax_mass"]) == 3
 
 
+def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
+    tmp_path, monkeypatch
+):
+    """A population member's tracker keeps its epochs until a flush (or an upload, a summary,
+    the run's end): then they go up in one MLflow write, each at its own step with its own
+    values and time, as the unbuffered tracker writes them one by one."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainable import TrialTracker
+
+    plain, c = _tracker(tmp_path)
+    member = TrialTracker(plain.ctx, plain.cfg, "t1", "trial_1", buffered=True)
+    writes = []
+    real = MlflowClient.log_batch
+    monkeypatch.setattr(
+        MlflowClient, "log_batch", lambda self, run_id, **kw: writes.append(run_id) or real(
+            self, run_id, **kw
+        )
+    )  # fmt: skip
+    vals = [55.0, 61.5, 58.0]
+    for epoch, v in enumerate(vals):
+        for t in (plain, member):
+            t.epoch({"val_balanced_acc": v, "test_balanced_acc": v - 5}, epoch)
+    assert writes.count(plain.run_id) == 3 and writes.count(member.run_id) == 0
+    assert c.get_metric_history(member.run_id, "val_balanced_acc") == []
+    member.flush()
+    assert writes.count(member.run_id) == 1
+    for key in ("val_balanced_acc", "selected_val_balanced_acc", "selected_epoch"):
+        got = [(h.step, h.value) for h in c.get_metric_history(member.run_id, key)]
+        want = [(h.step, h.value) for h in c.get_metric_history(plain.run_id, key)]
+        assert got == want and [s for s, _ in got] == [1, 2, 3], key
+    assert [h.value for h in c.get_metric_history(member.run_id, "selected_val_balanced_acc")] == [
+        55.0, 61.5, 61.5
+    ]  # fmt: skip
+    stamps = [h.timestamp for h in c.get_metric_history(member.run_id, "val_balanced_acc")]
+    assert stamps == sorted(stamps)  # each epoch's own time, not the flush's
+    member.flush()  # nothing left: no write
+    assert writes.count(member.run_id) == 1
+    member.epoch({"val_balanced_acc": 70.0}, 3)
+    member.finish({"last_epoch": {"epoch": 3}})  # the run's end sends what is left
+    hist = c.get_metric_history(member.run_id, "val_balanced_acc")
+    assert [h.step for h in hist] == [1, 2, 3, 4] and hist[-1].value == 70.0
+    assert c.get_run(member.run_id).info.status == "FINISHED"
+
+
 def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(tmp_path, monkeypatch):
     from orchestrator import artifacts
     from trainables.trial import scalar_summary
