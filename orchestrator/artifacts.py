@@ -94,6 +94,7 @@ def write_confusion_png(
             ax.set_yticks([])
         if title:
             ax.set_title(title)
+        fig.tight_layout()
         _save(fig, path)
     finally:
         plt.close(fig)
@@ -292,9 +293,14 @@ def _draw_samples(
     ax.legend(fontsize="small")
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
+def _save(fig: plt.Figure, path: Path, *, tight: bool = False) -> None:
+    """The figures a sweep draws for every run are laid out by ``tight_layout`` before they
+    are saved (``tight``: the saved area cropped to what is drawn, which costs a second
+    rendering pass), and compressed lightly (zlib level 1: a sweep draws two per run, and
+    level 6 took a third of the saving time for files 10% smaller)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    extra = {"bbox_inches": "tight"} if tight else {}
+    fig.savefig(path, dpi=_DPI, pil_kwargs={"compress_level": 1}, **extra)
 
 
 def write_fig1_png(masses: dict, path: Path, *, title: str = "") -> None:
@@ -318,7 +324,7 @@ def write_fig1_png(masses: dict, path: Path, *, title: str = "") -> None:
         ax.legend(fontsize="small")
         if title:
             ax.set_title(title)
-        _save(fig, path)
+        _save(fig, path, tight=True)  # drawn once per report
     finally:
         plt.close(fig)
 
@@ -345,6 +351,6 @@ def write_fig2_png(confusions: dict[str, dict], path: Path, *, title: str = "") 
         fig.colorbar(image, ax=list(axes[0]), label="fraction of true class")
         if title:
             fig.suptitle(title)
-        _save(fig, path)
+        _save(fig, path, tight=True)  # drawn once per report
     finally:
         plt.close(fig)
