@@ -167,12 +167,17 @@ def _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_d
     neg = np.empty((n, m), dtype=cost.dtype)
     mx = np.empty(m, dtype=cost.dtype)
     acc = np.empty(m, dtype=cost.dtype)
+    la = np.empty(n, dtype=cost.dtype)
+    lb = np.empty(m, dtype=cost.dtype)
     for slot in range(todo.shape[0]):
         q = todo[slot]
         e = eps[q]
         for i in range(n):
+            la[i] = np.log(a[q, i])  # once per problem, not per iteration (the same values)
             for j in range(m):
                 neg[i, j] = -cost[q, i, j] / e
+        for j in range(m):
+            lb[j] = np.log(b[q, j])
         for i in range(n):
             us[slot, 0, i] = 0.0
         done = 0
@@ -180,7 +185,7 @@ def _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_d
             u, v, u_new = us[slot, it], vs[slot, it], us[slot, it + 1]
             _col_lse(u, neg, mx, acc)
             for j in range(m):
-                v[j] = np.log(b[q, j]) - acc[j]
+                v[j] = lb[j] - acc[j]
             for i in range(n):
                 top = v[0] + neg[i, 0]
                 for j in range(1, m):
@@ -192,7 +197,7 @@ def _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_d
                 total = 0.0
                 for j in range(m):
                     total += np.exp(v[j] + neg[i, j] - top)
-                u_new[i] = np.log(a[q, i]) - (np.log(total) + top)
+                u_new[i] = la[i] - (np.log(total) + top)
             done = it + 1
             if done % every == 0:
                 err = 0.0
