@@ -3,6 +3,11 @@
     .venv/bin/python bench/population.py [--experiment image_mnist_lt] [--settings 64]
         [--sizes 16 32 64] [--workers 2] [--repeats 3] [--sweep]
         [--out bench/results/population_<exp>.json]
+        [--export DIR | --from DIR] [--device cuda] [--single-settings K]
+
+``--export DIR`` writes stage 1 (with its cached features) and the settings, and stops;
+``--from DIR`` reads them instead of building stage 1 and asking Optuna (a GPU machine has
+neither Optuna nor the data: ``bench/gpu_check.sh population``).
 
 Part 1, the training itself: stage 1 is built once; the same ``--settings`` stage-2 settings
 (a seeded random sample of the experiment's search space) are trained (a) one per trial, with
@@ -11,8 +16,10 @@ as populations of P members (``run_population``), every member to the last epoch
 so both do the same work. The settings are spread over ``--workers`` processes (one thread
 each): the wall time is the slowest worker's, from the moment every worker has the stage-1
 result loaded; each wall time is the median of ``--repeats`` runs (whose scores must agree).
-Printed: wall time, settings per minute, the ratio against (a), and the best validation score
-reached (the same settings: it should agree).
+Each worker first runs one single trial and one population of 2, untimed. Printed: wall time,
+settings per minute, the ratio against (a), the best validation score reached (the same
+settings: it should agree) and how many settings a population picks differently; on a CPU
+also the FLOP ceiling (``_ceiling``: the ratio no population can pass on these cores).
 
 Part 2 (``--sweep``), the whole command: ``orchestrator.sweep NAME --trials N`` with
 ``--population 1`` and with the largest P of ``--sizes`` that still gives every worker a
