@@ -7,6 +7,8 @@ readers (report, figures, resume, ``--tuned``) cannot drift apart.
 from __future__ import annotations
 
 __all__ = [
+    "ALONE_TEST",
+    "ALONE_VAL",
     "BEST_TEST",
     "BEST_VAL",
     "CONTROL_TEST",
@@ -74,6 +76,10 @@ BEST_TEST = "best_selected_test_balanced_acc"
 # on a sweep's parent: the best setting's control (weight learning off), same seed
 CONTROL_VAL = "control_selected_val_balanced_acc"
 CONTROL_TEST = "control_selected_test_balanced_acc"
+# on a sweep's parent, when the best setting was a population member: that setting re-run
+# alone (a single trial, same seed), as what the setting gives outside its population
+ALONE_VAL = "alone_selected_val_balanced_acc"
+ALONE_TEST = "alone_selected_test_balanced_acc"
 # A finished run's summary: "<stage prefix><selection>/<split>_<metric>", e.g.
 # "validation_selected/test_top1_error"; a baseline's stage-1 selections carry STAGE1_PREFIX.
 STAGE1_PREFIX = "stage1_"

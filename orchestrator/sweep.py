@@ -275,6 +275,8 @@ def _summary(cfg, c, exp_id: str, parent: str, results, conc: int, population: i
     )
     if not rows:
         return {}
+    from .population import MEMBER
+
     best_val, best_test, m, run = rows[0]
     params = _sampled(c, run) or {
         k: v for k, v in run.data.params.items() if k.split(".")[0] in ("stage1", "stage2")
@@ -303,7 +305,31 @@ def _summary(cfg, c, exp_id: str, parent: str, results, conc: int, population: i
         "params": params,
         "metrics": m,
         "ranked": len(rows),
+        "member": MEMBER in run.data.tags,  # picked inside a population
     }
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+
+
+def _alone(c, parent: str, ref, control: dict) -> None:
+    """The best setting re-run as a single trial (``ref``: its Ray task), on the parent and
+    printed against its control; a failure (e.g. it diverges alone) is one warning line."""
+    import ray
+
+    try:
+        got = ray.get(ref)
+    except ray.exceptions.RayError as err:
+        print(f"warning: the best setting re-run alone failed: {_first_line(err)}", file=sys.stderr)
+        return
+    tracking.log_metrics(c, parent, {names.ALONE_VAL: got["val"], names.ALONE_TEST: got["test"]}, 0)
+    print(
+        f"\n  the best setting re-run alone (a single trial; it was picked in a population, whose "
+        f"float32 products round differently): val {got['val']:.2f}, test {got['test']:.2f}; "
+        f"against its control: val {got['val'] - control['val']:+.2f}, "
+        f"test {got['test'] - control['test']:+.2f}"
+    )
 
 
 def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> None:
@@ -326,10 +352,14 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
     ctl = dataclasses.replace(tuned, stage2=dataclasses.replace(tuned.stage2, learn_weights=False))
     gpus = min(1.0, args.gpus_per_trial)  # one process, even for data-parallel trials
     task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=gpus)(control_run)
+    threads = max(1, int(args.cpus_per_trial))
+    # a setting picked inside a population is also re-run alone (beside its control): in
+    # float32 a member rounds differently from its single trial, which some settings amplify
+    alone = task.remote(tuned, entry.uri, threads) if best.get("member") else None
     try:
-        got = ray.get(task.remote(ctl, entry.uri, max(1, int(args.cpus_per_trial))))
+        got = ray.get(task.remote(ctl, entry.uri, threads))
     except ray.exceptions.RayError as err:
-        first = str(err).strip().splitlines()[-1][:300] if str(err).strip() else type(err).__name__
+        first = _first_line(err)
         print(f"warning: the best setting's control run failed: {first}", file=sys.stderr)
         c.set_tag(parent, names.ERROR, f"control run: {first}")
         return
@@ -343,6 +373,8 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
         f"test {best['best_test'] - got['test']:+.2f}"
         + (f" (the best of {n_ranked} settings on validation: optimistic)" if n_ranked > 1 else "")
     )
+    if alone is not None:
+        _alone(c, parent, alone, got)
 
 
 def _resume(storage: Storage, args: argparse.Namespace) -> tuple[str, dict]:

@@ -337,8 +337,9 @@ def _final_metrics(run) -> dict:
 
 
 def control_run(cfg: ExperimentConfig, entry_uri: str, threads: int = 1) -> dict:
-    """Stage 2 of ``cfg`` (a control: ``stage2.learn_weights=false``) from the cached stage 1,
-    untracked; its validation-selected balanced accuracies and epoch (counted from 1)."""
+    """Stage 2 of ``cfg`` (a control: ``stage2.learn_weights=false``; or a setting re-run as a
+    single trial) from the cached stage 1, untracked; its validation-selected balanced
+    accuracies and epoch (counted from 1)."""
     torch.set_num_threads(max(1, threads))
     stage1 = read_entry(entry_uri, features=needs_features(cfg))
     res, _ = run_stage2(cfg, stage1, device=pick_device())

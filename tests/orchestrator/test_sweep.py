@@ -235,7 +235,7 @@ def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> None:
         _kill_session(proc.pid)
 
 
-def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke):
+def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
     from mlflow.tracking import MlflowClient
 
     res = smoke(tmp_path, "--trials", "32", "--population", "8", "--set", "stage2.epochs=4")
@@ -288,6 +288,25 @@ def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke):
         parent.data.metrics["best_selected_val_balanced_acc"]
         == top.data.metrics["selected_val_balanced_acc"]
     )
+    # picked inside a population, the best setting is re-run alone beside its control: the
+    # numbers on the parent are what `orchestrator.run` gives for that setting
+    best_params = json.loads(
+        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
+    )["params"]
+    alone = subprocess.run(
+        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet",
+         "--set=stage2.epochs=4"]
+        + [f"--set={k}={v}" for k, v in best_params.items()],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    sel = json.loads(alone.stdout)["stage2"]["validation_selected"]
+    pm = parent.data.metrics
+    assert pm["alone_selected_val_balanced_acc"] == sel["val"]["balanced_acc"]
+    assert pm["alone_selected_test_balanced_acc"] == sel["test"]["balanced_acc"]
+    gain = sel["val"]["balanced_acc"] - pm["control_selected_val_balanced_acc"]
+    assert "the best setting re-run alone (a single trial" in res.stdout
+    assert f"against its control: val {gain:+.2f}" in res.stdout
 
 
 def test_population_sigkill_then_resume_loses_no_finished_member(tmp_path, smoke, repo):
