@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -46,16 +48,37 @@ def _run(train: str, parallel: DataParallel | None):
     return model.state_dict(), res.sample_weights, seen
 
 
-def _worker(rank: int, world: int, init: str, train: str, out: str) -> None:
+def _init(rank: int, world: int, init: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    # a rank that fails leaves the other one waiting at most this long (not gloo's 30 min)
+    dist.init_process_group(
+        "gloo", init_method=init, rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+
+
+def _close(done: bool) -> None:
+    """Both ranks meet before the group is torn down: a rank that tears it down while the
+    other still talks to it can make gloo abort that one at exit (SIGABRT, seen once)."""
+    import torch.distributed as dist
+
+    try:
+        if done:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _worker(rank: int, world: int, init: str, train: str, out: str) -> None:
+    _init(rank, world, init)
+    done = False
     try:
         state, weights, seen = _run(train, DataParallel(rank, world))
         payload = {"state": state, "weights": torch.tensor(weights), "seen": seen}
         torch.save(payload, f"{out}.{rank}")
+        done = True
     finally:
-        dist.destroy_process_group()
+        _close(done)
 
 
 @pytest.mark.parametrize("train", ["classifier", "all"])
@@ -99,14 +122,14 @@ def _stage1(parallel: DataParallel | None):
 
 
 def _stage1_worker(rank: int, world: int, init: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    _init(rank, world, init)
+    done = False
     try:
         state, acc = _stage1(DataParallel(rank, world))
         torch.save({"state": state, "acc": torch.tensor(acc)}, f"{out}.{rank}")
+        done = True
     finally:
-        dist.destroy_process_group()
+        _close(done)
 
 
 def test_stage1_two_workers_match_one(tmp_path):
