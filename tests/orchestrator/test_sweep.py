@@ -47,6 +47,22 @@ def ok(proc) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
+def _best_run_alone(c, parent, tmp_path: Path, repo, *sets: str) -> dict:
+    """What `orchestrator.run` gives (validation-selected) for the sweep's best setting (its
+    parent's ``best.json``) with the extra ``--set``s: a smoke run of image_mnist_lt."""
+    best_params = json.loads(
+        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
+    )["params"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet"]
+        + [f"--set={s}" for s in sets]
+        + [f"--set={k}={v}" for k, v in best_params.items()],
+        cwd=repo, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout)["stage2"]["validation_selected"]
+
+
 def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     from mlflow.tracking import MlflowClient
 
@@ -113,17 +129,7 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
 
     # the best setting's control ran once (weights held at their start): its numbers on the
     # parent are what `orchestrator.run` gives for that setting with the weight learning off
-    best_params = json.loads(
-        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
-    )["params"]
-    control = subprocess.run(
-        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet",
-         "--set=stage2.learn_weights=false"]
-        + [f"--set={k}={v}" for k, v in best_params.items()],
-        cwd=repo, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert control.returncode == 0, control.stderr[-2000:]
-    ctl = json.loads(control.stdout)["stage2"]["validation_selected"]
+    ctl = _best_run_alone(c, parent, tmp_path, repo, "stage2.learn_weights=false")
     pm = parent.data.metrics
     assert pm["control_selected_val_balanced_acc"] == ctl["val"]["balanced_acc"]
     assert pm["control_selected_test_balanced_acc"] == ctl["test"]["balanced_acc"]
@@ -290,17 +296,7 @@ def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
     )
     # picked inside a population, the best setting is re-run alone beside its control: the
     # numbers on the parent are what `orchestrator.run` gives for that setting
-    best_params = json.loads(
-        Path(c.download_artifacts(parent.info.run_id, "best.json", str(tmp_path))).read_text()
-    )["params"]
-    alone = subprocess.run(
-        [sys.executable, "-m", "orchestrator.run", "image_mnist_lt", "--smoke", "--quiet",
-         "--set=stage2.epochs=4"]
-        + [f"--set={k}={v}" for k, v in best_params.items()],
-        cwd=repo, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert alone.returncode == 0, alone.stderr[-2000:]
-    sel = json.loads(alone.stdout)["stage2"]["validation_selected"]
+    sel = _best_run_alone(c, parent, tmp_path, repo, "stage2.epochs=4")
     pm = parent.data.metrics
     assert pm["alone_selected_val_balanced_acc"] == sel["val"]["balanced_acc"]
     assert pm["alone_selected_test_balanced_acc"] == sel["test"]["balanced_acc"]
