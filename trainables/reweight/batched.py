@@ -424,18 +424,13 @@ def _default_backend(cost: Tensor, small: bool) -> str:
     the Triton kernels (one program per member) for float32 problems of one tile, else torch."""
     if cost.device.type == "cpu":
         return "numba" if small else "numpy"
-    from .triton_ot import available
-
-    if available() and cost.device.type == "cuda" and _triton_takes(cost):
-        return "triton"
-    return "torch"
+    return "triton" if cost.device.type == "cuda" and _triton_takes(cost) else "torch"
 
 
 def _triton_takes(cost: Tensor) -> bool:
-    from .triton_ot import MAX_ROWS, _block, _one_tile
+    from .triton_ot import members_fit
 
-    n, m = cost.shape[1:]
-    return cost.dtype == torch.float32 and _block(n) <= MAX_ROWS and _one_tile(n, m)
+    return members_fit(cost.dtype, tuple(cost.shape))
 
 
 def _check_triton(cost: Tensor) -> None:

@@ -47,6 +47,7 @@ __all__ = [
     "available",
     "compile_for",
     "interpreted",
+    "members_fit",
     "triton_fits",
     "triton_members",
     "triton_unrolled_ot",
@@ -76,6 +77,12 @@ def triton_fits(dtype: torch.dtype, shape: tuple[int, ...], *, stop: bool = Fals
         and _block(shape[-2]) <= MAX_ROWS
     )
     return fits and (not stop or (len(shape) == 2 and _one_tile(*shape)))
+
+
+def members_fit(dtype: torch.dtype, shape: tuple[int, ...]) -> bool:
+    """True when :func:`triton_members` takes a stack of this ``[P, N, M]`` shape and dtype:
+    float32 problems of one tile (each member stops by its own statistic on chip)."""
+    return len(shape) == 3 and triton_fits(dtype, tuple(shape[1:]), stop=True)
 
 
 if triton is not None:
@@ -521,8 +528,8 @@ def triton_members(
     on the same data). cost ``[P, N, M]``, a ``[P, N]``, b ``[P, M]``, float32."""
     if triton is None:
         raise RuntimeError("the triton OT path needs the triton package")
-    p, n, m = cost.shape
-    if cost.dtype != torch.float32 or _block(n) > MAX_ROWS or not _one_tile(n, m):
+    p = cost.shape[0]
+    if not members_fit(cost.dtype, tuple(cost.shape)):
         raise ValueError(
             f"triton_members takes float32 [P, N, M] problems of one tile, got {cost.dtype} "
             f"{tuple(cost.shape)}"

@@ -162,3 +162,17 @@ def test_the_default_backend_per_device_and_size():
     assert pick_backend("cuda", torch.float32, (128, 1000), stop=True) == "torch"
     assert pick_backend("cpu", torch.float32, (16, 100), stop=True) == "numba"
     assert pick_backend("cpu", torch.float32, (3, 16, 100), stop=True) == "numpy"
+
+
+def test_a_population_batch_goes_to_the_kernels_only_where_they_take_it():
+    """A stack of float32 one-tile problems (B16 against K10 or K1000) takes the members'
+    kernels; more rows than a program holds, wider than one tile, float64, or a single
+    [N, M] problem does not (batched_ot_loss then uses torch)."""
+    from trainables.reweight.triton_ot import members_fit
+
+    assert members_fit(torch.float32, (32, 16, 10))
+    assert members_fit(torch.float32, (4, 16, 1000))  # 16 x 1024 entries: one tile
+    assert not members_fit(torch.float32, (4, 300, 10))  # beyond MAX_ROWS
+    assert not members_fit(torch.float32, (4, 32, 1000))  # 32 x 1024: streamed, not one tile
+    assert not members_fit(torch.float64, (32, 16, 10))
+    assert not members_fit(torch.float32, (16, 10))
