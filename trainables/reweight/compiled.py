@@ -15,8 +15,11 @@ re-forms each log-sum-exp's softmax from the stored potentials.
 Problems come as a stack ``[P, N, M]``, each with its own ``eps``, iteration cap and tolerance,
 and each runs exactly its own iterations (no shared loop, no freezing): a member of a population
 (:mod:`.batched`) gets bit for bit what the same problem gets alone through
-:func:`.fused.fused_unrolled_ot`. Compiled functions are cached on disk beside this file (numba's
-``cache=True``), so a new process loads them instead of compiling.
+:func:`.fused.fused_unrolled_ot`. From ``LANES_FROM`` scaling-domain problems of one dtype on,
+they share SIMD lanes (:mod:`.lanes`: the same operations in the same order per lane, so the
+same numbers bit for bit, several problems per vector instruction). Compiled functions are
+cached on disk beside this file (numba's ``cache=True``), so a new process loads them instead
+of compiling.
 """
 
 from __future__ import annotations
@@ -25,7 +28,11 @@ import numpy as np
 import torch
 from numba import njit
 
+from . import lanes
+
 __all__ = ["compiled_ot"]
+
+LANES_FROM = 3  # problems of one group from which they share vector lanes (.lanes)
 
 
 @njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -313,18 +320,27 @@ def _log_backward(todo, g, cost, a, b, eps, us, vs, n_done, grad_cost, a_bar, b_
 
 
 def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
+    """The scaling-domain problems ``todo``: their values, and the function that runs their
+    reverse pass (``back(g, grad_cost, a_bar, b_bar)``). From ``LANES_FROM`` problems on,
+    they share the vector lanes of :mod:`.lanes` (the same numbers, bit for bit)."""
     n, m = cost.shape[1:]
     dt = cost.dtype
     k = np.empty_like(cost)
     k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
+    value = np.zeros(cost.shape[0], dtype=dt)
+    if todo.size >= LANES_FROM:
+        return value, lanes.solve(todo, cost, k, a, b, eps, caps, tols, marginal, every, value)
     slots = todo.size
     most = int(caps[todo].max()) if slots else 0
     us = np.empty((slots, most + 1, n), dtype=dt)
     vs, ss, rs = (np.empty((slots, most, d), dtype=dt) for d in (m, n, m))
     n_done = np.zeros(slots, dtype=np.int64)
-    value = np.zeros(cost.shape[0], dtype=dt)
     _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value)
-    return value, (k, us, vs, ss, rs, n_done)
+
+    def back(g, *out):
+        _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, *out)
+
+    return value, back
 
 
 def _solve_log(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
@@ -337,7 +353,11 @@ def _solve_log(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     value = np.zeros(cost.shape[0], dtype=dt)
     # a zero weight diverges to NaN, as in the reference loop (IEEE arithmetic: no exception)
     _log_forward(todo, cost, a, b, eps, caps, tols, marginal, every, us, vs, n_done, value)
-    return value, (us, vs, n_done)
+
+    def back(g, *out):
+        _log_backward(todo, g, cost, a, b, eps, us, vs, n_done, *out)
+
+    return value, back
 
 
 # a member's path (as :mod:`.batched` numbers them): the log domain, the scaling domain in the
@@ -364,9 +384,9 @@ class _CompiledOT(torch.autograd.Function):
             group = [x.astype(gdt, copy=False) for x in arrays]
             eps_g = np.ascontiguousarray(eps, dtype=gdt)
             solve = _solve_log if kind == LOG else _solve
-            got, saved = solve(idx, *group, eps_g, caps, tols, marginal, every)
+            got, back = solve(idx, *group, eps_g, caps, tols, marginal, every)
             value[idx] = got[idx]
-            ctx.groups.append((kind, idx, group, eps_g, saved))
+            ctx.groups.append((idx, group[0].dtype, back))
         ctx.save_for_backward(cost, a, b)
         return torch.from_numpy(value)
 
@@ -377,15 +397,9 @@ class _CompiledOT(torch.autograd.Function):
         dt = cost.numpy().dtype
         p, n, m = cost.shape
         grads = [np.zeros((p, n, m), dt), np.zeros((p, n), dt), np.zeros((p, m), dt)]
-        for kind, idx, (c, a, b), eps_g, saved in ctx.groups:
-            gdt = c.dtype
+        for idx, gdt, back in ctx.groups:
             out = [np.empty((p, n, m), gdt), np.empty((p, n), gdt), np.empty((p, m), gdt)]
-            g = np.ascontiguousarray(grad_out.numpy(), dtype=gdt)
-            if kind == LOG:
-                _log_backward(idx, g, c, a, b, eps_g, *saved, *out)
-            else:
-                k, us, vs, ss, rs, n_done = saved
-                _backward(idx, g, c, k, eps_g, us, vs, ss, rs, n_done, *out)
+            back(np.ascontiguousarray(grad_out.numpy(), dtype=gdt), *out)
             for full, part in zip(grads, out, strict=True):
                 full[idx] = part[idx]
         return (

@@ -191,6 +191,41 @@ def test_compiled_members_are_bit_for_bit_their_single_problem(dtype, stop):
         batched_ot_loss(cost, a, b, eps=eps, max_iter=caps, tol=tols, backend="triton")
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(("stop", "every"), [("marginal", 3), ("potential_change", 1)])
+def test_members_sharing_vector_lanes_are_bit_for_bit_their_single_problem(dtype, stop, every):
+    """A population's scaling-domain members share SIMD lanes (``compiled.LANES_FROM`` of them
+    or more; one problem alone runs the one-problem loop): more members than lanes, so lanes
+    take new problems as theirs stop, at caps from 1 to 60 and at their own tolerances, some
+    ending on the same tick; every member's value and gradients exactly its problem's alone."""
+    from trainables.reweight import compiled, lanes
+
+    p = 3 * lanes.width(torch.empty((), dtype=dtype).numpy().dtype) + 1
+    cost, a, b = _problems(dtype, p=p, n=16, m=10, seed=3)
+    g = torch.Generator().manual_seed(4)
+    eps = (0.3 + 0.7 * torch.rand(p, generator=g, dtype=torch.float64)).tolist()
+    caps = [1, 60, 2, 60, *torch.randint(1, 61, (p - 4,), generator=g).tolist()]
+    tols = [[None, 1e-2, 1e-3, 1e-5][i % 4] for i in range(p)]
+    assert p >= compiled.LANES_FROM
+    kw = dict(eps=eps, max_iter=caps, tol=tols, stop=stop, check_every=every)
+    v = batched_ot_loss(cost, a, b, **kw)
+    scale = torch.linspace(0.5, 2.0, p, dtype=dtype)
+    grads = torch.autograd.grad((v * scale).sum(), (cost, a, b))
+    stopped_early = 0
+    for m in range(p):
+        one = ot_loss(
+            cost[m], a[m], b[m], eps=eps[m], max_iter=caps[m], tol=tols[m], stop=stop,
+            check_every=every,
+        )  # fmt: skip
+        g1 = torch.autograd.grad(one * scale[m], (cost, a, b))
+        assert torch.equal(v[m], one), m
+        for got, want in zip(grads, g1, strict=True):
+            assert torch.equal(got[m], want[m]), m
+        full = ot_loss(cost[m], a[m], b[m], eps=eps[m], max_iter=caps[m], tol=None)
+        stopped_early += not torch.equal(one, full)
+    assert stopped_early >= p // 4  # the tolerances really stop members early
+
+
 def test_a_zero_weight_gives_a_non_finite_member_not_an_exception():
     """A zero weight (an underflowed softmax) on the log-domain path: log 0 = -inf, and the
     reverse pass divides by it. The compiled loops follow IEEE arithmetic as NumPy does (no
