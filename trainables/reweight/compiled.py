@@ -325,8 +325,11 @@ def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     they share the vector lanes of :mod:`.lanes` (the same numbers, bit for bit)."""
     n, m = cost.shape[1:]
     dt = cost.dtype
-    k = np.empty_like(cost)
-    k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
+    if todo.size == cost.shape[0]:
+        k = np.exp(-cost / eps[:, None, None])
+    else:
+        k = np.empty_like(cost)
+        k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
     value = np.zeros(cost.shape[0], dtype=dt)
     if todo.size >= LANES_FROM:
         return value, lanes.solve(todo, cost, k, a, b, eps, caps, tols, marginal, every, value)
@@ -398,6 +401,9 @@ class _CompiledOT(torch.autograd.Function):
         p, n, m = cost.shape
         grads = [np.zeros((p, n, m), dt), np.zeros((p, n), dt), np.zeros((p, m), dt)]
         for idx, gdt, back in ctx.groups:
+            if gdt == dt:  # each group writes its own problems' rows
+                back(np.ascontiguousarray(grad_out.numpy(), dtype=gdt), *grads)
+                continue
             out = [np.empty((p, n, m), gdt), np.empty((p, n), gdt), np.empty((p, m), gdt)]
             back(np.ascontiguousarray(grad_out.numpy(), dtype=gdt), *out)
             for full, part in zip(grads, out, strict=True):
