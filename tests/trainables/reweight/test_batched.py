@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import pytest
 import torch
 
@@ -224,6 +225,32 @@ def test_members_sharing_vector_lanes_are_bit_for_bit_their_single_problem(dtype
         full = ot_loss(cost[m], a[m], b[m], eps=eps[m], max_iter=caps[m], tol=None)
         stopped_early += not torch.equal(one, full)
     assert stopped_early >= p // 4  # the tolerances really stop members early
+
+
+def test_lane_states_are_reused_only_once_their_reverse_pass_cannot_run():
+    """The lanes' tick states go back to a pool when the graph that holds them is freed: two
+    graphs alive at once keep their own states (the second call's problems differ), and a
+    graph kept for a second backward gives the same gradients twice."""
+    from trainables.reweight import lanes
+
+    kw = dict(eps=[0.5] * 9, max_iter=[40, 30, 20, 10, 5, 40, 30, 20, 10], tol=[None] * 9)
+    first = _problems(p=9, n=16, m=10, seed=5)
+    second = _problems(p=9, n=16, m=10, seed=6)
+    v1 = batched_ot_loss(*first, **kw)
+    v2 = batched_ot_loss(*second, **kw)
+    g1 = torch.autograd.grad(v1.sum(), first, retain_graph=True)
+    v3 = batched_ot_loss(*second, **kw)  # may take states freed by nothing yet: v1's are held
+    again = torch.autograd.grad(v1.sum(), first)
+    assert all(torch.equal(x, y) for x, y in zip(g1, again, strict=True))
+    g2, g3 = (torch.autograd.grad(v.sum(), second) for v in (v2, v3))
+    assert all(torch.equal(x, y) for x, y in zip(g2, g3, strict=True))
+    for (cost, a, b), grads in ((first, g1), (second, g2)):
+        for m in range(9):
+            one = ot_loss(cost[m], a[m], b[m], eps=0.5, max_iter=kw["max_iter"][m])
+            for got, want in zip(grads, torch.autograd.grad(one, (cost, a, b)), strict=True):
+                assert torch.equal(got[m], want[m])
+    del v1, v2, v3
+    assert lanes._POOL[(np.dtype(np.float64).str, 16, 10)]  # freed states wait for reuse
 
 
 def test_a_zero_weight_gives_a_non_finite_member_not_an_exception():
