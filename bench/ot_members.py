@@ -54,9 +54,9 @@ def torch_loop(cost, a, b, eps, cap, tol):
     for it in range(cap):
         v = b / (k.T @ u)
         u = a / (k @ v)
-        if tol is not None and (it + 1) % 10 == 0:
-            if float((v * (k.T @ u) - b).abs().sum().detach()) < tol:
-                break
+        at_check = tol is not None and (it + 1) % 10 == 0
+        if at_check and float((v * (k.T @ u) - b).abs().sum().detach()) < tol:
+            break
     return (cost * (u[:, None] * k * v[None, :])).sum()
 
 
@@ -115,7 +115,8 @@ def main() -> None:
         for name, fn in variants(args.members).items():
             row[name], outs[name] = run(name, fn, data, args.repeat)
         for name in ("compiled", "lanes"):
-            if not all(torch.equal(x, y) for x, y in zip(outs[name], outs["one_by_one"])):
+            pairs = zip(outs[name], outs["one_by_one"], strict=True)
+            if not all(torch.equal(x, y) for x, y in pairs):
                 raise SystemExit(f"{name} differs from one_by_one in {dtype}: not bit for bit")
         worst = max(
             float((x - y).abs().max() / y.abs().max())
