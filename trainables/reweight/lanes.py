@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections import deque
 
 import numpy as np
 from llvmlite import ir
@@ -72,14 +73,24 @@ def solve(todo, cost, k, a, b, eps, caps, tols, marginal, every, value):
 
 
 # Tick states of finished calls, reused: a fresh history of a few hundred kB is mapped anew
-# and page-faulted in at every call (measured: 60 us of a 0.3 ms call of 32 members).
+# and page-faulted in at every call (measured: 60 us of a 0.3 ms call of 32 members). A
+# finished call's states are appended to _RETURNED (atomic, no lock: the finaliser may run
+# inside a garbage collection, anywhere), and moved to _POOL under its lock by the next take.
 _POOL: dict[tuple, list[tuple[np.ndarray, ...]]] = {}
+_RETURNED: deque = deque()
 _POOL_LOCK = threading.Lock()
 _POOL_KEEP = 4  # per dtype and shape
+_POOL_MAX_BYTES = 32 << 20  # larger histories are not kept (their own cost dwarfs a mapping)
 
 
 def _take(key, ticks, n, m, w, dt):
     with _POOL_LOCK:
+        while _RETURNED:
+            k, states = _RETURNED.popleft()
+            free = _POOL.setdefault(k, [])
+            free.append(states)
+            free.sort(key=lambda st: st[0].shape[0])  # the smallest that fits is taken first
+            del free[:-_POOL_KEEP]
         free = _POOL.get(key, [])
         for i, states in enumerate(free):
             if states[0].shape[0] >= ticks:
@@ -90,11 +101,8 @@ def _take(key, ticks, n, m, w, dt):
 
 
 def _give(key, states) -> None:
-    with _POOL_LOCK:
-        free = _POOL.setdefault(key, [])
-        free.append(states)
-        free.sort(key=lambda st: st[0].shape[0])  # the smallest that fits is taken first
-        del free[:-_POOL_KEEP]
+    if sum(x.nbytes for x in states) <= _POOL_MAX_BYTES:
+        _RETURNED.append((key, states))
 
 
 # --- vector intrinsics: every array C-contiguous, its last axis the lanes -----------------

@@ -250,7 +250,12 @@ def test_lane_states_are_reused_only_once_their_reverse_pass_cannot_run():
             for got, want in zip(grads, torch.autograd.grad(one, (cost, a, b)), strict=True):
                 assert torch.equal(got[m], want[m])
     del v1, v2, v3
-    assert lanes._POOL[(np.dtype(np.float64).str, 16, 10)]  # freed states wait for reuse
+    key = (np.dtype(np.float64).str, 16, 10)
+    assert [k for k, _ in lanes._RETURNED].count(key) >= 3  # freed states wait for reuse
+    lanes._take(key, 1, 16, 10, 4, np.float64)  # which moves them to the pool
+    assert len(lanes._POOL[key]) >= 2
+    lanes._give(key, (np.empty(lanes._POOL_MAX_BYTES // 8 + 1),))  # too large to keep
+    assert not lanes._RETURNED
 
 
 def test_a_zero_weight_gives_a_non_finite_member_not_an_exception():
