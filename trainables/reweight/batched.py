@@ -365,7 +365,7 @@ def batched_ot_loss(
         raise ValueError("every eps must be > 0, every max_iter >= 1, and check_every >= 1")
     caps = np.asarray(max_iter, dtype=np.int64)
     tols = np.asarray([-np.inf if t is None else t for t in tol], dtype=np.float64)
-    eps_t = torch.as_tensor(list(eps), dtype=cost.dtype, device=cost.device)
+    on_cpu = cost.device.type == "cpu"
     # per member: 0 the log-domain loop, 1 fused in cost's dtype, 2 fused in float64
     limit = _LIMIT.get(cost.dtype)
     if impl == "reference" or limit is None:
@@ -373,11 +373,15 @@ def batched_ot_loss(
     elif impl == "fused":
         path = np.ones(p, dtype=np.int64)
     else:
-        ratio = (cost.detach().abs().amax(dim=(-2, -1)) / eps_t).cpu().numpy()
+        if on_cpu:  # in NumPy: the same numbers (an exact maximum, eps in cost's dtype, IEEE /)
+            c = cost.detach().numpy()
+            ratio = np.abs(c).max(axis=(1, 2)) / np.asarray(eps, dtype=c.dtype)
+        else:
+            eps_c = torch.as_tensor(list(eps), dtype=cost.dtype, device=cost.device)
+            ratio = (cost.detach().abs().amax(dim=(-2, -1)) / eps_c).cpu().numpy()
         path = np.where(ratio <= limit, 1, 0)
         if cost.dtype == torch.float32:
             path = np.where((path == 0) & (ratio <= _LIMIT[torch.float64]), 2, path)
-    on_cpu = cost.device.type == "cpu"
     small = cost.shape[1] * cost.shape[2] < COMPILED_MAX_ENTRIES
     backend = backend or _default_backend(cost, small)
     if backend == "triton":
@@ -388,6 +392,7 @@ def batched_ot_loss(
         )
     if backend == "numba":
         return _numba_members(cost, a, b, eps, path, caps, tols, stop, check_every)
+    eps_t = torch.as_tensor(list(eps), dtype=cost.dtype, device=cost.device)
     parts, order = [], []
     for kind in (1, 2, 0):
         idx = np.flatnonzero(path == kind)

@@ -46,8 +46,9 @@ def width(dtype) -> int:
 def lanes_ticks(caps: np.ndarray, lanes: int) -> int:
     """An upper bound on the ticks :func:`lanes_forward` takes for problems of these caps
     (list scheduling's: the total over the lanes plus the longest)."""
-    caps = np.asarray(caps, dtype=np.int64)
-    return int(-(-int(caps.sum()) // lanes) + int(caps.max()) + 1) if caps.size else 1
+    if len(caps) == 0:
+        return 1
+    return -(-int(caps.sum()) // lanes) + int(caps.max()) + 1
 
 
 def solve(todo, cost, k, a, b, eps, caps, tols, marginal, every, value):
@@ -58,9 +59,10 @@ def solve(todo, cost, k, a, b, eps, caps, tols, marginal, every, value):
     dt = cost.dtype
     w = width(dt)
     key = (dt.str, n, m)
-    states = _take(key, lanes_ticks(caps[todo], w), n, m, w, dt)
-    start, lane_of, n_done = (np.zeros(p, dtype=np.int64) for _ in range(3))
-    order = todo[np.argsort(-caps[todo], kind="stable")]  # the longest first
+    mine = caps[todo]
+    states = _take(key, lanes_ticks(mine, w), n, m, w, dt)
+    start, lane_of, n_done = np.zeros((3, p), dtype=np.int64)
+    order = todo[np.argsort(-mine, kind="stable")]  # the longest first
     hist = (*states, start, lane_of, n_done)
     ticks = lanes_forward(order, cost, k, a, b, eps, caps, tols, marginal, every, *hist, value)
 
@@ -84,6 +86,8 @@ _POOL_MAX_BYTES = 32 << 20  # larger histories are not kept (their own cost dwar
 
 
 def _take(key, ticks, n, m, w, dt):
+    if not _RETURNED and not _POOL.get(key):
+        return _fresh(ticks, n, m, w, dt)
     with _POOL_LOCK:
         while _RETURNED:
             k, states = _RETURNED.popleft()
@@ -95,6 +99,10 @@ def _take(key, ticks, n, m, w, dt):
         for i, states in enumerate(free):
             if states[0].shape[0] >= ticks:
                 return free.pop(i)
+    return _fresh(ticks, n, m, w, dt)
+
+
+def _fresh(ticks, n, m, w, dt):
     u_in, u_out, sh = (np.empty((ticks, n, w), dtype=dt) for _ in range(3))
     vh, rh = (np.empty((ticks, m, w), dtype=dt) for _ in range(2))
     return u_in, u_out, vh, sh, rh
