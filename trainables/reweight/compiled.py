@@ -29,6 +29,7 @@ import torch
 from numba import njit
 
 from . import lanes
+from .scaling_steps import close_grad, direct_terms, plan_cost, stop_error
 
 __all__ = ["compiled_ot"]
 
@@ -81,25 +82,13 @@ def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, 
                 u_new[i] = a[q, i] / s[i]
             done = it + 1
             if done % every == 0:
-                err = 0.0
-                if marginal:  # L1 error of the Q-side marginal V (K^T U)
+                if marginal:  # the Q-side marginal V (K^T U)
                     _rows_dot(kq, u_new, col)
-                    for j in range(m):
-                        err += abs(v[j] * col[j] - b[q, j])
-                else:  # sum_j |g_j - g_j^prev| with g = eps log V (V = 1 before the first)
-                    for j in range(m):
-                        before = np.log(vs[slot, it - 1, j]) if it > 0 else 0.0
-                        err += eps[q] * abs(np.log(v[j]) - before)
+                err = stop_error(marginal, v, col, vs[slot, it - 1], it == 0, b[q], eps[q])
                 if err < tols[q]:
                     break
         n_done[slot] = done
-        u = us[slot, done]
-        total = 0.0
-        v = vs[slot, done - 1]
-        for i in range(n):
-            for j in range(m):
-                total += cost[q, i, j] * (u[i] * kq[i, j] * v[j])
-        value[q] = total
+        value[q] = plan_cost(cost[q], kq, us[slot, done], vs[slot, done - 1])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -120,20 +109,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 kt[j, i] = kq[i, j]
         last = n_done[slot]
         u_last, v_last = us[slot, last], vs[slot, last - 1]
-        # the plan T = diag(u) K diag(v) and <C, T>: the direct terms
-        for i in range(n):
-            u_bar[i] = 0.0
-        for j in range(m):
-            vt0[j] = 0.0
-        for i in range(n):
-            for j in range(m):
-                vj = v_last[j]
-                tb = gq * cq[i, j]
-                grad_cost[q, i, j] = gq * u_last[i] * vj * kq[i, j]
-                k_bar[i, j] = tb * u_last[i] * vj
-                tk = tb * kq[i, j]
-                u_bar[i] += tk * vj
-                vt0[j] -= tk * u_last[i]
+        direct_terms(gq, cq, kq, u_last, v_last, grad_cost[q], k_bar, u_bar, vt0)
         for i in range(n):
             a_bar[q, i] = 0.0
         for j in range(m):
@@ -160,9 +136,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 wi, ui = w[i], u_before[i]
                 for j in range(m):
                     k_bar[i, j] += ui * z[j] - wi * v[j]
-        for i in range(n):
-            for j in range(m):
-                grad_cost[q, i, j] -= k_bar[i, j] * kq[i, j] / eps[q]
+        close_grad(grad_cost[q], k_bar, kq, eps[q])
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

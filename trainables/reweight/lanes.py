@@ -33,6 +33,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from .scaling_steps import close_grad, direct_terms, plan_cost, stop_error
+
 __all__ = ["lanes_backward", "lanes_forward", "lanes_ticks", "solve", "width"]
 
 _BITS = 256  # one AVX2 register (AVX-512 cores run these too)
@@ -346,23 +348,15 @@ def lanes_forward(
             if left[lane] == 0:
                 left[lane] = every
                 if not stop:
-                    err = 0.0
-                    if marginal:
-                        for j in range(m):
-                            err += abs(v[j, lane] * col[j, lane] - b[q, j])
-                    else:
-                        for j in range(m):
-                            before = np.log(vh[tick - 1, j, lane]) if done > 1 else 0.0
-                            err += eps[q] * abs(np.log(v[j, lane]) - before)
+                    before = vh[tick - 1, :, lane]  # the problem's previous iteration
+                    err = stop_error(
+                        marginal, v[:, lane], col[:, lane], before, done == 1, b[q], eps[q]
+                    )
                     stop = err < tols[q]
             if not stop:
                 continue
             n_done[q] = done
-            total = 0.0
-            for i in range(n):
-                for j in range(m):
-                    total += cost[q, i, j] * (uo[i, lane] * k[q, i, j] * v[j, lane])
-            value[q] = total
+            value[q] = plan_cost(cost[q], k[q], uo[:, lane], v[:, lane])
             if nxt < todo.size:
                 q = todo[nxt]
                 _load(q, lane, k, a, b, kl, ktl, al, bl, u)
@@ -412,26 +406,15 @@ def lanes_backward(
             # the plan T = diag(u) K diag(v) and <C, T>: the direct terms
             begins = True
             q_of[lane] = q
-            gq = g[q]
             for i in range(n):
-                u_bar[i, lane] = 0.0
                 ab[i, lane] = 0.0
-            for j in range(m):
-                vt0[j, lane] = 0.0
-                bb[j, lane] = 0.0
-            for i in range(n):
-                ul = uo[i, lane]
                 for j in range(m):
-                    kq = k[q, i, j]
-                    kl[i, j, lane] = kq
-                    ktl[j, i, lane] = kq
-                    vj = v[j, lane]
-                    tb = gq * cost[q, i, j]
-                    grad_cost[q, i, j] = gq * ul * vj * kq
-                    k_bar[i, j, lane] = tb * ul * vj
-                    tk = tb * kq
-                    u_bar[i, lane] += tk * vj
-                    vt0[j, lane] -= tk * ul
+                    kl[i, j, lane] = k[q, i, j]
+                    ktl[j, i, lane] = k[q, i, j]
+            for j in range(m):
+                bb[j, lane] = 0.0
+            direct_terms(g[q], cost[q], k[q], uo[:, lane], v[:, lane], grad_cost[q],
+                         k_bar[:, :, lane], u_bar[:, lane], vt0[:, lane])  # fmt: skip
         _vquot_add(u_bar, s, ab, uo, w)
         _vdot(kl, w, acc)
         if begins:  # a problem's last iteration also takes the direct terms through V
@@ -446,10 +429,9 @@ def lanes_backward(
             q = q_of[lane]
             if q < 0 or tick != start[q]:
                 continue
+            close_grad(grad_cost[q], k_bar[:, :, lane], k[q], eps[q])
             for i in range(n):
                 a_bar[q, i] = ab[i, lane]
-                for j in range(m):
-                    grad_cost[q, i, j] -= k_bar[i, j, lane] * k[q, i, j] / eps[q]
             for j in range(m):
                 b_bar[q, j] = bb[j, lane]
             q_of[lane] = -1
