@@ -78,7 +78,7 @@ def write_confusion_png(
     """
     matrix, order = ordered_normalised_confusion(confusion, train_counts)
     k = len(order)
-    fig, ax = plt.subplots(figsize=(6.0, 5.0))
+    fig, ax = plt.subplots(figsize=(6.0, 5.0), dpi=_DPI)
     try:
         image = ax.imshow(matrix, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
         fig.colorbar(image, ax=ax, label="fraction of true class")
@@ -94,8 +94,7 @@ def write_confusion_png(
             ax.set_yticks([])
         if title:
             ax.set_title(title)
-        fig.tight_layout()
-        _save(fig, path)
+        _save(fig, path, layout=True)
     finally:
         plt.close(fig)
     return order
@@ -179,15 +178,16 @@ def write_weight_png(
             ("raw weights (what the CE multiplies): ", raw, raw_w),
         ]
     cols = 2 if two_panels else 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(6.0 * cols, 4.5 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(6.0 * cols, 4.5 * len(rows)), squeeze=False, dpi=_DPI
+    )
     try:
         for r, (prefix, m, w) in enumerate(rows):
             reference = None if r == 0 else float(m[-1].sum()) / k
             _draw_mass(axes[r][0], m, train_counts, prefix=prefix, reference=reference)
             if two_panels:
                 _draw_samples(axes[r][1], w, classes, k, train_counts, prefix=prefix)
-        fig.tight_layout()
-        _save(fig, path)
+        _save(fig, path, layout=True)
     finally:
         plt.close(fig)
 
@@ -293,12 +293,20 @@ def _draw_samples(
     ax.legend(fontsize="small")
 
 
-def _save(fig: plt.Figure, path: Path, *, tight: bool = False) -> None:
-    """The figures a sweep draws for every run are laid out by ``tight_layout`` before they
-    are saved (``tight``: the saved area cropped to what is drawn, which costs a second
-    rendering pass), and compressed lightly (zlib level 1: a sweep draws two per run, and
-    level 6 took a third of the saving time for files 10% smaller)."""
+def _save(fig: plt.Figure, path: Path, *, tight: bool = False, layout: bool = False) -> None:
+    """Save ``fig`` as a PNG at ``_DPI``, compressed lightly (zlib level 1: a sweep draws two
+    per run, and level 6 took a third of the saving time for files 10% smaller).
+
+    ``layout``: laid out by ``tight_layout`` first (the figures a sweep draws for every run).
+    They are created at ``_DPI``, so the layout measures the text on the renderer the saving
+    draws with (its text metrics are cached per renderer), and the placeholder layout engine
+    ``tight_layout`` leaves behind is dropped: with it, ``savefig`` draws the whole figure a
+    second time, without output. ``tight``: the saved area cropped to what is drawn (a second
+    rendering pass; the figures drawn once per report)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if layout:
+        fig.tight_layout()
+        fig.set_layout_engine(None)
     extra = {"bbox_inches": "tight"} if tight else {}
     fig.savefig(path, dpi=_DPI, pil_kwargs={"compress_level": 1}, **extra)
 

@@ -34,8 +34,8 @@ def drawn(monkeypatch) -> list:
     figures: list = []
     save = artifacts._save
 
-    def keep(fig, path):
-        save(fig, path)
+    def keep(fig, path, **kw):
+        save(fig, path, **kw)
         figures.append(
             {
                 "axes": [
@@ -68,6 +68,43 @@ def _no_leaked_figures():
     plt.close("all")
     yield
     assert plt.get_fignums() == [], "a figure was left open"
+
+
+def test_per_run_figures_are_rendered_once_at_the_saving_dpi(tmp_path, monkeypatch) -> None:
+    """A sweep draws two figures per run: each is laid out by tight_layout and then rendered
+    once (tight_layout's leftover placeholder engine made savefig render it a second time,
+    without output), at the DPI it is saved at."""
+    from matplotlib.figure import Figure
+
+    import orchestrator.artifacts as artifacts
+
+    passes: list = []
+    draw = Figure.draw
+
+    def counted(fig, renderer):
+        passes.append((fig.dpi, fig.get_layout_engine()))
+        return draw(fig, renderer)
+
+    monkeypatch.setattr(Figure, "draw", counted)
+    write_confusion_png([[3, 1], [0, 2]], [4, 2], tmp_path / "c.png", title="t")
+    assert passes == [(artifacts._DPI, None)]
+    passes.clear()
+    write_weight_png(
+        [[0.5, 0.5], [0.6, 0.4]],
+        tmp_path / "w.png",
+        sample_weights=[0.2, 0.3, 0.5],
+        labels=[0, 0, 1],
+        train_counts=[2, 1],
+    )
+    assert passes == [(artifacts._DPI, None)]
+    for name in ("c.png", "w.png"):  # the saved size is the figure's at that DPI
+        assert (
+            plt.imread(tmp_path / name).shape[:2]
+            == {
+                "c.png": (600, 720),
+                "w.png": (540, 1440),
+            }[name]
+        )
 
 
 def test_frequency_order_descending_with_ties_by_index() -> None:
