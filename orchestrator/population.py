@@ -201,10 +201,12 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         )
         report(epochs - 1)  # after every member's run is closed: Tune stops a trial here
     except SystemExit:  # ASHA stopped the population at a report
+        # quick, and no drawing: the process may exit at any moment (the driver draws the
+        # figures left pending). At a rung every open member's data is already up.
         for i in sorted(open_members):
             t = trackers[i]
-            if i in live:
-                t.upload_selected(live[i], data)
+            if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
+                t.upload_progress(live[i], data)
             t.stopped_early()
         raise
     except BaseException as err:

@@ -297,24 +297,32 @@ class TrialTracker:
         if self.result is not None and not self._drawn and self.result.selected:
             self.upload_selected(self.result, self._data)
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict, *, draw: bool = True) -> None:
+        """Close the run with ``summary``; ``draw=False``: figures still pending stay pending
+        (the sweep's driver draws them, :func:`draw_uploaded_figures`)."""
         self.closed = True
         if self.client is None:
             return
         self.flush()
-        self.draw_pending()
+        if draw:
+            self.draw_pending()
         self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def stopped_early(self) -> None:
-        """The scheduler stopped the trial; the selected model's artifacts are already up."""
+        """The scheduler stopped the trial at a report; the selection's data is already up.
+        Its figures, if still pending, are left to the sweep's driver (its callback draws the
+        pending figures of every stopped trial): Tune does not wait for a stopped trial's
+        thread (its cleanup joins it with a timeout of 0), so the process may exit at any
+        moment, and drawing here died with it, mid-figure, printing a fatal-error trace."""
         if self.client is None:
             return
         self.flush()
         self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
         if self.result is not None:
-            self.finish(scalar_summary(self.result))
+            self.finish(scalar_summary(self.result), draw=False)
             return
+        self.closed = True
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def fail(self, err: BaseException, *, diverged: bool = False) -> None:
