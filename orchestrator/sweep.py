@@ -210,6 +210,30 @@ def _draw_pending(uri: str, run_id: str) -> None:
     draw_uploaded_figures(tracking.client(uri), run_id)  # a client of this thread's own
 
 
+def draw_left_pending(c, exp_id: str, parent: str) -> int:
+    """Draw the figures of this sweep's closed runs still tagged ``ot.figures=pending``: a
+    stopped trial leaves them to the driver's callback, and a driver that died before drawing
+    them (then ``--resume``) would otherwise leave them undrawn, the trial being finished. A
+    drawing that fails is reported in one line and loses nothing else. Returns how many were
+    drawn."""
+    from .trainable import draw_uploaded_figures
+
+    left = tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.FIGURES: "pending"})
+    drawn = 0
+    for run in left:
+        if run.info.status != "FINISHED":  # a failed attempt, or a run still open
+            continue
+        try:
+            drawn += draw_uploaded_figures(c, run.info.run_id)
+        except Exception as err:  # reported; the sweep's results stand
+            print(
+                f"warning: the figures of run {run.info.run_id} were not drawn: "
+                f"{type(err).__name__}: {err}",
+                file=sys.stderr,
+            )
+    return drawn
+
+
 def _sweep_dirs(storage: Storage, name: str) -> list[str]:
     return [d for d in storage.list_dirs(name) if d.startswith("sweep-")]
 
@@ -664,6 +688,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         results = tuner.fit()
     finally:
         finisher.join()  # the stopped trials' figures, before the ranking and the exit
+    draw_left_pending(c, exp_id, parent)  # any a driver before a --resume did not draw
     best = _summary(cfg, c, exp_id, parent, results, conc, population)
     _control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)

@@ -266,3 +266,43 @@ def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_f
     assert run.data.tags[names.FIGURES] == "drawn"
     assert {"confusion_matrix.png", "learned_weights.png"} <= _artifacts(c, stopped.run_id)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path, capsys):
+    """A trial ASHA stopped closed its run with its figures pending, and the driver died before
+    its callback drew them: the sweep (resumed) draws every closed run of its parent still
+    pending, and leaves a failed attempt's and another sweep's alone."""
+    import dataclasses
+
+    from orchestrator import names
+    from orchestrator.sweep import draw_left_pending
+    from orchestrator.trainable import TrialTracker
+
+    stopped, c = _tracker(tmp_path)
+    res, data = _result(2)
+    stopped.start({})
+    stopped.upload_progress(res, data)
+    stopped.stopped_early()
+    failed = TrialTracker(stopped.ctx, stopped.cfg, "t1", "trial_1")
+    failed.start({})
+    failed.upload_progress(res, data)
+    failed.fail(RuntimeError("worker lost"))
+    ctx = stopped.ctx
+    other_parent = c.create_run(ctx.tracking.experiment_id, run_name="another").info.run_id
+    other_ctx = dataclasses.replace(ctx, parent_run_id=other_parent)
+    other = TrialTracker(other_ctx, stopped.cfg, "t2", "trial_2")
+    other.start({})
+    other.upload_progress(res, data)
+    other.stopped_early()
+    for t in (stopped, failed, other):
+        assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
+
+    assert draw_left_pending(c, ctx.tracking.experiment_id, ctx.parent_run_id) == 1
+    assert c.get_run(stopped.run_id).data.tags[names.FIGURES] == "drawn"
+    assert {"confusion_matrix.png", "learned_weights.png"} <= _artifacts(c, stopped.run_id)
+    for t in (failed, other):
+        assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
+        assert "confusion_matrix.png" not in _artifacts(c, t.run_id)
+    # drawn once: a second pass finds nothing left
+    assert draw_left_pending(c, ctx.tracking.experiment_id, ctx.parent_run_id) == 0
+    assert "warning" not in capsys.readouterr().err
