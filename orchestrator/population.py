@@ -200,14 +200,17 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
             rungs=rungs,
         )
         report(epochs - 1)  # after every member's run is closed: Tune stops a trial here
-    except SystemExit:  # ASHA stopped the population at a report
-        # quick, and no drawing: the process may exit at any moment (the driver draws the
-        # figures left pending). At a rung every open member's data is already up.
+    except SystemExit:  # Tune stopped the population at a report (ASHA, or an interrupt)
+        # quick, and no drawing: the process may exit at any moment. The open members' runs
+        # stay open for the driver (closed as stopped early when ASHA stopped the trial; left
+        # for --resume when the sweep was interrupted). At a rung their data is already up.
         for i in sorted(open_members):
             t = trackers[i]
             if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
                 t.upload_progress(live[i], data)
-            t.stopped_early()
+                t.at_stop()  # with its summary
+            else:
+                t.flush()
         raise
     except BaseException as err:
         for i in sorted(open_members):

@@ -297,33 +297,41 @@ class TrialTracker:
         if self.result is not None and not self._drawn and self.result.selected:
             self.upload_selected(self.result, self._data)
 
-    def finish(self, summary: dict, *, draw: bool = True) -> None:
-        """Close the run with ``summary``; ``draw=False``: figures still pending stay pending
-        (the sweep's driver draws them, :func:`draw_uploaded_figures`)."""
+    def finish(self, summary: dict) -> None:
         self.closed = True
         if self.client is None:
             return
         self.flush()
-        if draw:
-            self.draw_pending()
+        self.draw_pending()
         self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def stopped_early(self) -> None:
-        """The scheduler stopped the trial at a report; the selection's data is already up.
-        Its figures, if still pending, are left to the sweep's driver (its callback draws the
-        pending figures of every stopped trial): Tune does not wait for a stopped trial's
-        thread (its cleanup joins it with a timeout of 0), so the process may exit at any
-        moment, and drawing here died with it, mid-figure, printing a fatal-error trace."""
+        """Stopped early inside its process (a population's member culled at a rung); the
+        selected model's artifacts are already up."""
         if self.client is None:
             return
         self.flush()
         self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
         if self.result is not None:
-            self.finish(scalar_summary(self.result), draw=False)
+            self.finish(scalar_summary(self.result))
             return
         self.closed = True
         self.client.set_terminated(self.run_id, status="FINISHED")
+
+    def at_stop(self) -> None:
+        """Tune is stopping the trial at a report: the scheduler stopped it, or the sweep was
+        interrupted (Ctrl-C), which the trial cannot tell apart. The epochs and the summary so
+        far go up and the run stays open: the sweep's driver closes it as stopped early (with
+        its figures) when the scheduler stopped the trial, and ``--resume`` closes it as
+        interrupted and trains the setting again when the sweep was interrupted. Nothing is
+        drawn: Tune does not wait for a stopped trial's thread, so its process may exit at any
+        moment (drawing then died mid-figure, printing a fatal-error trace)."""
+        if self.client is None or self.closed:
+            return
+        self.flush()
+        if self.result is not None:
+            self.log_summary(scalar_summary(self.result))
 
     def fail(self, err: BaseException, *, diverged: bool = False) -> None:
         self.closed = True
@@ -507,9 +515,8 @@ def _run_trial(
         tracker.finish(scalar_summary(s2))
         for out in pending:
             report(out)
-    except SystemExit:  # the scheduler stopped this trial at a report
-        if not tracker.closed:
-            tracker.stopped_early()
+    except SystemExit:  # Tune stopped this trial at a report (scheduler or interrupt)
+        tracker.at_stop()
         raise
     except FloatingPointError as err:
         # A diverged setting is a result of the search, not a fault to retry: the run is

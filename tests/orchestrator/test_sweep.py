@@ -335,6 +335,82 @@ def test_population_sigkill_then_resume_loses_no_finished_member(tmp_path, smoke
     assert "16 ranked" in resumed.stdout
 
 
+def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_member(
+    tmp_path, smoke, repo
+):
+    """Ctrl-C (SIGINT to the command's process group): Tune saves its state and returns as if
+    done; the sweep says it was interrupted and how to resume (exit 130), is not marked
+    finished, and the members it stopped stay open, not closed as stopped early. --resume
+    trains those again and keeps every member that had finished."""
+    cmd = [
+        sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke", "--quiet",
+        "--storage", str(tmp_path), "--trials", "16", "--population", "4",
+        "--concurrency", "1", "--set", "stage2.epochs=3",
+    ]  # fmt: skip
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if "stage 1:" in log_path.read_text():
+                done = [t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]
+                if len(done) >= 4:
+                    break
+        assert proc.poll() is None, "the sweep finished before it could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=120)
+        finally:
+            _kill_session(proc.pid)  # whatever Ray left behind
+    out = log_path.read_text()
+    assert rc == 130, out[-3000:]
+    assert (
+        f"interrupted: the sweep's state is saved; resume it with: python -m orchestrator.sweep "
+        f"image_mnist_lt --resume --storage {tmp_path}"
+    ) in out
+    assert "== sweep summary ==" not in out and "Fatal Python error" not in out
+    (record,) = tmp_path.glob("image_mnist_lt/sweep-*/ot_sweep.json")
+    assert json.loads(record.read_text())["status"] != "finished"
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "KILLED" and parent.data.tags["ot.interrupted"] == "true"
+    members = children(rs, parent)
+    done_before = {m.data.tags["ray.trial_id"]: m for m in members if m.info.status == "FINISHED"}
+    assert len(done_before) >= 4
+    from orchestrator.trainable import asha_rungs
+
+    for m in done_before.values():  # finished for real: all epochs, or stopped at a rung
+        epochs = len(_val_history(tmp_path, m.info.run_id))
+        stopped = m.data.tags.get("ot.stopped_early") == "true"
+        assert (epochs == 3 and not stopped) or (stopped and epochs in asha_rungs(3)), epochs
+    assert len(done_before) < 16  # some were stopped by the interrupt, and left open
+
+    resumed = smoke(tmp_path, "--resume")
+    ok(resumed)
+    rs = runs(tmp_path)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "FINISHED"
+    members = children(rs, parent)
+    finished = [m for m in members if m.info.status == "FINISHED"]
+    ids = [m.data.tags["ray.trial_id"] for m in finished]
+    assert len(ids) == len(set(ids)) == 16, ids
+    for tid, m in done_before.items():  # kept, not trained again
+        (again,) = [f for f in finished if f.data.tags["ray.trial_id"] == tid]
+        assert again.info.run_id == m.info.run_id and again.data.tags["ot.attempt"] == "1"
+    assert not [m for m in members if m.info.status == "RUNNING"]
+    assert "16 ranked" in resumed.stdout
+
+
+def _val_history(storage: Path, run_id: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    return c.get_metric_history(run_id, "val_balanced_acc")
+
+
 def test_failed_trial_is_retried(tmp_path, smoke):
     marker = tmp_path / "faults"
     marker.mkdir()

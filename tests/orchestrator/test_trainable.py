@@ -97,9 +97,10 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     """An improvement uploads the selection's data (a run killed without notice keeps it);
     the PNGs, most of an upload's time, are drawn once, from the last selection, at close."""
     import json
+    from types import SimpleNamespace
 
     from orchestrator import artifacts, names
-    from orchestrator.trainable import draw_uploaded_figures
+    from orchestrator.sweep import _FinishStopped
 
     drawn = []
     real = artifacts.write_confusion_png
@@ -117,18 +118,24 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     up = _artifacts(c, tracker.run_id)
     assert {"confusion.json", "per_class_acc.csv", "weight_mass.json"} <= up
     assert not {"confusion_matrix.png", "learned_weights.png"} & up
-    # the scheduler stopped it: closed at once, its figures left to the sweep's driver (the
-    # process may exit at any moment after a stop)
-    tracker.stopped_early()
+    # Tune stopped the trial at a report: its summary goes up, nothing is drawn (the process
+    # may exit at any moment) and the run stays open for the driver
+    tracker.at_stop()
     assert drawn == []
     run = c.get_run(tracker.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["ot.stopped_early"] == "true"
-    assert run.data.tags[names.FIGURES] == "pending"
+    assert run.info.status == "RUNNING" and run.data.tags[names.FIGURES] == "pending"
+    assert run.data.metrics["validation_selected/epoch"] == 3  # the summary of epochs 1-3
+    assert "result.json" in _artifacts(c, tracker.run_id)
     assert not {"confusion_matrix.png", "learned_weights.png"} & _artifacts(c, tracker.run_id)
-    assert draw_uploaded_figures(c, tracker.run_id)  # what the driver's callback runs
+    # the scheduler stopped it: the driver's callback closes it and draws its figures
+    finisher = _FinishStopped(tracker.ctx.tracking, tracker.ctx.parent_run_id)
+    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="t0", config={}))
+    finisher.join()
     assert drawn == ["image_mnist_lt: test, validation-selected epoch 3"]
     up = _artifacts(c, tracker.run_id)
     assert {"confusion_matrix.png", "learned_weights.png"} <= up
+    run = c.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["ot.stopped_early"] == "true"
     local = c.download_artifacts(tracker.run_id, "weight_mass.json", str(tmp_path))
     # the figures and their data: epochs 1-3
     assert len(json.loads(Path(local).read_text())["softmax_mass"]) == 3
@@ -269,12 +276,12 @@ def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_f
 
 
 def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path, capsys):
-    """A trial ASHA stopped closed its run with its figures pending, and the driver died before
-    its callback drew them: the sweep (resumed) draws every closed run of its parent still
-    pending, and leaves a failed attempt's and another sweep's alone."""
+    """A trial ASHA stopped left its run to the driver, whose callback closed it and died
+    before drawing its figures: the sweep (resumed) draws every closed run of its parent
+    still pending, and leaves a failed attempt's and another sweep's alone."""
     import dataclasses
 
-    from orchestrator import names
+    from orchestrator import names, tracking
     from orchestrator.sweep import draw_left_pending
     from orchestrator.trainable import TrialTracker
 
@@ -282,7 +289,11 @@ def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path
     res, data = _result(2)
     stopped.start({})
     stopped.upload_progress(res, data)
-    stopped.stopped_early()
+    stopped.at_stop()
+    # what the driver's callback does before drawing
+    tracking.close_running(
+        c, [c.get_run(stopped.run_id)], tag=names.STOPPED_EARLY, status="FINISHED"
+    )
     failed = TrialTracker(stopped.ctx, stopped.cfg, "t1", "trial_1")
     failed.start({})
     failed.upload_progress(res, data)
@@ -293,7 +304,8 @@ def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path
     other = TrialTracker(other_ctx, stopped.cfg, "t2", "trial_2")
     other.start({})
     other.upload_progress(res, data)
-    other.stopped_early()
+    other.at_stop()
+    tracking.close_running(c, [c.get_run(other.run_id)], tag=names.STOPPED_EARLY, status="FINISHED")
     for t in (stopped, failed, other):
         assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
 
