@@ -13,7 +13,9 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -336,3 +338,16 @@ def run_command(body: Callable[[], int]) -> int:
 
 def experiment_names() -> str:
     return ", ".join(EXPERIMENTS)
+
+
+def tune_interrupted(sigint_before) -> bool:
+    """Whether ``Tuner.fit`` just ended on a stop signal (Ctrl-C, or SIGUSR1). It then returns
+    as if done, with the trials it stopped marked terminated and its state saved for a
+    restore; its signal handler puts back the SIGINT handler it replaced (``sigint_before``),
+    which it leaves replaced after a run that ended by itself. It replaces it only in the main
+    thread and without ``TUNE_DISABLE_SIGINT_HANDLER``."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0):
+        return False
+    return signal.getsignal(signal.SIGINT) is sigint_before

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -443,7 +444,21 @@ def run(args: argparse.Namespace) -> int:
             "reproduce.pending": len(pending),
         },
     )
-    ok, estimate = _run_pending(args, inv, specs, pending) if pending else (True, None)
+    try:
+        ok, estimate = _run_pending(args, inv, specs, pending) if pending else (True, None)
+    except _Interrupted:
+        # the runs Tune stopped stay open (a stopped trial cannot tell Ctrl-C from a
+        # scheduler): closed here as interrupted; running the command again trains them
+        runs = tracking.all_runs_with_tags(c, inv.exp_id, {names.PARENT: inv.parent})
+        tracking.close_running(c, runs, tag=names.INTERRUPTED, status="KILLED")
+        c.set_tag(inv.parent, names.INTERRUPTED, "true")
+        c.set_terminated(inv.parent, status="KILLED")
+        print(
+            "interrupted: the runs that finished are kept; run the same command again to "
+            "train the rest",
+            file=sys.stderr,
+        )
+        return 130
     c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
     print()
     print(render(report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke), "md"))
@@ -572,9 +587,16 @@ def _run_pending(
             verbose=progress.tune_verbose(args),
         ),
     )
+    sigint = signal.getsignal(signal.SIGINT)
     results = tuner.fit()
+    if cli.tune_interrupted(sigint):
+        raise _Interrupted
     _figures(inv.table, specs, entries, inv.client, inv.exp_id, inv.parent)
     return results.num_errors == 0, estimate
+
+
+class _Interrupted(Exception):
+    """Tune's fit ended on Ctrl-C."""
 
 
 def main(argv: list[str] | None = None) -> int:

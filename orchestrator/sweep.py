@@ -16,11 +16,9 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -235,19 +233,6 @@ def draw_left_pending(c, exp_id: str, parent: str) -> int:
                 file=sys.stderr,
             )
     return drawn
-
-
-def _interrupted(sigint_before) -> bool:
-    """Whether ``Tuner.fit`` just ended on a stop signal (Ctrl-C, or SIGUSR1). It then returns
-    as if done, with the trials it stopped marked terminated and its state saved for a
-    restore; its signal handler puts back the SIGINT handler it replaced (``sigint_before``),
-    which it leaves replaced after a run that ended by itself. It replaces it only in the main
-    thread and without ``TUNE_DISABLE_SIGINT_HANDLER``."""
-    if threading.current_thread() is not threading.main_thread():
-        return False
-    if int(os.environ.get("TUNE_DISABLE_SIGINT_HANDLER", "0") or 0):
-        return False
-    return signal.getsignal(signal.SIGINT) is sigint_before
 
 
 def _sweep_dirs(storage: Storage, name: str) -> list[str]:
@@ -705,7 +690,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         results = tuner.fit()
     finally:
         finisher.join()  # the stopped trials' figures, before the ranking and the exit
-    if _interrupted(sigint):
+    if cli.tune_interrupted(sigint):
         c.set_tag(parent, names.INTERRUPTED, "true")
         c.set_terminated(parent, status="KILLED")
         print(

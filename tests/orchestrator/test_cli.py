@@ -219,3 +219,30 @@ def test_missing_image_data_stops_before_ray_or_a_run(tmp_path, capsys, command)
     assert err[0].startswith(f"error: CIFAR-10 (JPEG q75 copy) archive not found at {missing}")
     assert "--set data.root=PATH" in err[0]
     assert not ray.is_initialized() and not (tmp_path / "runs" / "mlflow.db").exists()
+
+
+def test_tune_interrupted_reads_whether_tune_put_back_the_sigint_handler(monkeypatch):
+    """Tune replaces the SIGINT handler for a fit and puts the old one back only when a stop
+    signal ended it: the old one back means interrupted (in the main thread, with Tune's
+    handler not disabled)."""
+    import signal
+    import threading
+
+    from orchestrator.cli import tune_interrupted
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, lambda sig, frame: None)  # a fit's handler, left in place
+        assert not tune_interrupted(before)
+        signal.signal(signal.SIGINT, before)  # put back: the fit was stopped
+        assert tune_interrupted(before)
+        monkeypatch.setenv("TUNE_DISABLE_SIGINT_HANDLER", "1")  # Tune never replaced it
+        assert not tune_interrupted(before)
+        monkeypatch.delenv("TUNE_DISABLE_SIGINT_HANDLER")
+        seen = []
+        worker = threading.Thread(target=lambda: seen.append(tune_interrupted(before)))
+        worker.start()
+        worker.join()
+        assert seen == [False]  # a fit outside the main thread installs no handler
+    finally:
+        signal.signal(signal.SIGINT, before)
