@@ -195,19 +195,12 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
     }
     assert len(done_before) >= 2
 
-    resumed = smoke(tmp_path, "--resume")
-    ok(resumed)
-    rs = runs(tmp_path)
-    (parent,) = kind(rs, "sweep")
-    assert parent.info.status == "FINISHED"
-    trials = children(rs, parent)
+    resumed, rs, trials = _resume_finishes_each_once(smoke, tmp_path, 6)
     finished = [t for t in trials if t.info.status == "FINISHED"]
     ids = [t.data.tags["ray.trial_id"] for t in finished]
-    assert len(ids) == len(set(ids)) == 6, ids  # every trial finished exactly once
     for t in trials:
         if t.data.tags["ray.trial_id"] in done_before:  # nothing finished was run again
             assert t.info.status == "FINISHED" and t.data.tags["ot.attempt"] == "1"
-    assert not [t for t in trials if t.info.status == "RUNNING"]
     assert len(kind(rs, "stage1_build")) == 1  # the restart reused the cache
     # the closing ranking lists every trial of the sweep, those finished before the kill too,
     # in the order of their selection metric; Optuna's re-report warnings are not shown
@@ -219,8 +212,24 @@ def test_sigkill_then_resume_loses_and_reruns_nothing(tmp_path, smoke, repo):
     assert vals == sorted(vals, reverse=True)
     by_id = {t.data.tags["ray.trial_id"]: t for t in finished}
     assert vals[0] == round(by_id[ranked[0][3]].data.metrics["selected_val_balanced_acc"], 2)
-    assert "6 ranked" in resumed.stdout
     assert "is already reported" not in resumed.stdout + resumed.stderr
+
+
+def _resume_finishes_each_once(smoke, storage: Path, n: int) -> tuple:
+    """``--resume`` the interrupted sweep under ``storage``: it finishes, each of its ``n``
+    settings has exactly one FINISHED run, none is left RUNNING, all are ranked. Returns
+    (the resumed command's result, every run, the sweep's trial runs)."""
+    resumed = smoke(storage, "--resume")
+    ok(resumed)
+    rs = runs(storage)
+    (parent,) = kind(rs, "sweep")
+    assert parent.info.status == "FINISHED"
+    trials = children(rs, parent)
+    ids = [t.data.tags["ray.trial_id"] for t in trials if t.info.status == "FINISHED"]
+    assert len(ids) == len(set(ids)) == n, ids  # every setting finished exactly once
+    assert not [t for t in trials if t.info.status == "RUNNING"]
+    assert f"{n} ranked" in resumed.stdout
+    return resumed, rs, trials
 
 
 def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> None:
@@ -320,19 +329,11 @@ def test_population_sigkill_then_resume_loses_no_finished_member(tmp_path, smoke
         if t.info.status == "FINISHED"
     }
     assert len(done_before) >= 4
-    resumed = smoke(tmp_path, "--resume")
-    ok(resumed)
-    rs = runs(tmp_path)
-    (parent,) = kind(rs, "sweep")
-    members = children(rs, parent)
+    _, _, members = _resume_finishes_each_once(smoke, tmp_path, 16)
     finished = [m for m in members if m.info.status == "FINISHED"]
-    ids = [m.data.tags["ray.trial_id"] for m in finished]
-    assert len(ids) == len(set(ids)) == 16, ids  # every member finished exactly once
     for tid, run_id in done_before.items():  # the finished ones kept their run, not re-run
         (again,) = [m for m in finished if m.data.tags["ray.trial_id"] == tid]
         assert again.info.run_id == run_id and again.data.tags["ot.attempt"] == "1"
-    assert not [m for m in members if m.info.status == "RUNNING"]
-    assert "16 ranked" in resumed.stdout
 
 
 def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_member(
@@ -388,20 +389,11 @@ def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_
         assert (epochs == 3 and not stopped) or (stopped and epochs in asha_rungs(3)), epochs
     assert len(done_before) < 16  # some were stopped by the interrupt, and left open
 
-    resumed = smoke(tmp_path, "--resume")
-    ok(resumed)
-    rs = runs(tmp_path)
-    (parent,) = kind(rs, "sweep")
-    assert parent.info.status == "FINISHED"
-    members = children(rs, parent)
+    _, _, members = _resume_finishes_each_once(smoke, tmp_path, 16)
     finished = [m for m in members if m.info.status == "FINISHED"]
-    ids = [m.data.tags["ray.trial_id"] for m in finished]
-    assert len(ids) == len(set(ids)) == 16, ids
     for tid, m in done_before.items():  # kept, not trained again
         (again,) = [f for f in finished if f.data.tags["ray.trial_id"] == tid]
         assert again.info.run_id == m.info.run_id and again.data.tags["ot.attempt"] == "1"
-    assert not [m for m in members if m.info.status == "RUNNING"]
-    assert "16 ranked" in resumed.stdout
 
 
 def _val_history(storage: Path, run_id: str) -> list:
