@@ -6,6 +6,10 @@ the trial completes (``study.tell`` per member, from the member's selection metr
 trial's last result). The published setting is enqueued first, and the sampler is seeded, as
 with ``OptunaSearch``; the study and the open asks are saved with the Tuner's state, so a
 resumed sweep goes on with the same study.
+
+:func:`InOrder` wraps either searcher so that what it is told before each ask does not depend
+on timing: the searcher hears the results of trials ``0 .. k - lag`` (in that order, however
+they finished) before it is asked for trial ``k``, and trial ``k`` waits for them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Callable
 
 from . import names
 
-__all__ = ["MEMBER_KEY", "PopulationSearch", "member_key"]
+__all__ = ["MEMBER_KEY", "InOrder", "PopulationSearch", "member_key"]
 
 MEMBER_KEY = "member_{}_" + names.SELECT_METRIC
 
@@ -93,3 +97,70 @@ def PopulationSearch(
             self.study, self.asks, self.asked = state["study"], state["asks"], state["asked"]
 
     return _PopulationSearch()
+
+
+def InOrder(searcher, *, lag: int):
+    """``searcher`` (a Tune ``Searcher``) asked for trial ``k`` only once trials ``0 .. k -
+    lag`` have ended, and told their results in trial order just before: each suggestion then
+    depends on the seed and ``lag`` only, not on which trial ended first. Until then
+    ``suggest`` returns None (Tune asks again later), so a free slot can wait for an earlier
+    trial; with ``lag`` at least the trials run at once that is rare (the sweep uses twice
+    the concurrency). Defined on first use: Ray is imported lazily."""
+    import copy
+
+    from ray.tune.search import Searcher
+
+    if lag < 1:
+        raise ValueError(f"InOrder needs lag >= 1, got {lag}")
+
+    class _InOrder(Searcher):
+        def __init__(self) -> None:
+            super().__init__(metric=searcher.metric, mode=searcher.mode)
+            self.searcher = searcher
+            self.index: dict[str, int] = {}  # trial id -> its place in the order
+            self.ended: dict[int, tuple[str, dict | None, bool]] = {}  # not told yet
+            self.told = 0  # trials 0 .. told - 1 are told
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            ok = self.searcher.set_search_properties(metric, mode, config, **spec)
+            self._metric, self._mode = self.searcher.metric, self.searcher.mode
+            return ok
+
+        def suggest(self, trial_id: str):
+            k = len(self.index)
+            needed = k - lag + 1  # trials 0 .. k - lag
+            if any(i not in self.ended for i in range(self.told, needed)):
+                return None
+            for i in range(self.told, needed):
+                tid, result, error = self.ended.pop(i)
+                self.searcher.on_trial_complete(tid, result=result, error=error)
+            self.told = max(self.told, needed)
+            config = self.searcher.suggest(trial_id)
+            if config is not None and config != Searcher.FINISHED:
+                self.index[trial_id] = k
+            return config
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            self.searcher.on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+            i = self.index.get(trial_id)
+            if i is None or i < self.told:
+                return
+            self.ended[i] = (trial_id, result, error)
+
+        # Tune saves a wrapper (a searcher with a ``searcher``) as its ``get_state()`` and the
+        # innermost searcher through its own ``save``, as with its ConcurrencyLimiter.
+        def get_state(self) -> dict:
+            return copy.deepcopy({"index": self.index, "ended": self.ended, "told": self.told})
+
+        def set_state(self, state: dict) -> None:
+            self.index, self.ended, self.told = state["index"], state["ended"], state["told"]
+
+        def save(self, checkpoint_path: str) -> None:
+            self.searcher.save(checkpoint_path)
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.searcher.restore(checkpoint_path)
+
+    return _InOrder()

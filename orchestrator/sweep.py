@@ -1,8 +1,9 @@
 """``python -m orchestrator.sweep NAME``: search the OT method's stage-2 knobs with Ray Tune.
 
 Stage 1 runs once per content hash (a Ray task; cached in the run storage), then a Tuner runs
-the stage-2 trials: OptunaSearch (seeded TPE, the paper's settings enqueued first) with an ASHA
-scheduler on stage-2 epochs, ranked on validation balanced accuracy only. MLflow gets one parent
+the stage-2 trials: OptunaSearch (seeded TPE, the paper's settings enqueued first) with ASHA
+on stage-2 epochs (its decisions made in trial order: ``scheduler.OrderedASHA``), ranked on
+validation balanced accuracy only. MLflow gets one parent
 run per sweep, one child run per trial and one run per stage-1 build.
 
 Local by default (``ray.init()`` here, MLflow in ``<storage>/mlflow.db``); on a cluster pass
@@ -74,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
         "--population", type=int, default=0,
         help="settings each trial trains at once on cached features (default: up to 16 where "
         "stage 2 runs on cached features, 1 where f1 trains); --trials counts settings",
+    )  # fmt: skip
+    p.add_argument(
+        "--any-order", action="store_true",
+        help="ASHA and TPE act on results as they arrive (Tune's own): no trial waits for an "
+        "earlier one, but the outcome can change with timing (default: trial order)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     return p
@@ -257,7 +263,8 @@ def _ranking(c, exp_id: str, parent: str) -> list:
     """Every trial of the sweep with a result, best first by the selection metric: read from
     MLflow, so trials that finished before a ``--resume`` and those ASHA stopped are ranked too
     (Tune's result grid holds only what this driver saw). One run per trial: its latest
-    finished attempt."""
+    finished attempt. Equal scores go by the setting (its params), not by Tune's trial ids,
+    which are random: the same sweep ranks the same way every time."""
     latest: dict[str, object] = {}
     for r in tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.KIND: "trial"}):
         if r.info.status != "FINISHED" or names.SELECT_METRIC not in r.data.metrics:
@@ -268,7 +275,11 @@ def _ranking(c, exp_id: str, parent: str) -> list:
             latest[tid] = r
     return sorted(
         latest.values(),
-        key=lambda r: (-r.data.metrics[names.SELECT_METRIC], r.data.tags.get("ray.trial_id", "")),
+        key=lambda r: (
+            -r.data.metrics[names.SELECT_METRIC],
+            sorted(r.data.params.items()),
+            r.data.tags.get("ray.trial_id", ""),
+        ),
     )
 
 
@@ -498,6 +509,8 @@ def _tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from . import progress
+    from .scheduler import OrderedASHA
+    from .search import InOrder
     from .trainable import ASHA_REDUCTION, asha_grace
 
     exp_path = storage.child_uri(args.name, sweep_id)
@@ -527,18 +540,23 @@ def _tuner(
             points_to_evaluate=[space_best(module, cfg)],
             seed=cfg.seed,
         )
+    asha = dict(
+        time_attr=names.TIME_ATTR,
+        max_t=max(1, epochs),
+        grace_period=asha_grace(epochs),
+        reduction_factor=ASHA_REDUCTION,
+    )
+    if not args.any_order:  # in trial order: the outcome does not hang on timing
+        search, scheduler = InOrder(search, lag=2 * conc), OrderedASHA(**asha)
+    else:
+        scheduler = ASHAScheduler(**asha)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=names.SELECT_METRIC,
             mode="max",
             search_alg=search,
-            scheduler=ASHAScheduler(
-                time_attr=names.TIME_ATTR,
-                max_t=max(1, epochs),
-                grace_period=asha_grace(epochs),
-                reduction_factor=ASHA_REDUCTION,
-            ),
+            scheduler=scheduler,
             num_samples=math.ceil(args.trials / population),
             max_concurrent_trials=conc,
             trial_dirname_creator=lambda t: f"trial_{t.trial_id}",

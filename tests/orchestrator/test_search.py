@@ -61,3 +61,88 @@ def test_save_and_restore_keep_the_study_and_the_open_asks(tmp_path, told):
     c.restore(str(tmp_path / "state.pkl"))
     assert c.asked == 3 and (("t1" in c.asks) != told)
     assert c.suggest("t2") == b.suggest("t2")  # the same sampler state goes on
+
+
+def _optuna(seed=0):
+    from ray.tune.search.optuna import OptunaSearch
+
+    return OptunaSearch(
+        space=offline.space,
+        metric=names.SELECT_METRIC,
+        mode="max",
+        points_to_evaluate=[offline.best()],
+        seed=seed,
+    )
+
+
+def _score(config: dict) -> float:
+    """A made-up result, a fixed function of the setting."""
+    return float(sum(abs(v) ** 0.5 for v in config.values() if isinstance(v, (int, float))))
+
+
+def _drive(searcher, n: int, concurrency: int, rng) -> list[dict]:
+    """Tune's loop: at most ``concurrency`` trials live (Tune's ConcurrencyLimiter), a new one
+    asked whenever there is room, a random live one ending otherwise (or when the searcher
+    says not yet). Returns the settings in the order they were asked."""
+    asked, live, tries = [], [], 0
+    while len(asked) < n or live:
+        if len(asked) < n and len(live) < concurrency:
+            tries += 1
+            config = searcher.suggest(f"trial{tries}")
+            if config is not None:
+                asked.append(config)
+                live.append((f"trial{tries}", config))
+                continue
+        assert live, "nothing live and nothing asked: the searcher deadlocked"
+        tid, config = live.pop(rng.randrange(len(live)))
+        step = {names.SELECT_METRIC: _score(config), "training_iteration": 1}
+        searcher.on_trial_result(tid, step)
+        searcher.on_trial_complete(tid, {names.SELECT_METRIC: _score(config)})
+    return asked
+
+
+@pytest.mark.parametrize("concurrency, lag", [(2, 2), (3, 3), (2, 4), (3, 1)])
+def test_in_order_the_settings_asked_do_not_depend_on_which_trial_ends_first(concurrency, lag):
+    import random
+
+    from orchestrator.search import InOrder
+
+    n = 18  # past TPE's 10 random startup trials: later asks depend on what it was told
+    runs = [_drive(InOrder(_optuna(), lag=lag), n, concurrency, random.Random(r))
+            for r in range(4)]  # fmt: skip
+    assert all(r == runs[0] for r in runs[1:])
+    assert len({str(c) for c in runs[0]}) == n and runs[0][0] == offline.best()
+    # the same as with the trials ending one after another in the order they started
+    assert runs[0] == _drive(InOrder(_optuna(), lag=lag), n, concurrency, _FirstLive())
+    # the plain searcher, told in the order trials end, asks for other settings
+    plain = [_drive(_optuna(), n, concurrency, random.Random(r)) for r in range(4)]
+    assert any(p != runs[0] for p in plain)
+
+
+class _FirstLive:
+    """An 'rng' that always ends the earliest live trial."""
+
+    def randrange(self, n: int) -> int:
+        return 0
+
+
+def test_in_order_waits_for_the_earlier_trial_and_survives_save_and_restore(tmp_path):
+    from orchestrator.search import InOrder
+
+    a = InOrder(_searcher(population=2, total=10, seed=3), lag=2)
+    assert a.suggest("t0") is not None and a.suggest("t1") is not None
+    a.on_trial_complete("t1", {member_key(0): 1.0, member_key(1): 2.0})
+    assert a.suggest("t2") is None  # trial 0 still runs: trial 2 must not hear trial 1 first
+    a.save(str(tmp_path / "state.pkl"))  # as Tune saves a wrapper: its state, then the base
+    state = a.get_state()
+    b = InOrder(_searcher(population=2, total=10, seed=77), lag=2)
+    b.set_state(state)
+    b.restore(str(tmp_path / "state.pkl"))
+    for s in (a, b):
+        s.on_trial_complete("t0", {member_key(0): 3.0, member_key(1): 4.0}, error=True)
+        assert s.suggest("t2") is not None and s.searcher.asks.keys() == {"t1", "t2"}
+        # trial 0 told (failed, both members), trial 1 not yet: it is, before trial 3's ask
+        states = [t.state.name for t in s.searcher.study.get_trials(deepcopy=False)]
+        assert states == ["FAIL", "FAIL"] + ["RUNNING"] * 4
+    assert a.suggest("t3") == b.suggest("t3")
+    assert a.searcher.asks.keys() == {"t2", "t3"}

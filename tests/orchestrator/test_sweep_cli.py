@@ -132,3 +132,26 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, repo):
     assert "cells: 56, runs: 560 (560 to run" in res.stdout
     assert "wall clock" not in res.stdout  # nothing of it is measured: no wall clock to give
     assert "warning: SST-2" in res.stderr and not (tmp_path / "mlflow.db").exists()
+
+
+def test_the_ranking_breaks_equal_scores_by_the_setting_not_by_the_random_trial_id(tmp_path):
+    """Tune's trial ids are random, so two runs of the same sweep give the same settings other
+    ids: equal validation scores are ordered by the settings' params instead."""
+    import mlflow
+
+    from orchestrator import names
+    from orchestrator.sweep import _ranking
+
+    c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = c.create_experiment("ranking")
+    parent = c.create_run(exp).info.run_id
+    # (trial id, stage2.lr, score): the ids sort against the params among the equal scores
+    for tid, lr, score in [("ff01", "0.3", 80.0), ("aa02", "0.5", 80.0), ("cc03", "0.1", 82.0),
+                           ("bb04", "0.2", 80.0), ("dd05", "0.9", 81.0)]:  # fmt: skip
+        run = c.create_run(exp, tags={names.PARENT: parent, names.KIND: "trial",
+                                      "ray.trial_id": tid})  # fmt: skip
+        c.log_param(run.info.run_id, "stage2.lr", lr)
+        c.log_metric(run.info.run_id, names.SELECT_METRIC, score)
+        c.set_terminated(run.info.run_id)
+    order = [r.data.tags["ray.trial_id"] for r in _ranking(c, exp, parent)]
+    assert order == ["cc03", "dd05", "bb04", "ff01", "aa02"]
