@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import random
 import tempfile
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,17 @@ def _inject_fault() -> None:
         return
     os.close(fd)
     raise RuntimeError(f"injected fault ({FAIL_ONCE_ENV}): this attempt fails once")
+
+
+# Tests only: a number of seconds here makes a single trial sleep an unseeded random time up to
+# it before each epoch's report, so that two sweeps' trials report in different orders.
+JITTER_ENV = "OT_REWEIGHT_JITTER"
+
+
+def _jitter() -> None:
+    top = float(os.environ.get(JITTER_ENV) or 0)
+    if top > 0:
+        time.sleep(random.SystemRandom().uniform(0.0, top))
 
 
 def _node_id() -> str:
@@ -497,6 +510,7 @@ def _run_trial(
             out = tracker.epoch(metrics, epoch)
             if epoch == 0 and rank0:
                 _inject_fault()
+            _jitter()
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
                 pending.append(out)

@@ -403,6 +403,38 @@ def _val_history(storage: Path, run_id: str) -> list:
     return c.get_metric_history(run_id, "val_balanced_acc")
 
 
+def _outcome(storage: Path, parent) -> list:
+    """Each trial of a sweep: its searched setting, where it stopped and what it selected."""
+    rows = []
+    for t in kind(children(runs(storage), parent), "trial"):
+        setting = {k: v for k, v in t.data.params.items() if k.startswith("stage2.")}
+        rows.append((sorted(setting.items()), t.data.tags.get("ot.stopped_early", "no"),
+                     t.data.metrics["selected_val_balanced_acc"]))  # fmt: skip
+    return sorted(rows)
+
+
+def test_the_outcome_does_not_depend_on_which_trial_reports_first(tmp_path, smoke):
+    """Two sweeps, 16 single trials two at a time, each trial sleeping an unseeded random time
+    before each report (a different order of results every time): past TPE's 10 random
+    startup settings and through ASHA's rungs (epochs 1 and 3 of 4), they ask for the same
+    settings, stop the same trials and print the same summary."""
+    from orchestrator.trainable import JITTER_ENV
+
+    args = ("--trials", "16", "--population", "1", "--concurrency", "2",
+            "--set", "stage2.epochs=4")  # fmt: skip
+    printed = []
+    for _ in range(2):
+        res = smoke(tmp_path, *args, env={JITTER_ENV: "0.5"}, timeout=600)
+        ok(res)
+        summary = res.stdout[res.stdout.index("== sweep summary ==") : res.stdout.index("MLflow:")]
+        printed.append(re.sub(r"[0-9a-f]{8,}", "ID", summary))  # Tune's trial ids are random
+    parents = sorted(kind(runs(tmp_path), "sweep"), key=lambda r: r.info.start_time)
+    first, second = (_outcome(tmp_path, p) for p in parents)
+    assert len(first) == 16 and first == second
+    assert any(stopped == "true" for _, stopped, _ in first)  # ASHA did stop trials
+    assert printed[0] == printed[1]
+
+
 def test_failed_trial_is_retried(tmp_path, smoke):
     marker = tmp_path / "faults"
     marker.mkdir()
