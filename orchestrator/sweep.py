@@ -48,6 +48,7 @@ _RECORDED_ARGS = (
     "workers_per_trial",
     "space",
     "population",
+    "order",
 )
 
 
@@ -77,9 +78,11 @@ def _parser() -> argparse.ArgumentParser:
         "stage 2 runs on cached features, 1 where f1 trains); --trials counts settings",
     )  # fmt: skip
     p.add_argument(
-        "--any-order", action="store_true",
-        help="ASHA and TPE act on results as they arrive (Tune's own): no trial waits for an "
-        "earlier one, but the outcome can change with timing (default: trial order)",
+        "--order", choices=("trial", "arrival"), default=None,
+        help="trial: ASHA decides and TPE is told in the order trials were created, so the "
+        "outcome does not depend on timing (a trial can wait at a rung for an earlier one); "
+        "arrival: Tune's own, as results arrive (default: trial for population trials, "
+        "arrival for single trials, whose waits cost more)",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     return p
@@ -113,6 +116,13 @@ def _no_population(args: argparse.Namespace, cfg, module) -> str | None:
     if reason and args.population > 1:
         raise CommandError(f"--population {args.population}: {reason}")
     return reason
+
+
+def sweep_order(args: argparse.Namespace, population: int) -> str:
+    """``--order``, else ``trial`` for population trials (they start together and run at the
+    same pace, so waiting for an earlier one at a rung costs little: bench/README.md) and
+    ``arrival`` for single trials (settings differ in speed; a held trial idles its slot)."""
+    return args.order or ("trial" if population > 1 else "arrival")
 
 
 def population_size(args: argparse.Namespace, cfg, module, fits: int) -> int:
@@ -296,7 +306,9 @@ def _sampled(c, run) -> dict:
         return json.loads(Path(path).read_text())
 
 
-def _summary(cfg, c, exp_id: str, parent: str, results, conc: int, population: int = 1) -> dict:
+def _summary(
+    cfg, c, exp_id: str, parent: str, results, conc: int, population: int = 1, order: str = ""
+) -> dict:
     rows = []
     for r in _ranking(c, exp_id, parent):
         m = {**r.data.metrics, "trial_id": r.data.tags.get("ray.trial_id", r.info.run_id)}
@@ -307,7 +319,7 @@ def _summary(cfg, c, exp_id: str, parent: str, results, conc: int, population: i
     print(
         f"trials: {len(results)}{pop} run, {results.num_errors} errored, {len(rows)} ranked "
         f"(every finished {'setting' if pop else 'trial'} of this sweep, resumed ones "
-        f"included); concurrency {conc}"
+        f"included); concurrency {conc}" + (f", {order} order" if order else "")
     )
     if not rows:
         return {}
@@ -546,7 +558,7 @@ def _tuner(
         grace_period=asha_grace(epochs),
         reduction_factor=ASHA_REDUCTION,
     )
-    if not args.any_order:  # in trial order: the outcome does not hang on timing
+    if args.order == "trial":  # the outcome does not hang on timing
         search, scheduler = InOrder(search, lag=2 * conc), OrderedASHA(**asha)
     else:
         scheduler = ASHAScheduler(**asha)
@@ -671,6 +683,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         c.set_tag(parent, names.STAGE1_RUN, stage1_run)
     population = population_size(args, cfg, module, _fits(args))
     args.population = population
+    args.order = sweep_order(args, population)
     conc = _concurrency(args, population)
     rec = {
         "sweep_id": sweep_id,
@@ -718,7 +731,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         )
         return 130
     draw_left_pending(c, exp_id, parent)  # any a driver before a --resume did not draw
-    best = _summary(cfg, c, exp_id, parent, results, conc, population)
+    best = _summary(cfg, c, exp_id, parent, results, conc, population, args.order)
     _control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
     _link(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
     ok = _finish(c, parent, best, results)

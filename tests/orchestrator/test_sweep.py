@@ -420,7 +420,7 @@ def test_the_outcome_does_not_depend_on_which_trial_reports_first(tmp_path, smok
     settings, stop the same trials and print the same summary."""
     from orchestrator.trainable import JITTER_ENV
 
-    args = ("--trials", "16", "--population", "1", "--concurrency", "2",
+    args = ("--trials", "16", "--population", "1", "--concurrency", "2", "--order", "trial",
             "--set", "stage2.epochs=4")  # fmt: skip
     printed = []
     for _ in range(2):
@@ -432,7 +432,7 @@ def test_the_outcome_does_not_depend_on_which_trial_reports_first(tmp_path, smok
     first, second = (_outcome(tmp_path, p) for p in parents)
     assert len(first) == 16 and first == second
     assert any(stopped == "true" for _, stopped, _ in first)  # ASHA did stop trials
-    assert printed[0] == printed[1]
+    assert printed[0] == printed[1] and "concurrency 2, trial order" in printed[0]
 
 
 def test_failed_trial_is_retried(tmp_path, smoke):

@@ -155,3 +155,14 @@ def test_the_ranking_breaks_equal_scores_by_the_setting_not_by_the_random_trial_
         c.set_terminated(run.info.run_id)
     order = [r.data.tags["ray.trial_id"] for r in _ranking(c, exp, parent)]
     assert order == ["cc03", "dd05", "bb04", "ff01", "aa02"]
+
+
+def test_trial_order_is_the_default_for_population_trials_only():
+    import argparse
+
+    from orchestrator.sweep import sweep_order
+
+    assert sweep_order(argparse.Namespace(order=None), 16) == "trial"
+    assert sweep_order(argparse.Namespace(order=None), 1) == "arrival"
+    assert sweep_order(argparse.Namespace(order="trial"), 1) == "trial"
+    assert sweep_order(argparse.Namespace(order="arrival"), 16) == "arrival"
