@@ -340,6 +340,29 @@ def experiment_names() -> str:
     return ", ".join(EXPERIMENTS)
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "interrupted ... Resume experiment with: Tuner.restore(...)" lines: the
+    commands print their own (``--resume``, or running ``reproduce`` again)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not msg.startswith(("Experiment has been interrupted", "Training has been inter"))
+
+
+def fit(tuner) -> tuple:
+    """``tuner.fit()``: (its results, whether a stop signal ended it: ``tune_interrupted``),
+    with Tune's own restore hint left out of the output."""
+    sigint = signal.getsignal(signal.SIGINT)
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = _NoRestoreHint()
+    tune_log.addFilter(hint)
+    try:
+        results = tuner.fit()
+    finally:
+        tune_log.removeFilter(hint)
+    return results, tune_interrupted(sigint)
+
+
 def tune_interrupted(sigint_before) -> bool:
     """Whether ``Tuner.fit`` just ended on a stop signal (Ctrl-C, or SIGUSR1). It then returns
     as if done, with the trials it stopped marked terminated and its state saved for a

@@ -19,7 +19,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -587,9 +586,8 @@ def _run_pending(
             verbose=progress.tune_verbose(args),
         ),
     )
-    sigint = signal.getsignal(signal.SIGINT)
-    results = tuner.fit()
-    if cli.tune_interrupted(sigint):
+    results, interrupted = cli.fit(tuner)
+    if interrupted:
         raise _Interrupted
     _figures(inv.table, specs, entries, inv.client, inv.exp_id, inv.parent)
     return results.num_errors == 0, estimate

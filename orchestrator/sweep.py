@@ -17,7 +17,6 @@ import dataclasses
 import inspect
 import json
 import math
-import signal
 import sys
 import tempfile
 import time
@@ -716,12 +715,11 @@ def run_sweep(args: argparse.Namespace) -> int:
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
-    sigint = signal.getsignal(signal.SIGINT)
     try:
-        results = tuner.fit()
+        results, interrupted = cli.fit(tuner)
     finally:
         finisher.join()  # the stopped trials' figures, before the ranking and the exit
-    if cli.tune_interrupted(sigint):
+    if interrupted:
         c.set_tag(parent, names.INTERRUPTED, "true")
         c.set_terminated(parent, status="KILLED")
         print(

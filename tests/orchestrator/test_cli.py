@@ -246,3 +246,43 @@ def test_tune_interrupted_reads_whether_tune_put_back_the_sigint_handler(monkeyp
         assert seen == [False]  # a fit outside the main thread installs no handler
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_fit_reports_an_interrupt_and_leaves_out_only_tunes_restore_hint(caplog):
+    """Tune ends an interrupted fit with "Resume experiment with: Tuner.restore(...)", which is
+    not how our commands resume: ``cli.fit`` drops that line (only during the fit) and says
+    whether the fit was interrupted."""
+    import logging
+    import signal
+
+    from orchestrator.cli import fit
+
+    tune_log = logging.getLogger("ray.tune.tune")
+    hint = "Experiment has been interrupted, but the most recent state was saved.\nResume ..."
+
+    class _Tuner:
+        def __init__(self, interrupt: bool) -> None:
+            self.interrupt = interrupt
+
+        def fit(self):
+            before = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, lambda sig, frame: None)  # Tune's handler
+            tune_log.warning("Total run time: 1.00 seconds")
+            if self.interrupt:
+                tune_log.warning(hint)
+                signal.signal(signal.SIGINT, before)  # put back on a stop signal only
+            return "results"
+
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        with caplog.at_level(logging.WARNING, logger="ray.tune.tune"):
+            assert fit(_Tuner(True)) == ("results", True)
+            signal.signal(signal.SIGINT, before)
+            assert fit(_Tuner(False)) == ("results", False)
+            signal.signal(signal.SIGINT, before)
+            messages = [r.getMessage() for r in caplog.records]
+            assert messages == ["Total run time: 1.00 seconds"] * 2
+            tune_log.warning(hint)  # the filter is gone after the fit
+            assert caplog.records[-1].getMessage() == hint
+    finally:
+        signal.signal(signal.SIGINT, before)
