@@ -124,21 +124,18 @@ def OrderedASHA(**kwargs):
             self._releasing = True
             try:
                 controller = getattr(tune_controller, "_tune_controller", tune_controller)
-                progress = True
-                while progress:
-                    progress = False
-                    for trial_id in sorted(self._held, key=self._order.__getitem__):
-                        t, value = self._held[trial_id]
-                        if self._waits(trial_id, self._rung_reached(trial_id, t)):
-                            continue
-                        del self._held[trial_id]
-                        trial = self._trials[trial_id]
-                        if self._decide(trial, t, value) == TrialScheduler.STOP:
-                            controller.stop_trial(trial)
-                        else:
-                            controller._schedule_trial_train(trial)
-                        progress = True
-                        break
+                # one pass, earliest first: a trial waits only for earlier ones, so a decision
+                # can free only the trials after it, which the pass reaches next
+                for trial_id in sorted(self._held, key=self._order.__getitem__):
+                    t, value = self._held[trial_id]
+                    if self._waits(trial_id, self._rung_reached(trial_id, t)):
+                        continue
+                    del self._held[trial_id]
+                    trial = self._trials[trial_id]
+                    if self._decide(trial, t, value) == TrialScheduler.STOP:
+                        controller.stop_trial(trial)
+                    else:
+                        controller._schedule_trial_train(trial)
             finally:
                 self._releasing = False
 
