@@ -7,9 +7,10 @@ Runs ``orchestrator.sweep NAME --trials N --population P`` (stage 1 built first,
 fresh run storage shared by every run) with ``--order trial`` (ASHA and TPE in the order the
 trials were created) and ``--order arrival`` (Tune's own: as results arrive), alternating,
 ``--repeats`` times each.
-Printed for each side: the wall times and their median, and how many different outcomes the
-repeats gave (the summary from ``== sweep summary ==`` to its MLflow lines, Tune's random
-trial ids masked); then the ratio of the medians (trial order against arrival order).
+Printed for each side: the wall times and their median, each run's best validation score, and
+how many different outcomes the repeats gave (the summary from ``== sweep summary ==`` to its
+MLflow lines, Tune's random trial ids masked); then the ratio of the medians (trial order
+against arrival order).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _sweep(name: str, storage: str, trials: int, population: int, *extra: str) -
         raise SystemExit(f"sweep failed: {(res.stderr.strip().splitlines() or ['?'])[-1]}")
     out = res.stdout
     summary = out[out.index("== sweep summary ==") : out.index("MLflow:")]
-    return wall, re.sub(r"[0-9a-f]{8,}", "ID", summary)
+    best = float(re.search(r"best trial \S+: val balanced acc ([0-9.]+)", summary).group(1))
+    return wall, re.sub(r"[0-9a-f]{8,}", "ID", summary), best
 
 
 def main() -> None:
@@ -54,22 +56,25 @@ def main() -> None:
     sides = {"trial": ("--order", "trial"), "arrival": ("--order", "arrival")}
     walls: dict[str, list[float]] = {k: [] for k in sides}
     outcomes: dict[str, list[str]] = {k: [] for k in sides}
+    bests: dict[str, list[float]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as storage:
         _sweep(args.experiment, storage, 1, 1)  # builds the stage-1 cache entry: not timed
         for r in range(args.repeats):
             for side, extra in sides.items():
-                wall, summary = _sweep(
+                wall, summary, best = _sweep(
                     args.experiment, storage, args.trials, args.population, *extra
                 )
                 walls[side].append(round(wall, 1))
                 outcomes[side].append(summary)
-                print(f"{side} run {r + 1}: {wall:.1f} s", flush=True)
+                bests[side].append(best)
+                print(f"{side} run {r + 1}: {wall:.1f} s, best validation {best:.2f}", flush=True)
     result = {"experiment": args.experiment, "trials": args.trials,
               "population": args.population, "repeats": args.repeats}  # fmt: skip
     for side in sides:
         med = statistics.median(walls[side])
         distinct = len(set(outcomes[side]))
-        result[side] = {"walls_s": walls[side], "median_s": med, "distinct_outcomes": distinct}
+        result[side] = {"walls_s": walls[side], "median_s": med, "distinct_outcomes": distinct,
+                        "best_val": bests[side]}  # fmt: skip
         print(f"{side}: median {med:.1f} s of {walls[side]}; {distinct} distinct outcome(s) "
               f"in {args.repeats} runs", flush=True)  # fmt: skip
     ratio = result["trial"]["median_s"] / result["arrival"]["median_s"]

@@ -77,11 +77,10 @@ def _parser() -> argparse.ArgumentParser:
         "stage 2 runs on cached features, 1 where f1 trains); --trials counts settings",
     )  # fmt: skip
     p.add_argument(
-        "--order", choices=("trial", "arrival"), default=None,
-        help="trial: ASHA decides and TPE is told in the order trials were created, so the "
-        "outcome does not depend on timing (a trial can wait at a rung for an earlier one); "
-        "arrival: Tune's own, as results arrive (default: trial for population trials, "
-        "arrival for single trials, whose waits cost more)",
+        "--order", choices=("trial", "arrival"), default="trial",
+        help="trial (default): ASHA decides and TPE is told in the order trials were created, "
+        "so the outcome does not depend on timing (a trial can wait at a rung for an earlier "
+        "one); arrival: Tune's own, as results arrive",
     )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     return p
@@ -117,11 +116,13 @@ def _no_population(args: argparse.Namespace, cfg, module) -> str | None:
     return reason
 
 
-def sweep_order(args: argparse.Namespace, population: int) -> str:
-    """``--order``, else ``trial`` for population trials (they start together and run at the
-    same pace, so waiting for an earlier one at a rung costs little: bench/README.md) and
-    ``arrival`` for single trials (settings differ in speed; a held trial idles its slot)."""
-    return args.order or ("trial" if population > 1 else "arrival")
+def rung_lag(population: int, conc: int) -> int:
+    """In trial order, how many trials back ASHA's comparisons start (``OrderedASHA``): 1 for
+    population trials (every earlier trial, as if run one after another: they start together
+    and run at the same pace, so the waits cost nothing measured), twice the concurrency for
+    single trials (whose settings run at different speeds: with 1, a trial that overtakes an
+    earlier one would idle its slot at the rung until that one arrives)."""
+    return 1 if population > 1 else 2 * conc
 
 
 def population_size(args: argparse.Namespace, cfg, module, fits: int) -> int:
@@ -520,7 +521,7 @@ def _tuner(
     from ray.tune.search.optuna import OptunaSearch
 
     from . import progress
-    from .scheduler import OrderedASHA
+    from .scheduler import OrderedASHA, RungsKept
     from .search import InOrder
     from .trainable import ASHA_REDUCTION, asha_grace
 
@@ -558,7 +559,8 @@ def _tuner(
         reduction_factor=ASHA_REDUCTION,
     )
     if args.order == "trial":  # the outcome does not hang on timing
-        search, scheduler = InOrder(search, lag=2 * conc), OrderedASHA(**asha)
+        search = InOrder(search, lag=2 * conc)
+        scheduler = OrderedASHA(lag=rung_lag(population, conc), **asha)
     else:
         scheduler = ASHAScheduler(**asha)
     return tune.Tuner(
@@ -579,7 +581,11 @@ def _tuner(
             name=sweep_id,
             storage_path=storage.child_uri(args.name),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=[callback, *progress.callbacks(args, max_t=max(1, epochs))],
+            callbacks=[
+                callback,
+                RungsKept(scheduler),  # Tune saves no scheduler: --resume keeps ASHA's rungs
+                *progress.callbacks(args, max_t=max(1, epochs)),
+            ],
             verbose=progress.tune_verbose(args),
         ),
     )
@@ -682,7 +688,6 @@ def run_sweep(args: argparse.Namespace) -> int:
         c.set_tag(parent, names.STAGE1_RUN, stage1_run)
     population = population_size(args, cfg, module, _fits(args))
     args.population = population
-    args.order = sweep_order(args, population)
     conc = _concurrency(args, population)
     rec = {
         "sweep_id": sweep_id,

@@ -1,5 +1,6 @@
 """OrderedASHA: ASHA's decisions, made in the trials' order whatever order their results
-arrive in. The oracle is Tune's own ASHAScheduler with the trials run one after another."""
+arrive in. The oracles: Tune's own ASHAScheduler with the trials run one after another (lag 1),
+and ASHA's rule written out here for a trial compared with those ``lag`` or more before it."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class _Trial:
         self.status = "PENDING"
 
 
-def _scheduler(ordered: bool):
+def _scheduler(ordered: bool, lag: int = 1):
     from ray.tune.schedulers import ASHAScheduler
 
     from orchestrator.scheduler import OrderedASHA
@@ -26,7 +27,7 @@ def _scheduler(ordered: bool):
         time_attr="epoch", metric="score", mode="max", max_t=EPOCHS, grace_period=GRACE,
         reduction_factor=RF,
     )  # fmt: skip
-    return OrderedASHA(**kw) if ordered else ASHAScheduler(**kw)
+    return OrderedASHA(lag=lag, **kw) if ordered else ASHAScheduler(**kw)
 
 
 def _sequential(scores: list[list[float]]) -> list[int]:
@@ -47,6 +48,26 @@ def _sequential(scores: list[list[float]]) -> list[int]:
     return ends
 
 
+def _sequential_lagged(scores: list[list[float]], lag: int) -> list[int]:
+    """ASHA's rule by hand, each trial run to its end before the next: at each rung (epochs 2
+    and 6), stop a trial whose score is below the 2/3 quantile of the scores recorded there by
+    the trials ``lag`` or more before it (none recorded: it continues)."""
+    rungs = [GRACE * RF**k for k in range(10) if GRACE * RF**k < EPOCHS]
+    recorded: dict[int, list[tuple[int, float]]] = {r: [] for r in rungs}
+    ends = []
+    for i, row in enumerate(scores):
+        end = EPOCHS
+        for r in rungs:
+            value = row[r - 1]
+            earlier = [v for j, v in recorded[r] if j <= i - lag]
+            recorded[r].append((i, value))
+            if earlier and value < np.nanpercentile(earlier, (1 - 1 / RF) * 100):
+                end = r
+                break
+        ends.append(end)
+    return ends
+
+
 class _Controller:
     """What OrderedASHA calls on Tune's controller, and the trials' life as Tune runs them:
     at most ``concurrency`` running, results from a random running trial not held."""
@@ -57,7 +78,7 @@ class _Controller:
         self.next_epoch: dict[str, int] = {}
         self.held: set[str] = set()
         self.ends: dict[str, int] = {}
-        self.resumed = self.stopped = 0
+        self.resumed = self.stopped = self.held_count = 0
 
     def stop_trial(self, trial: _Trial) -> None:  # Tune's: the scheduler hears the end
         self.stopped += 1
@@ -79,10 +100,11 @@ class _Controller:
     def _score(self, trial: _Trial, epoch: int) -> float:
         return self.scores[int(trial.trial_id[1:])][epoch - 1]
 
-    def run(self) -> list[int]:
+    def run(self, until: int | None = None) -> list[int]:
+        """Run to the end (or until ``until`` trials have ended); the epoch each trial ended."""
         from ray.tune.schedulers import TrialScheduler
 
-        while len(self.ends) < len(self.scores):
+        while len(self.ends) < (until or len(self.scores)):
             live = [t for t in self.trials if t.status == "RUNNING"]
             if len(live) < self.conc and len(self.trials) < len(self.scores):
                 trial = _Trial(f"t{len(self.trials)}")
@@ -101,7 +123,25 @@ class _Controller:
                 self._end(trial)
             elif decision == TrialScheduler.NOOP:
                 self.held.add(trial.trial_id)
+                self.held_count += 1
+        if until:
+            return []
         return [self.ends[f"t{i}"] for i in range(len(self.scores))]
+
+    def resumed_by(self, sched) -> _Controller:
+        """What Tune's restore does after a kill: the trials created so far re-added to
+        ``sched`` most recent first, the ended ones as ended, the others to run again from
+        their first epoch."""
+        ctl = _Controller(sched, self.scores, self.conc, self.rng)
+        ctl.trials = [_Trial(t.trial_id) for t in self.trials]
+        ctl.ends = dict(self.ends)
+        for trial in reversed(ctl.trials):
+            ended = trial.trial_id in ctl.ends
+            trial.status = "TERMINATED" if ended else "PENDING"
+            sched.on_trial_add(ctl, trial)
+            if not ended:
+                trial.status, ctl.next_epoch[trial.trial_id] = "RUNNING", 1
+        return ctl
 
 
 @pytest.mark.parametrize("concurrency", [2, 3, 8])
@@ -122,6 +162,155 @@ def test_decisions_are_those_of_the_trials_run_one_after_another_in_any_interlea
             held += ctl.resumed + ctl.stopped
     # trials were stopped early, and held at rungs (else this would not test the order)
     assert stopped > 40 and held > 40
+
+
+def test_the_rule_written_out_is_tunes_asha_at_lag_one():
+    gen = np.random.default_rng(7)
+    for n in (2, 5, 12, 30):
+        scores = gen.normal(size=(n, EPOCHS)).round(1).tolist()
+        assert _sequential_lagged(scores, 1) == _sequential(scores)
+
+
+@pytest.mark.parametrize("lag", [2, 4, 6])
+@pytest.mark.parametrize("concurrency", [2, 3])
+def test_with_a_lag_each_trial_is_compared_with_those_lag_or_more_before_it(concurrency, lag):
+    rng = random.Random(100 * lag + concurrency)
+    stopped = differs = 0
+    for case in range(30):
+        n = rng.randint(lag + 2, 14)
+        scores = np.random.default_rng(case).normal(size=(n, EPOCHS)).round(1).tolist()
+        expected = _sequential_lagged(scores, lag)
+        stopped += sum(e < EPOCHS for e in expected)
+        differs += expected != _sequential(scores)
+        for _ in range(4):
+            ctl = _Controller(_scheduler(True, lag), scores, concurrency, rng)
+            assert ctl.run() == expected, (case, scores)
+    # the lag changes decisions (else this would test lag 1 again), trials stop early
+    assert stopped > 30 and differs > 5
+
+
+def test_a_lag_of_twice_the_concurrency_waits_far_less_than_one():
+    """With a random running trial reporting next, lag 1 holds many reports (35 in these 30
+    sweeps); twice the concurrency few (none here)."""
+    holds = {}
+    for lag in (1, 4):
+        rng, count = random.Random(3), 0
+        for case in range(30):
+            scores = np.random.default_rng(case).normal(size=(12, EPOCHS)).tolist()
+            ctl = _Controller(_scheduler(True, lag), scores, 2, rng)
+            ctl.run()
+            count += ctl.held_count
+        holds[lag] = count
+    assert holds[4] * 4 < holds[1], holds
+
+
+@pytest.mark.parametrize("lag", [1, 4])
+def test_rungs_kept_across_a_resume_decide_as_the_uninterrupted_run(lag):
+    """Killed when some trials have ended, restored into the scheduler as Tune pickled it at
+    the start (rungs empty) with RungsKept's saved state (pickled, as Tune saves it): the same
+    decisions as without the kill. Without the saved state they differ."""
+    import pickle
+
+    from orchestrator.scheduler import RungsKept
+
+    rng, lost = random.Random(lag), 0
+    for case in range(40):
+        n = rng.randint(4, 12)
+        scores = np.random.default_rng(case).normal(size=(n, EPOCHS)).round(1).tolist()
+        expected = _sequential_lagged(scores, lag)
+        first = _Controller(_scheduler(True, lag), scores, 2, rng)
+        first.run(until=rng.randint(1, n - 2))
+        saved = pickle.loads(pickle.dumps(RungsKept(first.sched).get_state()))
+        fresh = _scheduler(True, lag)
+        RungsKept(fresh).set_state(saved)
+        assert first.resumed_by(fresh).run() == expected, (case, scores)
+        lost += first.resumed_by(_scheduler(True, lag)).run() != expected
+    assert lost > 5, lost  # forgetting the rungs does change decisions
+
+
+def test_rungs_kept_restores_tunes_own_asha_too():
+    """Arrival order (Tune's ASHAScheduler), one trial at a time: killed and resumed with the
+    rungs kept, it decides as the sequential run."""
+    from orchestrator.scheduler import RungsKept
+
+    rng, lost = random.Random(5), 0
+    for case in range(30):
+        scores = np.random.default_rng(case).normal(size=(8, EPOCHS)).round(1).tolist()
+        first = _Controller(_scheduler(False), scores, 1, rng)
+        first.run(until=4)
+        fresh = _scheduler(False)
+        RungsKept(fresh).set_state(RungsKept(first.sched).get_state())
+        assert first.resumed_by(fresh).run() == _sequential(scores)
+        lost += first.resumed_by(_scheduler(False)).run() != _sequential(scores)
+    assert lost > 5, lost
+
+
+def test_rungs_of_another_scheduler_are_refused():
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.scheduler import RungsKept
+
+    state = RungsKept(_scheduler(True)).get_state()
+    other = ASHAScheduler(time_attr="epoch", max_t=30, grace_period=1, reduction_factor=3)
+    with pytest.raises(ValueError, match="different milestones"):
+        RungsKept(other).set_state(state)
+
+
+def test_a_trial_is_decided_without_waiting_only_when_no_pending_value_can_change_it():
+    """``_undecided`` against every outcome of the pending trials (each records one of a grid
+    of values, NaN, or nothing): where it says decided, ASHA's rule gives one decision over
+    all of them; it does say decided for most rewards far from the known values."""
+    import itertools
+    import warnings
+
+    from ray.tune.schedulers.async_hyperband import _Bracket
+
+    from orchestrator.scheduler import _undecided
+
+    cutoff = _Bracket(1, 10, RF, 0).cutoff
+    rng = np.random.default_rng(0)
+    grid = [None, float("nan"), -3.0, -0.5, 0.0, 0.2, 1.0, 3.0]
+    decided = 0
+    for _ in range(300):
+        known = rng.normal(size=rng.integers(0, 6)).round(1).tolist()
+        pending = int(rng.integers(1, 3))
+        reward = float(rng.normal() * 1.5)
+        decisions = set()
+        for extra in itertools.product(grid, repeat=pending):
+            values = known + [v for v in extra if v is not None]
+            with warnings.catch_warnings():  # numpy on all-NaN values: ASHA then continues
+                warnings.simplefilter("ignore", RuntimeWarning)
+                c = cutoff({i: v for i, v in enumerate(values)})
+            decisions.add(bool(c is not None and c == c and reward < c))
+        if not _undecided(cutoff, known, pending, reward):
+            decided += 1
+            assert len(decisions) == 1, (known, pending, reward)
+    assert decided > 100, decided
+
+
+@pytest.mark.parametrize(
+    ("value", "decision"), [(0.9, "CONTINUE"), (0.05, "STOP"), (0.45, "NOOP")]
+)
+def test_a_value_far_from_the_others_is_decided_at_once(value, decision):
+    """Six earlier trials recorded at the rung (0.1 .. 0.6), a seventh still short of it: a
+    value above or below anything it could change the cutoff to is decided at once; one in
+    between waits for it."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched = _scheduler(True)
+    trials = [_Trial(f"t{i}") for i in range(8)]
+    for t in trials:
+        sched.on_trial_add(None, t)
+        t.status = "RUNNING"
+    for i, t in enumerate(trials[:6]):
+        for epoch in (1, GRACE):
+            r = sched.on_trial_result(None, t, {"epoch": epoch, "score": 0.1 * (i + 1)})
+        assert r in (TrialScheduler.CONTINUE, TrialScheduler.STOP)
+        t.status = "RUNNING" if r == TrialScheduler.CONTINUE else "TERMINATED"
+    sched.on_trial_result(None, trials[6], {"epoch": 1, "score": 0.5})
+    sched.on_trial_result(None, trials[7], {"epoch": 1, "score": value})
+    got = sched.on_trial_result(None, trials[7], {"epoch": GRACE, "score": value})
+    assert got == getattr(TrialScheduler, decision)
 
 
 def test_tunes_asha_itself_decides_by_arrival_order():
@@ -185,7 +374,7 @@ def test_a_failed_earlier_trial_is_not_waited_for():
     t0.status = "PENDING"
     sched.on_trial_add(ctl, t0)
     t0.status = "RUNNING"
-    assert sched._waits("t1", 6) and not sched._waits("t0", 2)
+    assert sched._waits("t1", 6, 0.4) and not sched._waits("t0", 2, 0.5)
 
 
 _TUNE_RUN = """

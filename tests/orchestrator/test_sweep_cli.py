@@ -157,12 +157,12 @@ def test_the_ranking_breaks_equal_scores_by_the_setting_not_by_the_random_trial_
     assert order == ["cc03", "dd05", "bb04", "ff01", "aa02"]
 
 
-def test_trial_order_is_the_default_for_population_trials_only():
-    import argparse
+def test_trial_order_is_the_default_and_single_trials_compare_at_a_lag():
+    from orchestrator.sweep import _parser, rung_lag
 
-    from orchestrator.sweep import sweep_order
-
-    assert sweep_order(argparse.Namespace(order=None), 16) == "trial"
-    assert sweep_order(argparse.Namespace(order=None), 1) == "arrival"
-    assert sweep_order(argparse.Namespace(order="trial"), 1) == "trial"
-    assert sweep_order(argparse.Namespace(order="arrival"), 16) == "arrival"
+    assert _parser().parse_args(["image_mnist_lt"]).order == "trial"
+    assert _parser().parse_args(["image_mnist_lt", "--order", "arrival"]).order == "arrival"
+    # populations: every earlier trial (Tune's ASHA run one trial after another)
+    assert rung_lag(16, 2) == 1 and rung_lag(2, 8) == 1
+    # single trials: twice the concurrency back
+    assert rung_lag(1, 2) == 4 and rung_lag(1, 8) == 16
