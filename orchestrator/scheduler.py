@@ -127,9 +127,7 @@ def OrderedASHA(*, lag: int = 1, **kwargs):
             if not pending:
                 return False
             known = [v for k, v in recorded.items() if self._order[k] <= last]
-            return _undecided(
-                self._brackets[0].cutoff, known, pending, self._metric_op * value
-            )
+            return _undecided(self._brackets[0].cutoff, known, pending, self._metric_op * value)
 
         def _decide(self, trial: Trial, t, value: float) -> str:
             """ASHA's rule at the rung ``t`` reaches (``_Bracket.on_result``), against the

@@ -2,9 +2,10 @@
 
 Stage 1 runs once per content hash (a Ray task; cached in the run storage), then a Tuner runs
 the stage-2 trials: OptunaSearch (seeded TPE, the paper's settings enqueued first) with ASHA
-on stage-2 epochs (``--order trial``: both in trial order, ``scheduler.OrderedASHA`` and
-``search.InOrder``), ranked on validation balanced accuracy only. MLflow gets one parent run
-per sweep, one child run per trial and one run per stage-1 build.
+on stage-2 epochs (by default both in trial order: ``scheduler.OrderedASHA`` and
+``search.InOrder``; ASHA's rungs kept across ``--resume`` by ``scheduler.RungsKept``), ranked
+on validation balanced accuracy only. MLflow gets one parent run per sweep, one child run per
+trial and one run per stage-1 build.
 
 Local by default (``ray.init()`` here, MLflow in ``<storage>/mlflow.db``); on a cluster pass
 ``--address`` (or RAY_ADDRESS), a shared ``--storage`` and ``--tracking-uri``.

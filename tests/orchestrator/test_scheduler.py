@@ -288,9 +288,7 @@ def test_a_trial_is_decided_without_waiting_only_when_no_pending_value_can_chang
     assert decided > 100, decided
 
 
-@pytest.mark.parametrize(
-    ("value", "decision"), [(0.9, "CONTINUE"), (0.05, "STOP"), (0.45, "NOOP")]
-)
+@pytest.mark.parametrize(("value", "decision"), [(0.9, "CONTINUE"), (0.05, "STOP"), (0.45, "NOOP")])
 def test_a_value_far_from_the_others_is_decided_at_once(value, decision):
     """Six earlier trials recorded at the rung (0.1 .. 0.6), a seventh still short of it: a
     value above or below anything it could change the cutoff to is decided at once; one in

@@ -441,8 +441,9 @@ def test_the_outcome_does_not_depend_on_which_trial_reports_first(tmp_path, smok
 def test_a_resumed_sweep_decides_as_the_uninterrupted_one(tmp_path, smoke, repo):
     """The same sweep (8 single trials, two at a time) twice: once to its end, once SIGKILLed
     after three trials finished and resumed. Tune restores the searcher but not the
-    scheduler; the sweep keeps ASHA's rungs (``RungsKept``), so the resumed sweep asks the same settings, stops the same trials and
-    selects the same numbers as the uninterrupted one."""
+    scheduler; the sweep keeps ASHA's rungs (``RungsKept``), so the resumed sweep asks the
+    same settings, stops the same trials and selects the same numbers as the uninterrupted
+    one."""
     args = ["--trials", "8", "--population", "1", "--concurrency", "2",
             "--set", "stage2.epochs=4"]  # fmt: skip
     whole, cut = tmp_path / "whole", tmp_path / "cut"
