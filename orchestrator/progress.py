@@ -18,7 +18,9 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -45,13 +47,15 @@ _CLEAR = "\r\x1b[K"  # back to the line's start, erase it
 @dataclass(frozen=True)
 class Counts:
     """Trials by state: ``done`` counts every finished trial (``stopped`` of them stopped early
-    by the scheduler); ``total`` is the planned number (0: not known)."""
+    by the scheduler); ``interrupted``, those a stop signal (Ctrl-C) ended, is apart from them;
+    ``total`` is the planned number (0: not known)."""
 
     done: int = 0
     running: int = 0
     stopped: int = 0
     errored: int = 0
     total: int = 0
+    interrupted: int = 0
 
 
 def fmt_elapsed(seconds: float) -> str:
@@ -95,6 +99,7 @@ def status_line(counts: Counts, best: tuple[float, str] | None, elapsed: float) 
     line = (
         f"[{fmt_elapsed(elapsed)}] trials {counts.done}{total} done "
         f"({counts.stopped} stopped early), {counts.running} running, {counts.errored} errored"
+        + (f", {counts.interrupted} interrupted" if counts.interrupted else "")
     )
     if best is None:
         return line + "; best val -"
@@ -116,14 +121,16 @@ def trial_line(
     outcome: str,
     max_t: int | None = None,
 ) -> str:
-    """One finished trial: ``outcome`` is ``finished``, ``stopped`` (early, by the scheduler)
-    or ``errored``; a trial that reported ``diverged`` reads ``diverged``.
+    """One finished trial: ``outcome`` is ``finished``, ``stopped`` (early, by the scheduler),
+    ``interrupted`` (by a stop signal) or ``errored``; a trial that reported ``diverged`` reads
+    ``diverged``.
 
     ``trial 6a1b_00003  finished           val 81.23  test 79.10  eps=0.1 lr=0.05``
     """
-    if outcome == "stopped":  # after EPOCH of MAX_T stage-2 epochs
+    if outcome in ("stopped", "interrupted"):  # after EPOCH of MAX_T stage-2 epochs
         epoch = result.get(names.TIME_ATTR, "?")
-        state = f"stopped early {epoch}" + (f"/{max_t}" if max_t else "")
+        word = "stopped early" if outcome == "stopped" else "interrupted"
+        state = f"{word} {epoch}" + (f"/{max_t}" if max_t else "")
     elif outcome == "finished" and result.get("diverged"):
         state = "diverged"
     else:
@@ -195,7 +202,8 @@ class _Progress:
         self._start: float | None = None
         self._last_status: float | None = None
         self._total = 0
-        self._finished: dict[str, str] = {}  # trial id -> finished | stopped | errored
+        self._finished: dict[str, str] = {}  # trial id -> finished | stopped | ... | errored
+        self._sigint = None  # the SIGINT handler Tune installed for this run (see setup)
         self._best: tuple[float, str] | None = None
         self._shown = False  # a status line is on screen without its newline (tty)
         self._trials: list = []  # Tune's trials, as last passed to a hook
@@ -206,6 +214,7 @@ class _Progress:
         state = self.__dict__.copy()
         state["_stream"] = None
         state["_clock"] = time.monotonic
+        state["_sigint"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -273,7 +282,7 @@ class _Progress:
                 continue
             if t.status == TERMINATED:
                 early = stopped_early(t.last_result or {}, self.max_t)
-                outcome[t.trial_id] = "stopped" if early else "finished"
+                outcome[t.trial_id] = self._early_outcome() if early else "finished"
             elif t.status == ERROR:
                 outcome[t.trial_id] = "errored"
             elif t.status == RUNNING:
@@ -285,6 +294,7 @@ class _Progress:
             stopped=got.count("stopped"),
             errored=got.count("errored"),
             total=max(self._total, len(self._trials)),
+            interrupted=got.count("interrupted"),
         )
 
     def _see(self, trial_id: str, result: Mapping[str, Any] | None) -> None:
@@ -293,12 +303,25 @@ class _Progress:
         if finite and (self._best is None or value > self._best[0]):
             self._best = (float(value), trial_id)
 
+    def _early_outcome(self) -> str:
+        """A trial that ended before ``max_t``: ``interrupted`` once a stop signal reached
+        Tune (its handler, having set the stop, puts back the handler it replaced), else
+        ``stopped`` (by the scheduler)."""
+        in_main = threading.current_thread() is threading.main_thread()
+        if (
+            self._sigint is not None
+            and in_main
+            and signal.getsignal(signal.SIGINT) is not self._sigint
+        ):
+            return "interrupted"
+        return "stopped"
+
     def _finish(self, trial, outcome: str) -> None:
         if trial.trial_id in self._finished:
             return
         result = trial.last_result or {}
         if outcome == "finished" and stopped_early(result, self.max_t):
-            outcome = "stopped"
+            outcome = self._early_outcome()
         self._finished[trial.trial_id] = outcome
         self._see(trial.trial_id, result)
         self._print(
@@ -309,6 +332,10 @@ class _Progress:
     # ---- Tune's hooks
     def setup(self, stop=None, num_samples=None, total_num_samples=None, **info):
         self._now()
+        if threading.current_thread() is threading.main_thread():
+            # Tune's own handler, installed before its callbacks are set up (none when it runs
+            # off the main thread or with TUNE_DISABLE_SIGINT_HANDLER: nothing then changes)
+            self._sigint = signal.getsignal(signal.SIGINT)
         if total_num_samples and total_num_samples > 0:
             self._total = int(total_num_samples)
 

@@ -546,6 +546,9 @@ def _tuner(
             seed=cfg.seed,
         )
     else:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its "new study" INFO line
         search = OptunaSearch(
             space=module.space,
             metric=names.SELECT_METRIC,

@@ -156,6 +156,38 @@ def test_callback_counts_trials_finished_before_a_resume():
     )
 
 
+def test_trials_a_stop_signal_ends_read_interrupted_not_stopped_early():
+    """Tune's SIGINT handler, installed before its callbacks are set up, puts back the handler
+    it replaced when Ctrl-C comes: from then on a trial ending before max_t was interrupted,
+    not stopped by ASHA, and it is not counted as done."""
+    import signal
+
+    def tunes_handler(sig, frame):  # stands in for Tune's
+        pass
+
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, tunes_handler)
+    try:
+        cb, out, clock = _callback(tty=False)
+        trials = [_trial(f"t{i}") for i in range(4)]
+        _finish(cb, trials, trials[0], **{VAL: 60.0, TEST: 58.0, EPOCH: 2})  # ASHA's stop
+        signal.signal(signal.SIGINT, before)  # what Tune's handler does on Ctrl-C
+        _finish(cb, trials, trials[1], **{VAL: 61.0, TEST: 59.0, EPOCH: 3})
+        _finish(cb, trials, trials[2], **{VAL: 62.0, TEST: 60.0, EPOCH: 8})  # had finished
+        trials[3].status, trials[3].last_result = "TERMINATED", {VAL: 50.0, EPOCH: 1}
+        clock.now += 61
+        cb.on_experiment_end(trials=trials)  # t3 ended unseen by the hooks
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert out.getvalue().splitlines() == [
+        "trial t0  stopped early 2/8  val 60.00  test 58.00",
+        "trial t1  interrupted 3/8    val 61.00  test 59.00",
+        "trial t2  finished           val 62.00  test 60.00",
+        "[1m01s] trials 2/4 done (1 stopped early), 0 running, 0 errored, 2 interrupted; "
+        "best val 62.00 (trial t2)",
+    ]
+
+
 def test_plain_status_at_most_every_interval():
     cb, out, clock = _callback(tty=False, every=30.0)
     trials = [_trial("t0")]

@@ -447,7 +447,9 @@ def test_a_resumed_sweep_decides_as_the_uninterrupted_one(tmp_path, smoke, repo)
     args = ["--trials", "8", "--population", "1", "--concurrency", "2",
             "--set", "stage2.epochs=4"]  # fmt: skip
     whole, cut = tmp_path / "whole", tmp_path / "cut"
-    ok(smoke(whole, *args))
+    first = smoke(whole, *args)
+    ok(first)
+    assert "A new study created" not in first.stdout + first.stderr  # Optuna's INFO line
     cmd = [sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke", "--quiet",
            "--storage", str(cut), *args]  # fmt: skip
     cut.mkdir()
