@@ -111,13 +111,17 @@ def OrderedASHA(*, lag: int = 1, **kwargs):
                     return milestone
             return None
 
+        def _compared(self, trial_id: str, other: str) -> bool:
+            """Whether ``trial_id`` is compared with ``other`` at a rung: ``other`` was
+            created at least ``lag`` trials before it."""
+            return self._order[other] <= self._order[trial_id] - self.lag
+
         def _waits(self, trial_id: str, milestone: float, value: float) -> bool:
             """Whether a trial it is compared with, still running and not recorded at
             ``milestone`` yet, could change its decision there (:func:`_undecided`)."""
             recorded = dict(self._brackets[0]._rungs)[milestone]
-            last = self._order[trial_id] - self.lag
             pending = sum(
-                self._order[other] <= last
+                self._compared(trial_id, other)
                 and other not in recorded
                 and other in self._trial_info
                 and other not in self._failing
@@ -126,16 +130,15 @@ def OrderedASHA(*, lag: int = 1, **kwargs):
             )
             if not pending:
                 return False
-            known = [v for k, v in recorded.items() if self._order[k] <= last]
+            known = [v for k, v in recorded.items() if self._compared(trial_id, k)]
             return _undecided(self._brackets[0].cutoff, known, pending, self._metric_op * value)
 
         def _decide(self, trial: Trial, t, value: float) -> str:
             """ASHA's rule at the rung ``t`` reaches (``_Bracket.on_result``), against the
-            values of the trials created at least ``lag`` before this one."""
+            values of the trials it is compared with."""
             bracket = self._brackets[0]
             recorded = dict(bracket._rungs)[self._rung_reached(trial.trial_id, t)]
-            last = self._order[trial.trial_id] - self.lag
-            earlier = {k: v for k, v in recorded.items() if self._order[k] <= last}
+            earlier = {k: v for k, v in recorded.items() if self._compared(trial.trial_id, k)}
             cutoff = bracket.cutoff(earlier)
             reward = self._metric_op * value
             recorded[trial.trial_id] = reward

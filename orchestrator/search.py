@@ -49,7 +49,6 @@ def PopulationSearch(
     class _PopulationSearch(Searcher):
         def __init__(self) -> None:
             super().__init__(metric=metric, mode=mode)
-            optuna.logging.set_verbosity(optuna.logging.WARNING)
             self.study = optuna.create_study(
                 sampler=optuna.samplers.TPESampler(seed=seed),
                 direction="maximize" if mode == "max" else "minimize",

@@ -533,6 +533,9 @@ def _tuner(
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     epochs = cfg.stage2.epochs
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its "new study" INFO line
     if population > 1:
         from .search import PopulationSearch
 
@@ -546,9 +549,6 @@ def _tuner(
             seed=cfg.seed,
         )
     else:
-        import optuna
-
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its "new study" INFO line
         search = OptunaSearch(
             space=module.space,
             metric=names.SELECT_METRIC,
