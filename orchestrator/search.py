@@ -10,6 +10,9 @@ resumed sweep goes on with the same study.
 :func:`InOrder` wraps either searcher so that what it is told before each ask does not depend
 on timing: the searcher hears the results of trials ``0 .. k - lag`` (in that order, however
 they finished) before it is asked for trial ``k``, and trial ``k`` waits for them.
+
+:class:`PinnedSpace` takes keys out of a space (``sweep --set`` on a searched key): they are
+constants of every trial, as in Tune's ``param_space``, and the study never samples them.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from collections.abc import Callable
 
 from . import names
 
-__all__ = ["MEMBER_KEY", "InOrder", "PopulationSearch", "member_key"]
+__all__ = ["MEMBER_KEY", "InOrder", "PinnedSpace", "PopulationSearch", "member_key"]
 
 MEMBER_KEY = "member_{}_" + names.SELECT_METRIC
 
@@ -28,6 +31,42 @@ MEMBER_KEY = "member_{}_" + names.SELECT_METRIC
 def member_key(i: int) -> str:
     """The key of member ``i``'s selection metric in a population trial's Tune results."""
     return MEMBER_KEY.format(i)
+
+
+class _PinnedTrial:
+    """An Optuna trial whose pinned names answer their value without asking the study."""
+
+    def __init__(self, trial, pinned: dict) -> None:
+        self.trial, self.pinned = trial, pinned
+
+    def suggest_float(self, name: str, *args, **kwargs):
+        return self._ask("suggest_float", name, args, kwargs)
+
+    def suggest_int(self, name: str, *args, **kwargs):
+        return self._ask("suggest_int", name, args, kwargs)
+
+    def suggest_categorical(self, name: str, *args, **kwargs):
+        return self._ask("suggest_categorical", name, args, kwargs)
+
+    def _ask(self, how: str, name: str, args: tuple, kwargs: dict):
+        if name in self.pinned:
+            return self.pinned[name]
+        return getattr(self.trial, how)(name, *args, **kwargs)
+
+
+class PinnedSpace:
+    """The define-by-run ``space`` with the ``pinned`` keys fixed: the space still runs (a
+    later choice may depend on a pinned one), a pinned key's ``suggest_*`` returns its value
+    without asking the study, and the call returns the pinned values, which Tune's
+    ``OptunaSearch`` (and :func:`PopulationSearch`) put into every setting as constants. A
+    class, not a closure: searchers are saved with ``pickle``."""
+
+    def __init__(self, space: Callable, pinned: dict) -> None:
+        self.space, self.pinned = space, dict(pinned)
+
+    def __call__(self, trial) -> dict:
+        self.space(_PinnedTrial(trial, self.pinned))
+        return dict(self.pinned)
 
 
 def PopulationSearch(
@@ -65,14 +104,15 @@ def PopulationSearch(
             n = min(population, total - self.asked)
             if n <= 0:
                 return Searcher.FINISHED
-            trials = []
+            trials, settings = [], []
             for _ in range(n):
                 t = self.study.ask()
-                space(t)
+                constants = space(t) or {}  # a define-by-run space may return constants
                 trials.append(t)
+                settings.append({**t.params, **constants})
             self.asked += n
             self.asks[trial_id] = [t.number for t in trials]
-            return {"population": [dict(t.params) for t in trials]}
+            return {"population": settings}
 
         def on_trial_result(self, trial_id: str, result: dict) -> None:
             pass  # members are culled inside the trial; Optuna hears the end only

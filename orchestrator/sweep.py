@@ -26,7 +26,7 @@ from pathlib import Path
 
 from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.paper import paper_number
-from trainables.config import apply_values, flatten
+from trainables.config import apply_values, flatten, value_at
 
 from . import cli, names, tracking, views
 from .cli import REPO, CommandError
@@ -35,7 +35,7 @@ from .storage import Storage
 __all__ = ["main"]
 
 _DRIVER_CPU = 0.01  # the Tune-side driver of a multi-worker trial only waits on its workers
-# What a resumed sweep takes from its record (the command line's own values are ignored).
+# What a resumed sweep takes from its record; the command line may repeat them, not change them.
 _RECORDED_ARGS = (
     "trials",
     "seed",
@@ -100,14 +100,49 @@ def _workers(args: argparse.Namespace) -> int:
     return int(args.gpus_per_trial) if args.gpus_per_trial >= 2 else 1
 
 
-def _no_population(args: argparse.Namespace, cfg, module) -> str | None:
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """What a sweep searches: the space's module, the searched keys a ``--set`` pins (with
+    their typed values: they leave the search and every setting gets them), and the first
+    setting asked (the space's published one, pinned keys left out)."""
+
+    module: object
+    pinned: dict
+    first: dict
+
+    @classmethod
+    def of(cls, module, cfg, overrides: list[str]) -> Search:
+        best = space_best(module, cfg)
+        keys = [item.split("=", 1)[0].strip() for item in overrides]
+        pinned = {k: value_at(cfg, k) for k in keys if k in best}
+        return cls(module, pinned, {k: v for k, v in best.items() if k not in pinned})
+
+    @property
+    def searched(self) -> list[str]:
+        return list(self.first)
+
+    def space(self):
+        """The define-by-run space the searcher runs (``search.PinnedSpace``)."""
+        from .search import PinnedSpace
+
+        return PinnedSpace(self.module.space, self.pinned)
+
+    def announce(self) -> None:
+        """One line per pinned key; a one-setting search said as such."""
+        for key, value in self.pinned.items():
+            print(f"{key} fixed at {value}: no longer searched", flush=True)
+        if self.pinned and not self.searched:
+            print("every searched key is fixed: one setting, run once", flush=True)
+
+
+def _no_population(args: argparse.Namespace, cfg, search: Search) -> str | None:
     """Why this sweep's trials cannot train populations (None when they can); an explicit
-    ``--population`` above 1 is refused with it, before anything starts."""
+    ``--population`` above 1 is refused with it, before anything starts. A pinned key is
+    the same for every member, so it does not count."""
     from trainables.population import VARYING, population_reason
 
     reason = population_reason(cfg.stage2)
-    keys = list(space_best(module, cfg))
-    other = [k for k in keys if not (k.startswith("stage2.") and k[7:] in VARYING)]
+    other = [k for k in search.searched if not (k.startswith("stage2.") and k[7:] in VARYING)]
     if reason is None and other:
         reason = f"the space searches {other[0]}, which members cannot set for themselves"
     if reason is None and _workers(args) > 1:
@@ -126,11 +161,11 @@ def rung_lag(population: int, conc: int) -> int:
     return 1 if population > 1 else 2 * conc
 
 
-def population_size(args: argparse.Namespace, cfg, module, fits: int) -> int:
+def population_size(args: argparse.Namespace, cfg, search: Search, fits: int) -> int:
     """Settings per Tune trial: ``--population`` where the experiment's stage 2 and the space
     allow a population (cached features, single-worker trials, only member-level keys
     searched), else 1; by default as many as fill the trial slots, at most 16."""
-    if args.population == 1 or _no_population(args, cfg, module):
+    if args.population == 1 or _no_population(args, cfg, search):
         return 1
     if args.population:
         return args.population
@@ -428,18 +463,48 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
 
 def _resume(storage: Storage, args: argparse.Namespace) -> tuple[str, dict]:
     """(sweep id, record): a new id, or the interrupted sweep's with its recorded arguments
-    put back into ``args``."""
+    put back into ``args``. An option the command line gave (``args.given``) with another value
+    than the record is refused: the sweep goes on as it started, or not at all."""
     if not args.resume:
         return time.strftime("sweep-%Y%m%d-%H%M%S"), {}
     rec = _latest_unfinished(storage, args.name)
     for key in _RECORDED_ARGS:
-        setattr(args, key, rec["args"].get(key))
+        recorded, asked = rec["args"].get(key), getattr(args, key)
+        if key in args.given and asked != recorded:
+            flag = "--set" if key == "overrides" else "--" + key.replace("_", "-")
+            raise CommandError(
+                f"--resume: {flag} {_shown(asked)} differs from the interrupted sweep's "
+                f"{_shown(recorded)} ({rec['sweep_id']}); leave {flag} out to resume it as it "
+                "was, or start a new sweep without --resume"
+            )
+        setattr(args, key, recorded)
     return rec["sweep_id"], rec
 
 
-def _open_parent(c, exp_id: str, cfg, args, module, sweep_id: str, rec: dict) -> str:
+def _shown(value) -> str:
+    if isinstance(value, list):
+        return " ".join(value) if value else "(none)"
+    return "(none)" if value is None else str(value)
+
+
+_UNSET = object()
+
+
+def given_options(p: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The recorded options (``_RECORDED_ARGS``) that ``argv`` sets itself, default or not: a
+    second parse with every default replaced by a marker (``--set`` appends: given when any)."""
+    p.set_defaults(**{k: _UNSET for k in _RECORDED_ARGS if k != "overrides"})
+    parsed = vars(p.parse_args(argv))
+    return {
+        k for k in _RECORDED_ARGS if (parsed[k] if k == "overrides" else parsed[k] is not _UNSET)
+    }
+
+
+def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: dict) -> str:
     """The sweep's MLflow parent run: reopened on resume (attempts left RUNNING closed as
-    KILLED: they died with the old driver), else created with the config and the space."""
+    KILLED: they died with the old driver), else created with the config, the space and the
+    keys a ``--set`` pinned (param ``sweep.pinned``)."""
+    module = search.module
     if rec:
         parent = rec["parent_run_id"]
         c.update_run(parent, status="RUNNING")
@@ -471,16 +536,17 @@ def _open_parent(c, exp_id: str, cfg, args, module, sweep_id: str, rec: dict) ->
             "sweep.cpus_per_trial": args.cpus_per_trial,
             "sweep.gpus_per_trial": args.gpus_per_trial,
             "sweep.search_space": module.__name__,
+            "sweep.pinned": ", ".join(f"{k}={v}" for k, v in search.pinned.items()) or "none",
         },
     )
     defining = inspect.getmodule(module.space) or module  # re-exported spaces
     c.log_text(parent, inspect.getsource(defining), "search_space.py")
-    c.log_dict(parent, space_best(module, cfg), "search_space_best.json")
+    c.log_dict(parent, search.first, "search_space_best.json")
     return parent
 
 
 def _context(
-    cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, module, stage1_run
+    cfg, entry, spec, parent: str, sweep_id: str, storage: Storage, args, search, stage1_run
 ):
     """(the trials' shared context, their resources)."""
     from .trainable import SweepContext
@@ -497,7 +563,7 @@ def _context(
         tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
     )
     workers = _workers(args)
-    if workers > 1 and getattr(module, "STAGE1", False):
+    if workers > 1 and getattr(search.module, "STAGE1", False):
         raise CommandError(
             "a stage-1 search space runs single-worker trials (no --workers-per-trial)"
         )
@@ -513,8 +579,9 @@ def _context(
 
 
 def _tuner(
-    trainable, cfg, args, module, storage: Storage, sweep_id: str, conc, callback, population=1
-):
+    trainable, cfg, args, search: Search, storage: Storage, sweep_id: str, conc, callback,
+    population=1,
+):  # fmt: skip
     """A new Tuner (Optuna TPE seeded from the config, the published setting first, ASHA on
     stage-2 epochs), or the interrupted one restored."""
     from ray import tune
@@ -539,21 +606,21 @@ def _tuner(
     if population > 1:
         from .search import PopulationSearch
 
-        search = PopulationSearch(
-            module.space,
+        searcher = PopulationSearch(
+            search.space(),
             population=population,
             total=args.trials,
             metric=names.SELECT_METRIC,
             mode="max",
-            points_to_evaluate=[space_best(module, cfg)],
+            points_to_evaluate=[search.first],
             seed=cfg.seed,
         )
     else:
-        search = OptunaSearch(
-            space=module.space,
+        searcher = OptunaSearch(
+            space=search.space(),
             metric=names.SELECT_METRIC,
             mode="max",
-            points_to_evaluate=[space_best(module, cfg)],
+            points_to_evaluate=[search.first],
             seed=cfg.seed,
         )
     asha = dict(
@@ -563,7 +630,7 @@ def _tuner(
         reduction_factor=ASHA_REDUCTION,
     )
     if args.order == "trial":  # the outcome does not hang on timing
-        search = InOrder(search, lag=2 * conc)
+        searcher = InOrder(searcher, lag=2 * conc)
         scheduler = OrderedASHA(lag=rung_lag(population, conc), **asha)
     else:
         scheduler = ASHAScheduler(**asha)
@@ -572,7 +639,7 @@ def _tuner(
         tune_config=tune.TuneConfig(
             metric=names.SELECT_METRIC,
             mode="max",
-            search_alg=search,
+            search_alg=searcher,
             scheduler=scheduler,
             num_samples=math.ceil(args.trials / population),
             max_concurrent_trials=conc,
@@ -652,6 +719,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 
     storage, local_root = cli.open_storage(args.storage, create=not args.print_config)
     sweep_id, rec = _resume(storage, args)
+    asked = {k: getattr(args, k) for k in _RECORDED_ARGS}  # what --resume holds the line to
     cfg = cli.config_from_args(args)
     if args.print_config:
         cli.print_configs([("", cfg)])
@@ -663,12 +731,16 @@ def run_sweep(args: argparse.Namespace) -> int:
             module.check(cfg)
         except ValueError as err:
             raise CommandError(str(err)) from None
-    _no_population(args, cfg, module)
+    search = Search.of(module, cfg, args.overrides)
+    search.announce()
+    if not search.searched:
+        args.trials = 1
+    _no_population(args, cfg, search)
     uri, exp_id, c = cli.open_tracking(
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
-    parent = _open_parent(c, exp_id, cfg, args, module, sweep_id, rec)
-    views.publish(c, exp_id, searched=list(space_best(module, cfg)))
+    parent = _open_parent(c, exp_id, cfg, args, search, sweep_id, rec)
+    views.publish(c, exp_id, searched=search.searched)
     spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
 
@@ -690,7 +762,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     stage1_run = tracking.stage1_build_run(c, exp_id, entry.key)
     if stage1_run:
         c.set_tag(parent, names.STAGE1_RUN, stage1_run)
-    population = population_size(args, cfg, module, _fits(args))
+    population = population_size(args, cfg, search, _fits(args))
     args.population = population
     conc = _concurrency(args, population)
     rec = {
@@ -701,10 +773,10 @@ def run_sweep(args: argparse.Namespace) -> int:
         "experiment_id": exp_id,
         "tracking_uri": uri,
         "stage1_key": entry.key,
-        "args": {**{k: getattr(args, k) for k in _RECORDED_ARGS}, "seed": cfg.seed},
+        "args": {**asked, "population": population, "seed": cfg.seed},
     }
     storage.write_bytes(_record(storage, args.name, sweep_id), json.dumps(rec, indent=1).encode())
-    ctx, resources = _context(cfg, entry, spec, parent, sweep_id, storage, args, module, stage1_run)
+    ctx, resources = _context(cfg, entry, spec, parent, sweep_id, storage, args, search, stage1_run)
     if population > 1:
         from .population import population_trial
 
@@ -719,7 +791,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
     finisher = _FinishStopped(spec, parent)
     tuner = _tuner(
-        trainable, cfg, args, module, storage, sweep_id, conc, finisher, population,
+        trainable, cfg, args, search, storage, sweep_id, conc, finisher, population,
     )  # fmt: skip
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
@@ -758,6 +830,7 @@ def run_sweep(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = _parser()
     args = p.parse_args(argv)
+    args.given = given_options(_parser(), argv)
     if args.list:
         _list()
         return 0

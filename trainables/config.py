@@ -34,6 +34,7 @@ __all__ = [
     "choices",
     "flatten",
     "to_dict",
+    "value_at",
 ]
 
 # The choices of every enumerated field. Where the method's own module defines the same names
@@ -512,6 +513,17 @@ def apply_values(cfg: ExperimentConfig, values: dict[str, object]) -> Experiment
     for key, value in values.items():
         cfg = _set(cfg, key, lambda tp, v=value, key=key: _typed(v, tp, key))
     return cfg
+
+
+def value_at(cfg: ExperimentConfig, key: str) -> object:
+    """The typed value at a dotted key (``"stage2.eps"``); :class:`ConfigError` if none."""
+    obj: object = cfg
+    for name in key.split("."):
+        fields = {f.name for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else ()
+        if name not in fields:
+            raise ConfigError(f"unknown config key {key!r}")
+        obj = getattr(obj, name)
+    return obj
 
 
 def to_dict(cfg: ExperimentConfig) -> dict[str, object]:

@@ -146,3 +146,39 @@ def test_in_order_waits_for_the_earlier_trial_and_survives_save_and_restore(tmp_
         assert states == ["FAIL", "FAIL"] + ["RUNNING"] * 4
     assert a.suggest("t3") == b.suggest("t3")
     assert a.searcher.asks.keys() == {"t2", "t3"}
+
+
+def test_a_pinned_key_is_a_constant_of_every_setting_and_never_sampled(tmp_path):
+    """``sweep --set stage2.eps=0.05`` pins a searched key: Tune's OptunaSearch and the
+    population searcher give every setting 0.05, the study holds no eps parameter, and the
+    other keys are still sampled (and differ between settings)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from orchestrator.search import PinnedSpace
+
+    pinned = PinnedSpace(offline.space, {"stage2.eps": 0.05})
+    first = {k: v for k, v in offline.best().items() if k != "stage2.eps"}
+    single = OptunaSearch(
+        space=pinned, metric=names.SELECT_METRIC, mode="max", points_to_evaluate=[first], seed=0
+    )
+    singles = [single.suggest(f"t{i}") for i in range(14)]
+    assert singles[0] == {**first, "stage2.eps": 0.05}  # the published setting, eps pinned
+    pop = PopulationSearch(
+        pinned,
+        population=7,
+        total=14,
+        metric=names.SELECT_METRIC,
+        mode="max",
+        points_to_evaluate=[first],
+        seed=0,
+    )
+    members = pop.suggest("p1")["population"] + pop.suggest("p2")["population"]
+    for settings in (singles, members):
+        assert [s["stage2.eps"] for s in settings] == [0.05] * 14
+        assert len({s["stage2.lr"] for s in settings}) == 14  # the rest is searched
+        assert set(settings[3]) == set(offline.best())
+    for study in (single._ot_study, pop.study):
+        assert all("stage2.eps" not in t.params for t in study.trials)
+    path = tmp_path / "searcher.pkl"  # saved with the Tuner's state: the space pickles too
+    pop.save(str(path))
+    pop.restore(str(path))

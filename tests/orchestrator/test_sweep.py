@@ -151,6 +151,37 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     assert len(kind(runs(tmp_path), "stage1_build")) == 2
 
 
+def test_a_set_on_a_searched_key_pins_it_in_every_trial_and_member(tmp_path, smoke):
+    """``--set stage2.eps=0.05`` on a searched key: every setting of a population sweep trains
+    with 0.05 (params and what the searcher gave it), the parent records the pin, the sweep says
+    so; pinning every searched key runs the one setting once."""
+    from mlflow.tracking import MlflowClient
+
+    res = smoke(tmp_path, "--trials", "6", "--population", "3", "--set", "stage2.eps=0.05")
+    ok(res)
+    assert "stage2.eps fixed at 0.05: no longer searched" in res.stdout
+    (parent,) = kind(runs(tmp_path), "sweep")
+    assert parent.data.params["sweep.pinned"] == "stage2.eps=0.05"
+    members = children(runs(tmp_path), parent)
+    assert len(members) == 6 and len({m.data.params["stage2.lr"] for m in members}) == 6
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for m in members:
+        assert m.data.params["stage2.eps"] == "0.05"
+        got = json.loads(
+            Path(c.download_artifacts(m.info.run_id, "sampled.json", str(tmp_path))).read_text()
+        )
+        assert got["stage2.eps"] == 0.05
+
+    from search_spaces import SPACES
+
+    every = [x for k, v in SPACES["image_mnist_lt"].best().items() for x in ("--set", f"{k}={v}")]
+    one = smoke(tmp_path / "all", "--trials", "8", *every)
+    ok(one)
+    assert "every searched key is fixed: one setting, run once" in one.stdout
+    (parent,) = kind(runs(tmp_path / "all"), "sweep")
+    assert len(children(runs(tmp_path / "all"), parent)) == 1
+
+
 def _kill_session(pid: int) -> None:
     """SIGKILL the driver and everything it started (its local Ray cluster)."""
     victims = [p for p in psutil.process_iter(["pid"]) if _sid(p) == pid]

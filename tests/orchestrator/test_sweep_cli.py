@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -166,3 +167,78 @@ def test_trial_order_is_the_default_and_single_trials_compare_at_a_lag():
     assert rung_lag(16, 2) == 1 and rung_lag(2, 8) == 1
     # single trials: twice the concurrency back
     assert rung_lag(1, 2) == 4 and rung_lag(1, 8) == 16
+
+
+def _interrupted(storage, **args) -> None:
+    rec = {"sweep_id": "sweep-1", "status": "running", "parent_run_id": "p",
+           "args": {"trials": 4, "seed": 0, "overrides": ["stage2.eps=0.05"], "preset": None,
+                    "smoke": True, "cpus_per_trial": 1.0, "gpus_per_trial": 0.0,
+                    "max_failures": 2, "workers_per_trial": 0, "space": None,
+                    "population": 2, "order": "trial", **args}}  # fmt: skip
+    folder = storage / "image_mnist_lt" / "sweep-1"
+    folder.mkdir(parents=True)
+    (folder / "ot_sweep.json").write_text(json.dumps(rec))
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (["--trials", "5"], "--trials 5 differs from the interrupted sweep's 4"),
+        (["--set", "stage2.eps=0.1"], "--set stage2.eps=0.1 differs from the interrupted "
+         "sweep's stage2.eps=0.05"),
+        (["--seed", "3"], "--seed 3 differs from the interrupted sweep's 0"),
+        (["--population", "1"], "--population 1 differs from the interrupted sweep's 2"),
+        (["--order", "arrival"], "--order arrival differs from the interrupted sweep's trial"),
+    ],
+)  # fmt: skip
+def test_resume_refuses_a_command_line_value_that_differs_from_the_record(
+    tmp_path, capsys, line, message
+):
+    import ray
+
+    from orchestrator.sweep import main
+
+    _interrupted(tmp_path)
+    code = main(["image_mnist_lt", "--smoke", "--resume", "--storage", str(tmp_path), *line])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: --resume: "), err
+    assert message in err[0]
+    assert not ray.is_initialized() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_resume_takes_the_record_where_the_line_repeats_it_or_says_nothing(tmp_path):
+    from orchestrator.storage import Storage
+    from orchestrator.sweep import _parser, _resume, given_options
+
+    _interrupted(tmp_path)
+    for line in ([], ["--trials", "4", "--set", "stage2.eps=0.05", "--population", "2"]):
+        argv = ["image_mnist_lt", "--resume", *line]
+        args = _parser().parse_args(argv)
+        args.given = given_options(_parser(), argv)
+        assert _resume(Storage(str(tmp_path)), args)[0] == "sweep-1"
+        assert (args.trials, args.overrides, args.smoke, args.population) == (
+            4, ["stage2.eps=0.05"], True, 2,
+        )  # fmt: skip
+
+
+def test_a_set_on_a_searched_key_pins_it_and_pinning_all_leaves_one_setting(capsys):
+    from orchestrator.sweep import Search
+    from search_spaces import offline, resolve
+
+    sets = ["stage2.eps=0.05", "stage2.epochs=3", "stage2.max_iter=120"]
+    cfg = resolve("image_mnist_lt", smoke=True, overrides=sets)
+    search = Search.of(offline, cfg, sets)
+    assert search.pinned == {"stage2.eps": 0.05, "stage2.max_iter": 120}  # epochs: not searched
+    assert set(search.searched) == set(offline.best()) - {"stage2.eps", "stage2.max_iter"}
+    search.announce()
+    assert capsys.readouterr().out.splitlines() == [
+        "stage2.eps fixed at 0.05: no longer searched",
+        "stage2.max_iter fixed at 120: no longer searched",
+    ]
+    every = [f"{k}={v}" for k, v in offline.best().items()]
+    everything = Search.of(offline, resolve("image_mnist_lt", overrides=every), every)
+    assert everything.searched == [] and everything.first == {}
+    everything.announce()
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "every searched key is fixed: one setting, run once"
+    )
