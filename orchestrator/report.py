@@ -4,9 +4,11 @@ Reads the finished runs of ``orchestrator.reproduce TABLE`` from MLflow and prin
 cell, mean +- std over seeds of the test metric at the validation-selected epoch (the paper's
 layout, with the published number and the difference), then the last-epoch results, and, in a
 separate labelled column, the best test epoch (selection on the test set, as the released code
-reports; not comparable). Missing cells are shown as missing. A fidelity section compares the
-paper and released-code presets on the first column. ``--format html`` writes one
-self-contained page with the figures (Fig. 1 and Fig. 2) embedded.
+reports; not comparable), and each OT row's own gain over its ``+no_ot`` control (positive:
+OT is better, in points of the table's metric). Only the rows and columns with finished runs are
+shown; ``--all`` shows the whole grid, where a cell without runs reads "missing". A fidelity
+section compares the paper and released-code presets on the first column. ``--format html``
+writes one self-contained page with the figures (Fig. 1 and Fig. 2) embedded.
 """
 
 from __future__ import annotations
@@ -32,7 +34,18 @@ from .storage import StorageError
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
-__all__ = ["SELECTIONS", "Stat", "aggregate", "main", "render", "report_data", "run_value"]
+__all__ = [
+    "SELECTIONS",
+    "Stat",
+    "aggregate",
+    "gain_label",
+    "has_runs",
+    "main",
+    "own_gain",
+    "render",
+    "report_data",
+    "run_value",
+]
 
 SELECTIONS = ("validation_selected", "last_epoch", "best_test_epoch")
 _LABELS = {
@@ -78,9 +91,11 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
     return err if metric == "top1_error" else 100.0 - err
 
 
-def own_gain(entry: dict, cells: dict) -> Stat | None:
-    """OT's own gain of an OT row: the row minus its ``+no_ot`` control (the same stage 2 with
-    the weight learning off), validation-selected, paired by seed (seeds run for both)."""
+def own_gain(entry: dict, cells: dict, metric: str) -> Stat | None:
+    """OT's own gain of an OT row over its ``+no_ot`` control (the same stage 2 with the weight
+    learning off), validation-selected, paired by seed (seeds run for both), in points of
+    ``metric``; positive means OT is better: the control's error minus the row's, or the row's
+    accuracy minus the control's."""
     cell = entry["cell"]
     if not cell.method.ot:
         return None
@@ -88,7 +103,14 @@ def own_gain(entry: dict, cells: dict) -> Stat | None:
     if twin is None:
         return None
     mine, theirs = entry["selected_by_seed"], twin["selected_by_seed"]
-    return aggregate([mine[s] - theirs[s] for s in sorted(mine) if s in theirs])
+    better = -1.0 if metric == "top1_error" else 1.0  # lower error is better
+    return aggregate([better * (mine[s] - theirs[s]) for s in sorted(mine) if s in theirs])
+
+
+def gain_label(metric: str) -> str:
+    """The gain column's heading: what it compares, in which metric, and which sign is better."""
+    unit = "top-1 error" if metric == "top1_error" else "accuracy"
+    return f"OT's own gain over its +no_ot control, paired by seed ({unit} points, + = OT better)"
 
 
 def report_data(
@@ -123,7 +145,7 @@ def report_data(
             "selected_by_seed": {s: v for s, v in selected.items() if v is not None},
         }
     for entry in cells.values():
-        entry["own_gain"] = own_gain(entry, cells)
+        entry["own_gain"] = own_gain(entry, cells, table.metric)
     return {
         "table": table,
         "preset": preset,
@@ -180,25 +202,51 @@ def _main_cell(entry: dict | None) -> str:
 
 def _layout(data: dict) -> tuple[list[str], list[list[str]]]:
     """The paper's layout: one row per method, one column per table column."""
-    table: Table = data["table"]
-    header = ["method", *[c.name for c in table.columns]]
+    columns = data["columns"]
+    header = ["method", *[c.name for c in columns]]
     rows = []
-    for m in table.methods:
+    for m in data["methods"]:
         if m.fidelity:
             continue
         row = [m.name]
-        for col in table.columns:
+        for col in columns:
             row.append(_main_cell(data["cells"].get(f"{col.name}|{m.name}")))
         rows.append(row)
     for name, values in data["published_only"]:
         row = [f"{name} (published only)"]
         row.extend(f"not run [paper {values[c.name]}]" if values[c.name] else "—"
-                   for c in table.columns)  # fmt: skip
+                   for c in columns)  # fmt: skip
         rows.append(row)
     return header, rows
 
 
-GAIN_LABEL = "OT's own gain (row − its +no_ot control, paired by seed)"
+def has_runs(data: dict) -> bool:
+    """Whether any cell of the report has a finished run."""
+    return any(e["seeds"] for e in data["cells"].values())
+
+
+def _view(data: dict, full: bool) -> dict:
+    """What the report shows: under ``full`` the whole grid (cells without runs read
+    "missing", the paper's rows that never run are listed); else only the cells, rows and
+    columns with runs. ``left_out``: the cells not shown."""
+    table: Table = data["table"]
+    if full:
+        shown = data["cells"]
+        columns, methods = table.columns, table.methods
+    else:
+        shown = {k: e for k, e in data["cells"].items() if e["seeds"]}
+        cols = {e["cell"].column.name for e in shown.values()}
+        rows = {e["cell"].method.name for e in shown.values()}
+        columns = tuple(c for c in table.columns if c.name in cols)
+        methods = tuple(m for m in table.methods if m.name in rows)
+    return {
+        **data,
+        "shown": shown,
+        "columns": columns,
+        "methods": methods,
+        "published_only": data["published_only"] if full else [],
+        "left_out": len(data["cells"]) - len(shown),
+    }
 
 
 def _in_fidelity(table: Table, method) -> bool:
@@ -211,11 +259,11 @@ def _in_fidelity(table: Table, method) -> bool:
 def _long(data: dict, *, fidelity: bool) -> tuple[list[str], list[list[str]]]:
     header = ["cell", "seeds", *[_LABELS[s] for s in SELECTIONS[:2]], "paper",
               "Δ (validation-selected − paper)", _LABELS["best_test_epoch"],
-              GAIN_LABEL]  # fmt: skip
+              gain_label(data["table"].metric)]  # fmt: skip
     rows = []
     table = data["table"]
     first = table.columns[0].name
-    for key, e in data["cells"].items():
+    for key, e in data["shown"].items():
         cell = e["cell"]
         if fidelity and not (cell.column.name == first and _in_fidelity(table, cell.method)):
             continue
@@ -266,12 +314,20 @@ def _intro(data: dict) -> list[str]:
         table.description,
         f"Preset {data['preset']}"
         + (" (OT rows at the best setting of a sweep)" if "+sweep" in data["preset"] else "")
-        + f"; {what}, mean ± std over seeds; [paper number, difference]. "
-        "Missing cells are not filled in.",
+        + f"; {what}, mean ± std over seeds; [paper number, this number minus the paper's]. "
+        + (
+            f"{data['left_out']} cells without finished runs left out (report --all: the whole "
+            "grid)."
+            if data["left_out"]
+            else "Missing cells are not filled in."
+        ),
     ]
 
 
-def render(data: dict, fmt: str) -> str:
+def render(data: dict, fmt: str, *, full: bool = False) -> str:
+    """The report in ``fmt`` (md, csv, latex, html): the cells with runs, or (``full``) the
+    whole grid."""
+    data = _view(data, full)
     if fmt == "csv":
         return _csv(data)
     if fmt == "latex":
@@ -294,11 +350,11 @@ def render(data: dict, fmt: str) -> str:
 def _csv(data: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["table", "runs", "column", "method", "preset", "seeds",
+    w.writerow(["table", "runs", "column", "method", "preset", "metric", "seeds",
                 *(f"{s}_{p}" for s in SELECTIONS for p in ("mean", "std")),
                 "paper_mean", "paper_std", "diff",
                 "own_gain_mean", "own_gain_std", "own_gain_n"])  # fmt: skip
-    for e in data["cells"].values():
+    for e in data["shown"].values():
         cell, st = e["cell"], e["stats"]
         vals = []
         for s in SELECTIONS:
@@ -310,7 +366,7 @@ def _csv(data: dict) -> str:
         d = _diff(st["validation_selected"], paper)
         w.writerow([
             data["table"].name, "smoke" if data.get("smoke") else "full", cell.column.name,
-            cell.method.name, data["preset"],
+            cell.method.name, data["preset"], data["table"].metric,
             len(e["seeds"]), *vals,
             "" if paper is None else paper[0],
             "" if paper is None or paper[1] is None else paper[1],
@@ -397,6 +453,11 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--tuned", action="store_true", help="the runs of reproduce --tuned")
     p.add_argument("--smoke", action="store_true", help="the table's smoke runs")
+    p.add_argument(
+        "--all", action="store_true", dest="full",
+        help="the whole grid: also the rows and columns without finished runs (read "
+        "'missing') and the paper's rows that are not run (default: only what has runs)",
+    )  # fmt: skip
     p.add_argument("--storage", default=None, help="run storage (default ./runs)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI")
     return p
@@ -417,11 +478,29 @@ def _render_stored(args: argparse.Namespace) -> str:
             )
         raise cli.CommandError(
             f"no runs of {args.table} in {uri} (experiment {name!r}); run "
-            f"python -m orchestrator.reproduce {args.table} first"
+            f"{_reproduce_command(args)} first"
         )
     asked = names.settings_key(args.preset, args.tuned)
     data = report_data(c, exp.experiment_id, TABLES[args.table], asked, smoke=args.smoke)
-    return render(data, args.format)
+    if not (has_runs(data) or args.full):
+        raise cli.CommandError(
+            f"no finished runs of {args.table} under preset {asked} in {uri}; run "
+            f"{_reproduce_command(args)} first (--all prints the empty grid)"
+        )
+    return render(data, args.format, full=args.full)
+
+
+def _reproduce_command(args: argparse.Namespace) -> str:
+    """The ``reproduce`` command that makes the runs this report asked for."""
+    flags = [args.table]
+    if args.preset != "paper":
+        flags.append(f"--preset {args.preset}")
+    flags += [f for f, on in (("--tuned", args.tuned), ("--smoke", args.smoke)) if on]
+    if args.storage:
+        flags.append(f"--storage {args.storage}")
+    if args.tracking_uri:
+        flags.append(f"--tracking-uri {args.tracking_uri}")
+    return "python -m orchestrator.reproduce " + " ".join(flags)
 
 
 def main(argv: list[str] | None = None) -> int:

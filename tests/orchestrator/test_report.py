@@ -11,7 +11,15 @@ import math
 import pytest
 
 from orchestrator import names, tracking
-from orchestrator.report import aggregate, main, render, report_data, run_value
+from orchestrator.report import (
+    aggregate,
+    gain_label,
+    main,
+    own_gain,
+    render,
+    report_data,
+    run_value,
+)
 from search_spaces.tables import TABLES
 
 
@@ -96,18 +104,18 @@ def test_report_aggregates_joins_and_marks_missing(tmp_path):
     assert ce["stats"]["validation_selected"].mean == 30.0 and ce["stats"]["last_epoch"] is None
     assert data["cells"]["cifar10_if200|ce"]["stats"]["validation_selected"] is None
 
-    md = render(data, "md")
+    md = render(data, "md", full=True)
     assert "23.00 ± 3.61 [paper 18.13, +4.87]" in md
     assert "30.00 (n=1) [paper 29.86, +0.14]" in md
     assert "missing [paper 34.13]" in md  # never filled in
     assert "not run [paper 20.18]" in md  # BBN: published only
-    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv", full=True))))
     row = next(
         r for r in rows if r["column"] == "cifar10_if100" and r["method"] == "ot_weight_vector"
     )
     assert float(row["validation_selected_mean"]) == pytest.approx(23.0)
     assert float(row["diff"]) == pytest.approx(23.0 - 18.13)
-    assert row["seeds"] == "3"
+    assert row["seeds"] == "3" and row["metric"] == "top1_error"
     assert next(r for r in rows if r["column"] == "cifar10_if200")["validation_selected_mean"] == ""
     page = render(data, "html")
     assert page.startswith("<!DOCTYPE html>") and "23.00 ± 3.61" in page
@@ -140,10 +148,63 @@ def test_report_released_code_preset_reads_its_own_runs(tmp_path):
 def test_report_cli_without_runs_is_one_line_exit_2(tmp_path, capsys):
     assert main(["offline_image", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "reproduce offline_image first" in err[0]
+    assert len(err) == 1 and f"reproduce offline_image --storage {tmp_path} first" in err[0]
 
 
-def test_ots_own_gain_is_the_row_minus_its_control_paired_by_seed(tmp_path):
+def _visible_rows(md: str) -> set[str]:
+    """The first column of the paper layout's rows (the first table of the md report)."""
+    table = md.split("\n\n")[2].splitlines()[2:]
+    return {ln.split(" | ")[0].removeprefix("| ") for ln in table}
+
+
+def test_report_shows_only_what_has_runs_unless_all(tmp_path):
+    c, exp = _store(tmp_path)
+    data = report_data(c, exp, TABLES["table1"])
+    md = render(data, "md")
+    assert _visible_rows(md) == {"ce", "ot_weight_vector"}
+    header = md.split("\n\n")[2].splitlines()[0]
+    assert header == "| method | cifar10_if100 |"  # the one column with runs
+    assert "missing [paper" not in md and "published only" not in md
+    assert "cells without finished runs left out (report --all" in md
+    every = md.split("### Every selection")[1]
+    assert every.count("| cifar10_if100\\|") == 2 and "### Fidelity" not in md
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    assert {(r["column"], r["method"]) for r in rows} == {
+        ("cifar10_if100", "ce"), ("cifar10_if100", "ot_weight_vector"),
+    }  # fmt: skip
+    page = render(data, "html")
+    assert "cifar10_if200" not in page and "missing [paper" not in page
+    assert "cifar10_if200" not in render(data, "latex")
+
+    full = render(data, "md", full=True)
+    assert {"focal", "ot_weight_vector+no_ot", "bbn (published only)"} <= _visible_rows(full)
+    assert "| cifar10_if200\\|focal | missing |" in full
+    assert "left out" not in full
+    assert len(list(csv.DictReader(io.StringIO(render(data, "csv", full=True))))) == len(
+        data["cells"]
+    )
+
+
+def test_report_cli_with_no_finished_run_says_so_in_one_line(tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    exp = tracking.ensure_experiment(uri, "reproduce-offline_image", (tmp_path / "a").as_uri())
+    c = tracking.client(uri)
+    tags = {names.KIND: "trial", "ot.table": "offline_image", "ot.cell": "mnist_if100|ce",
+            "ot.seed": "0", "ot.preset_asked": "paper"}  # fmt: skip
+    c.set_terminated(c.create_run(exp, tags=tags).info.run_id, status="FAILED")
+    args = ["offline_image", "--storage", str(tmp_path), "--preset", "released_code"]
+    capsys.readouterr()  # MLflow's lines about creating the store
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no finished runs of offline_image")
+    cmd = "python -m orchestrator.reproduce offline_image --preset released_code --storage"
+    assert f"run {cmd} {tmp_path} first" in err[0]
+    assert main([*args, "--all"]) == 0  # the empty grid, on request
+    out = capsys.readouterr().out
+    assert "| ce | missing |" in out and "cells without finished runs" not in out
+
+
+def test_ots_own_gain_is_positive_when_ot_is_better_paired_by_seed(tmp_path):
     c, exp = _store(tmp_path)
     # the OT row's seeds (validation-selected error): 0 -> 20, 1 -> 22, 2 -> 27
     ctl = "cifar10_if100|ot_weight_vector+no_ot"
@@ -161,22 +222,37 @@ def test_ots_own_gain_is_the_row_minus_its_control_paired_by_seed(tmp_path):
         c.set_terminated(r.info.run_id, status="FINISHED")
     data = report_data(c, exp, TABLES["table1"])
     gain = data["cells"]["cifar10_if100|ot_weight_vector"]["own_gain"]
-    # pairs (20 - 23, 27 - 26) = (-3, +1): mean -1, sample std sqrt(8)
-    assert gain.n == 2 and gain.mean == pytest.approx(-1.0)
+    # top-1 error, control minus OT: pairs (23 - 20, 26 - 27) = (+3, -1): OT's error is lower
+    # on average, so the gain is positive: mean +1, sample std sqrt(8)
+    assert gain.n == 2 and gain.mean == pytest.approx(1.0)
     assert gain.std == pytest.approx(math.sqrt(8.0))
     assert data["cells"][ctl]["own_gain"] is None  # a control has no gain of its own
     assert data["cells"]["cifar10_if100|ce"]["own_gain"] is None
-    md = render(data, "md")
+    md = render(data, "md", full=True)
     key = "| cifar10_if100\\|ot_weight_vector |"  # Markdown escapes the key's "|"
     row = next(ln for ln in md.splitlines() if ln.startswith(key))
-    assert row.endswith("| -1.00 ± 2.83 (n=2) |")
-    assert "OT's own gain (row − its +no_ot control, paired by seed)" in md
+    assert row.endswith("| +1.00 ± 2.83 (n=2) |")
+    label = "OT's own gain over its +no_ot control, paired by seed"
+    assert f"{label} (top-1 error points, + = OT better) |" in md
     rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
     ot = next(
         r for r in rows if r["method"] == "ot_weight_vector" and r["column"] == "cifar10_if100"
     )
-    assert (float(ot["own_gain_mean"]), ot["own_gain_n"]) == (-1.0, "2")
+    assert (float(ot["own_gain_mean"]), ot["own_gain_n"]) == (1.0, "2")
     # an OT row without control runs reads "missing", never a number
     start = "| cifar10_if200\\|ot_weight_vector |"
     other = next(ln for ln in md.splitlines() if ln.startswith(start))
     assert other.endswith("| missing |")
+
+
+def test_ots_own_gain_in_accuracy_is_the_row_minus_its_control():
+    table = TABLES["offline_text"]
+    cells = {}
+    for cell, by_seed in zip(
+        table.cells(["ot_weight_net"]), ({0: 80.0, 1: 78.0}, {0: 77.0, 1: 78.5}), strict=True
+    ):
+        cells[cell.key] = {"cell": cell, "selected_by_seed": by_seed}
+    ot = cells["tweets_1000_100|ot_weight_net"]
+    gain = own_gain(ot, cells, table.metric)  # accuracy: higher is better
+    assert (gain.mean, gain.n) == (pytest.approx((3.0 - 0.5) / 2), 2)
+    assert gain_label(table.metric).endswith("(accuracy points, + = OT better)")

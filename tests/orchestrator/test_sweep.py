@@ -820,14 +820,14 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     md = reproduce(tmp_path, "offline_image", "--smoke", tool="report")
     ok(md)
     assert f"| ot_weight_vector | {mean:.2f} ± " in md.stdout
-    # OT's own gain: the OT row minus its control, paired by seed
+    # OT's own gain, paired by seed: the control's error minus the OT row's (+ = OT better)
     ctl = {
         t.data.tags["ot.seed"]: t.data.metrics["validation_selected/test_top1_error"]
         for t in trials
         if t.data.tags["ot.method"] == "ot_weight_vector+no_ot"
     }
     diffs = [
-        t.data.metrics["validation_selected/test_top1_error"] - ctl[t.data.tags["ot.seed"]]
+        ctl[t.data.tags["ot.seed"]] - t.data.metrics["validation_selected/test_top1_error"]
         for t in ot
     ]
     gain = f"{sum(diffs) / 2:+.2f} ± "
