@@ -9,10 +9,12 @@ and a bad argument answer before any of them loads (torch alone takes over a sec
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -56,8 +58,21 @@ class Parser(argparse.ArgumentParser):
     ``--help`` shows), exit status 2."""
 
     def error(self, message: str):
-        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(
+            f"error: {message}{self._suggestion(message)} (see {self.prog} --help)", file=sys.stderr
+        )
         raise SystemExit(2)
+
+    def _suggestion(self, message: str) -> str:
+        """``; did you mean --trials?`` for a mistyped option, as for a mistyped name."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = sorted(set(re.findall(r"--[a-z][a-z0-9-]*", self.format_help())))
+        for token in message.split(":", 1)[1].split():
+            close = difflib.get_close_matches(token.split("=")[0], known, n=1)
+            if token.startswith("--") and close:
+                return f"; did you mean {close[0]}?"
+        return ""
 
 
 def add_config_args(
@@ -184,9 +199,13 @@ def preflight(
 
 
 def print_configs(items: Iterable[tuple[str, ExperimentConfig]]) -> None:
-    """``--print-config``: each config as JSON with its stage-1 key (one object, or a list)."""
+    """``--print-config``: each config as JSON with its stage-1 key (one object, or a list),
+    after the checks a run makes of it (a config ``run`` refuses is refused here too)."""
     from .stages import stage1_hash
 
+    items = list(items)
+    for label, cfg in items:
+        preflight(cfg, data=False, label=label)
     out = [
         {
             **({"run": label} if label else {}),

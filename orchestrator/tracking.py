@@ -36,6 +36,13 @@ __all__ = [
 ]
 
 
+# MLflow logs at INFO by default ("Creating initial MLflow database tables...", "Updating
+# database tables") at the top of every command; its warnings still show, and a user who wants
+# the rest sets MLFLOW_LOGGING_LEVEL=INFO. Set before mlflow's first import, which reads it;
+# Ray's workers inherit it.
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be reached or written."""
 

@@ -128,6 +128,27 @@ def test_every_option_of_every_command_says_what_it_does():
         (reproduce.main, ["offline_image", "--seeds", "0"], "--seeds must be >= 1, got 0"),
         (reproduce.main, ["offline_image", "--first-seed", "-1"], "--first-seed must be >= 0"),
         (run.main, ["image_mnist_lt", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            sweep.main,
+            ["image_mnist_lt", "--trails", "32"],
+            "unrecognized arguments: --trails 32; did you mean --trials?",
+        ),
+        (
+            reproduce.main,
+            ["offline_image", "--dryrun"],
+            "unrecognized arguments: --dryrun; did you mean --dry-run?",
+        ),
+        # what the run itself refuses, --print-config refuses too (it printed the config)
+        (
+            run.main,
+            ["image_mnist_lt", "--set", "stage2.eps=-1", "--print-config"],
+            "bad configuration: eps must be > 0",
+        ),
+        (
+            sweep.main,
+            ["image_mnist_lt", "--set", "stage2.eps=-1", "--print-config"],
+            "bad configuration: eps must be > 0",
+        ),
     ],
 )
 def test_a_typo_is_one_line_with_a_suggestion(capsys, main, argv, message):
@@ -286,3 +307,26 @@ def test_fit_reports_an_interrupt_and_leaves_out_only_tunes_restore_hint(caplog)
             assert caplog.records[-1].getMessage() == hint
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_mlflow_opens_a_new_store_without_its_info_lines(tmp_path, repo):
+    """A command's first lines are its own: MLflow's INFO lines on creating a store's tables
+    ("Creating initial MLflow database tables...") stay out unless MLFLOW_LOGGING_LEVEL asks."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from orchestrator import tracking; import sys; "
+        "tracking.ensure_experiment(sys.argv[1], 'x', None)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_LOGGING_LEVEL"}
+    got = []
+    for level in ({}, {"MLFLOW_LOGGING_LEVEL": "INFO"}):
+        uri = f"sqlite:///{tmp_path / f'{len(got)}.db'}"
+        res = subprocess.run([sys.executable, "-c", code, uri], cwd=repo, capture_output=True,
+                             text=True, env={**env, **level}, timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        got.append(res.stdout + res.stderr)
+    assert "Creating initial MLflow database tables" not in got[0]
+    assert "Creating initial MLflow database tables" in got[1]  # the test sees the line
