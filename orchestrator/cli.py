@@ -9,6 +9,7 @@ and a bad argument answer before any of them loads (torch alone takes over a sec
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import logging
@@ -34,6 +35,7 @@ __all__ = [
     "add_cluster_args",
     "add_config_args",
     "apply_fetch_settings",
+    "command",
     "config_from_args",
     "init_ray",
     "node_cpus",
@@ -266,11 +268,21 @@ def store_args(uri: str, storage: Storage, local_root: Path | None) -> str:
     return f" --tracking-uri {uri}"
 
 
+def command(args: str) -> str:
+    """``.venv/bin/python -m <args>``: a command to print that works as typed, with the
+    interpreter this one runs on (a bare ``python`` is another one unless the venv is active),
+    relative to the working directory when it lies below it."""
+    python = Path(sys.executable)
+    with contextlib.suppress(ValueError):  # not below the working directory: absolute
+        python = python.relative_to(Path.cwd())
+    return f"{python} -m {args}"
+
+
 def ui_hint(uri: str, storage: Storage, local_root: Path | None) -> str:
     """The exact command that opens this store in the MLflow UI (a server is opened as is)."""
     if not uri.startswith("sqlite:///"):
         return f"open {uri} in a browser (an MLflow server)"
-    return f"python -m orchestrator.ui{store_args(uri, storage, local_root)}"
+    return command(f"orchestrator.ui{store_args(uri, storage, local_root)}")
 
 
 def init_ray(address: str | None) -> None:

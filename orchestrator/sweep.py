@@ -453,8 +453,8 @@ def _control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> Non
     print(
         f"\n  the best setting's control (weights held at their start, seed {cfg.seed}): "
         f"val {got['val']:.2f}, "
-        f"test {got['test']:.2f}; OT's own gain: val {best['best_val'] - got['val']:+.2f}, "
-        f"test {best['best_test'] - got['test']:+.2f}"
+        f"test {got['test']:.2f}; OT's own gain (balanced accuracy points, + = OT better): "
+        f"val {best['best_val'] - got['val']:+.2f}, test {best['best_test'] - got['test']:+.2f}"
         + (f" (the best of {n_ranked} settings on validation: optimistic)" if n_ranked > 1 else "")
     )
     if alone is not None:
@@ -804,8 +804,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         c.set_tag(parent, names.INTERRUPTED, "true")
         c.set_terminated(parent, status="KILLED")
         print(
-            f"interrupted: the sweep's state is saved; resume it with: python -m "
-            f"orchestrator.sweep {args.name} --resume --storage {storage.uri}",
+            "interrupted: the sweep's state is saved; resume it with: "
+            + cli.command(f"orchestrator.sweep {args.name} --resume --storage {storage.uri}"),
             file=sys.stderr,
         )
         return 130

@@ -4,6 +4,7 @@ sweep and reproduce alike, ``--smoke`` stays smoke-sized, ``--print-config`` tou
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -180,20 +181,41 @@ def test_the_closing_hint_opens_the_store_the_command_used(tmp_path, monkeypatch
     from orchestrator.storage import Storage
 
     monkeypatch.chdir(tmp_path)
+    ui = cli.command("orchestrator.ui")
     default = Storage("runs")
     root = tmp_path / "runs"
-    assert cli.ui_hint(tracking.default_tracking_uri(root), default, root) == (
-        "python -m orchestrator.ui"
-    )
+    assert cli.ui_hint(tracking.default_tracking_uri(root), default, root) == ui
     other = Storage(str(tmp_path / "elsewhere"))
     local = tmp_path / "elsewhere"
     assert cli.ui_hint(tracking.default_tracking_uri(local), other, local) == (
-        f"python -m orchestrator.ui --storage {local}"
+        f"{ui} --storage {local}"
     )
     own = f"sqlite:///{tmp_path / 'mine.db'}"
-    assert cli.ui_hint(own, other, local) == f"python -m orchestrator.ui --tracking-uri {own}"
+    assert cli.ui_hint(own, other, local) == f"{ui} --tracking-uri {own}"
     server = "http://127.0.0.1:5001"
     assert "open http://127.0.0.1:5001 in a browser" in cli.ui_hint(server, other, local)
+
+
+def test_a_printed_command_works_as_typed_without_the_venv_on_path(repo, monkeypatch):
+    """The hints say ``.venv/bin/python -m ...`` (this interpreter, relative where it can be),
+    not a bare ``python``, which outside an active venv is another Python without the
+    project's packages."""
+    import os
+    import subprocess
+    import sys
+
+    from orchestrator import cli
+
+    monkeypatch.chdir(repo)
+    hint = cli.command("orchestrator.sweep --list")
+    python = hint.split(" -m ")[0]
+    assert not os.path.isabs(python) or not Path(sys.executable).is_relative_to(repo)
+    assert Path(python).resolve() == Path(sys.executable).resolve()
+    bare = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    bare["PATH"] = "/usr/bin:/bin"
+    res = subprocess.run(hint, shell=True, cwd=repo, env=bare, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert res.returncode == 0 and "image_mnist_lt" in res.stdout, res.stderr[-2000:]
 
 
 def test_an_unwritable_out_stops_run_before_training(tmp_path, capsys, monkeypatch):

@@ -69,7 +69,8 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     first = smoke(tmp_path, "--trials", "4")
     ok(first)
     assert "stage 1: building" in first.stdout
-    assert "== sweep summary ==" in first.stdout and "python -m orchestrator.ui" in first.stdout
+    assert "== sweep summary ==" in first.stdout
+    assert f"{Path(sys.executable).relative_to(repo)} -m orchestrator.ui" in first.stdout
     assert "Downloading artifacts" not in first.stdout + first.stderr  # no progress bars
     rs = runs(tmp_path)
     (parent,) = kind(rs, "sweep")
@@ -134,7 +135,9 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     assert pm["control_selected_val_balanced_acc"] == ctl["val"]["balanced_acc"]
     assert pm["control_selected_test_balanced_acc"] == ctl["test"]["balanced_acc"]
     gain = pm["best_selected_val_balanced_acc"] - ctl["val"]["balanced_acc"]
-    assert f"OT's own gain: val {gain:+.2f}" in first.stdout
+    assert f"OT's own gain (balanced accuracy points, + = OT better): val {gain:+.2f}" in (
+        first.stdout
+    )
 
     second = smoke(tmp_path, "--trials", "1")
     ok(second)
@@ -400,7 +403,8 @@ def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_
     out = log_path.read_text()
     assert rc == 130, out[-3000:]
     assert (
-        f"interrupted: the sweep's state is saved; resume it with: python -m orchestrator.sweep "
+        "interrupted: the sweep's state is saved; resume it with: "
+        f"{Path(sys.executable).relative_to(repo)} -m orchestrator.sweep "
         f"image_mnist_lt --resume --storage {tmp_path}"
     ) in out
     assert "== sweep summary ==" not in out and "Fatal Python error" not in out
@@ -786,8 +790,12 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     assert not (tmp_path / "mlflow.db").exists()  # a dry run writes nothing
     est = re.search(r"wall clock: about ([0-9.]+) min at [0-9]+ trials at a time", dry.stdout)
     assert est, dry.stdout
-    real = reproduce(tmp_path, *args, "--quiet")
+    real = reproduce(tmp_path, *args)
     ok(real)
+    # its status line counts the runs, with no "best val" (each run is its own cell)
+    status = [ln for ln in real.stdout.splitlines() if re.match(r"\[[0-9hms]+\] trials ", ln)]
+    assert status and status[-1].endswith(" 0 errored"), real.stdout[-2000:]
+    assert "best val" not in real.stdout
     # the real run prints its time beside the estimate for the same plan
     took = re.search(r"took ([0-9.]+) min; estimated ([0-9.]+) min", real.stdout)
     assert took and took.group(2) == est.group(1), real.stdout[-2000:]
