@@ -4,7 +4,8 @@ one live status line, instead of Tune's per-trial tables (``--verbose`` brings t
 On a terminal the status line is rewritten in place (carriage return) at most every
 ``tty_every`` seconds; otherwise (a log file, a pipe) it is printed as a plain line at most
 every ``plain_every`` seconds. The status shows trials done / running / stopped early /
-errored, the best selection metric so far (validation only: ``names.SELECT_METRIC``) and the
+errored, the best selection metric so far (validation only: ``names.SELECT_METRIC``; left out
+where the trials are not one search's settings, as in ``reproduce``: ``best_val=False``) and the
 elapsed time; each finished trial's line shows its selection metric, its test balanced accuracy
 at the validation-selected epoch (``names.SELECTED_TEST``), whether the scheduler (ASHA)
 stopped it early, and its sampled settings in short form.
@@ -92,15 +93,20 @@ def short_settings(config: Mapping[str, Any]) -> str:
     )
 
 
-def status_line(counts: Counts, best: tuple[float, str] | None, elapsed: float) -> str:
+def status_line(
+    counts: Counts, best: tuple[float, str] | None, elapsed: float, *, best_val: bool = True
+) -> str:
     """``[2m05s] trials 5/32 done (2 stopped early), 4 running, 0 errored; best val 81.23
-    (trial 6a1b_00003)``; ``best`` is (selection metric, trial id), None before any result."""
+    (trial 6a1b_00003)``; ``best`` is (selection metric, trial id), None before any result.
+    ``best_val=False`` leaves the best out (trials that are not rivals: each a table cell)."""
     total = f"/{counts.total}" if counts.total else ""
     line = (
         f"[{fmt_elapsed(elapsed)}] trials {counts.done}{total} done "
         f"({counts.stopped} stopped early), {counts.running} running, {counts.errored} errored"
         + (f", {counts.interrupted} interrupted" if counts.interrupted else "")
     )
+    if not best_val:
+        return line
     if best is None:
         return line + "; best val -"
     return f"{line}; best val {_metric(best[0])} (trial {best[1]})"
@@ -165,13 +171,14 @@ def tune_verbose(args) -> int:
     return verbose
 
 
-def callbacks(args, *, max_t: int | None = None) -> list:
+def callbacks(args, *, max_t: int | None = None, best_val: bool = True) -> list:
     """The progress callbacks of a command: the compact view, unless ``--quiet`` (nothing at
     all) or ``--verbose`` (Tune's own output instead). ``max_t``: the scheduler's limit in
-    stage-2 epochs, for telling an early stop (None: no scheduler)."""
+    stage-2 epochs, for telling an early stop (None: no scheduler); ``best_val``: whether the
+    status line shows the best validation score so far (see :func:`status_line`)."""
     if args.quiet or args.verbose:
         return []
-    return [_callback_class()(max_t=max_t)]
+    return [_callback_class()(max_t=max_t, best_val=best_val)]
 
 
 class _Progress:
@@ -182,6 +189,7 @@ class _Progress:
         self,
         *,
         max_t: int | None = None,
+        best_val: bool = True,
         stream: IO[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         plain_every: float = 30.0,
@@ -190,6 +198,7 @@ class _Progress:
         columns: int | None = None,
     ):
         self.max_t = max_t
+        self.best_val = best_val
         self.plain_every = plain_every
         self.tty_every = tty_every
         self._stream = stream  # None: sys.stdout at each write (not pickled with the Tuner)
@@ -263,7 +272,7 @@ class _Progress:
             if not due:
                 return
         self._last_status = now
-        line = status_line(self.counts(), self._best, now - self._start)
+        line = status_line(self.counts(), self._best, now - self._start, best_val=self.best_val)
         if not self.is_tty:
             self._write(line + "\n")
             return

@@ -582,7 +582,8 @@ def _run_pending(
             name=inv.name,
             storage_path=inv.storage.child_uri("reproduce", inv.table.name),
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=progress.callbacks(args),  # no scheduler: no early stop
+            # no scheduler (no early stop); no best val: each run is its own cell
+            callbacks=progress.callbacks(args, best_val=False),
             verbose=progress.tune_verbose(args),
         ),
     )

@@ -45,6 +45,10 @@ def test_status_line():
     assert status_line(Counts(), None, 3) == (
         "[3s] trials 0 done (0 stopped early), 0 running, 0 errored; best val -"
     )
+    # reproduce: each trial is a table cell, so no "best" among them
+    assert status_line(counts, (81.234, "6a1b_00003"), 125, best_val=False) == (
+        "[2m05s] trials 5/32 done (2 stopped early), 4 running, 1 errored"
+    )
 
 
 def test_trial_line():
@@ -138,6 +142,19 @@ def test_callback_one_line_per_finished_trial_and_counts():
         "[1m01s] trials 2/4 done (1 stopped early), 1 running, 1 errored; "
         "best val 70.00 (trial t0)",
     ]
+
+
+def test_callback_without_best_val_as_reproduce_builds_it(capsys):
+    args = argparse.Namespace(quiet=False, verbose=0)
+    (cb,) = progress.callbacks(args, best_val=False)  # writes to sys.stdout
+    cb.setup(stop=None, num_samples=2, total_num_samples=2)
+    trials = [_trial("t0"), _trial("t1")]
+    _finish(cb, trials, trials[0], **{VAL: 70.0, TEST: 68.0})
+    cb.on_experiment_end(trials=trials)
+    trial, status = capsys.readouterr().out.splitlines()
+    assert trial == "trial t0  finished           val 70.00  test 68.00"
+    assert status.endswith("] trials 1/2 done (0 stopped early), 1 running, 0 errored")
+    assert pickle.loads(pickle.dumps(cb)).best_val is False  # Tune pickles its callbacks
 
 
 def test_callback_counts_trials_finished_before_a_resume():
