@@ -500,7 +500,7 @@ def _reproduce_command(args: argparse.Namespace) -> str:
         flags.append(f"--storage {args.storage}")
     if args.tracking_uri:
         flags.append(f"--tracking-uri {args.tracking_uri}")
-    return "python -m orchestrator.reproduce " + " ".join(flags)
+    return cli.command("orchestrator.reproduce " + " ".join(flags))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from .report import render, report_data
 from .stages import ensure_stage1, stage1_hash, verify_entry
 from .trainable import SweepContext, reproduce_trial
 
-__all__ = ["RunSpec", "experiment_name", "main", "plan", "settings_key"]
+__all__ = ["RunSpec", "experiment_name", "grid_help", "main", "plan", "settings_key"]
 
 KIND = "reproduce"  # the invocation's parent run; its runs are ot.kind=trial
 
@@ -66,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(
         prog="python -m orchestrator.reproduce",
         description=__doc__.split("\n\n")[0],
+        epilog=grid_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("table", help=f"one of: {', '.join(TABLES)}")
@@ -79,8 +81,15 @@ def _parser() -> argparse.ArgumentParser:
         help="seeds FIRST..FIRST+N-1 (default 0): e.g. fresh seeds for a --tuned setting that a "
         "sweep picked on seed 0",
     )  # fmt: skip
-    p.add_argument("--methods", nargs="+", default=None, help="only these rows")
-    p.add_argument("--columns", nargs="+", default=None, help="only these columns")
+    p.add_argument(
+        "--methods", nargs="+", default=None,
+        help="only these rows (each table's are listed below; an OT row brings its +no_ot "
+        "control)",
+    )  # fmt: skip
+    p.add_argument(
+        "--columns", nargs="+", default=None,
+        help="only these columns (each table's are listed below)",
+    )  # fmt: skip
     cli.add_config_args(p, preset_default="paper", seed=False)
     p.add_argument(
         "--fidelity", action="store_true",
@@ -94,6 +103,22 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the grid; run nothing")
     cli.add_cluster_args(p)
     return p
+
+
+def grid_help(width: int = 88) -> str:
+    """Every table's row names (``--methods``) and column names (``--columns``), for --help;
+    the ``+no_ot`` controls and the fidelity rows come with the rows and ``--fidelity``."""
+    out = ["rows (--methods) and columns (--columns) of each table:"]
+    for t in TABLES.values():
+        rows = [m.name for m in t.methods if not (m.control_of or m.fidelity)]
+        out.append(f"  {t.name}")
+        for label, words in (("methods", rows), ("columns", [c.name for c in t.columns])):
+            out += textwrap.wrap(
+                f"{label}: {' '.join(words)}", width, initial_indent="    ",
+                subsequent_indent="      ", break_on_hyphens=False,
+            )  # fmt: skip
+    out.append("\n--fidelity adds the released-code rows (ot@released_code...), first column.")
+    return "\n".join(out)
 
 
 def plan(
@@ -320,10 +345,11 @@ class _Invocation:
 
 def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
     """Every cell's combinations, then every data source the cells read, once each (a dry run
-    only warns)."""
+    fetches nothing and only warns, once per distinct message: the columns of one dataset
+    differ in their split but miss the same files)."""
     for s in specs:
         cli.preflight(s.cfg, data=False, label=s.cell.key)
-    checked = set()
+    checked, warned = set(), []
     for s in specs:
         m = s.cfg.model
         data = json.dumps(
@@ -337,7 +363,15 @@ def _preflight(specs: list[RunSpec], dry_run: bool) -> None:
         except CommandError as err:
             if not dry_run:
                 raise
-            print(f"warning: {err}", file=sys.stderr)
+            if str(err) not in warned:
+                warned.append(str(err))
+                print(f"warning: {err}", file=sys.stderr)
+    if warned:
+        print(
+            "(a dry run fetches nothing; a run first fetches what can be fetched, unless "
+            "--offline or --set data.download=false)",
+            file=sys.stderr,
+        )
 
 
 def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
@@ -417,6 +451,7 @@ def run(args: argparse.Namespace) -> int:
         return _dry_run(args, table, specs)
     inv = _open_invocation(args, table)
     c = inv.client
+    cli.watch_run(c, inv.parent)
     if args.tuned:
         specs = _apply_tuned(c, specs)
     done = _finished(c, inv.exp_id, table.name, inv.asked)
@@ -463,8 +498,9 @@ def run(args: argparse.Namespace) -> int:
     print(render(report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke), "md"))
     smoke = " --smoke" if args.smoke else ""
     print(
-        f"\nreport again: python -m orchestrator.report {table.name}{smoke}{inv.store_args} "
-        "--format html --out report.html"
+        "\nreport again: "
+        + cli.command(f"orchestrator.report {table.name}{smoke}{inv.store_args}")
+        + " --format html --out report.html"
     )
     if estimate is not None and estimate.device_s and set(estimate.device_s) <= {FIXED.device}:
         took = (time.monotonic() - started) / 60
@@ -538,13 +574,13 @@ def _run_pending(
 ) -> tuple[bool, Plan]:
     """Stage 1 of every pending run (shared by hash), then the runs on one Tune grid. Returns
     (every run finished, the estimate for this cluster's concurrency)."""
-    import ray
-    from ray import tune
-
     from . import progress
 
     spec = tracking.TrackingSpec(inv.uri, inv.exp_id)
-    cli.init_ray(args.address)
+    cli.init_ray(args.address)  # before Ray is imported (a local Ray's loopback setting)
+    import ray
+    from ray import tune
+
     conc = max(1, min(cli.fitting_trials(args.cpus_per_trial, args.gpus_per_trial), len(pending)))
     estimate = _estimate(pending, conc, _cached_keys(inv.storage, pending))[1]
     try:

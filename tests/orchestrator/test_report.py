@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from orchestrator import names, tracking
+from orchestrator import cli, names, tracking
 from orchestrator.report import (
     aggregate,
     gain_label,
@@ -148,7 +148,8 @@ def test_report_released_code_preset_reads_its_own_runs(tmp_path):
 def test_report_cli_without_runs_is_one_line_exit_2(tmp_path, capsys):
     assert main(["offline_image", "--storage", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"reproduce offline_image --storage {tmp_path} first" in err[0]
+    cmd = cli.command(f"orchestrator.reproduce offline_image --storage {tmp_path}")
+    assert len(err) == 1 and f"run {cmd} first" in err[0]
 
 
 def _visible_rows(md: str) -> set[str]:
@@ -197,8 +198,8 @@ def test_report_cli_with_no_finished_run_says_so_in_one_line(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no finished runs of offline_image")
-    cmd = "python -m orchestrator.reproduce offline_image --preset released_code --storage"
-    assert f"run {cmd} {tmp_path} first" in err[0]
+    cmd = "orchestrator.reproduce offline_image --preset released_code --storage"
+    assert f"run {cli.command(cmd)} {tmp_path} first" in err[0]
     assert main([*args, "--all"]) == 0  # the empty grid, on request
     out = capsys.readouterr().out
     assert "| ce | missing |" in out and "cells without finished runs" not in out

@@ -238,10 +238,11 @@ def check_cifar(root: str | Path, name: str, *, fetch: bool = False) -> None:
     if fetch and not is_offline():
         fetch_cifar(root, key)
         return
-    why = "offline (--offline or HF_HUB_OFFLINE)" if fetch else "data.download=false"
+    # not fetching is the caller's choice (data.download=false, a dry run): no reason guessed
+    why = " (offline: --offline or HF_HUB_OFFLINE)" if fetch else ""
     tarball = layout.url.rsplit("/", 1)[-1]
     raise DatasetMissing(
-        f"{layout.source} not found under {what} and not fetched ({why}); fetch {layout.url} "
+        f"{layout.source} not found under {what} and not fetched{why}; fetch {layout.url} "
         f"and extract {tarball} into {root}, or --set data.root=DIR"
     )
 

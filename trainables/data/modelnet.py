@@ -91,8 +91,8 @@ def _check_tree(root: Path, *, fetch: bool = False) -> None:
     why = (
         ""
         if hint
-        else " and not fetched "
-        + ("(offline: --offline or HF_HUB_OFFLINE)" if fetch else "(data.download=false)")
+        else " and not fetched"  # not fetching: the caller's choice (data.download, a dry run)
+        + (" (offline: --offline or HF_HUB_OFFLINE)" if fetch else "")
     )
     raise DatasetMissing(
         f"ModelNet10 not found under {raw}{hint}{why}: download {MODELNET10_URL}, unzip it and "
