@@ -41,7 +41,7 @@ from . import cli, names, tracking
 from .cli import REPO, CommandError
 from .costs import FIXED, Plan, estimate_plan
 from .names import experiment_name, settings_key
-from .report import render, report_data
+from .report import has_runs, render, report_data
 from .stages import ensure_stage1, stage1_hash, verify_entry
 from .trainable import SweepContext, reproduce_trial
 
@@ -494,14 +494,18 @@ def run(args: argparse.Namespace) -> int:
         )
         return 130
     c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
-    print()
-    print(render(report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke), "md"))
-    smoke = " --smoke" if args.smoke else ""
-    print(
-        "\nreport again: "
-        + cli.command(f"orchestrator.report {table.name}{smoke}{inv.store_args}")
-        + " --format html --out report.html"
-    )
+    data = report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke)
+    if has_runs(data):  # else every run failed: the error line below says so
+        print()
+        print(render(data, "md"))
+        flags = (" --preset " + args.preset if args.preset != "paper" else "") + "".join(
+            f for f, on in ((" --tuned", args.tuned), (" --smoke", args.smoke)) if on
+        )
+        print(
+            "\nreport again: "
+            + cli.command(f"orchestrator.report {table.name}{flags}{inv.store_args}")
+            + " --format html --out report.html"
+        )
     if estimate is not None and estimate.device_s and set(estimate.device_s) <= {FIXED.device}:
         took = (time.monotonic() - started) / 60
         note = " (parts not measured left out)" if estimate.unmeasured else ""
