@@ -4,6 +4,7 @@ reference. Prints one JSON object."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -185,16 +186,10 @@ def _population() -> dict:
     return res
 
 
-def _population_training() -> dict:
-    """Stage 2 as a population against each member's single trial, both with their OT losses
-    through the kernels (as on CUDA: the interpreter's CPU tensors otherwise take the compiled
-    CPU loops), in float32: the largest difference of any per-epoch metric or weight."""
-    import dataclasses
-
-    from tests.trainables import test_population as tp
+def _kernel_backends(used: dict) -> None:
+    """The OT losses of single trials and of populations through the kernels, as on CUDA (the
+    interpreter's CPU tensors otherwise take the compiled CPU loops), counted in ``used``."""
     from trainables.reweight import batched, fused, triton_ot
-
-    used = {"single": 0, "population": 0}
 
     def single_backend(cost, *, stop=False):
         takes = triton_ot.triton_fits(cost.dtype, tuple(cost.shape), stop=stop)
@@ -208,12 +203,80 @@ def _population_training() -> dict:
 
     fused.default_backend = single_backend
     batched._default_backend = population_backend
-    data = tp._data(torch.float32)
+
+
+@contextlib.contextmanager
+def _float64_kernels():
+    """float64 by default, and the kernels' dtype check widened to float64: the interpreter
+    runs their programs on the tensors it is given, in their dtype (the float32 zeros an
+    accumulator starts from are promoted at its first update), so the same programs run
+    without float32's rounding. The settings (1 / eps, eps, tol) stay float32 in both paths."""
+    from trainables.reweight import triton_ot
+
+    real = triton_ot.triton_fits
+
+    def fits(dtype, shape, *, stop=False):
+        return real(torch.float32 if dtype == torch.float64 else dtype, shape, stop=stop)
+
+    triton_ot.triton_fits = fits
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(torch.float32)
+        triton_ot.triton_fits = real
+
+
+def _population_training() -> dict:
+    """Stage 2 as a population against each member's single trial, both with their OT losses
+    through the kernels: two epochs in float64 (the whole trajectory), and the first step in
+    float32 (what float32 can be held to: test_triton_ot.py derives the bound)."""
+    used = {"single": 0, "population": 0}
+    _kernel_backends(used)
+    with _float64_kernels():
+        res = {"float64": _trajectories(torch.float64, epochs=2, batch_size=5)}
+        res["float64"]["kernel_vs_reference"] = _one_problem_float64()
+    res["float64"]["triton_calls"] = dict(used)
+    used.update(single=0, population=0)
+    # the whole training set (21 samples) in one batch: one epoch is one step
+    res["float32"] = _trajectories(torch.float32, epochs=1, batch_size=21)
+    res["float32"]["triton_calls"] = used
+    return res
+
+
+def _one_problem_float64() -> list:
+    """One problem through the kernels in float64 against the float64 reference: they run
+    in float64 (a float32 step anywhere would show as a difference near 1e-7)."""
+    from trainables.reweight.triton_ot import triton_unrolled_ot
+
+    g = torch.Generator().manual_seed(7)
+    c = torch.rand(16, 10, generator=g).requires_grad_()
+    a = torch.softmax(torch.randn(16, generator=g), -1).requires_grad_()
+    b = torch.softmax(torch.randn(10, generator=g), -1).requires_grad_()
+    v = triton_unrolled_ot(c, a, b, eps=0.1, n_iter=50)
+    got = (v, *torch.autograd.grad(v, (c, a, b)))
+    return [_diff(x, y) for x, y in zip(got, _reference64(c, a, b, 0.1, 50, False), strict=True)]
+
+
+def _trajectories(dtype: torch.dtype, *, epochs: int, batch_size: int) -> dict:
+    """Each member of a population (weight vectors, then weight nets) against its single
+    trial: the largest difference of a loss, a learned weight or weight mass, or a head
+    parameter; of a per-epoch accuracy; whether they select the same epoch; what each member's
+    bound needs (eps, iterations, the cost's terms, the step sizes); and the members whose
+    single trial diverges, with their error in the population."""
+    import dataclasses
+
+    from tests.trainables import test_population as tp
+
+    data = tp._data(dtype)
     res = {}
     for weights in ("vector", "net"):
-        cfgs = [dataclasses.replace(c, epochs=2) for c in tp._settings(weights)]
+        cfgs = [
+            dataclasses.replace(c, epochs=epochs, batch_size=batch_size)
+            for c in tp._settings(weights)
+        ]
         outs, logs = tp._population(cfgs, data)
-        worst, diverged = [], []
+        members, diverged = [], []
         for i, cfg in enumerate(cfgs):
             try:
                 single, log = tp._single(cfg, data)
@@ -221,10 +284,52 @@ def _population_training() -> dict:
                 member = outs[i].error
                 diverged.append([i, str(err), None if member is None else str(member)])
                 continue
-            worst.append(tp._largest_difference(single, log, outs[i], logs[i]))
-        res[weights] = {"members": len(cfgs), "largest_difference": worst, "diverged": diverged}
-    res["triton_calls"] = used
+            members.append({"member": i, **_compared(single, log, outs[i], logs[i]),
+                            **_bound_inputs(cfg)})  # fmt: skip
+        res[weights] = {"members": len(cfgs), "compared": members, "diverged": diverged}
     return res
+
+
+_RATES = ("acc", "error")  # per-epoch accuracies and error rates (percent): counts of samples
+
+
+def _compared(single, log, outcome, member_log) -> dict:
+    """The largest differences between a single trial and a population member: of the
+    continuous quantities (losses, learned weights and weight masses, head parameters), and
+    of the accuracies (a count of predictions, which a rounding flips only at a tie)."""
+    assert len(log) == len(member_log)
+    pairs = [(a[k], b[k], k) for a, b in zip(log, member_log, strict=True) for k in a]
+    rates = [abs(x - y) for x, y, k in pairs if k.endswith(_RATES)]
+    smooth = [_rel(x, y) for x, y, k in pairs if not k.endswith(_RATES)]
+    smooth.append(_rel(outcome.result.sample_weights, single.sample_weights))
+    smooth.append(_rel(outcome.result.weight_mass, single.weight_mass))
+    state = outcome.result.state
+    smooth += [_rel(state[k], v) for k, v in single.state.items() if k.startswith("classifier.")]
+    return {
+        "smooth": max(smooth),
+        "rates": max(rates),
+        "same_epoch": outcome.result.selected["epoch"] == single.selected["epoch"],
+        "error": None if outcome.error is None else str(outcome.error),
+    }
+
+
+def _rel(x, y) -> float:
+    """max |x - y| / max(1, max |y|): a difference relative to the quantity's size, absolute
+    for the quantities below 1 (probabilities, weights)."""
+    x, y = torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    return float((x - y).abs().max() / max(1.0, float(y.abs().max())))
+
+
+def _bound_inputs(cfg) -> dict:
+    """What the float32 bound of a member's step is made of (test_triton_ot.py)."""
+    return {
+        "eps": cfg.eps,
+        "max_iter": cfg.max_iter,
+        # the cost's range: feature_weight (1 - cos, in [0, 2]) + label_weight (0 or 1)
+        "c_max": 2 * cfg.feature_weight + cfg.label_weight,
+        "lr": cfg.lr,
+        "weight_lr": cfg.weight_lr,
+    }
 
 
 if __name__ == "__main__":
