@@ -26,7 +26,7 @@ from search_spaces import EXPERIMENTS, resolve
 from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict
 from trainables.data import DatasetMissing
 
-from . import tracking
+from . import cluster, names, tracking
 from .storage import Storage, StorageError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "add_cluster_args",
     "add_config_args",
     "apply_fetch_settings",
+    "check_ray_address",
     "command",
     "config_from_args",
     "init_ray",
@@ -46,6 +47,7 @@ __all__ = [
     "read_tracking",
     "run_command",
     "stage1_failure",
+    "watch_run",
 ]
 
 REPO = Path(__file__).resolve().parent.parent
@@ -285,8 +287,26 @@ def ui_hint(uri: str, storage: Storage, local_root: Path | None) -> str:
     return command(f"orchestrator.ui{store_args(uri, storage, local_root)}")
 
 
+def check_ray_address(address: str | None) -> str | None:
+    """The cluster to join (``address``, else ``RAY_ADDRESS``; None for a local Ray), checked to
+    answer as one within seconds: a command calls it early, before its slow preparations."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local"):
+        return None
+    try:
+        cluster.check_reachable(address)
+    except cluster.UnreachableRay as err:
+        raise CommandError(f"cannot connect to Ray at {address}: {err}") from None
+    return address
+
+
 def init_ray(address: str | None) -> None:
-    """Start a local Ray, or connect to ``address`` / ``RAY_ADDRESS``."""
+    """Start a local Ray that listens on loopback only, or connect to ``address`` /
+    ``RAY_ADDRESS`` once something there answers as a Ray cluster (else one line, within
+    seconds). Call it before Ray is first imported: the local start's setting is read then."""
+    address = check_ray_address(address)
+    if address is None:
+        cluster.local_on_loopback()
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -298,7 +318,6 @@ def init_ray(address: str | None) -> None:
     # "Could not re-use actor" (seen on 2 busy cores). The actors inherit this process's env.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
     kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
-    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         # The workers of a running cluster were started by `ray start`, not by this process:
         # the settings their trials read travel in the job's runtime environment.
@@ -315,12 +334,17 @@ def init_ray(address: str | None) -> None:
         env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
         kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
-        ray.init(address=address, **kwargs)
+        # "local": a new Ray of this process's own, never the cluster `ray start` last
+        # recorded on this machine (which plain ray.init() joins)
+        ray.init(address=address or "local", **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CommandError(
-            f"cannot connect to Ray at {address or 'RAY_ADDRESS'}: {first}"
-        ) from None
+        what = f"connect to Ray at {address}" if address else "start a local Ray"
+        raise CommandError(f"cannot {what}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def node_cpus() -> int:
@@ -349,8 +373,32 @@ def stage1_failure(err: Exception, c, parent: str) -> CommandError:
     return CommandError(f"stage 1 failed: {str(cause).strip().splitlines()[-1]}")
 
 
+# The MLflow runs the running command opened and has not closed yet: (client, run id).
+_watched: list[tuple[object, str]] = []
+
+
+def watch_run(client, run_id: str) -> None:
+    """``run_id`` is the command's to close: if the command fails before it does (a
+    ``CommandError``, any exception, Ctrl-C), :func:`run_command` closes it FAILED (KILLED for
+    Ctrl-C) with the failure's first line in ``ot.error``, so no run is left RUNNING."""
+    _watched.append((client, run_id))
+
+
+def _close_watched(err: BaseException) -> None:
+    status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+    while _watched:
+        c, run_id = _watched.pop()
+        try:
+            if c.get_run(run_id).info.status == "RUNNING":
+                c.set_tag(run_id, names.ERROR, _first_line(err)[:5000])
+                c.set_terminated(run_id, status=status)
+        except Exception:  # the store may be what failed; the cause to report is `err`
+            pass
+
+
 def run_command(body: Callable[[], int]) -> int:
-    """Run a command's body; a user-facing failure prints one line and returns 2."""
+    """Run a command's body; a user-facing failure prints one line and returns 2. Either way a
+    run the body watched (:func:`watch_run`) and left open is closed."""
     from trainables.models import PretrainedWeightsMissing
 
     try:
@@ -363,8 +411,14 @@ def run_command(body: Callable[[], int]) -> int:
         DatasetMissing,
         PretrainedWeightsMissing,
     ) as err:
+        _close_watched(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except BaseException as err:
+        _close_watched(err)
+        raise
+    finally:
+        _watched.clear()
 
 
 def experiment_names() -> str:

@@ -712,8 +712,6 @@ def _ui_base(uri: str) -> str:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ray import tune
-
     from .stages import ensure_stage1
     from .trainable import stage2_trial
 
@@ -724,6 +722,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.print_config:
         cli.print_configs([("", cfg)])
         return 0
+    cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
     cli.preflight(cfg)
     module = SPACE_MODULES[args.space] if args.space else SPACES[args.name]
     if hasattr(module, "check"):  # a space that fits only some experiments says so first
@@ -739,13 +738,15 @@ def run_sweep(args: argparse.Namespace) -> int:
     uri, exp_id, c = cli.open_tracking(
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
+    cli.init_ray(args.address)  # before the parent run: a cluster that is not there opens none
+    import ray
+    from ray import tune
+
     parent = _open_parent(c, exp_id, cfg, args, search, sweep_id, rec)
+    cli.watch_run(c, parent)
     views.publish(c, exp_id, searched=search.searched)
     spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
-
-    cli.init_ray(args.address)
-    import ray
 
     try:
         entry, _built = ensure_stage1(
