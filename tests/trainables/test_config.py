@@ -177,3 +177,153 @@ def test_apply_values_keeps_types_without_a_string_round_trip():
                      ("stage2.eps", float("nan"))):  # fmt: skip
         with pytest.raises(C.ConfigError, match=f"bad value for {key}"):
             C.apply_values(cfg, {key: bad})
+
+
+# ---------------------------------------------------------------- the fields a config reads
+# (tests/trainables/test_unused_fields.py changes each unread field and runs the code)
+
+
+def _unused(name: str, *overrides: str, smoke: bool = True) -> frozenset[str]:
+    return C.unused_fields(resolve(name, smoke=smoke, overrides=list(overrides)))
+
+
+def test_mnist_reads_no_text_point_cloud_or_stage0_field_but_every_ot_knob():
+    unused = _unused("image_mnist_lt")
+    assert {"data.image_size", "data.max_length", "data.num_points", "model.encoder"} <= unused
+    assert {f"stage0.{f.name}" for f in dataclasses.fields(C.Stage0Config)} <= unused
+    assert not {"stage2.eps", "stage2.max_iter", "stage2.lr", "stage2.weight_lr"} & unused
+    assert not {"data.test_per_class", "data.imbalance_factor", "model.arch"} & unused
+
+
+def test_text_reads_stage0_and_its_tokens_but_no_image_or_point_field():
+    unused = _unused("text_tweets")
+    assert not {"stage0.epochs", "stage0.lr", "stage0.head", "data.max_length"} & unused
+    assert not {"model.encoder", "model.fcn_hidden", "data.minority"} & unused
+    assert {"data.image_size", "data.num_points", "model.k", "data.augment"} <= unused
+    # without epochs stage 0 reads nothing but its epochs (vanilla BERT)
+    no_stage0 = _unused("text_tweets", "stage0.epochs=0")
+    assert "stage0.epochs" not in no_stage0 and "stage0.lr" in no_stage0
+
+
+@pytest.mark.parametrize(
+    "name, overrides, key, read",
+    [
+        ("image_imagenet_lt", [], "data.image_size", True),  # file lists are resized
+        ("image_cifar10_lt", [], "data.image_size", False),
+        ("pointcloud_shapes", [], "data.num_points", True),
+        ("pointcloud_shapes", [], "model.k", False),  # PointNet has no kNN graph
+        ("pointcloud_shapes", ["model.arch=dgcnn"], "model.k", True),
+        ("image_mnist_lt", [], "stage1.focal_gamma", False),
+        ("image_mnist_lt", ["stage1.loss=focal"], "stage1.focal_gamma", True),
+        ("image_mnist_lt", ["stage1.loss=ldam_drw"], "stage1.cb_beta", True),
+        ("image_mnist_lt", ["stage1.loss=ldam_drw"], "stage1.drw_epoch", True),
+        ("image_mnist_lt", ["stage1.loss=ldam"], "stage1.drw_epoch", False),
+        ("image_mnist_lt", ["stage1.reweight=metasaug"], "stage1.cb_beta", False),
+        (
+            "image_mnist_lt",
+            ["stage1.reweight=metasaug", "stage1.metasaug_loss=ldam"],
+            "stage1.cb_beta",
+            True,
+        ),
+        ("image_mnist_lt", ["stage1.loss=logit_adjustment_posthoc"], "stage1.la_tau", True),
+        ("image_mnist_lt", ["stage1.reweight=l2rw"], "stage1.meta_batch", True),
+        ("image_mnist_lt", ["stage1.reweight=l2rw"], "stage1.meta_lr", False),
+        ("image_mnist_lt", ["stage1.reweight=mwn"], "stage1.meta_hidden", True),
+        ("text_tweets", [], "stage1.momentum", False),  # AdamW
+        ("text_tweets", ["stage1.epochs=0"], "stage1.lr", False),
+        ("image_mnist_lt", [], "stage2.weight_net_hidden", False),
+        ("text_tweets", [], "stage2.weight_net_hidden", True),
+        ("text_tweets", [], "stage2.weight_init", False),
+        ("image_mnist_lt", [], "stage2.check_every", False),  # no tolerance: no early stop
+        ("image_mnist_lt", ["stage2.tol=0.01"], "stage2.check_every", True),
+        ("image_mnist_lt", ["stage2.released_mixing=true"], "stage2.feature_weight", False),
+        ("image_mnist_lt", ["stage2.cost=label"], "stage2.label_weight", True),
+        ("image_mnist_lt", ["stage2.cost=label"], "stage2.feature_weight", False),
+        ("image_mnist_lt", ["stage2.train=all"], "stage2.virtual_step", True),
+        ("image_mnist_lt", [], "stage2.virtual_step", False),  # f1 frozen
+        ("image_mnist_lt", ["stage2.weight_optimizer=adam"], "stage2.weight_momentum", False),
+        ("image_mnist_lt", ["stage2.grad=implicit"], "stage2.impl", False),
+        ("image_mnist_lt", ["stage2.method=none"], "stage2.eps", False),
+        ("image_mnist_lt", ["stage2.method=none"], "stage2.train", True),
+    ],
+)
+def test_a_field_is_read_under_the_choices_that_read_it(name, overrides, key, read):
+    assert (key not in _unused(name, *overrides)) is read
+
+
+def test_each_modalitys_fields_are_read_for_its_own_sources_only():
+    """The modality registry decides which sources are text or point clouds; the table's
+    conditions follow it for every source."""
+    from trainables.modalities import MODALITIES
+
+    only = {"text": "data.max_length", "point_cloud": "data.num_points", "image": None}
+    for kind, modality in MODALITIES.items():
+        for source in modality.sources:
+            cfg = resolve("image_mnist_lt", overrides=[f"data.source={source}"])
+            unused = C.unused_fields(cfg)
+            for other, key in only.items():
+                if key is not None:
+                    assert (key in unused) is (other != kind), (source, key)
+            assert ("stage0.epochs" in unused) is (kind != "text"), source
+
+
+def _configs():
+    from search_spaces import EXPERIMENTS
+
+    for name in EXPERIMENTS:
+        for smoke in (True, False):
+            for preset in C.PRESETS:
+                yield (
+                    f"{name}{' --smoke' if smoke else ''} {preset}",
+                    resolve(name, smoke=smoke, preset=preset),
+                )
+
+
+# read by the commands whatever the experiment: what the run is, its resources and sizes
+ALWAYS_READ = (
+    *C.IDENTITY_KEYS, "seed", "seeds", "data.dataset", "data.source", "data.num_classes",
+    "data.imbalance_factor", "model.arch", "stage1.loss", "stage1.epochs", "stage1.workers",
+    "stage1.reweight", "stage2.method", "stage2.train",
+)  # fmt: skip
+
+
+def test_every_registered_experiment_keeps_what_names_and_sizes_its_runs():
+    for label, cfg in _configs():
+        unused = C.unused_fields(cfg)
+        assert unused <= set(C.flatten(cfg)), label
+        assert not unused & set(ALWAYS_READ), label
+        if cfg.stage2.method == "ot":
+            assert "stage2.epochs" not in unused, label  # ASHA's time axis
+
+
+def test_every_key_a_sweep_searches_is_read_by_its_experiment():
+    """The experiment's own search space (its published settings, asked first) samples knobs
+    the experiment reads: a knob it does not read would be a search dimension that does
+    nothing (or a condition here that hides a knob in use)."""
+    from search_spaces import EXPERIMENTS, SPACES
+
+    for name in EXPERIMENTS:
+        for smoke in (True, False):
+            best = SPACES[name].best()
+            cfg = C.apply_values(resolve(name, smoke=smoke), best)
+            assert not set(best) & C.unused_fields(cfg), name
+
+
+def test_every_key_a_paper_table_row_sets_is_read_in_that_row():
+    """Each cell of every table (fidelity rows included) sets keys that its run reads: a row
+    that set a key its config ignores would not run what it says."""
+    from search_spaces.tables import TABLES, cell_config
+
+    for table in TABLES.values():
+        for cell in table.cells(fidelity=True):
+            for smoke in (True, False):
+                column = resolve(
+                    cell.column.experiment,
+                    smoke=smoke,
+                    preset=cell.method.preset or "paper",
+                    overrides=list(cell.column.overrides),
+                )
+                sets = [*cell.column.overrides, *cell.method.overrides(column)]
+                keys = {item.split("=", 1)[0] for item in sets}
+                unused = C.unused_fields(cell_config(cell, seed=0, smoke=smoke))
+                assert not keys & unused, f"{table.name} {cell.key}: {sorted(keys & unused)}"
