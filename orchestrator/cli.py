@@ -367,10 +367,13 @@ def fitting_trials(cpus: float, gpus: float) -> int:
 
 
 def stage1_failure(err: Exception, c, parent: str) -> CommandError:
-    """A failed stage-1 Ray task: the parent run marked FAILED, the cause in one line."""
+    """A failed stage-1 Ray task: the parent run marked FAILED with the cause in ``ot.error``,
+    as :func:`run_command` closes a watched run, and the cause in one line."""
     cause = err.cause if getattr(err, "cause", None) is not None else err
+    failure = CommandError(f"stage 1 failed: {str(cause).strip().splitlines()[-1]}")
+    c.set_tag(parent, names.ERROR, str(failure))
     c.set_terminated(parent, status="FAILED")
-    return CommandError(f"stage 1 failed: {str(cause).strip().splitlines()[-1]}")
+    return failure
 
 
 # The MLflow runs the running command opened and has not closed yet: (client, run id).

@@ -191,3 +191,18 @@ def test_a_failing_command_closes_the_run_it_opened(tmp_path, raised, status):
     assert run.info.status == status
     assert run.data.tags[names.ERROR] == (str(raised) or "KeyboardInterrupt")
     assert c.get_run(closed).info.status == "FINISHED"
+
+
+def test_a_failed_stage1_build_closes_the_parent_with_its_cause(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    parent = c.create_run(c.create_experiment("x")).info.run_id
+
+    class TaskError(Exception):  # what Ray raises for a task: the task's own error as .cause
+        cause = ValueError("Traceback ...\nValueError: no classes left")
+
+    err = cli.stage1_failure(TaskError(), c, parent)
+    run = c.get_run(parent)
+    assert str(err) == "stage 1 failed: ValueError: no classes left"
+    assert run.info.status == "FAILED" and run.data.tags[names.ERROR] == str(err)
