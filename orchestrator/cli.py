@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from search_spaces import EXPERIMENTS, resolve
-from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict
+from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict, unused_fields
 from trainables.data import DatasetMissing
 
 from . import cluster, names, tracking
@@ -83,7 +83,8 @@ def add_config_args(
     p: argparse.ArgumentParser, *, preset_default: str | None = None, seed: bool = True
 ) -> None:
     """``--set``, ``--seed`` (unless ``seed=False``), ``--preset``, ``--smoke`` and
-    ``--print-config``."""
+    ``--print-config`` / ``--print-full-config`` (``args.print_config``: None, ``"used"`` or
+    ``"full"``)."""
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config field, e.g. --set stage2.eps=0.05 (repeatable)",
@@ -101,9 +102,15 @@ def add_config_args(
         help="fetch nothing (sets HF_HUB_OFFLINE=1): a missing dataset or encoder stops in one "
         "line naming what to fetch and where it goes",
     )  # fmt: skip
-    p.add_argument(
-        "--print-config", action="store_true",
-        help="print the resolved config(s) and stage-1 key(s) as JSON; run nothing",
+    printed = p.add_mutually_exclusive_group()
+    printed.add_argument(
+        "--print-config", dest="print_config", action="store_const", const="used",
+        help="print the resolved config(s), only the fields the experiment reads, and the "
+        "stage-1 key(s) as JSON; run nothing",
+    )  # fmt: skip
+    printed.add_argument(
+        "--print-full-config", dest="print_config", action="store_const", const="full",
+        help="as --print-config, with every field of the config",
     )  # fmt: skip
 
 
@@ -202,23 +209,44 @@ def preflight(
             raise CommandError(str(err)) from None
 
 
-def print_configs(items: Iterable[tuple[str, ExperimentConfig]]) -> None:
+def print_configs(items: Iterable[tuple[str, ExperimentConfig]], *, full: bool = False) -> None:
     """``--print-config``: each config as JSON with its stage-1 key (one object, or a list),
-    after the checks a run makes of it (a config ``run`` refuses is refused here too)."""
+    after the checks a run makes of it (a config ``run`` refuses is refused here too). Only the
+    fields the experiment reads (:func:`~trainables.config.unused_fields` left out, and a
+    section none of whose fields it reads), unless ``full``; a last line on stderr says how
+    many were left out."""
     from .stages import stage1_hash
 
     items = list(items)
     for label, cfg in items:
         preflight(cfg, data=False, label=label)
-    out = [
-        {
-            **({"run": label} if label else {}),
-            "stage1_key": stage1_hash(cfg),
-            "config": to_dict(cfg),
-        }
-        for label, cfg in items
-    ]
-    print(json.dumps(out[0] if len(out) == 1 and "run" not in out[0] else out, indent=1))
+    out, left = [], []
+    for label, cfg in items:
+        unused = frozenset() if full else unused_fields(cfg)
+        left.append(len(unused))
+        shown = {"stage1_key": stage1_hash(cfg), "config": _leave_out(to_dict(cfg), unused)}
+        out.append({"run": label, **shown} if label else shown)
+    print(json.dumps(out[0] if len(out) == 1 and not items[0][0] else out, indent=1))
+    if max(left, default=0):
+        n = str(left[0]) if min(left) == max(left) else f"{min(left)}-{max(left)}"
+        per = " per run" if len(left) > 1 else ""
+        print(
+            f"{n} fields the experiment does not read left out{per}; "
+            "--print-full-config prints every field",
+            file=sys.stderr,
+        )
+
+
+def _leave_out(config: dict, keys: Iterable[str]) -> dict:
+    """``config`` (nested, as ``to_dict``) without the dotted ``keys``, nor a section they
+    empty."""
+    for key in keys:
+        *path, name = key.split(".")
+        node = config
+        for part in path:
+            node = node[part]
+        del node[name]
+    return {k: v for k, v in config.items() if v != {}}
 
 
 def open_storage(arg: str | None, *, create: bool = True) -> tuple[Storage, Path | None]:

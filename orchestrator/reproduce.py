@@ -444,7 +444,7 @@ def run(args: argparse.Namespace) -> int:
         first_seed=args.first_seed,
     )
     if args.print_config:
-        cli.print_configs((s.run_key, s.cfg) for s in specs)
+        cli.print_configs(((s.run_key, s.cfg) for s in specs), full=args.print_config == "full")
         return 0
     _preflight(specs, args.dry_run)
     if args.dry_run:

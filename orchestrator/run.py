@@ -47,7 +47,7 @@ def _check_writable(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = cli.config_from_args(args)
     if args.print_config:
-        cli.print_configs([("", cfg)])
+        cli.print_configs([("", cfg)], full=args.print_config == "full")
         return 0
     cli.preflight(cfg, data=False)  # the data is loaded first thing anyway
     if args.out is not None:

@@ -720,7 +720,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     asked = {k: getattr(args, k) for k in _RECORDED_ARGS}  # what --resume holds the line to
     cfg = cli.config_from_args(args)
     if args.print_config:
-        cli.print_configs([("", cfg)])
+        cli.print_configs([("", cfg)], full=args.print_config == "full")
         return 0
     cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
     cli.preflight(cfg)

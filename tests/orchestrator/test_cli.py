@@ -1,8 +1,10 @@
 """The commands resolve configs the same way: ``--preset`` goes into the builder from run,
-sweep and reproduce alike, ``--smoke`` stays smoke-sized, ``--print-config`` touches nothing."""
+sweep and reproduce alike, ``--smoke`` stays smoke-sized, ``--print-config`` touches nothing
+and shows the fields the experiment reads (``--print-full-config``: every field)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from orchestrator import reproduce, run, sweep
 from search_spaces import resolve
-from trainables.config import to_dict
+from trainables.config import Stage0Config, Stage2Config, flatten, to_dict
 
 
 def _printed(capsys, main, argv):
@@ -54,15 +56,69 @@ def test_smoke_preset_is_the_same_config_from_run_sweep_and_reproduce(tmp_path, 
     assert got_run == got_sweep
     assert got_run["config"] == got_reproduce["config"]
     assert got_run["stage1_key"] == got_reproduce["stage1_key"]
-    # the preset's own fields are there too
+    # the preset's own fields are there too: all of them with --print-full-config
     expected = to_dict(resolve("image_mnist_lt", smoke=True, preset=preset))
-    assert json.loads(json.dumps(expected)) == got_run["config"]
+    full = _printed(capsys, run.main, ["image_mnist_lt", *common[:-1], "--print-full-config"])
+    assert json.loads(json.dumps(expected)) == full["config"]
+    assert full["stage1_key"] == got_run["stage1_key"]
+    for section, shown in got_run["config"].items():
+        if isinstance(shown, dict):
+            assert shown == {k: full["config"][section][k] for k in shown}
     if preset == "released_code":
         assert got_run["config"]["stage2"]["meta_ce_coef"] == 10.0
         assert got_run["config"]["stage2"]["loss_weights"] == "raw"
     # --print-config starts nothing and writes nothing
     assert not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
+
+
+def _sections(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def test_print_config_shows_what_the_experiment_reads_and_says_what_it_left_out(capsys):
+    assert run.main(["image_mnist_lt", "--smoke", "--print-config"]) == 0
+    out = capsys.readouterr()
+    got = json.loads(out.out)["config"]
+    assert "stage0" not in got  # images have no stage 0
+    assert not {"image_size", "max_length", "num_points", "root"} & set(got["data"])
+    assert {"eps", "max_iter", "tol", "feature_weight"} <= set(got["stage2"])
+    assert "test_per_class" in got["data"] and "focal_gamma" not in got["stage1"]
+    shown = sum(len(v) if isinstance(v, dict) else 1 for v in got.values())
+    left = len(flatten(resolve("image_mnist_lt", smoke=True))) - shown
+    assert out.err.strip().splitlines()[-1] == (
+        f"{left} fields the experiment does not read left out; "
+        "--print-full-config prints every field"
+    )
+    assert run.main(["text_tweets", "--smoke", "--print-config"]) == 0
+    text = json.loads(capsys.readouterr().out)["config"]
+    assert set(text["stage0"]) == _sections(Stage0Config)  # stage 0 runs (one epoch)
+    assert {"max_length", "minority", "majority"} <= set(text["data"])
+    assert {"encoder", "fcn_hidden"} <= set(text["model"])
+    assert not {"image_size", "num_points", "augment"} & set(text["data"])
+
+
+def test_print_full_config_prints_every_field_from_every_command(tmp_path, capsys):
+    full = ["--smoke", "--print-full-config"]
+    expected = json.loads(json.dumps(to_dict(resolve("image_mnist_lt", smoke=True))))
+    for main, argv in (
+        (run.main, ["image_mnist_lt", *full]),
+        (sweep.main, ["image_mnist_lt", *full, "--storage", str(tmp_path)]),
+    ):
+        assert main(argv) == 0
+        out = capsys.readouterr()
+        assert json.loads(out.out)["config"] == expected
+        assert "left out" not in out.err
+    argv = ["offline_image", *full, "--methods", "ce", "--seeds", "1", "--storage", str(tmp_path)]
+    assert reproduce.main(argv) == 0
+    (ce,) = json.loads(capsys.readouterr().out)
+    assert set(ce["config"]["stage2"]) == _sections(Stage2Config)
+    assert reproduce.main([*argv[:1], "--smoke", "--print-config", *argv[3:]]) == 0
+    out = capsys.readouterr()
+    (ce,) = json.loads(out.out)
+    assert set(ce["config"]["stage2"]) == {"method", "train"}  # CE alone: no OT stage
+    assert "fields the experiment does not read left out" in out.err.strip().splitlines()[-1]
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("key", ["preset", "name", "table", "description"])
@@ -129,6 +185,11 @@ def test_every_option_of_every_command_says_what_it_does():
         (reproduce.main, ["offline_image", "--seeds", "0"], "--seeds must be >= 1, got 0"),
         (reproduce.main, ["offline_image", "--first-seed", "-1"], "--first-seed must be >= 0"),
         (run.main, ["image_mnist_lt", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            run.main,
+            ["image_mnist_lt", "--print-config", "--print-full-config"],
+            "argument --print-full-config: not allowed with argument --print-config",
+        ),
         (
             sweep.main,
             ["image_mnist_lt", "--trails", "32"],
