@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import urllib.request
 
 import pytest
 
+from orchestrator import ui
+
 from .._serving import wait_healthy
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_ui_serves_the_local_store(tmp_path, repo, free_port):
     from mlflow.tracking import MlflowClient
 
@@ -57,3 +59,45 @@ def test_ui_without_a_store_says_what_to_do(tmp_path, repo):
         timeout=60,
     )
     assert res.returncode == 2 and "orchestrator.sweep first" in res.stderr
+
+
+def _ui(repo, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.ui", *args],
+        cwd=repo, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path, repo):
+    (tmp_path / "mlflow.db").touch()  # a store: the port is what is wrong
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        res = _ui(repo, "--storage", str(tmp_path), "--port", str(port))
+    assert res.returncode == 2, res.stdout + res.stderr
+    (line,) = res.stderr.splitlines()
+    assert line.startswith("error: ") and f"port {port} on 127.0.0.1 is in use" in line, line
+    assert f"--port {port + 1}" in line  # how to pick another
+    assert "MLflow UI on" not in res.stdout  # nothing claims to serve
+
+
+def test_a_port_that_is_not_one_is_refused(tmp_path, repo):
+    (tmp_path / "mlflow.db").touch()
+    res = _ui(repo, "--storage", str(tmp_path), "--port", "70000")
+    assert res.returncode == 2 and res.stderr.startswith("error: --port 70000"), res.stderr
+
+
+def test_the_printed_link_points_where_ui_serves_by_default(tmp_path, capsys, monkeypatch):
+    # the link a sweep prints opens ui's base URL (tests/orchestrator/test_ui_browser.py reads
+    # it from a real sweep); that URL's port is the one ui serves on without --port
+    assert ui.base_url("sqlite:////x/mlflow.db") == f"http://127.0.0.1:{ui.DEFAULT_PORT}"
+    assert ui.base_url("http://host:8080") == "http://host:8080"  # a server is its own UI
+    (tmp_path / "mlflow.db").touch()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(ui, "DEFAULT_PORT", taken.getsockname()[1])
+        assert ui.base_url("sqlite:////x/mlflow.db").endswith(f":{ui.DEFAULT_PORT}")
+        assert ui.main(["--storage", str(tmp_path)]) == 2  # no --port: the default, taken
+    assert f"port {ui.DEFAULT_PORT} on 127.0.0.1 is in use" in capsys.readouterr().err
