@@ -267,14 +267,14 @@ def _print_plan(
         print(line)
 
 
-def _build_stage1(pending, storage, spec, parent, num_cpus, num_gpus) -> dict[str, object]:
+def _build_stage1(pending, storage, spec, parent, max_cpus, num_gpus) -> dict[str, object]:
     by_key: dict[str, RunSpec] = {}
     for s in pending:
         by_key.setdefault(s.stage1_key, s)
 
     def one(s: RunSpec):
         entry, _ = ensure_stage1(
-            s.cfg, storage, spec, num_cpus=num_cpus, num_gpus=num_gpus, sweep_run_id=parent
+            s.cfg, storage, spec, max_cpus=max_cpus, num_gpus=num_gpus, sweep_run_id=parent
         )
         return s.stage1_key, entry
 
@@ -593,7 +593,7 @@ def _run_pending(
             inv.storage,
             spec,
             inv.parent,
-            min(cli.node_cpus(), 8),
+            cli.node_cpus(),  # each build asks for its stage1.threads, at most this
             1 if args.gpus_per_trial else 0,
         )
     except ray.exceptions.RayTaskError as err:

@@ -39,6 +39,7 @@ __all__ = [
     "ensure_stage1",
     "invalidate",
     "read_entry",
+    "stage1_cpus",
     "stage1_hash",
     "stage1_worker",
     "verify_entry",
@@ -171,14 +172,13 @@ def build_entry(
     storage_uri: str,
     spec: tracking.TrackingSpec | None,
     *,
-    threads: int = 1,
     sweep_run_id: str = "",
     parallel=None,
     device: torch.device | None = None,
 ) -> CacheEntry | None:
     """Run stage 1 and store it (the body of the Ray task, or of each Ray Train worker when
-    ``parallel``: rank 0 writes the entry and the MLflow run); one MLflow run per build."""
-    torch.set_num_threads(max(1, threads))
+    ``parallel``: rank 0 writes the entry and the MLflow run); one MLflow run per build.
+    Stage 1 runs on ``cfg.stage1.threads`` threads, whatever the task was granted."""
     device = device or pick_device()
     if parallel is not None and parallel.rank != 0:
         build_stage1(cfg, device=device, parallel=parallel)
@@ -229,9 +229,9 @@ def build_entry(
     return entry
 
 
-def add_entry_features(cfg: ExperimentConfig, storage_uri: str, *, threads: int = 1) -> CacheEntry:
-    """Compute the features of an entry built without them (a later sweep freezes f1)."""
-    torch.set_num_threads(max(1, threads))
+def add_entry_features(cfg: ExperimentConfig, storage_uri: str) -> CacheEntry:
+    """Compute the features of an entry built without them (a later sweep freezes f1), on
+    ``cfg.stage1.threads`` threads."""
     storage = Storage(storage_uri)
     key = stage1_hash(cfg)
     out = read_entry(storage.child_uri(_rel(key)), features=False)
@@ -239,20 +239,35 @@ def add_entry_features(cfg: ExperimentConfig, storage_uri: str, *, threads: int 
     return write_entry(storage, key, stage1_identity(cfg), out)
 
 
+def stage1_cpus(cfg: ExperimentConfig, max_cpus: float) -> float:
+    """The CPUs a stage-1 task, or each of its ``stage1.workers`` data-parallel workers, asks
+    Ray for: its threads (``stage1.threads``), all of them together at most ``max_cpus`` (the
+    largest node's). More threads than that are not cut to fit, which would change the stage 1
+    the key names: they share the CPUs granted, slower, with the same rounding."""
+    return min(float(cfg.stage1.threads), max(max_cpus, 1) / cfg.stage1.workers)
+
+
 def ensure_stage1(
     cfg: ExperimentConfig,
     storage: Storage,
     spec: tracking.TrackingSpec | None,
     *,
-    num_cpus: float = 1,
+    max_cpus: float = 1,
     num_gpus: float = 0,
     sweep_run_id: str = "",
     log=print,
 ) -> tuple[CacheEntry, bool]:
     """The verified cache entry for ``cfg``'s stage 1, built on the cluster (a Ray task) when
-    absent, partial or corrupt. Returns (entry, built)."""
+    absent, partial or corrupt. Returns (entry, built). ``max_cpus``: the most CPUs one task
+    may ask for (the largest node's; :func:`stage1_cpus`)."""
     import ray
 
+    num_cpus = stage1_cpus(cfg, max_cpus)
+    if num_cpus < cfg.stage1.threads:
+        log(
+            f"stage 1: {cfg.stage1.threads} threads (stage1.threads) per process on "
+            f"{num_cpus:g} CPUs: they share them"
+        )
     key = stage1_hash(cfg)
     try:
         entry = verify_entry(storage, key)
@@ -263,7 +278,7 @@ def ensure_stage1(
     if entry is not None and needs_features(cfg) and not entry.has_features:
         log(f"stage 1: cached ({key[:12]}); adding the frozen-f1 features stage 2 needs")
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(add_entry_features)
-        entry = ray.get(task.remote(cfg, storage.uri, threads=max(1, int(num_cpus))))
+        entry = ray.get(task.remote(cfg, storage.uri))
         return entry, False
     if entry is not None:
         log(f"stage 1: cached ({key[:12]}), no stage-1 work")
@@ -275,11 +290,7 @@ def ensure_stage1(
         _build_data_parallel(cfg, storage, spec, num_cpus, num_gpus, sweep_run_id)
     else:
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
-        ray.get(
-            task.remote(
-                cfg, storage.uri, spec, threads=max(1, int(num_cpus)), sweep_run_id=sweep_run_id
-            )
-        )
+        ray.get(task.remote(cfg, storage.uri, spec, sweep_run_id=sweep_run_id))
     entry = verify_entry(storage, key)  # what trials will read, checked once more
     if entry is None:
         raise CorruptEntry(f"stage-1 entry {key[:12]} is missing after its build")
@@ -294,7 +305,6 @@ def stage1_worker(loop_config: dict) -> None:
         loop_config["cfg"],
         loop_config["storage_uri"],
         loop_config["spec"],
-        threads=loop_config["threads"],
         sweep_run_id=loop_config["sweep_run_id"],
         parallel=DataParallel.from_process_group(),
         device=ray.train.torch.get_device(),
@@ -313,7 +323,7 @@ def _build_data_parallel(
     from ray.train.torch import TorchTrainer
 
     workers = cfg.stage1.workers
-    per_worker = {"CPU": max(num_cpus / workers, 0.01)}
+    per_worker = {"CPU": num_cpus}
     if num_gpus:
         per_worker["GPU"] = 1.0
     key = stage1_hash(cfg)
@@ -323,7 +333,6 @@ def _build_data_parallel(
             "cfg": cfg,
             "storage_uri": storage.uri,
             "spec": spec,
-            "threads": max(1, int(num_cpus / workers)),
             "sweep_run_id": sweep_run_id,
         },
         scaling_config=ray.train.ScalingConfig(

@@ -753,7 +753,7 @@ def run_sweep(args: argparse.Namespace) -> int:
             cfg,
             storage,
             spec,
-            num_cpus=min(cli.node_cpus(), 8),
+            max_cpus=cli.node_cpus(),  # it asks for its stage1.threads, at most this
             num_gpus=1 if args.gpus_per_trial > 0 else 0,
             sweep_run_id=parent,
         )

@@ -469,10 +469,8 @@ def _own_stage1(ctx: SweepContext, cfg: ExperimentConfig) -> SweepContext:
         invalidate(storage, key)
         entry = None
     if entry is None or (needs_features(cfg) and not entry.has_features):
-        entry = build_entry(
-            cfg, ctx.storage_uri, ctx.tracking, threads=max(1, int(ctx.cpus_per_trial)),
-            sweep_run_id=ctx.parent_run_id,
-        )  # fmt: skip
+        # on stage1.threads threads, in the trial's CPUs: the stage 1 its key names
+        entry = build_entry(cfg, ctx.storage_uri, ctx.tracking, sweep_run_id=ctx.parent_run_id)
     return dataclasses.replace(ctx, entry_uri=entry.uri, stage1_key=key)
 
 

@@ -218,6 +218,12 @@ class Stage1Config(_Checked):
     # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
     # cluster); part of the stage-1 hash, since batch-norm statistics are then per shard.
     workers: int = 1
+    # torch's CPU threads in each process that builds stage 1 (stage 0 and the frozen-f1
+    # features included), in every command. Part of the stage-1 hash: the thread count splits
+    # the reductions and so rounds every step differently (1 against 2 threads moved final
+    # metrics by up to 6.5 points). A fixed number, not the machine's CPUs, so a key means the
+    # same stage 1 everywhere; 2, what the README's 2-core numbers ran with, fits any node.
+    threads: int = 2
     # Meta-learning re-weighting of stage 1's CE (Table 1 baselines): "l2rw" (Ren et al. 2018)
     # or "mwn" (Meta-Weight-Net, Shu et al. 2019); both look one step ahead on a virtual model
     # at the current lr and score it on a random batch of ``meta_batch`` meta-set images.
@@ -239,6 +245,12 @@ class Stage1Config(_Checked):
     # torch.compile of the training forward (and so its backward): none | default |
     # reduce-overhead (on a GPU: CUDA graphs of the compiled step, against launch overhead)
     compile: Compile = "none"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        n = self.threads
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"bad value for stage1.threads: {n!r}; a whole number >= 1")
 
 
 @dataclass(frozen=True)

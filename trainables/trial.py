@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ __all__ = [
     "run_trial",
     "scalar_summary",
     "stage1_identity",
+    "stage1_threads",
     "trial_result",
 ]
 
@@ -146,6 +148,19 @@ def features_data(stage1: Stage1Output, device: torch.device) -> StageData:
     )
 
 
+@contextlib.contextmanager
+def stage1_threads(cfg: ExperimentConfig) -> Iterator[None]:
+    """torch on ``cfg.stage1.threads`` CPU threads inside, the caller's count again after: the
+    count changes stage 1's rounding, so every command builds it on the configured one
+    (a field of the stage-1 key) and then goes on with its own."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.stage1.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def build_stage1(
     cfg: ExperimentConfig,
     *,
@@ -155,7 +170,19 @@ def build_stage1(
     parallel=None,
 ) -> Stage1Output:
     """Stage 1 of ``cfg`` from scratch; every random choice seeded from ``cfg.seed``.
-    ``parallel``: data-parallel workers (:func:`train_stage1`); only rank 0 computes features."""
+    ``parallel``: data-parallel workers (:func:`train_stage1`); only rank 0 computes features.
+    Runs on ``cfg.stage1.threads`` CPU threads (:func:`stage1_threads`)."""
+    with stage1_threads(cfg):
+        return _build_stage1(cfg, callback, device, with_features, parallel)
+
+
+def _build_stage1(
+    cfg: ExperimentConfig,
+    callback: Callback | None,
+    device: torch.device | None,
+    with_features: bool | None,
+    parallel,
+) -> Stage1Output:
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -182,10 +209,12 @@ def build_stage1(
 
 
 def add_features(cfg: ExperimentConfig, stage1: Stage1Output, device: torch.device) -> None:
-    """Compute the frozen-f1 features of a cached stage-1 result that lacks them."""
-    data, model = data_and_model(cfg, device, load_pretrained=False)
-    model.load_state_dict(stage1.model_state)
-    stage1.features = _pack_features(frozen_feature_data(model, data))
+    """Compute the frozen-f1 features of a cached stage-1 result that lacks them, on stage 1's
+    threads (the features a build stores, whoever computes them)."""
+    with stage1_threads(cfg):
+        data, model = data_and_model(cfg, device, load_pretrained=False)
+        model.load_state_dict(stage1.model_state)
+        stage1.features = _pack_features(frozen_feature_data(model, data))
 
 
 def check_config(cfg: ExperimentConfig) -> None:

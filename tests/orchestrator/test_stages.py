@@ -144,10 +144,10 @@ def test_features_are_added_to_an_entry_built_without_them(tmp_path, cfg):
     trains_all = apply_overrides(cfg, ["stage2.train=all"])
     assert stage1_hash(trains_all) == stage1_hash(cfg)  # the same stage 1
     storage = Storage(str(tmp_path))
-    entry = build_entry(trains_all, storage.uri, None, threads=2)
+    entry = build_entry(trains_all, storage.uri, None)
     assert not entry.has_features
     before = read_entry(entry.uri, features=False)
-    added = add_entry_features(cfg, storage.uri, threads=2)
+    added = add_entry_features(cfg, storage.uri)
     assert added.has_features and verify_entry(storage, entry.key) == added
     after = read_entry(added.uri, features=True)
     key = "classifier.weight"
