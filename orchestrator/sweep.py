@@ -28,7 +28,7 @@ from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
 from search_spaces.paper import paper_number
 from trainables.config import apply_values, flatten, value_at
 
-from . import cli, names, tracking, views
+from . import cli, names, tracking, ui, views
 from .cli import REPO, CommandError
 from .storage import Storage
 
@@ -706,11 +706,6 @@ def space_best(module, cfg) -> dict:
     return module.best()
 
 
-def _ui_base(uri: str) -> str:
-    """Where the UI of this store listens: the server itself, or ``orchestrator.ui``'s port."""
-    return uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-
-
 def run_sweep(args: argparse.Namespace) -> int:
     from .stages import ensure_stage1
     from .trainable import stage2_trial
@@ -820,7 +815,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(
         f"\nMLflow: experiment '{cfg.name}', parent run {parent}\n"
         f"open the UI: {cli.ui_hint(uri, storage, local_root)}\n"
-        f"the trials, ranked: {views.view_url(_ui_base(uri), exp_id)}"
+        f"the trials, ranked: {views.view_url(ui.base_url(uri), exp_id)}"
     )
     if not ok:
         print("error: no trial finished; see the errors above", file=sys.stderr)
