@@ -3,6 +3,10 @@
 Binds 127.0.0.1 only, one worker, background job execution off (MLflow's default server starts
 15 processes and about 3 GB here; this one 2 processes and about 0.5 GB).
 
+The server is MLflow's own, served as the app plugin ``ot-reweight`` (``orchestrator/ui_app.py``):
+a browser that never opened this UI lands on its "Model training" side, where the runs are, not
+on MLflow 3's GenAI side, and without the Assistant panel opened over a third of the page.
+
 MLflow runs as a child process: ``mlflow ui`` exits with status 0 when its server cannot bind
 (its uvicorn's failure is not passed on), so a port already in use is refused here, before
 MLflow starts, and a server that stops without being asked to is reported with status 1.
@@ -11,6 +15,7 @@ MLflow starts, and a server that stops without being asked to is reported with s
 from __future__ import annotations
 
 import errno
+import importlib.metadata
 import os
 import signal
 import socket
@@ -20,6 +25,7 @@ from pathlib import Path
 
 from .cli import Parser
 from .tracking import default_tracking_uri
+from .ui_app import APP_NAME
 
 __all__ = ["DEFAULT_PORT", "HOST", "base_url", "main", "port_problem", "ui_command"]
 
@@ -49,6 +55,8 @@ def ui_command(tracking_uri: str, port: int, artifact_root: Path | None) -> list
         str(port),
         "--workers",
         "1",
+        "--app-name",
+        APP_NAME,
     ]
     if artifact_root is not None:
         cmd += ["--default-artifact-root", artifact_root.as_uri()]
@@ -81,6 +89,17 @@ def _parser() -> Parser:
     p.add_argument("--storage", default="runs", help="the sweeps' run storage (default ./runs)")
     p.add_argument("--tracking-uri", default=None, help="a sqlite:/// URI instead of --storage")
     return p
+
+
+def _plugin_problem() -> str | None:
+    """A checkout whose package was installed before the plugin existed lacks its entry point
+    (MLflow would then fail with a traceback naming the apps it has)."""
+    if any(e.name == APP_NAME for e in importlib.metadata.entry_points(group="mlflow.app")):
+        return None
+    return (
+        f"MLflow's app plugin {APP_NAME!r} is not installed: run ./scripts/setup.sh (or "
+        ".venv/bin/pip install --no-deps -e .) in the checkout"
+    )
 
 
 def _store_problem(uri: str) -> str | None:
@@ -128,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     root = Path(args.storage).expanduser().resolve()
     uri = args.tracking_uri or default_tracking_uri(root)
-    problem = _store_problem(uri) or port_problem(args.port)
+    problem = _store_problem(uri) or _plugin_problem() or port_problem(args.port)
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr)
         return 2
