@@ -19,6 +19,7 @@ __all__ = [
     "SELECTED_TEST",
     "SELECT_METRIC",
     "STAGE1_PREFIX",
+    "SUMMARY_GROUPS",
     "TIME_ATTR",
     "experiment_name",
     "settings_key",
@@ -80,15 +81,24 @@ CONTROL_TEST = "control_selected_test_balanced_acc"
 # alone (a single trial, same seed), as what the setting gives outside its population
 ALONE_VAL = "alone_selected_val_balanced_acc"
 ALONE_TEST = "alone_selected_test_balanced_acc"
-# A finished run's summary: "<stage prefix><selection>/<split>_<metric>", e.g.
-# "validation_selected/test_top1_error"; a baseline's stage-1 selections carry STAGE1_PREFIX.
+# A finished run's summary: "<stage prefix><group>/<split>_<metric>", e.g.
+# "best_val_epoch/test_top1_error"; a baseline's stage-1 selections carry STAGE1_PREFIX.
 STAGE1_PREFIX = "stage1_"
+# A summary's group per selection (the summary's own names). MLflow's run page shows a run's
+# metrics in sections named by what precedes the "/", in alphabetical order: these names put
+# the validation-selected numbers first and those selected on the test set (as the released
+# code reports) after the last epoch's.
+SUMMARY_GROUPS = {
+    "validation_selected": "best_val_epoch",
+    "last_epoch": "last_epoch",
+    "best_test_epoch": "test_selected_epoch",
+}
 
 
 def summary_group(selection: str, prefix: str = "") -> str:
     """The common start of one selection's summary numbers (``selection``: validation_selected
-    | last_epoch | best_test_epoch), e.g. "stage1_last_epoch/"."""
-    return f"{prefix}{selection}/"
+    | last_epoch | best_test_epoch), e.g. "stage1_last_epoch/" (:data:`SUMMARY_GROUPS`)."""
+    return f"{prefix}{SUMMARY_GROUPS[selection]}/"
 
 
 def summary_metric(selection: str, split: str, metric: str, prefix: str = "") -> str:

@@ -7,8 +7,12 @@ are folded under them), shows no metric column, and its chart view puts every me
 a ``/`` in its name (the summary groups) before the per-epoch curves. The view published here
 lists the trials flat, best first by the validation selection metric, with the test number at
 that epoch and the searched parameters as columns; its chart view opens on the selection (a
-parallel-coordinates plot of the searched parameters against the selection metric) and then
-the per-epoch curves. The experiment's other metrics follow in MLflow's own sections.
+parallel-coordinates plot of the searched parameters against the selection metric), then the
+per-epoch curves, then the trials' summaries: the validation-selected epoch's, the last
+epoch's, and last those of the epoch selected on the test set. The experiment's other metrics
+follow in MLflow's own sections. (MLflow appends a section for a metric group the view does not
+name in the order it meets the groups, so the summaries' sections are named here, empty: MLflow
+puts each group's charts into the section of its name.)
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ def trials_view(searched: Sequence[str]) -> dict:
         _chart("BAR", selection, names.SELECTED_TEST, metricKey=names.SELECTED_TEST),
         *(_line(curves, m) for m in CURVES),
     ]
+    summaries = [_section(names.summary_group(s).rstrip("/")) for s in names.SUMMARY_GROUPS]
     metrics = (names.SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, names.TIME_ATTR)
     return {
         "searchFilter": f"tags.`{names.KIND}` = 'trial'",
@@ -101,7 +106,7 @@ def trials_view(searched: Sequence[str]) -> dict:
         "selectedColumns": [_column("metrics", m) for m in metrics]
         + [_column("params", p) for p in searched],
         "compareRunCharts": charts,
-        "compareRunSections": [selection, curves],
+        "compareRunSections": [selection, curves, *summaries],
         "isAccordionReordered": True,
     }
 

@@ -34,8 +34,8 @@ def test_aggregate_hand_computed():
 
 def test_run_value_picks_the_right_stage_and_metric():
     m = {
-        "stage1_validation_selected/test_top1_error": 30.0,
-        "validation_selected/test_top1_error": 35.0,
+        "stage1_best_val_epoch/test_top1_error": 30.0,
+        "best_val_epoch/test_top1_error": 35.0,
         "last_epoch/test_top1_error": 36.0,
     }
     base = {"stage2.method": "none", "stage1.epochs": "30"}
@@ -76,7 +76,7 @@ def _store(tmp_path):
         ):
             if method == "none" and sel == "last_epoch":
                 continue
-            c.log_metric(rid, f"{prefix}{sel}/test_top1_error", v)
+            c.log_metric(rid, names.summary_metric(sel, "test", "top1_error", prefix), v)
         c.set_terminated(rid, status=status, end_time=end or None)
 
     ot = "cifar10_if100|ot_weight_vector"
@@ -219,7 +219,7 @@ def test_ots_own_gain_is_positive_when_ot_is_better_paired_by_seed(tmp_path):
         )  # fmt: skip
         c.log_param(r.info.run_id, "stage2.method", "ot")
         c.log_param(r.info.run_id, "stage1.epochs", "200")
-        c.log_metric(r.info.run_id, "validation_selected/test_top1_error", err)
+        c.log_metric(r.info.run_id, "best_val_epoch/test_top1_error", err)
         c.set_terminated(r.info.run_id, status="FINISHED")
     data = report_data(c, exp, TABLES["table1"])
     gain = data["cells"]["cifar10_if100|ot_weight_vector"]["own_gain"]

@@ -82,8 +82,8 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     (build,) = kind(rs, "stage1_build")
     # stage 1's numbers live on its own run (epochs counted from 1), linked from every trial
     b = build.data.metrics
-    assert 1 <= b["validation_selected/epoch"] <= b["last_epoch/epoch"] == 2  # smoke: 2 epochs
-    assert 0.0 <= b["validation_selected/test_balanced_acc"] <= 100.0
+    assert 1 <= b["best_val_epoch/epoch"] <= b["last_epoch/epoch"] == 2  # smoke: 2 epochs
+    assert 0.0 <= b["best_val_epoch/test_balanced_acc"] <= 100.0
     assert parent.data.tags["ot.stage1_run"] == build.info.run_id
     key = parent.data.tags["ot.stage1_hash"]
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
@@ -824,19 +824,18 @@ def test_reproduce_table_resumes_and_reports(tmp_path, reproduce):
     assert len(kind(rs2, "trial")) == 6  # nothing re-ran
 
     ot = [t for t in trials if t.data.tags["ot.method"] == "ot_weight_vector"]
-    mean = sum(t.data.metrics["validation_selected/test_top1_error"] for t in ot) / 2
+    mean = sum(t.data.metrics["best_val_epoch/test_top1_error"] for t in ot) / 2
     md = reproduce(tmp_path, "offline_image", "--smoke", tool="report")
     ok(md)
     assert f"| ot_weight_vector | {mean:.2f} ± " in md.stdout
     # OT's own gain, paired by seed: the control's error minus the OT row's (+ = OT better)
     ctl = {
-        t.data.tags["ot.seed"]: t.data.metrics["validation_selected/test_top1_error"]
+        t.data.tags["ot.seed"]: t.data.metrics["best_val_epoch/test_top1_error"]
         for t in trials
         if t.data.tags["ot.method"] == "ot_weight_vector+no_ot"
     }
     diffs = [
-        ctl[t.data.tags["ot.seed"]] - t.data.metrics["validation_selected/test_top1_error"]
-        for t in ot
+        ctl[t.data.tags["ot.seed"]] - t.data.metrics["best_val_epoch/test_top1_error"] for t in ot
     ]
     gain = f"{sum(diffs) / 2:+.2f} ± "
     key = "| mnist_if100\\|ot_weight_vector |"

@@ -24,11 +24,11 @@ def test_summary_flattens_to_selection_split_metric_names():
     assert _flat_summary(summary, "stage1_") == {
         "stage1_last_epoch/val_balanced_acc": 50.0,
         "stage1_last_epoch/epoch": 4,
-        "stage1_validation_selected/val_balanced_acc": 60.0,
-        "stage1_validation_selected/test_balanced_acc": 55.5,
-        "stage1_validation_selected/epoch": 2,
-        "stage1_best_test_epoch/test_balanced_acc": 57.0,
-        "stage1_best_test_epoch/epoch": 3,
+        "stage1_best_val_epoch/val_balanced_acc": 60.0,
+        "stage1_best_val_epoch/test_balanced_acc": 55.5,
+        "stage1_best_val_epoch/epoch": 2,
+        "stage1_test_selected_epoch/test_balanced_acc": 57.0,
+        "stage1_test_selected_epoch/epoch": 3,
     }
 
 
@@ -49,9 +49,9 @@ def test_summary_counts_epochs_from_one_as_the_mlflow_steps_do():
     )
     flat = _flat_summary(scalar_summary(res))
     assert flat["last_epoch/epoch"] == 5  # the fifth epoch, logged at step 5
-    assert flat["validation_selected/epoch"] == 1
-    assert flat["best_test_epoch/epoch"] == 3
-    assert flat["validation_selected/val_balanced_acc"] == 61.0
+    assert flat["best_val_epoch/epoch"] == 1
+    assert flat["test_selected_epoch/epoch"] == 3
+    assert flat["best_val_epoch/val_balanced_acc"] == 61.0
 
 
 def _tracker(tmp_path):
@@ -124,7 +124,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     assert drawn == []
     run = c.get_run(tracker.run_id)
     assert run.info.status == "RUNNING" and run.data.tags[names.FIGURES] == "pending"
-    assert run.data.metrics["validation_selected/epoch"] == 3  # the summary of epochs 1-3
+    assert run.data.metrics["best_val_epoch/epoch"] == 3  # the summary of epochs 1-3
     assert "result.json" in _artifacts(c, tracker.run_id)
     assert not {"confusion_matrix.png", "learned_weights.png"} & _artifacts(c, tracker.run_id)
     # the scheduler stopped it: the driver's callback closes it and draws its figures
