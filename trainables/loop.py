@@ -66,6 +66,9 @@ class StageResult:
     selected: dict = field(default_factory=dict)
     best_test_epoch: dict = field(default_factory=dict)
     weight_mass: list[list[float]] = field(default_factory=list)
+    # the mass per class before the first OT step (uniform weights: the class's share of the
+    # training set), what the learned mass is read against
+    start_mass: list[float] = field(default_factory=list)
     sample_weights: list[float] = field(default_factory=list)
     # under stage2.loss_weights=raw the CE multiplies the raw logits, not the softmax mass
     # above: their per-class sums per epoch and per-sample values (empty otherwise)
@@ -539,6 +542,8 @@ def train_stage2(
     fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
     meta_y = work_data.meta.y
     sel = _Selector()
+    if isinstance(weights, WeightVector) or frozen:
+        sel.result.start_mass, _ = _class_mass(weights, work_data.train, k)
     for epoch in range(cfg.epochs):
         work.train()
         if frozen:

@@ -470,6 +470,8 @@ def train_population(
     meta_y = work_data.meta.y
     members = list(range(p_all))  # active members, by original index
     selectors = [_Selector() for _ in range(p_all)]
+    for m, w in enumerate(weights.per_sample(work_data.train.x)):
+        selectors[m].result.start_mass, _ = _class_mass(w, work_data.train.y, k)
     outcomes: list[MemberOutcome | None] = [None] * p_all
 
     def end(m: int, outcome: MemberOutcome) -> None:
