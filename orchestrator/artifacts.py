@@ -17,11 +17,13 @@ matplotlib.use("Agg")  # headless: trials run on workers without a display
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib import ticker
 
 __all__ = [
     "frequency_order",
     "mass_plot_classes",
     "ordered_normalised_confusion",
+    "selection_note",
     "write_confusion_png",
     "write_fig1_png",
     "write_fig2_png",
@@ -121,6 +123,51 @@ def write_per_class_csv(
             writer.writerow([c, int(count), "" if acc is None else float(acc)])
 
 
+def selection_note(
+    per_class_acc: Sequence[float | None],
+    train_counts: Sequence[int],
+    *,
+    epoch: int,
+    run_id: str,
+    learned_mass: Sequence[float] | None = None,
+    start_mass: Sequence[float] | None = None,
+    figures: Sequence[str] = (),
+) -> str:
+    """A run's description (Markdown; MLflow shows it first on the run's page): the
+    validation-selected epoch's per-class test accuracy and, where weights were learned, each
+    class's weight mass at that epoch beside its start and 1/K, then the run's ``figures``
+    (PNG artifact names) inline. Classes head first; beyond 20, the 10 most and 10 least
+    frequent (the CSV artifact holds all)."""
+    k = len(train_counts)
+    if len(per_class_acc) != k:
+        raise ValueError(f"per_class_acc has {len(per_class_acc)} entries but {k} classes")
+    has_mass = learned_mass is not None and start_mass is not None
+    head = f"**Validation-selected model, stage-2 epoch {epoch}**: test accuracy per class"
+    if has_mass:
+        head += f", and the learned weight mass beside its start (balanced share 1/K = {1 / k:.3g})"
+    cols = ["class", "train n", "test acc (%)"]
+    if has_mass:
+        cols += ["mass at start", "learned mass", "learned / start"]
+    rows = [head + ":", "", "| " + " | ".join(cols) + " |", "|" + "---:|" * len(cols)]
+    many = k > _MAX_MASS_LINES
+    shown = mass_plot_classes(k, train_counts) if many else frequency_order(train_counts)
+    for i, c in enumerate(shown):
+        if many and i == _MAX_MASS_LINES // 2:
+            rows.append("| … |" + " |" * (len(cols) - 1))
+        acc = per_class_acc[c]
+        cells = [str(c), str(int(train_counts[c])), "–" if acc is None else f"{float(acc):.1f}"]
+        if has_mass:
+            start, learned = float(start_mass[c]), float(learned_mass[c])
+            ratio = f"{learned / start:.2f}×" if start > 0 else "–"
+            cells += [f"{start:.3g}", f"{learned:.3g}", ratio]
+        rows.append("| " + " | ".join(cells) + " |")
+    if many:
+        rows += ["", f"The 10 most and 10 least frequent of {k} classes: all in per_class_acc.csv."]
+    for name in figures:
+        rows += ["", f"![{name}](get-artifact?path={name}&run_uuid={run_id})"]
+    return "\n".join(rows)
+
+
 def mass_plot_classes(num_classes: int, train_counts: Sequence[int] | None = None) -> list[int]:
     """Classes drawn in the weight-mass panel: all of them, or head and tail when there are many.
 
@@ -145,19 +192,28 @@ def write_weight_png(
     train_counts: Sequence[int] | None = None,
     raw_mass: Sequence[Sequence[float]] | None = None,
     raw_sample_weights: Sequence[float] | None = None,
+    start_mass: Sequence[float] | None = None,
 ) -> None:
     """Plot how the learned weights distribute over classes, to ``path`` as a PNG.
 
-    Left: total weight mass per class over stage-2 epochs (``weight_mass[e][c]``), against the
-    balanced share 1/K. Right, when ``sample_weights`` and ``labels`` are given: each training
-    sample's weight grouped by class, head classes first, as in Fig. 1 of Guo et al. With
-    ``raw_mass`` (stage2.loss_weights=raw), a second row shows the raw weights the CE
-    multiplies (per-class sums against their mean, and per sample), each row labelled.
+    Left: total weight mass per class over stage-2 epochs (``weight_mass[e][c]``), from
+    ``start_mass`` (the mass before the first OT step, drawn at epoch 0, "start") where given,
+    against the balanced share 1/K: with uniform starting weights a tail class starts far
+    below 1/K, and a learned mass under 1/K may still be several times its start. Right, when
+    ``sample_weights`` and ``labels`` are given: each training sample's weight grouped by
+    class, head classes first, as in Fig. 1 of Guo et al. Positive weights are drawn on log
+    scales, so a head class's mass leaves the tail's readable, and the per-sample axis spans
+    the central 98% of the weights and the class means: a few outlying samples are counted in
+    a note on the panel instead of flattening the rest. With ``raw_mass``
+    (stage2.loss_weights=raw), a second row shows the raw weights the CE multiplies
+    (per-class sums against their mean, and per sample), each row labelled.
     """
     mass = _validate_mass(weight_mass)
     k = mass.shape[1]
     if train_counts is not None and len(train_counts) != k:
         raise ValueError(f"train_counts has {len(train_counts)} entries but weight_mass has {k}")
+    if start_mass is not None and len(start_mass) != k:
+        raise ValueError(f"start_mass has {len(start_mass)} entries but weight_mass has {k}")
     if (sample_weights is None) != (labels is None):
         raise ValueError("sample_weights and labels must be given together")
     two_panels = sample_weights is not None and labels is not None
@@ -184,7 +240,8 @@ def write_weight_png(
     try:
         for r, (prefix, m, w) in enumerate(rows):
             reference = None if r == 0 else float(m[-1].sum()) / k
-            _draw_mass(axes[r][0], m, train_counts, prefix=prefix, reference=reference)
+            start = start_mass if r == 0 else None  # the softmax mass's start, not the raw's
+            _draw_mass(axes[r][0], m, train_counts, prefix=prefix, reference=reference, start=start)
             if two_panels:
                 _draw_samples(axes[r][1], w, classes, k, train_counts, prefix=prefix)
         _save(fig, path, layout=True)
@@ -225,19 +282,35 @@ def _draw_mass(
     *,
     prefix: str = "",
     reference: float | None = None,
+    start: Sequence[float] | None = None,
 ) -> None:
-    """``reference``: the level of the balanced line (default 1/K, for normalised weights)."""
+    """``reference``: the level of the balanced line (default 1/K, for normalised weights);
+    ``start``: each class's mass before the first OT step, the curves' first point (epoch 0)."""
     epochs, k = mass.shape
     x = np.arange(1, epochs + 1)
-    marker = "o" if epochs == 1 else None  # a single epoch would otherwise draw nothing
-    for c in mass_plot_classes(k, train_counts):
+    if start is not None:
+        x = np.arange(0, epochs + 1)
+        mass = np.vstack([np.asarray(start, dtype=float)[None, :], mass])
+    # a single epoch would otherwise draw nothing; a start is marked where each class begins
+    marker = "o" if len(x) == 1 or start is not None else None
+    every = [0] if start is not None else None
+    shown = mass_plot_classes(k, train_counts)
+    for c in shown:
         name = f"class {c}" if train_counts is None else f"class {c} (n={train_counts[c]})"
-        ax.plot(x, mass[:, c], marker=marker, linewidth=1.2, label=name)
-    if reference is None:
-        ax.axhline(1.0 / k, color="black", linestyle="--", linewidth=1.0, label="balanced (1/K)")
-    else:
-        ax.axhline(reference, color="black", linestyle="--", linewidth=1.0,
-                   label="balanced (total / K)")  # fmt: skip
+        ax.plot(x, mass[:, c], marker=marker, markevery=every, linewidth=1.2, label=name)
+    level = 1.0 / k if reference is None else reference
+    label = "balanced (1/K)" if reference is None else "balanced (total / K)"
+    ax.axhline(level, color="black", linestyle="--", linewidth=1.0, label=label)
+    values = mass[:, shown]
+    if reference is None and (values > 0).all():
+        # log: the tail's mass is readable beside the head's (100 times more at IF 100)
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)  # after the scale, which sets its own formatters
+    if start is not None:
+        ax.xaxis.set_major_formatter(
+            ticker.FuncFormatter(lambda v, _: "start" if v == 0 else f"{v:g}")
+        )
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel("stage-2 epoch")
     ax.set_ylabel("total weight mass" if reference is None else "sum of raw weights")
     if k > _MAX_MASS_LINES:
@@ -281,16 +354,65 @@ def _draw_samples(
         label="class mean",
         zorder=3,
     )
+    off = _robust_y(ax, weights, np.asarray(means, dtype=float))
     ax.set_xlim(-0.5, k - 0.5)
     by_freq = train_counts is not None
     ax.set_xlabel("class (by training frequency)" if by_freq else "class")
     ax.set_ylabel("sample weight")
-    ax.set_title(f"{prefix}per-sample weights by class")
+    ax.set_title(f"{prefix}per-sample weights by class" + (f"\n{off}" if off else ""))
     if k <= _MAX_TICK_LABELS:
         ax.set_xticks(list(range(k)), [str(c) for c in order], rotation=90 if k > 10 else 0)
     else:
         ax.set_xticks([])
     ax.legend(fontsize="small")
+
+
+_CENTRAL = (0.01, 0.99)  # the per-sample axis spans these quantiles (and the class means)
+
+
+def _robust_y(ax: plt.Axes, values: np.ndarray, means: np.ndarray) -> str:
+    """A y axis the bulk of ``values`` fills: log when all are positive (softmax weights span
+    decades), limited to their central 98%. Returns a note counting the samples and class
+    ``means`` beyond it ("" when none), so two outlying weights (or the mean they pull up)
+    cannot flatten the others against the axis."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return ""
+    lo, hi = np.quantile(finite, _CENTRAL)
+    if (finite > 0).all():
+        ax.set_yscale("log")
+        _log_axis(ax.yaxis)  # after the scale, which sets its own formatters
+        span = max(np.log10(hi / lo), 0.2)  # at least a fifth of a decade shown
+        bottom, top = lo / 10 ** (0.08 * span), hi * 10 ** (0.08 * span)
+    else:
+        pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+        bottom, top = lo - pad, hi + pad
+    ax.set_ylim(bottom, top)
+    notes = []
+    for what, v in (("sample", finite), ("class mean", means)):
+        for side, beyond, end in (("above", v > top, "max"), ("below", v < bottom, "min")):
+            n = int(beyond.sum())
+            if n:
+                most = getattr(np, end)(v[beyond])
+                notes.append(f"{n} {what}{'s' * (n > 1)} {side} the axis ({end} {most:.3g})")
+    return "\n".join(notes)
+
+
+def _log_axis(axis) -> None:
+    """Plain numbers on a log axis (0.02, not 2e-02). Minor ticks are labelled where the axis
+    shows few major ones: all of them within half a decade, the 2s and 5s within 1.5."""
+
+    def minor(value: float, _pos) -> str:
+        lo, hi = sorted(axis.get_view_interval())
+        if lo <= 0 or value <= 0:
+            return ""
+        lead = round(value / 10 ** np.floor(np.log10(value)))
+        if hi / lo < 3 or (hi / lo < 30 and lead in (2, 5)):
+            return f"{value:.3g}"
+        return ""
+
+    axis.set_major_formatter(ticker.FuncFormatter(lambda value, _pos: f"{value:.3g}"))
+    axis.set_minor_formatter(ticker.FuncFormatter(minor))
 
 
 def _save(fig: plt.Figure, path: Path, *, tight: bool = False, layout: bool = False) -> None:

@@ -257,9 +257,8 @@ class TrialTracker:
             test = sel.get("test", {})
             artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
             title = f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}"
-            (d / "confusion.json").write_text(
-                json.dumps({"confusion": test["confusion"], "train_counts": counts, "title": title})
-            )
+            conf = {"confusion": test["confusion"], "train_counts": counts, "title": title}
+            (d / "confusion.json").write_text(json.dumps({**conf, "epoch": sel["epoch"] + 1}))
             if result.weight_mass:
                 raw = bool(result.raw_mass)
                 mass = {
@@ -268,6 +267,8 @@ class TrialTracker:
                 }
                 if raw:  # what the CE multiplies under stage2.loss_weights=raw
                     mass["raw_mass"] = result.raw_mass
+                if result.start_mass:  # before the first OT step
+                    mass["start_mass"] = result.start_mass
                 (d / "weight_mass.json").write_text(json.dumps(mass))
                 if result.sample_weights:
                     per_sample = {
@@ -285,9 +286,10 @@ class TrialTracker:
                     # f1 is frozen: it is the stage-1 checkpoint (ot.stage1_hash), not a copy
                     state = {k: v for k, v in state.items() if k.startswith("classifier.")}
                 torch.save(state, d / "best_model.pt")
-            if figures:
-                draw_figures(d)
+            drawn = draw_figures(d) if figures else []
             self.client.log_artifacts(self.run_id, str(d))
+            if drawn:  # the run page's description: the selection's numbers and its figures
+                self.client.set_tag(self.run_id, names.NOTE, describe(d, self.run_id, drawn))
         state = "drawn" if figures else "pending"
         if self._figures_tag != state:
             self.client.set_tag(self.run_id, names.FIGURES, state)
@@ -581,9 +583,37 @@ def draw_figures(folder: Path) -> list[str]:
             train_counts=counts,
             raw_mass=mass.get("raw_mass") if raw else None,
             raw_sample_weights=samples.get("raw_weights") if raw else None,
+            start_mass=mass.get("start_mass"),
         )
         drawn.append("learned_weights.png")
     return drawn
+
+
+def describe(folder: Path, run_id: str, figures: list[str]) -> str:
+    """The run's description (``mlflow.note.content``) from the data files in ``folder``:
+    per-class test accuracy at the validation-selected epoch, the learned weight mass there
+    beside its start, and ``figures`` shown inline (:func:`artifacts.selection_note`)."""
+    from trainables.metrics import confusion_metrics
+
+    from . import artifacts
+
+    conf = json.loads((folder / "confusion.json").read_text())
+    counts = conf["train_counts"]
+    per_class = confusion_metrics(np.asarray(conf["confusion"]), counts)["per_class_acc"]
+    mass = {}
+    if (folder / "weight_mass.json").exists():
+        mass = json.loads((folder / "weight_mass.json").read_text())
+    by_epoch = mass.get("softmax_mass") or [None]
+    epoch = conf.get("epoch", len(by_epoch))  # older data: its last epoch was the selected one
+    return artifacts.selection_note(
+        per_class,
+        counts,
+        epoch=epoch,
+        run_id=run_id,
+        learned_mass=by_epoch[min(epoch, len(by_epoch)) - 1],
+        start_mass=mass.get("start_mass"),
+        figures=[f for f in ("learned_weights.png", "confusion_matrix.png") if f in figures],
+    )
 
 
 def draw_uploaded_figures(client, run_id: str) -> bool:
@@ -601,8 +631,10 @@ def draw_uploaded_figures(client, run_id: str) -> bool:
             return False
         out = d / "png"
         out.mkdir()
-        for name in draw_figures(d):
+        drawn = draw_figures(d)
+        for name in drawn:
             (d / name).rename(out / name)
         client.log_artifacts(run_id, str(out))
+        client.set_tag(run_id, names.NOTE, describe(d, run_id, drawn))
     client.set_tag(run_id, names.FIGURES, "drawn")
     return True

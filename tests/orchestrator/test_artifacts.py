@@ -13,6 +13,7 @@ from orchestrator.artifacts import (
     frequency_order,
     mass_plot_classes,
     ordered_normalised_confusion,
+    selection_note,
     write_confusion_png,
     write_per_class_csv,
     write_weight_png,
@@ -45,6 +46,8 @@ def drawn(monkeypatch) -> list:
                         "xticks": [t.get_text() for t in ax.get_xticklabels()],
                         "yticks": [t.get_text() for t in ax.get_yticklabels()],
                         "title": ax.get_title(),
+                        "yscale": ax.get_yscale(),
+                        "ylim": ax.get_ylim(),
                         "legend": [t.get_text() for t in ax.get_legend().get_texts()]
                         if ax.get_legend()
                         else [],
@@ -253,6 +256,47 @@ def test_weight_png_k3_with_samples(tmp_path: Path, drawn: list) -> None:
     assert path.read_bytes() != one_panel.read_bytes()
 
 
+def test_weight_png_draws_each_class_from_its_start_against_1_over_k(
+    tmp_path: Path, drawn: list
+) -> None:
+    counts = [80, 15, 5]  # uniform starting weights: the mass starts at each class's share
+    start = [c / sum(counts) for c in counts]
+    mass = [[0.6, 0.25, 0.15], [0.5, 0.3, 0.2]]
+    write_weight_png(mass, tmp_path / "w.png", train_counts=counts, start_mass=start)
+    (ax,) = drawn[0]["axes"]
+    for c in range(3):  # every curve begins at the class's start (epoch 0), then its epochs
+        np.testing.assert_allclose(ax["lines"][c][1], [start[c], mass[0][c], mass[1][c]])
+    # the tail class (5%) sits under 1/K from the start: its learned 20% is 4 times its start
+    (balanced,) = [y for name, y in ax["lines"] if name == "balanced (1/K)"]
+    np.testing.assert_allclose(balanced, [1 / 3, 1 / 3])
+    assert "start" in ax["xticks"]
+    assert ax["yscale"] == "log"  # the head's mass leaves the tail's curve readable
+    assert ax["ylim"][0] < min(start) and ax["ylim"][1] > max(start)
+    with pytest.raises(ValueError, match="start_mass has 2 entries"):
+        write_weight_png(mass, tmp_path / "x.png", start_mass=[0.5, 0.5])
+
+
+def test_two_outlying_weights_do_not_flatten_the_others(tmp_path: Path, drawn: list) -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 1000)
+    weights = 1e-3 * (1 + 0.2 * rng.random(1000) + 0.5 * labels)  # tail classes weigh more
+    weights[[3, 7]] = [0.4, 0.3]  # two samples the weights ran away with
+    write_weight_png(
+        _mass(2, 4), tmp_path / "w.png", sample_weights=weights, labels=labels,
+        train_counts=[400, 300, 200, 100],
+    )  # fmt: skip
+    _, samples = drawn[0]["axes"]
+    bottom, top = samples["ylim"]
+    assert samples["yscale"] == "log"
+    assert top < 0.3  # the outliers are off the axis ...
+    bulk = np.delete(weights, [3, 7])
+    inside = (bulk >= bottom) & (bulk <= top)
+    assert inside.mean() >= 0.98  # ... the others on it, and they fill it
+    assert np.log(bulk.max() / bulk.min()) / np.log(top / bottom) > 0.7
+    assert "2 samples above the axis (max 0.4)" in samples["title"]  # and counted
+    assert "below" not in samples["title"]
+
+
 def test_weight_png_is_deterministic(tmp_path: Path) -> None:
     kwargs = {"sample_weights": [0.2, 0.3, 0.5], "labels": [0, 1, 2], "train_counts": [1, 1, 1]}
     a, b = tmp_path / "a.png", tmp_path / "b.png"
@@ -333,3 +377,45 @@ def test_weight_png_shows_the_raw_weights_the_loss_uses_labelled(tmp_path: Path,
     with pytest.raises(ValueError, match="raw_sample_weights"):
         write_weight_png(_mass(2, 3), tmp_path / "x.png", sample_weights=soft, labels=labels,
                          raw_mass=raw_mass)  # fmt: skip
+
+
+def _table(note: str) -> list[list[str]]:
+    rows = [ln for ln in note.splitlines() if ln.startswith("|")]
+    return [[cell.strip() for cell in ln.strip("|").split("|")] for ln in rows]
+
+
+def test_selection_note_reads_each_class_learned_mass_against_its_start() -> None:
+    note = selection_note(
+        [90.0, None, 40.0], [5, 20, 100], epoch=3, run_id="r1",
+        learned_mass=[0.2, 0.3, 0.5], start_mass=[0.04, 0.16, 0.8],
+        figures=["learned_weights.png", "confusion_matrix.png"],
+    )  # fmt: skip
+    assert note.startswith("**Validation-selected model, stage-2 epoch 3**")
+    assert "1/K = 0.333" in note
+    head, _rule, *rows = _table(note)
+    assert head == [
+        "class", "train n", "test acc (%)", "mass at start", "learned mass", "learned / start"
+    ]  # fmt: skip
+    # head classes first; a class without test samples has no accuracy, not 0
+    assert rows == [
+        ["2", "100", "40.0", "0.8", "0.5", "0.62×"],
+        ["1", "20", "–", "0.16", "0.3", "1.88×"],
+        ["0", "5", "90.0", "0.04", "0.2", "5.00×"],  # under 1/K, yet 5 times its start
+    ]
+    # the figures inline, from the run's artifacts, relative to the UI's address
+    assert "![learned_weights.png](get-artifact?path=learned_weights.png&run_uuid=r1)" in note
+    assert note.index("learned_weights.png") < note.index("confusion_matrix.png")
+
+
+def test_selection_note_without_learned_weights_and_with_many_classes() -> None:
+    k = 30
+    counts = list(range(100, 100 - k, -1))  # class 0 the head
+    note = selection_note([50.0] * k, counts, epoch=1, run_id="r")
+    head, _rule, *rows = _table(note)
+    assert head == ["class", "train n", "test acc (%)"]  # a CE run: no weights to show
+    classes = [r[0] for r in rows]
+    assert classes == [str(c) for c in range(10)] + ["…"] + [str(c) for c in range(20, 30)]
+    assert f"10 least frequent of {k} classes: all in per_class_acc.csv" in note
+    assert "get-artifact" not in note
+    with pytest.raises(ValueError, match="per_class_acc has 2 entries but 3 classes"):
+        selection_note([1.0, 2.0], [3, 2, 1], epoch=1, run_id="r")
