@@ -94,15 +94,22 @@ def short_settings(config: Mapping[str, Any]) -> str:
 
 
 def status_line(
-    counts: Counts, best: tuple[float, str] | None, elapsed: float, *, best_val: bool = True
+    counts: Counts,
+    best: tuple[float, str] | None,
+    elapsed: float,
+    *,
+    best_val: bool = True,
+    early: bool = True,
 ) -> str:
     """``[2m05s] trials 5/32 done (2 stopped early), 4 running, 0 errored; best val 81.23
     (trial 6a1b_00003)``; ``best`` is (selection metric, trial id), None before any result.
-    ``best_val=False`` leaves the best out (trials that are not rivals: each a table cell)."""
+    ``best_val=False`` leaves the best out (trials that are not rivals: each a table cell);
+    ``early=False`` the early stops (no scheduler stops any trial)."""
     total = f"/{counts.total}" if counts.total else ""
+    stopped = f" ({counts.stopped} stopped early)" if early else ""
     line = (
-        f"[{fmt_elapsed(elapsed)}] trials {counts.done}{total} done "
-        f"({counts.stopped} stopped early), {counts.running} running, {counts.errored} errored"
+        f"[{fmt_elapsed(elapsed)}] trials {counts.done}{total} done{stopped}, "
+        f"{counts.running} running, {counts.errored} errored"
         + (f", {counts.interrupted} interrupted" if counts.interrupted else "")
     )
     if not best_val:
@@ -272,7 +279,13 @@ class _Progress:
             if not due:
                 return
         self._last_status = now
-        line = status_line(self.counts(), self._best, now - self._start, best_val=self.best_val)
+        line = status_line(
+            self.counts(),
+            self._best,
+            now - self._start,
+            best_val=self.best_val,
+            early=self.max_t is not None,
+        )
         if not self.is_tty:
             self._write(line + "\n")
             return

@@ -49,6 +49,10 @@ def test_status_line():
     assert status_line(counts, (81.234, "6a1b_00003"), 125, best_val=False) == (
         "[2m05s] trials 5/32 done (2 stopped early), 4 running, 1 errored"
     )
+    # ... and no scheduler: no early stops to count
+    assert status_line(counts, None, 125, best_val=False, early=False) == (
+        "[2m05s] trials 5/32 done, 4 running, 1 errored"
+    )
 
 
 def test_trial_line():
@@ -153,7 +157,7 @@ def test_callback_without_best_val_as_reproduce_builds_it(capsys):
     cb.on_experiment_end(trials=trials)
     trial, status = capsys.readouterr().out.splitlines()
     assert trial == "trial t0  finished           val 70.00  test 68.00"
-    assert status.endswith("] trials 1/2 done (0 stopped early), 1 running, 0 errored")
+    assert status.endswith("] trials 1/2 done, 1 running, 0 errored")  # no scheduler
     assert pickle.loads(pickle.dumps(cb)).best_val is False  # Tune pickles its callbacks
 
 
