@@ -30,8 +30,9 @@ __all__ = [
 # ---- tags
 PARENT = "mlflow.parentRunId"  # MLflow's own: nests a run under its parent in the UI
 GIT_COMMIT = "mlflow.source.git.commit"
-# MLflow's own experiment tag: the UI opens a "custom_model_development" experiment on its runs
-# table (MLflow 3 otherwise opens a new experiment in its GenAI view, on traces).
+# MLflow's own experiment tag: the experiment's kind, model training (without it MLflow 3's UI
+# asks a user which kind an experiment is). The side of the UI a browser shows (GenAI or model
+# training) does not follow it (mlflow#24498): orchestrator/ui_app.py sets the browser's.
 EXPERIMENT_KIND = "mlflow.experimentKind"
 TRAINING_EXPERIMENT = "custom_model_development"
 KIND = "ot.kind"  # sweep | trial | stage1_build | reproduce

@@ -1,7 +1,8 @@
 """``python -m orchestrator.ui [--port P] [--storage DIR]``: the MLflow UI over the local store.
 
 Binds 127.0.0.1 only, one worker, background job execution off (MLflow's default server starts
-15 processes and about 3 GB here; this one 2 processes and about 0.5 GB).
+15 processes and about 3 GB here; this one 2 processes and about 0.5 GB, and this command's own
+process, about 70 MB, waits for them).
 
 The server is MLflow's own, served as the app plugin ``ot-reweight`` (``orchestrator/ui_app.py``):
 a browser that never opened this UI lands on its "Model training" side, where the runs are, not
