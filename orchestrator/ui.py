@@ -121,17 +121,24 @@ def _serve(cmd: list[str], env: dict[str, str]) -> int:
     (1). It runs in its own session, so a Ctrl-C reaches it once, as one SIGTERM from here: the
     terminal's SIGINT to the whole group, forwarded again by ``mlflow ui``, made its uvicorn
     give up its graceful shutdown with a traceback."""
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+    procs: list[subprocess.Popen] = []
     asked: list[int] = []
 
     def stop(signum: int, _frame) -> None:
         asked.append(signum)
-        if proc.poll() is None:
-            proc.terminate()
+        if procs and procs[0].poll() is None:
+            procs[0].terminate()
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, stop)
-    code = proc.wait()
+    signums = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {signum: signal.signal(signum, stop) for signum in signums}  # before the start:
+    try:  # a signal in between would leave the server running, in a session of its own
+        procs.append(subprocess.Popen(cmd, env=env, start_new_session=True))
+        if asked:
+            procs[0].terminate()
+        code = procs[0].wait()
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)
     if asked:
         return 0
     print(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -101,3 +102,25 @@ def test_the_printed_link_points_where_ui_serves_by_default(tmp_path, capsys, mo
         assert ui.base_url("sqlite:////x/mlflow.db").endswith(f":{ui.DEFAULT_PORT}")
         assert ui.main(["--storage", str(tmp_path)]) == 2  # no --port: the default, taken
     assert f"port {ui.DEFAULT_PORT} on 127.0.0.1 is in use" in capsys.readouterr().err
+
+
+def test_a_server_that_stops_by_itself_is_one_line_and_status_1(tmp_path, capsys, monkeypatch):
+    # `mlflow ui` exits 0 when its uvicorn cannot bind: ui reports any stop it did not ask for
+    (tmp_path / "mlflow.db").touch()
+    monkeypatch.setattr(ui, "ui_command", lambda *a: [sys.executable, "-c", "print('bye')"])
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert ui.main(["--storage", str(tmp_path), "--port", str(port)]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "error: the MLflow UI stopped by itself (status 0); its lines above say why"
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # the caller's, restored
+
+
+def test_a_checkout_without_the_plugin_is_told_to_reinstall(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mlflow.db").touch()
+    monkeypatch.setattr(ui.importlib.metadata, "entry_points", lambda group: [])
+    assert ui.main(["--storage", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert "app plugin 'ot-reweight' is not installed" in line and "setup.sh" in line
