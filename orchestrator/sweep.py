@@ -32,7 +32,7 @@ from . import cli, names, tracking, ui, views
 from .cli import REPO, CommandError
 from .storage import Storage
 
-__all__ = ["main"]
+__all__ = ["main", "supersede_unknown"]
 
 _DRIVER_CPU = 0.01  # the Tune-side driver of a multi-worker trial only waits on its workers
 # What a resumed sweep takes from its record; the command line may repeat them, not change them.
@@ -285,6 +285,30 @@ def draw_left_pending(c, exp_id: str, parent: str) -> int:
                 file=sys.stderr,
             )
     return drawn
+
+
+def supersede_unknown(c, exp_id: str, parent: str, exp_path: str) -> int:
+    """On ``--resume``, before the restored Tuner runs: close as superseded (KILLED, tag
+    ``ot.superseded``) this sweep's finished trial runs whose Tune trial is not in the
+    experiment state Tune restores. Tune saves that state as the sweep goes, and the copy in
+    the storage can lag what the trials recorded in MLflow (an upload still under way when
+    the driver died; a ``TUNE_GLOBAL_CHECKPOINT_S`` period): a trial created after it is
+    unknown to the restored Tuner, whose searcher asks for it again (in trial order the same
+    setting, under a new trial id), and it trains again. Its earlier run, left FINISHED,
+    would count the setting twice. Returns how many were closed."""
+    from ray.tune import ExperimentAnalysis
+
+    from .population import POPULATION
+
+    known = {t.trial_id for t in ExperimentAnalysis(exp_path).trials}
+    closed = 0
+    for r in tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.KIND: "trial"}):
+        trial = r.data.tags.get(POPULATION) or r.data.tags.get("ray.trial_id")
+        if r.info.status == "FINISHED" and trial not in known:
+            c.set_tag(r.info.run_id, names.SUPERSEDED, "true")
+            c.set_terminated(r.info.run_id, status="KILLED")
+            closed += 1
+    return closed
 
 
 def _sweep_dirs(storage: Storage, name: str) -> list[str]:
@@ -789,6 +813,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     tuner = _tuner(
         trainable, cfg, args, search, storage, sweep_id, conc, finisher, population,
     )  # fmt: skip
+    exp_path = storage.child_uri(args.name, sweep_id)
+    if args.resume and tune.Tuner.can_restore(exp_path):
+        supersede_unknown(c, exp_id, parent, exp_path)
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")

@@ -49,6 +49,7 @@ __all__ = [
     "SweepContext",
     "TrialTracker",
     "control_run",
+    "replayed_reports",
     "reproduce_trial",
     "stage2_trial",
 ]
@@ -361,10 +362,23 @@ class TrialTracker:
         self.client.set_terminated(self.run_id, status="FAILED")
 
 
-def _final_metrics(run) -> dict:
-    m = run.data.metrics
-    keys = (SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, TIME_ATTR)
-    return {k: m[k] for k in keys if k in m}
+_REPORTED = (SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, TIME_ATTR)
+
+
+def replayed_reports(client, run) -> list[dict]:
+    """What a finished run's trial reported to Tune, epoch by epoch: ``TIME_ATTR`` and the
+    selection so far, read back from the run's metric history (epoch ``e`` at step ``e``).
+
+    A trial restarted after its run finished (the driver died before the experiment state
+    Tune restores recorded the trial's end) reports these again instead of training. Its
+    final result alone would reach ASHA as one report at the last epoch: recorded at the
+    highest rung only, with the final value, so later trials would be decided against other
+    rungs than in the sweep that ran through."""
+    by_step: dict[int, dict] = {}
+    for key in _REPORTED:
+        for m in client.get_metric_history(run.info.run_id, key):
+            by_step.setdefault(m.step, {})[key] = m.value
+    return [by_step[s] for s in sorted(by_step) if TIME_ATTR in by_step[s]]
 
 
 def control_run(cfg: ExperimentConfig, entry_uri: str, threads: int = 1) -> dict:
@@ -401,7 +415,8 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
     runs = tracking.trial_runs(c, ctx.tracking.experiment_id, ctx.parent_run_id, trial_id)
     done = [r for r in runs if r.info.status == "FINISHED"]
     if done:  # finished before the driver died: not run again
-        tune.report(_final_metrics(done[0]))
+        for out in replayed_reports(c, done[0]):
+            tune.report(out)
         return
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -493,7 +508,8 @@ def _run_trial(
     extra = {names.WORKERS: str(parallel.world)} if parallel is not None else {}
     tracker = TrialTracker(ctx, cfg, trial_id, name, enabled=rank0, extra_tags=extra)
     if tracker.finished_run is not None:
-        report(_final_metrics(tracker.finished_run))
+        for out in replayed_reports(tracker.client, tracker.finished_run):
+            report(out)
         return
     try:
         tracker.start(config)
