@@ -296,11 +296,20 @@ def supersede_unknown(c, exp_id: str, parent: str, exp_path: str) -> int:
     unknown to the restored Tuner, whose searcher asks for it again (in trial order the same
     setting, under a new trial id), and it trains again. Its earlier run, left FINISHED,
     would count the setting twice. Returns how many were closed."""
+    import logging
+
     from ray.tune import ExperimentAnalysis
 
     from .population import POPULATION
 
-    known = {t.trial_id for t in ExperimentAnalysis(exp_path).trials}
+    # it warns of each trial without a result yet (one the kill caught starting): not news here
+    log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        known = {t.trial_id for t in ExperimentAnalysis(exp_path).trials}
+    finally:
+        log.setLevel(level)
     closed = 0
     for r in tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.KIND: "trial"}):
         trial = r.data.tags.get(POPULATION) or r.data.tags.get("ray.trial_id")
