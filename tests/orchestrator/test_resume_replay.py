@@ -14,25 +14,12 @@ class _Trial:
         self.status = "RUNNING"
 
 
-def _context(tmp_path):
-    from orchestrator import tracking
-    from orchestrator.trainable import SweepContext
-    from search_spaces import resolve
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "replay", str(tmp_path / "artifacts"))
-    c = tracking.client(uri)
-    parent = c.create_run(exp, run_name="sweep").info.run_id
-    cfg = resolve("image_mnist_lt")
-    return SweepContext(cfg, "", "key", tracking.TrackingSpec(uri, exp), parent, "sweep-1"), c
-
-
-def _finished_trial(tmp_path) -> tuple:
+def _finished_trial(sweep_context) -> tuple:
     """A trial that reported ``VALS`` and closed its run; (what it reported, the client, the
     same trial restarted)."""
     from orchestrator.trainable import TrialTracker
 
-    ctx, c = _context(tmp_path)
+    ctx, c = sweep_context
     first = TrialTracker(ctx, ctx.base, "t0", "trial_0")
     reported = [
         first.epoch({"val_balanced_acc": v, "test_balanced_acc": v - 5}, e)
@@ -42,11 +29,11 @@ def _finished_trial(tmp_path) -> tuple:
     return reported, c, TrialTracker(ctx, ctx.base, "t0", "trial_0")
 
 
-def test_a_restarted_finished_trial_reports_each_epoch_as_it_did(tmp_path):
+def test_a_restarted_finished_trial_reports_each_epoch_as_it_did(sweep_context):
     from orchestrator import names
     from orchestrator.trainable import replayed_reports
 
-    reported, c, again = _finished_trial(tmp_path)
+    reported, c, again = _finished_trial(sweep_context)
     assert again.finished_run is not None  # not trained again
     keys = (names.SELECT_METRIC, names.SELECTED_TEST, names.SELECTED_EPOCH, names.TIME_ATTR)
     want = [{k: out[k] for k in keys} for out in reported]
@@ -71,13 +58,13 @@ def _rungs(reports: list[dict]) -> list:
     return RungsKept(sched).get_state()["rungs"]
 
 
-def test_the_replayed_epochs_give_asha_the_rungs_the_trial_gave_it(tmp_path):
+def test_the_replayed_epochs_give_asha_the_rungs_the_trial_gave_it(sweep_context):
     """Replayed, the trial is recorded at both rungs with the values it had there; its final
     result alone (what a restarted finished trial reported before) is recorded at the
     highest rung only, with the last epoch's value, and not at the first."""
     from orchestrator.trainable import replayed_reports
 
-    reported, c, again = _finished_trial(tmp_path)
+    reported, c, again = _finished_trial(sweep_context)
     first_time = _rungs(reported)
     assert first_time == [[[3, {"t0": 55.5}], [1, {"t0": 53.0}]]]
     assert _rungs(replayed_reports(c, again.finished_run)) == first_time

@@ -10,20 +10,6 @@ from pathlib import Path
 from orchestrator import names
 
 
-def _tracker(tmp_path):
-    from orchestrator import tracking
-    from orchestrator.trainable import SweepContext, TrialTracker
-    from search_spaces import resolve
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "tracker", str(tmp_path / "artifacts"))
-    c = tracking.client(uri)
-    parent = c.create_run(exp, run_name="sweep").info.run_id
-    cfg = resolve("image_mnist_lt")
-    ctx = SweepContext(cfg, "", "key", tracking.TrackingSpec(uri, exp), parent, "sweep-1")
-    return TrialTracker(ctx, cfg, "t0", "trial_0"), c
-
-
 def _result():
     """Selected at epoch 2 (0-based 1) of 3; class 1 (1 training sample) starts at 1/4 of the
     mass, is up-weighted to 0.4 at the selected epoch and 0.45 at the last."""
@@ -54,8 +40,8 @@ def _check(note: str, run_id: str) -> None:
         assert f"![{figure}](get-artifact?path={figure}&run_uuid={run_id})" in note
 
 
-def test_a_closing_trial_describes_its_selection(tmp_path):
-    tracker, c = _tracker(tmp_path)
+def test_a_closing_trial_describes_its_selection(tmp_path, tracker):
+    tracker, c = tracker
     tracker.start({})
     res, data = _result()
     tracker.upload_progress(res, data)  # no figures yet: no description either
@@ -66,10 +52,10 @@ def test_a_closing_trial_describes_its_selection(tmp_path):
     assert json.loads(Path(local).read_text())["start_mass"] == [0.75, 0.25]
 
 
-def test_the_driver_describes_a_trial_it_draws_for(tmp_path):
+def test_the_driver_describes_a_trial_it_draws_for(tmp_path, tracker):
     from orchestrator.trainable import draw_uploaded_figures
 
-    tracker, c = _tracker(tmp_path)
+    tracker, c = tracker
     tracker.start({})
     res, data = _result()
     tracker.upload_progress(res, data)  # the trial's process ended here

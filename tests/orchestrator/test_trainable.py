@@ -54,20 +54,6 @@ def test_summary_counts_epochs_from_one_as_the_mlflow_steps_do():
     assert flat["best_val_epoch/val_balanced_acc"] == 61.0
 
 
-def _tracker(tmp_path):
-    from orchestrator import tracking
-    from orchestrator.trainable import SweepContext, TrialTracker
-    from search_spaces import resolve
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    exp = tracking.ensure_experiment(uri, "tracker", str(tmp_path / "artifacts"))
-    c = tracking.client(uri)
-    parent = c.create_run(exp, run_name="sweep").info.run_id
-    cfg = resolve("image_mnist_lt")
-    ctx = SweepContext(cfg, "", "key", tracking.TrackingSpec(uri, exp), parent, "sweep-1")
-    return TrialTracker(ctx, cfg, "t0", "trial_0"), c
-
-
 def _result(epoch: int):
     import torch
 
@@ -92,7 +78,7 @@ def _artifacts(c, run_id):
 
 
 def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_closes(
-    tmp_path, monkeypatch
+    tmp_path, tracker, monkeypatch
 ):
     """An improvement uploads the selection's data (a run killed without notice keeps it);
     the PNGs, most of an upload's time, are drawn once, from the last selection, at close."""
@@ -109,7 +95,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
         "write_confusion_png",
         lambda *a, **kw: drawn.append(kw["title"]) or real(*a, **kw),
     )
-    tracker, c = _tracker(tmp_path)
+    tracker, c = tracker
     tracker.start({})
     for epoch in (0, 2):
         res, data = _result(epoch)
@@ -142,7 +128,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
 
 
 def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
-    tmp_path, monkeypatch
+    tmp_path, tracker, monkeypatch
 ):
     """A population member's tracker keeps its epochs until a flush (or an upload, a summary,
     the run's end): then they go up in one MLflow write, each at its own step with its own
@@ -151,7 +137,7 @@ def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
 
     from orchestrator.trainable import TrialTracker
 
-    plain, c = _tracker(tmp_path)
+    plain, c = tracker
     member = TrialTracker(plain.ctx, plain.cfg, "t1", "trial_1", buffered=True)
     writes = []
     real = MlflowClient.log_batch
@@ -186,13 +172,15 @@ def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
     assert c.get_run(member.run_id).info.status == "FINISHED"
 
 
-def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(tmp_path, monkeypatch):
+def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(
+    tmp_path, tracker, monkeypatch
+):
     from orchestrator import artifacts
     from trainables.trial import scalar_summary
 
     drawn = []
     monkeypatch.setattr(artifacts, "write_weight_png", lambda *a, **kw: drawn.append(a[1].name))
-    tracker, _ = _tracker(tmp_path)
+    tracker, _ = tracker
     tracker.start({})
     res, data = _result(1)
     tracker.upload_progress(res, data)
@@ -218,14 +206,14 @@ def test_the_rungs_a_trial_draws_before_are_the_sweeps_asha_milestones():
     assert asha_rungs(10) == (2, 6)
 
 
-def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path):
+def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path, tracker):
     """A run whose process ended after uploading its selection's data (``ot.figures=pending``):
     the driver draws its PNGs from that data, byte for byte what the trial would have drawn
     itself, once (a drawn run, or one never pending, is left alone)."""
     from orchestrator import names
     from orchestrator.trainable import TrialTracker, draw_uploaded_figures
 
-    drawn_by_trial, c = _tracker(tmp_path)
+    drawn_by_trial, c = tracker
     pending = TrialTracker(drawn_by_trial.ctx, drawn_by_trial.cfg, "t1", "trial_1")
     res, data = _result(2)
     res.raw_mass = [[1.5, 0.5]] * 3  # the raw-weights row too (stage2.loss_weights=raw)
@@ -249,7 +237,7 @@ def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path
 
 
 def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_figures(
-    tmp_path, capsys
+    tmp_path, tracker, capsys
 ):
     """ASHA stopped a trial and its process ended mid-report: its run is still RUNNING with
     its figures pending. The driver's callback closes it as stopped early and draws them (in
@@ -259,7 +247,7 @@ def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_f
     from orchestrator import names
     from orchestrator.sweep import _FinishStopped
 
-    stopped, c = _tracker(tmp_path)
+    stopped, c = tracker
     res, data = _result(1)
     stopped.start({})
     stopped.upload_progress(res, data)
@@ -275,7 +263,7 @@ def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_f
     assert "warning" not in capsys.readouterr().err
 
 
-def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path, capsys):
+def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path, tracker, capsys):
     """A trial ASHA stopped left its run to the driver, whose callback closed it and died
     before drawing its figures: the sweep (resumed) draws every closed run of its parent
     still pending, and leaves a failed attempt's and another sweep's alone."""
@@ -285,7 +273,7 @@ def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path
     from orchestrator.sweep import draw_left_pending
     from orchestrator.trainable import TrialTracker
 
-    stopped, c = _tracker(tmp_path)
+    stopped, c = tracker
     res, data = _result(2)
     stopped.start({})
     stopped.upload_progress(res, data)
