@@ -14,11 +14,13 @@ import io
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from trainables.config import ExperimentConfig, flatten
 from trainables.distributed import DataParallel
+from trainables.resume import CheckpointStore, DirStore, Stage1Checkpoints
 from trainables.trial import (
     Stage1Output,
     add_features,
@@ -26,6 +28,7 @@ from trainables.trial import (
     needs_features,
     pick_device,
     stage1_identity,
+    stage1_key,
 )
 
 from . import names, tracking
@@ -35,9 +38,12 @@ __all__ = [
     "CACHE_DIR",
     "CacheEntry",
     "CorruptEntry",
+    "StorageStore",
     "build_entry",
+    "checkpoint_store",
     "ensure_stage1",
     "invalidate",
+    "partial_rel",
     "read_entry",
     "stage1_cpus",
     "stage1_hash",
@@ -55,8 +61,7 @@ class CorruptEntry(RuntimeError):
 
 def stage1_hash(cfg: ExperimentConfig) -> str:
     """SHA-256 over (data, model, stage-1 config, seed, package version)."""
-    blob = json.dumps(stage1_identity(cfg), sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
+    return stage1_key(cfg)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,39 @@ class CacheEntry:
 
 def _rel(key: str, name: str = "") -> str:
     return f"{CACHE_DIR}/{key[:24]}" + (f"/{name}" if name else "")
+
+
+def partial_rel(key: str) -> str:
+    """Where the epoch checkpoints of an entry being built live, beside it; removed once the
+    entry is complete."""
+    return f"{CACHE_DIR}/{key[:24]}.partial"
+
+
+class StorageStore:
+    """Epoch checkpoints in a folder of the run storage that is not a local path (an object
+    store publishes each PUT whole, so a write is atomic there)."""
+
+    def __init__(self, storage: Storage, rel: str) -> None:
+        self.storage, self.rel = storage, rel
+
+    def names(self) -> list[str]:
+        return self.storage.list_files(self.rel)
+
+    def read(self, name: str) -> bytes:
+        return self.storage.read_bytes(f"{self.rel}/{name}")
+
+    def write(self, name: str, data: bytes) -> None:
+        self.storage.write_bytes(f"{self.rel}/{name}", data)
+
+    def delete(self, name: str) -> None:
+        self.storage.delete_file(f"{self.rel}/{name}")
+
+
+def checkpoint_store(storage: Storage, rel: str) -> CheckpointStore:
+    """A local storage gets fsync'd writes (:class:`DirStore`); any other, :class:`StorageStore`."""
+    if storage.local:
+        return DirStore(Path(storage.root) / rel)
+    return StorageStore(storage, rel)
 
 
 def _sha(data: bytes) -> str:
@@ -178,7 +216,11 @@ def build_entry(
 ) -> CacheEntry | None:
     """Run stage 1 and store it (the body of the Ray task, or of each Ray Train worker when
     ``parallel``: rank 0 writes the entry and the MLflow run); one MLflow run per build.
-    Stage 1 runs on ``cfg.stage1.threads`` threads, whatever the task was granted."""
+    Stage 1 runs on ``cfg.stage1.threads`` threads, whatever the task was granted.
+    A single-worker build saves an epoch checkpoint after each epoch in :func:`partial_rel`
+    and continues from the newest valid one an interrupted build left there; its MLflow run
+    then gets the epochs before it again (from the checkpoint), so it holds the whole curve
+    once. The partial folder is deleted once the entry is written."""
     device = device or pick_device()
     if parallel is not None and parallel.rank != 0:
         build_stage1(cfg, device=device, parallel=parallel)
@@ -212,9 +254,15 @@ def build_entry(
                 metrics = {f"{stage}/{k}": v for k, v in metrics.items()}
             tracking.log_metrics(c, run_id, metrics, step=epoch + 1)  # epochs from 1
 
+    checkpoints = None
+    if parallel is None:  # a data-parallel build starts again from its first epoch
+        checkpoints = Stage1Checkpoints(checkpoint_store(storage, partial_rel(key)), key)
     try:
-        out = build_stage1(cfg, callback=log_epoch, device=device, parallel=parallel)
+        out = build_stage1(
+            cfg, callback=log_epoch, device=device, parallel=parallel, checkpoints=checkpoints
+        )
         entry = write_entry(storage, key, stage1_identity(cfg), out)
+        storage.delete_dir(partial_rel(key))
     except BaseException as err:
         if c is not None:
             c.set_tag(run_id, names.ERROR, str(err)[:5000])

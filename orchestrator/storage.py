@@ -71,6 +71,16 @@ class Storage:
         if self.is_dir(rel):
             self.fs.delete_dir(self._path(rel))
 
+    def delete_file(self, rel: str) -> None:
+        if self.exists(rel):
+            self.fs.delete_file(self._path(rel))
+
+    def list_files(self, rel: str) -> list[str]:
+        if not self.is_dir(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self._path(rel)))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+
     def list_dirs(self, rel: str) -> list[str]:
         if not self.is_dir(rel):
             return []

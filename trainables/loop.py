@@ -21,6 +21,7 @@ from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.losses import make_loss, posthoc_logit_adjustment
 from trainables.metrics import classification_metrics
 from trainables.models import SplitNet
+from trainables.resume import Stage1Checkpoints
 from trainables.reweight import (
     MetaDistribution,
     Parallel,
@@ -234,8 +235,14 @@ def train_stage1(
     generator: torch.Generator,
     callback: Callback | None = None,
     parallel: Parallel | None = None,
+    checkpoints: Stage1Checkpoints | None = None,
 ) -> StageResult:
     """``cfg.epochs`` epochs of the stage-1 loss, evaluating after each.
+
+    ``checkpoints``: where the state after each epoch is saved (:mod:`trainables.resume`);
+    when a valid one is there, training continues from it, bit for bit the run that wrote it
+    and every epoch's callback before it is called again with the metrics it had then (a
+    resumed build reports the whole curve once). Single-worker only.
 
     ``parallel``: data-parallel workers. All draw the same batch order from ``generator``; each
     trains on its shard of every batch with the loss scaled by its share, the gradients are
@@ -276,7 +283,16 @@ def train_stage1(
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     forward = stage1_forward(model, cfg)
     sel = _Selector()
-    for epoch in range(cfg.epochs):
+    history: list[dict] = []
+    start = 0
+    if checkpoints is not None:
+        if parallel is not None:
+            raise ValueError("stage-1 checkpoints are written by a single-worker stage 1")
+        start = _resume_stage1(checkpoints, cfg.epochs, model, opt, generator, sel, meta, history)
+        for done, metrics in enumerate(history):
+            if callback:
+                callback("stage1", done, metrics)
+    for epoch in range(start, cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = lr_at(cfg, epoch)
         model.train()
@@ -311,13 +327,76 @@ def train_stage1(
         _no_nan(train_loss, "the training loss", "stage 1", epoch)
         metrics = evaluate(model, data, adjust=adjust)
         sel.update(epoch, metrics, model)
+        logged = {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **flat_metrics(metrics)}
+        history.append(logged)
+        # saved before the callback reports the epoch: a callback that stops the run (a kill
+        # at that point) finds the epoch already safe
+        if checkpoints is not None and checkpoints.due(epoch + 1, cfg.epochs):
+            state = _stage1_state(model, opt, generator, sel, meta, history)
+            checkpoints.save(epoch + 1, state)
         if callback:
-            callback(
-                "stage1",
-                epoch,
-                {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **flat_metrics(metrics)},
-            )
+            callback("stage1", epoch, logged)
     return sel.result
+
+
+def _stage1_state(model, opt, generator, sel: _Selector, meta, history: list[dict]) -> dict:
+    """Everything the next epoch depends on: the weights, the optimiser (momentum), every RNG
+    stage 1 draws from (the trial generator also feeds augmentation and the meta batches;
+    the torch default generator; CUDA's), the selection so far and the epochs' metrics.
+    The learning rate is a function of the epoch (:func:`lr_at`), set at each epoch's start."""
+    r = sel.result
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "selector": {
+            "best_val": sel.best_val,
+            "best_test": sel.best_test,
+            "last": r.last,
+            "selected": r.selected,
+            "best_test_epoch": r.best_test_epoch,
+            "selected_state": r.state,
+        },
+        "history": history,
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if meta is not None:
+        state["meta"] = meta.state()
+    return state
+
+
+def _resume_stage1(
+    checkpoints: Stage1Checkpoints, epochs: int, model, opt, generator, sel, meta, history
+) -> int:
+    """Load the newest valid checkpoint into the live objects; the number of epochs done."""
+    found = checkpoints.latest()
+    if found is None:
+        return 0
+    done, state = found
+    if done > epochs:
+        checkpoints.log(f"stage 1: checkpoint after epoch {done} is past {epochs} epochs; ignored")
+        return 0
+    device = next(model.parameters()).device
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and device.type == "cuda":
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    s = state["selector"]
+    sel.best_val, sel.best_test = s["best_val"], s["best_test"]
+    r = sel.result
+    r.last, r.selected, r.best_test_epoch = s["last"], s["selected"], s["best_test_epoch"]
+    r.state = None
+    if s["selected_state"] is not None:
+        r.state = {k: v.to(device) for k, v in s["selected_state"].items()}
+    if meta is not None:
+        meta.load_state(state["meta"])
+    history.extend(state["history"])
+    checkpoints.log(f"stage 1: resuming from epoch {done} of {epochs}")
+    return done
 
 
 class _MetaReweight:
@@ -349,6 +428,25 @@ class _MetaReweight:
             device = data.train.y.device
             self.vnet = MetaWeightNet(cfg.meta_hidden).to(device)
             self.vnet_opt = _vnet_optimizer(self.vnet, cfg)
+
+    def state(self) -> dict:
+        """What the meta method carries from epoch to epoch (its generator is the loop's)."""
+        out: dict = {}
+        if self.vnet is not None:
+            out["vnet"] = self.vnet.state_dict()
+            out["vnet_opt"] = self.vnet_opt.state_dict()
+        if self.estimator is not None:
+            e = self.estimator
+            out["estimator"] = {"count": e.count, "sum": e.sum, "outer": e.outer}
+        return out
+
+    def load_state(self, state: dict) -> None:
+        if self.vnet is not None:
+            self.vnet.load_state_dict(state["vnet"])
+            self.vnet_opt.load_state_dict(state["vnet_opt"])
+        if self.estimator is not None:
+            for name, value in state["estimator"].items():
+                getattr(self.estimator, name).copy_(value)
 
     def loss(self, x: Tensor, y: Tensor, lr: float, epoch: int) -> Tensor:
         """The batch's training loss under the meta method (to back-propagate)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from trainables.loop import (
 )
 from trainables.modalities import modality_of
 from trainables.models import SplitNet
+from trainables.resume import DirStore, Stage1Checkpoints
 
 __all__ = [
     "Stage1Output",
@@ -42,6 +44,7 @@ __all__ = [
     "run_trial",
     "scalar_summary",
     "stage1_identity",
+    "stage1_key",
     "stage1_threads",
     "trial_result",
 ]
@@ -92,6 +95,8 @@ class Stage1Output:
 
 # Bumped when what a cache entry holds, or how it is laid out, changes.
 STAGE1_FORMAT = 2
+# The folder of ``run_trial``'s output directory that holds stage 1's epoch checkpoints.
+STAGE1_CHECKPOINTS = "stage1_checkpoints"
 # Where the data sits, and whether it may be fetched, does not change what it is.
 _NOT_DATA_IDENTITY = ("root", "download")
 
@@ -114,6 +119,13 @@ def stage1_identity(cfg: ExperimentConfig) -> dict:
         "version": __version__,
         "format": STAGE1_FORMAT,
     }
+
+
+def stage1_key(cfg: ExperimentConfig) -> str:
+    """The stage-1 cache key: SHA-256 of :func:`stage1_identity` (also what an epoch
+    checkpoint must carry to be resumed)."""
+    blob = json.dumps(stage1_identity(cfg), sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 def needs_features(cfg: ExperimentConfig) -> bool:
@@ -168,12 +180,15 @@ def build_stage1(
     device: torch.device | None = None,
     with_features: bool | None = None,
     parallel=None,
+    checkpoints: Stage1Checkpoints | None = None,
 ) -> Stage1Output:
-    """Stage 1 of ``cfg`` from scratch; every random choice seeded from ``cfg.seed``.
+    """Stage 1 of ``cfg`` from scratch, or from the newest valid epoch checkpoint in
+    ``checkpoints`` (made with :func:`stage1_key`; see :func:`train_stage1`); every random
+    choice seeded from ``cfg.seed``. Stage 0 (text) runs again on a resume.
     ``parallel``: data-parallel workers (:func:`train_stage1`); only rank 0 computes features.
     Runs on ``cfg.stage1.threads`` CPU threads (:func:`stage1_threads`)."""
     with stage1_threads(cfg):
-        return _build_stage1(cfg, callback, device, with_features, parallel)
+        return _build_stage1(cfg, callback, device, with_features, parallel, checkpoints)
 
 
 def _build_stage1(
@@ -182,6 +197,7 @@ def _build_stage1(
     device: torch.device | None,
     with_features: bool | None,
     parallel,
+    checkpoints: Stage1Checkpoints | None,
 ) -> Stage1Output:
     device = device or pick_device()
     torch.manual_seed(cfg.seed)
@@ -190,7 +206,13 @@ def _build_stage1(
         cfg, device, generator=generator, callback=callback
     )
     s1 = train_stage1(
-        model, data, cfg.stage1, generator=generator, callback=callback, parallel=parallel
+        model,
+        data,
+        cfg.stage1,
+        generator=generator,
+        callback=callback,
+        parallel=parallel,
+        checkpoints=checkpoints,
     )
     rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
     feats = None
@@ -329,9 +351,16 @@ def run_trial(
     device: torch.device | None = None,
 ) -> dict:
     """Stage 1 then stage 2; returns a JSON-ready dict and writes it (and the stage-1
-    checkpoint) under ``out_dir`` when given. Every random choice is seeded from ``cfg.seed``."""
+    checkpoint) under ``out_dir`` when given. Every random choice is seeded from ``cfg.seed``.
+    With ``out_dir``, stage 1 saves an epoch checkpoint in ``out_dir/stage1_checkpoints/``
+    after each epoch and continues from the newest valid one when it is there; they are
+    deleted once ``result.json`` is written."""
     device = device or pick_device()
-    stage1 = build_stage1(cfg, callback=callback, device=device)
+    checkpoints = None
+    if out_dir is not None:
+        store = DirStore(out_dir / STAGE1_CHECKPOINTS)
+        checkpoints = Stage1Checkpoints(store, stage1_key(cfg))
+    stage1 = build_stage1(cfg, callback=callback, device=device, checkpoints=checkpoints)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         torch.save(stage1.model_state, out_dir / "stage1.pt")
@@ -346,6 +375,9 @@ def run_trial(
             "stage2_weight_mass": s2.weight_mass,
         }
         (out_dir / "result.json").write_text(json.dumps(full, indent=1))
+        checkpoints.clear()
+        with contextlib.suppress(OSError):  # a folder someone else put files in stays
+            (out_dir / STAGE1_CHECKPOINTS).rmdir()
     return result
 
 
