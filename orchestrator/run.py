@@ -27,7 +27,13 @@ def _parser() -> argparse.ArgumentParser:
     p = cli.Parser(prog="python -m orchestrator.run", description=__doc__)
     p.add_argument("name", help=f"one of: {cli.experiment_names()}")
     cli.add_config_args(p)
-    p.add_argument("--out", type=Path, default=None, help="write result.json and stage1.pt here")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write result.json and stage1.pt here, and stage 1's epoch checkpoints until "
+        "then (a rerun with the same DIR resumes from them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
     return p
 

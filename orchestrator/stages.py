@@ -5,6 +5,9 @@ states after stage 1), ``features.pt`` (frozen-f1 features of every split, when 
 the classifier only), ``info.json``, and ``manifest.json`` written last with the SHA-256 of
 each file. An entry without a manifest is partial; one whose files do not match it is corrupt;
 both are rebuilt, never used. Tensors are read with ``torch.load(weights_only=True)``.
+While an entry is built, its stage 1's epoch checkpoints live beside it in
+``<storage>/stage_cache/<hash>.partial/`` (:func:`partial_rel`), so an interrupted build
+continues where it stopped; the folder goes once the entry is complete.
 """
 
 from __future__ import annotations
