@@ -474,6 +474,55 @@ def test_the_outcome_does_not_depend_on_which_trial_reports_first(tmp_path, smok
     assert printed[0] == printed[1] and "concurrency 2, trial order" in printed[0]
 
 
+def _outcome_diff(named: dict) -> str:
+    """What differs between sweeps' ``_outcome`` rows (name -> rows): each setting whose
+    (stopped early, selected value) is not the same in all, side by side."""
+    by = {n: {json.dumps(s): (stop, val) for s, stop, val in rows} for n, rows in named.items()}
+    lines = [f"{n}: {len(rows)} trials" for n, rows in named.items()]
+    for key in sorted(set().union(*by.values())):
+        seen = [by[n].get(key) for n in by]
+        if any(v != seen[0] for v in seen):
+            lines.append(f"{key}: " + "  ".join(f"{n}={by[n].get(key)}" for n in by))
+    return "\n".join(lines)
+
+
+def test_a_resumed_sweep_decides_as_the_uninterrupted_one(tmp_path, smoke, repo, monkeypatch):
+    """The same sweep (8 single trials, two at a time) three times: once to its end, and twice
+    SIGKILLed after three trials finished, then resumed. The first kill leaves Tune's
+    experiment state as the sweep saves it, at every controller step. The second leaves it as
+    saved at the start only (``TUNE_GLOBAL_CHECKPOINT_S``): the restored Tuner holds as pending
+    trials that finished (they report their epochs again from MLflow, so ASHA's rungs get the
+    values they had) and does not know the later ones (their runs are superseded and the
+    searcher asks for the same settings again). Each resumed sweep asks the same settings,
+    stops the same trials and selects the same numbers as the uninterrupted one."""
+    args = ["--trials", "8", "--population", "1", "--concurrency", "2",
+            "--set", "stage2.epochs=4"]  # fmt: skip
+    whole = tmp_path / "whole"
+    done = {"whole": smoke(whole, *args)}
+    ok(done["whole"])
+    for name, period in (("cut", None), ("lagged", "600")):
+        storage = tmp_path / name
+        storage.mkdir()
+        cmd = [sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke",
+               "--quiet", "--storage", str(storage), *args]  # fmt: skip
+        with monkeypatch.context() as m:
+            if period:
+                m.setenv("TUNE_GLOBAL_CHECKPOINT_S", period)
+            _run_sweep_then_kill(cmd, storage, repo, lambda finished: len(finished) >= 3)
+        done[name] = _resume_finishes_each_once(smoke, storage, 8)[0]
+    outcomes = {n: _outcome(tmp_path / n, kind(runs(tmp_path / n), "sweep")[0]) for n in done}
+    summaries = "\n".join(
+        f"-- {n}:\n" + r.stdout[r.stdout.find("== sweep summary ==") :] for n, r in done.items()
+    )
+    assert outcomes["cut"] == outcomes["whole"] == outcomes["lagged"], (
+        _outcome_diff(outcomes) + "\n" + summaries
+    )
+    assert len(outcomes["whole"]) == 8
+    assert any(stopped == "true" for _, stopped, _ in outcomes["whole"])  # ASHA did stop trials
+    lagged = kind(runs(tmp_path / "lagged"), "trial")
+    assert any(t.data.tags.get("ot.superseded") == "true" for t in lagged)  # the lag was real
+
+
 def test_failed_trial_is_retried(tmp_path, smoke):
     marker = tmp_path / "faults"
     marker.mkdir()
