@@ -120,12 +120,13 @@ def _jitter() -> None:
 
 
 def _node_id() -> str:
-    try:
-        import ray
+    """The Ray node this runs on; "local" outside Ray (asking Ray's runtime context there
+    would start a Ray in this process)."""
+    import ray
 
-        return ray.get_runtime_context().get_node_id()
-    except Exception:  # not inside Ray (unit tests)
+    if not ray.is_initialized():
         return "local"
+    return ray.get_runtime_context().get_node_id()
 
 
 class TrialTracker:

@@ -61,3 +61,14 @@ def test_the_driver_describes_a_trial_it_draws_for(tmp_path, tracker):
     tracker.upload_progress(res, data)  # the trial's process ended here
     assert draw_uploaded_figures(c, tracker.run_id)
     _check(c.get_run(tracker.run_id).data.tags[names.NOTE], tracker.run_id)
+
+
+def test_a_tracker_outside_ray_starts_no_ray(tracker):
+    """A trial's tracker records its Ray node; outside Ray it says "local" without asking
+    Ray's runtime context, which would start a Ray in the process (and leave it running for
+    every later test of the session)."""
+    import ray
+
+    tracker, c = tracker
+    assert c.get_run(tracker.run_id).data.tags["ray.node_id"] == "local"
+    assert not ray.is_initialized()
