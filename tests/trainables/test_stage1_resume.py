@@ -15,6 +15,10 @@ from trainables.config import apply_overrides
 from trainables.resume import DirStore, Stage1Checkpoints
 from trainables.trial import build_stage1, stage1_key
 
+# two stage-1 trainings each (about 40 s): in the full run; the quick run keeps the
+# checkpoint files' own tests (tests/trainables/test_resume.py)
+pytestmark = pytest.mark.slow
+
 EPOCHS = 4
 CPU = torch.device("cpu")
 
