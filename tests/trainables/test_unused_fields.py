@@ -116,14 +116,20 @@ def _net() -> SplitNet:
     return SplitNet(nn.Sequential(nn.Linear(8, 6), nn.Tanh()), nn.Linear(6, 3), 6)
 
 
-def _stage1(cfg: ExperimentConfig) -> object:
-    from trainables.loop import train_stage1
-
+def _trained(train, section) -> object:
+    """``train`` (the loop's stage 1 or stage 2) on the same net, data and seeds, under
+    ``section``: everything it leaves behind, to compare bit for bit."""
     torch.manual_seed(1)
     model = _net()
     gen = torch.Generator().manual_seed(5)
-    res = train_stage1(model, three_class_features(), cfg.stage1, generator=gen)
+    res = train(model, three_class_features(), section, generator=gen)
     return _snapshot((res, model.state_dict(), gen.get_state(), torch.get_rng_state()))
+
+
+def _stage1(cfg: ExperimentConfig) -> object:
+    from trainables.loop import train_stage1
+
+    return _trained(train_stage1, cfg.stage1)
 
 
 _S1 = dict(epochs=2, batch_size=8, lr=0.05, warmup_epochs=1, milestones=(1,), drw_epoch=1)
@@ -151,11 +157,7 @@ def test_stage1_reads_none_of_its_unused_fields(variant):
 def _stage2(cfg: ExperimentConfig) -> object:
     from trainables.loop import train_stage2
 
-    torch.manual_seed(1)
-    model = _net()
-    gen = torch.Generator().manual_seed(5)
-    res = train_stage2(model, three_class_features(), cfg.stage2, generator=gen)
-    return _snapshot((res, model.state_dict(), gen.get_state(), torch.get_rng_state()))
+    return _trained(train_stage2, cfg.stage2)
 
 
 def _population(cfg: ExperimentConfig) -> object:
