@@ -30,11 +30,7 @@ import torch
 
 from search_spaces.tables import TABLES, cell_config, paper_value
 from trainables.config import apply_overrides
-from trainables.trial import build_stage1, run_stage2
-
-
-def _stage1_key(cfg) -> str:
-    return repr((cfg.data, cfg.model, cfg.stage0, cfg.stage1, cfg.seed))
+from trainables.trial import build_stage1, run_stage2, stage1_key, stage1_summary
 
 
 def _cost_rank(cfg) -> int:
@@ -99,7 +95,7 @@ def main() -> None:
     configs.sort(key=lambda pair: _cost_rank(pair[1]))  # stable: the table's order otherwise
     stage1_cache: dict[str, object] = {}
     for cell, cfg in configs:
-        key = _stage1_key(cfg)
+        key = stage1_key(cfg)
         if key not in stage1_cache:
             t = time.perf_counter()
             stage1_cache[key] = build_stage1(cfg, device=device)
@@ -110,7 +106,7 @@ def main() -> None:
         paper = paper_value(table, cell)
         row = {"paper_top1_error": paper[0] if paper else None, "preset": cfg.preset}
         if cfg.stage2.method == "none":
-            summary = stage1.info["summary"]
+            summary = stage1_summary(cfg, stage1.info)
             row["selected"] = _errors(summary["validation_selected"])
             row["last"] = _errors(summary["last_epoch"])
         else:

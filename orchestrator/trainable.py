@@ -31,6 +31,7 @@ from trainables.trial import (
     pick_device,
     run_stage2,
     scalar_summary,
+    stage1_summary,
 )
 
 from . import names, tracking
@@ -515,7 +516,7 @@ def _run_trial(
     try:
         tracker.start(config)
         stage1: Stage1Output = read_entry(ctx.entry_uri, features=needs_features(cfg))
-        tracker.log_stage1(stage1.info["summary"])
+        tracker.log_stage1(stage1_summary(cfg, stage1.info))
 
         last_epoch = cfg.stage2.epochs - 1 if cfg.stage2.method != "none" else 0
         pending: list[dict] = []

@@ -639,7 +639,8 @@ _READ_WHEN: tuple[tuple[tuple[str, ...], _Condition], ...] = (
         ),
     ),
     (("stage1.drw_epoch",), _when("stage1.loss", "ldam_drw")),
-    (("stage1.la_tau",), _when("stage1.loss", "logit_adjustment", POSTHOC)),
+    # a CE build also records its post-hoc adjusted reading (the posthoc_la row's result)
+    (("stage1.la_tau",), _when("stage1.loss", "ce", "logit_adjustment", POSTHOC)),
     (("stage1.meta_start", "stage1.meta_batch"), _unless("stage1.reweight", "none")),
     (("stage1.meta_lr",), _when("stage1.reweight", "mwn", "metasaug")),
     (("stage1.meta_optimizer", "stage1.meta_hidden"), _when("stage1.reweight", "mwn")),

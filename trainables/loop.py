@@ -39,6 +39,7 @@ from trainables.reweight import (
 )
 
 __all__ = [
+    "POSTHOC_PREFIX",
     "Callback",
     "StageResult",
     "check_stage1",
@@ -52,6 +53,8 @@ __all__ = [
 ]
 
 Callback = Callable[[str, int, dict], None]
+# the per-epoch metrics of stage 1's post-hoc adjusted reading (StageResult.posthoc)
+POSTHOC_PREFIX = "posthoc_la/"
 
 
 @dataclass
@@ -76,6 +79,9 @@ class StageResult:
     raw_mass: list[list[float]] = field(default_factory=list)
     raw_sample_weights: list[float] = field(default_factory=list)
     state: dict | None = None
+    # stage 1 trained with plain CE: the same epochs read through Menon et al.'s post-hoc
+    # logit adjustment, selected on its own validation score (the posthoc_la row's result)
+    posthoc: StageResult | None = None
 
 
 def _no_nan(value: float, what: str, stage: str, epoch: int) -> None:
@@ -93,26 +99,37 @@ def predict(
     data: StageData,
     *,
     batch_size: int = 512,
-    adjust: Callable[[Tensor], Tensor] | None = None,
-) -> Tensor:
+    adjusts: tuple[Callable[[Tensor], Tensor] | None, ...] = (None,),
+) -> list[Tensor]:
+    """The predicted class of every sample of ``split`` under each of ``adjusts`` (a function
+    of the logits, or None for the logits themselves), from one forward pass."""
     was = model.training
     model.eval()
-    preds = []
+    preds: list[list[Tensor]] = [[] for _ in adjusts]
     batch_size = min(batch_size, getattr(model, "eval_batch_size", batch_size))
     for idx in iterate_batches(len(split), batch_size, shuffle=False):
         logits = model(data.prepare(split.x[idx], augment=False, generator=None))
-        preds.append((adjust(logits) if adjust else logits).argmax(1))
+        for out, adjust in zip(preds, adjusts, strict=True):
+            out.append((adjust(logits) if adjust else logits).argmax(1))
     model.train(was)
-    return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
+    empty = torch.empty(0, dtype=torch.long)
+    return [torch.cat(p) if p else empty for p in preds]
+
+
+def evaluate_views(
+    model: nn.Module, data: StageData, adjusts: tuple[Callable[[Tensor], Tensor] | None, ...]
+) -> list[dict[str, dict]]:
+    """``{split: metrics}`` of val and test under each of ``adjusts`` (one forward pass)."""
+    out: list[dict[str, dict]] = [{} for _ in adjusts]
+    for name in ("val", "test"):
+        split = getattr(data, name)
+        for view, pred in zip(out, predict(model, split, data, adjusts=adjusts), strict=True):
+            view[name] = classification_metrics(pred, split.y, data.num_classes, data.train_counts)
+    return out
 
 
 def evaluate(model: nn.Module, data: StageData, *, adjust=None) -> dict[str, dict]:
-    out = {}
-    for name in ("val", "test"):
-        split = getattr(data, name)
-        pred = predict(model, split, data, adjust=adjust)
-        out[name] = classification_metrics(pred, split.y, data.num_classes, data.train_counts)
-    return out
+    return evaluate_views(model, data, (adjust,))[0]
 
 
 def flat_metrics(metrics: dict[str, dict], prefix: str = "") -> dict[str, float]:
@@ -135,10 +152,11 @@ def improves(val: float, best_val: float) -> bool:
 
 
 class _Selector:
-    def __init__(self) -> None:
+    def __init__(self, *, keep_state: bool = True) -> None:
         self.best_val = -1.0
         self.best_test = -1.0
         self.result = StageResult()
+        self.keep_state = keep_state
 
     def update(self, epoch: int, metrics: dict[str, dict], model: nn.Module) -> bool:
         """Record an epoch; True when validation improved (the selected model changed)."""
@@ -149,7 +167,8 @@ class _Selector:
         if improved:
             self.best_val = val
             r.selected = {"epoch": epoch, **metrics}
-            r.state = copy.deepcopy(model.state_dict())
+            if self.keep_state:
+                r.state = copy.deepcopy(model.state_dict())
         if test > self.best_test:
             self.best_test = test
             r.best_test_epoch = {"epoch": epoch, "test": metrics["test"]}
@@ -260,12 +279,14 @@ def train_stage1(
         drw_epoch=cfg.drw_epoch,
         la_tau=cfg.la_tau,
     )
-    adjust = None
-    if cfg.loss == POSTHOC:
+    views: tuple = (None,)
+    posthoc = None  # CE training: the post-hoc adjusted reading of every epoch, selected apart
+    if loss_name == "ce" and cfg.reweight == "none":
 
         def adjust(logits):
             return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
 
+        views, posthoc = (None, adjust), _Selector(keep_state=False)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(
@@ -288,7 +309,9 @@ def train_stage1(
     if checkpoints is not None:
         if parallel is not None:
             raise ValueError("stage-1 checkpoints are written by a single-worker stage 1")
-        start = _resume_stage1(checkpoints, cfg.epochs, model, opt, generator, sel, meta, history)
+        start = _resume_stage1(
+            checkpoints, cfg.epochs, model, opt, generator, (sel, posthoc), meta, history
+        )
         for done, metrics in enumerate(history):
             if callback:
                 callback("stage1", done, metrics)
@@ -325,39 +348,63 @@ def train_stage1(
             total = parallel.sum(total)
         train_loss = total.item() / len(data.train)
         _no_nan(train_loss, "the training loss", "stage 1", epoch)
-        metrics = evaluate(model, data, adjust=adjust)
+        metrics, *adjusted = evaluate_views(model, data, views)
         sel.update(epoch, metrics, model)
         logged = {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **flat_metrics(metrics)}
+        if posthoc is not None:
+            posthoc.update(epoch, adjusted[0], model)
+            logged.update(flat_metrics(adjusted[0], POSTHOC_PREFIX))
         history.append(logged)
         # saved before the callback reports the epoch: a callback that stops the run (a kill
         # at that point) finds the epoch already safe
         if checkpoints is not None and checkpoints.due(epoch + 1, cfg.epochs):
-            state = _stage1_state(model, opt, generator, sel, meta, history)
+            state = _stage1_state(model, opt, generator, (sel, posthoc), meta, history)
             checkpoints.save(epoch + 1, state)
         if callback:
             callback("stage1", epoch, logged)
+    if posthoc is not None:
+        sel.result.posthoc = posthoc.result
     return sel.result
 
 
-def _stage1_state(model, opt, generator, sel: _Selector, meta, history: list[dict]) -> dict:
+def _selector_state(sel: _Selector | None) -> dict | None:
+    if sel is None:
+        return None
+    r = sel.result
+    return {
+        "best_val": sel.best_val,
+        "best_test": sel.best_test,
+        "last": r.last,
+        "selected": r.selected,
+        "best_test_epoch": r.best_test_epoch,
+        "selected_state": r.state,
+    }
+
+
+def _load_selector(sel: _Selector | None, s: dict | None, device: torch.device) -> None:
+    if sel is None:
+        return
+    sel.best_val, sel.best_test = s["best_val"], s["best_test"]
+    r = sel.result
+    r.last, r.selected, r.best_test_epoch = s["last"], s["selected"], s["best_test_epoch"]
+    r.state = None
+    if s["selected_state"] is not None:
+        r.state = {k: v.to(device) for k, v in s["selected_state"].items()}
+
+
+def _stage1_state(model, opt, generator, selectors: tuple, meta, history: list[dict]) -> dict:
     """Everything the next epoch depends on: the weights, the optimiser (momentum), every RNG
     stage 1 draws from (the trial generator also feeds augmentation and the meta batches;
-    the torch default generator; CUDA's), the selection so far and the epochs' metrics.
-    The learning rate is a function of the epoch (:func:`lr_at`), set at each epoch's start."""
-    r = sel.result
+    the torch default generator; CUDA's), the selections so far (raw and post-hoc adjusted)
+    and the epochs' metrics. The learning rate is a function of the epoch (:func:`lr_at`),
+    set at each epoch's start."""
     state = {
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "generator": generator.get_state(),
         "torch_rng": torch.get_rng_state(),
-        "selector": {
-            "best_val": sel.best_val,
-            "best_test": sel.best_test,
-            "last": r.last,
-            "selected": r.selected,
-            "best_test_epoch": r.best_test_epoch,
-            "selected_state": r.state,
-        },
+        "selector": _selector_state(selectors[0]),
+        "posthoc_selector": _selector_state(selectors[1]),
         "history": history,
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -368,7 +415,7 @@ def _stage1_state(model, opt, generator, sel: _Selector, meta, history: list[dic
 
 
 def _resume_stage1(
-    checkpoints: Stage1Checkpoints, epochs: int, model, opt, generator, sel, meta, history
+    checkpoints: Stage1Checkpoints, epochs: int, model, opt, generator, selectors, meta, history
 ) -> int:
     """Load the newest valid checkpoint into the live objects; the number of epochs done."""
     found = checkpoints.latest()
@@ -385,13 +432,8 @@ def _resume_stage1(
     torch.set_rng_state(state["torch_rng"])
     if "cuda_rng" in state and device.type == "cuda":
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    s = state["selector"]
-    sel.best_val, sel.best_test = s["best_val"], s["best_test"]
-    r = sel.result
-    r.last, r.selected, r.best_test_epoch = s["last"], s["selected"], s["best_test_epoch"]
-    r.state = None
-    if s["selected_state"] is not None:
-        r.state = {k: v.to(device) for k, v in s["selected_state"].items()}
+    _load_selector(selectors[0], state["selector"], device)
+    _load_selector(selectors[1], state["posthoc_selector"], device)
     if meta is not None:
         meta.load_state(state["meta"])
     history.extend(state["history"])
@@ -574,8 +616,11 @@ def train_stage2(
     features: StageData | None = None,
     on_improve: Callable[[StageResult], None] | None = None,
     parallel: Parallel | None = None,
+    adjust: Callable[[Tensor], Tensor] | None = None,
 ) -> StageResult:
     """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch.
+    ``stage2.method=none`` evaluates the model once instead, its logits through ``adjust``
+    when given (post-hoc logit adjustment).
 
     ``features``: with ``cfg.train == "classifier"``, precomputed f1 features of every split
     (:func:`frozen_feature_data`, e.g. from the stage-1 cache); ``data`` may then be the same
@@ -587,7 +632,7 @@ def train_stage2(
     k = data.num_classes
     if cfg.method == "none":  # the stage-1 model, evaluated once (reported as epoch 0)
         sel = _Selector()
-        metrics = evaluate(model, data)
+        metrics = evaluate(model, data, adjust=adjust)
         sel.update(0, metrics, model)
         if on_improve:
             on_improve(sel.result)

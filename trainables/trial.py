@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from trainables.config import ExperimentConfig, to_dict
+from trainables.config import POSTHOC, ExperimentConfig, to_dict
 from trainables.data.arrays import StageData, TensorSplit
 from trainables.fingerprint import code_fingerprint
 from trainables.loop import (
@@ -25,6 +25,7 @@ from trainables.loop import (
     train_stage1,
     train_stage2,
 )
+from trainables.losses import posthoc_logit_adjustment
 from trainables.modalities import modality_of
 from trainables.models import SplitNet
 from trainables.resume import DirStore, Stage1Checkpoints
@@ -45,6 +46,7 @@ __all__ = [
     "scalar_summary",
     "stage1_identity",
     "stage1_key",
+    "stage1_summary",
     "stage1_threads",
     "trial_result",
 ]
@@ -94,7 +96,7 @@ class Stage1Output:
 
 
 # Bumped when what a cache entry holds, or how it is laid out, changes.
-STAGE1_FORMAT = 2
+STAGE1_FORMAT = 3
 # The folder of ``run_trial``'s output directory that holds stage 1's epoch checkpoints.
 STAGE1_CHECKPOINTS = "stage1_checkpoints"
 # Where the data sits, and whether it may be fetched, does not change what it is.
@@ -113,12 +115,27 @@ def stage1_identity(cfg: ExperimentConfig) -> dict:
         "data": data,
         "model": dataclasses.asdict(cfg.model),
         "stage0": dataclasses.asdict(cfg.stage0),
-        "stage1": dataclasses.asdict(cfg.stage1),
+        "stage1": _trained_stage1(cfg),
         "seed": cfg.seed,
         "code": code_fingerprint(__name__, "trainables.distributed"),
         "version": __version__,
         "format": STAGE1_FORMAT,
     }
+
+
+def _trained_stage1(cfg: ExperimentConfig) -> dict:
+    """Stage 1's fields as trained: post-hoc logit adjustment trains plain CE (every CE build
+    also records its adjusted reading), so the two share one build."""
+    s1 = dataclasses.asdict(cfg.stage1)
+    if s1["loss"] == POSTHOC:
+        s1["loss"] = "ce"
+    return s1
+
+
+def stage1_summary(cfg: ExperimentConfig, info: dict) -> dict:
+    """The stage-1 selections of ``cfg``'s row from a build's ``info``: the post-hoc adjusted
+    reading for ``stage1.loss=logit_adjustment_posthoc``, the model's own logits otherwise."""
+    return info["posthoc_summary" if cfg.stage1.loss == POSTHOC else "summary"]
 
 
 def stage1_key(cfg: ExperimentConfig) -> str:
@@ -226,6 +243,8 @@ def _build_stage1(
         "data_source": data.source,
         "summary": scalar_summary(s1),
     }
+    if s1.posthoc is not None:
+        info["posthoc_summary"] = scalar_summary(s1.posthoc)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return Stage1Output(model_state=state, rng=rng, info=info, features=feats)
 
@@ -292,6 +311,12 @@ def run_stage2(
         state = stage1.model_state
     model = model.to(device)
     model.load_state_dict(state)
+    adjust = None
+    if cfg.stage1.loss == POSTHOC:  # a baseline row: the stage-1 model, read adjusted
+
+        def adjust(logits: Tensor) -> Tensor:
+            return posthoc_logit_adjustment(logits, data.train_counts, cfg.stage1.la_tau)
+
     s2 = train_stage2(
         model,
         data,
@@ -301,6 +326,7 @@ def run_stage2(
         features=features,
         on_improve=(lambda r: on_improve(r, data)) if on_improve else None,
         parallel=parallel,
+        adjust=adjust,
     )
     return s2, data
 
@@ -388,6 +414,6 @@ def trial_result(cfg: ExperimentConfig, stage1: Stage1Output, s2: StageResult, d
         "preset": cfg.preset,
         "seed": cfg.seed,
         "train_counts": list(data.train_counts),
-        "stage1": stage1.info["summary"],
+        "stage1": stage1_summary(cfg, stage1.info),
         "stage2": scalar_summary(s2),
     }
