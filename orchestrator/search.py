@@ -21,6 +21,8 @@ import math
 import pickle
 from collections.abc import Callable
 
+from search_spaces import SEARCH_SPACES
+
 from . import names
 
 __all__ = ["MEMBER_KEY", "InOrder", "PinnedSpace", "PopulationSearch", "member_key"]
@@ -55,17 +57,20 @@ class _PinnedTrial:
 
 
 class PinnedSpace:
-    """The define-by-run ``space`` with the ``pinned`` keys fixed: the space still runs (a
-    later choice may depend on a pinned one), a pinned key's ``suggest_*`` returns its value
-    without asking the study, and the call returns the pinned values, which Tune's
-    ``OptunaSearch`` (and :func:`PopulationSearch`) put into every setting as constants. A
-    class, not a closure: searchers are saved with ``pickle``."""
+    """The search space named ``space`` (``search_spaces.SEARCH_SPACES``) with the ``pinned``
+    keys fixed: the space still runs (a later choice may depend on a pinned one), a pinned
+    key's ``suggest_*`` returns its value without asking the study, and the call returns the
+    pinned values, which Tune's ``OptunaSearch`` (and :func:`PopulationSearch`) put into every
+    setting as constants. A class holding the space's name, not a closure: searchers are
+    saved with ``pickle``."""
 
-    def __init__(self, space: Callable, pinned: dict) -> None:
+    def __init__(self, space: str, pinned: dict) -> None:
+        if space not in SEARCH_SPACES:
+            raise ValueError(f"no search space {space!r}; choose from {sorted(SEARCH_SPACES)}")
         self.space, self.pinned = space, dict(pinned)
 
     def __call__(self, trial) -> dict:
-        self.space(_PinnedTrial(trial, self.pinned))
+        SEARCH_SPACES[self.space].space(_PinnedTrial(trial, self.pinned))
         return dict(self.pinned)
 
 

@@ -20,11 +20,12 @@ import json
 import math
 import sys
 import tempfile
+import textwrap
 import time
 import warnings
 from pathlib import Path
 
-from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES
+from search_spaces import EXPERIMENTS, SEARCH_SPACES, SPACES, Space
 from search_spaces.paper import paper_number
 from trainables.config import apply_values, flatten, value_at
 
@@ -57,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m orchestrator.sweep",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="search spaces (--space):\n"
+        + "\n".join(f"  {s.name:<14}{s.about}" for s in SEARCH_SPACES.values()),
     )
     p.add_argument("name", nargs="?", help="registered experiment (see --list)")
     p.add_argument("--list", action="store_true", help="list the registered experiments")
@@ -64,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=0, help="trials at once (default: what fits)")
     cli.add_config_args(p)
     p.add_argument(
-        "--space", choices=sorted(SPACE_MODULES), default=None,
-        help="search space module (default: the experiment's; meta_reweight searches stage 1)",
+        "--space", choices=sorted(SEARCH_SPACES), default=None, metavar="SPACE",
+        help="search space (default: the experiment's own, see --list); the spaces are below",
     )  # fmt: skip
     cli.add_cluster_args(p)
     p.add_argument(
@@ -88,10 +91,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    width = max(len(n) for n in EXPERIMENTS)
-    for name, build in EXPERIMENTS.items():
-        cfg = build()
-        print(f"{name:<{width}}  {cfg.table:<14} {cfg.description}")
+    """Each experiment: its table, its own search space and what it is."""
+    cfgs = {name: build() for name, build in EXPERIMENTS.items()}
+    width = max(len(n) for n in cfgs)
+    tables = max(len(c.table) for c in cfgs.values())
+    spaces = max(len(s.name) for s in SPACES.values())
+    for name, cfg in cfgs.items():
+        space = SPACES[name].name
+        print(f"{name:<{width}}  {cfg.table:<{tables}}  {space:<{spaces}}  {cfg.description}")
 
 
 def _workers(args: argparse.Namespace) -> int:
@@ -102,20 +109,20 @@ def _workers(args: argparse.Namespace) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Search:
-    """What a sweep searches: the space's module, the searched keys a ``--set`` pins (with
-    their typed values: they leave the search and every setting gets them), and the first
-    setting asked (the space's published one, pinned keys left out)."""
+    """What a sweep searches: the space, the searched keys a ``--set`` pins (with their typed
+    values: they leave the search and every setting gets them), and the first setting asked
+    (the space's published one, pinned keys left out)."""
 
-    module: object
+    space_of: Space
     pinned: dict
     first: dict
 
     @classmethod
-    def of(cls, module, cfg, overrides: list[str]) -> Search:
-        best = space_best(module, cfg)
+    def of(cls, space: Space, cfg, overrides: list[str]) -> Search:
+        best = space.best(cfg)
         keys = [item.split("=", 1)[0].strip() for item in overrides]
         pinned = {k: value_at(cfg, k) for k in keys if k in best}
-        return cls(module, pinned, {k: v for k, v in best.items() if k not in pinned})
+        return cls(space, pinned, {k: v for k, v in best.items() if k not in pinned})
 
     @property
     def searched(self) -> list[str]:
@@ -125,7 +132,7 @@ class Search:
         """The define-by-run space the searcher runs (``search.PinnedSpace``)."""
         from .search import PinnedSpace
 
-        return PinnedSpace(self.module.space, self.pinned)
+        return PinnedSpace(self.space_of.name, self.pinned)
 
     def announce(self) -> None:
         """One line per pinned key; a one-setting search said as such."""
@@ -537,7 +544,7 @@ def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: 
     """The sweep's MLflow parent run: reopened on resume (attempts left RUNNING closed as
     KILLED: they died with the old driver), else created with the config, the space and the
     keys a ``--set`` pinned (param ``sweep.pinned``)."""
-    module = search.module
+    space = search.space_of
     if rec:
         parent = rec["parent_run_id"]
         c.update_run(parent, status="RUNNING")
@@ -555,7 +562,7 @@ def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: 
             names.TABLE: cfg.table,
             names.PRESET: cfg.preset,
             names.SEED: str(cfg.seed),
-            names.SEARCH_SPACE: module.__name__,
+            names.SEARCH_SPACE: space.name,
             names.GIT_COMMIT: tracking.git_commit(REPO),
         },
     ).info.run_id
@@ -568,12 +575,11 @@ def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: 
             "sweep.seed": cfg.seed,
             "sweep.cpus_per_trial": args.cpus_per_trial,
             "sweep.gpus_per_trial": args.gpus_per_trial,
-            "sweep.search_space": module.__name__,
+            "sweep.search_space": space.name,
             "sweep.pinned": ", ".join(f"{k}={v}" for k, v in search.pinned.items()) or "none",
         },
     )
-    defining = inspect.getmodule(module.space) or module  # re-exported spaces
-    c.log_text(parent, inspect.getsource(defining), "search_space.py")
+    c.log_text(parent, _space_source(space), "search_space.py")
     c.log_dict(parent, search.first, "search_space_best.json")
     return parent
 
@@ -596,7 +602,7 @@ def _context(
         tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
     )
     workers = _workers(args)
-    if workers > 1 and getattr(search.module, "STAGE1", False):
+    if workers > 1 and search.space_of.stage1:
         raise CommandError(
             "a stage-1 search space runs single-worker trials (no --workers-per-trial)"
         )
@@ -731,12 +737,16 @@ def _finish(c, parent: str, best: dict, results) -> bool:
     return ok
 
 
-def space_best(module, cfg) -> dict:
-    """A space's first setting: ``best(cfg)`` where the space reads the experiment's config
-    (e.g. ot_learn keeps the experiment's own weight step size), else ``best()``."""
-    if inspect.signature(module.best).parameters:
-        return module.best(cfg)
-    return module.best()
+def _space_source(space: Space) -> str:
+    """What the sweep's run records of its space: its name and description, and the source of
+    its define-by-run body and of its first setting."""
+    body = textwrap.dedent(inspect.getsource(space.suggest))
+    ranges = getattr(space.suggest, "__self__", None)  # a Stage2Ranges' suggest
+    return (
+        f"# search space {space.name!r}: {space.about}\n"
+        + (f"# ranges: {ranges!r}\n" if ranges is not None else "")
+        + f"{body}\n{inspect.getsource(space.first)}"
+    )
 
 
 def run_sweep(args: argparse.Namespace) -> int:
@@ -750,15 +760,14 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.print_config:
         cli.print_configs([("", cfg)], full=args.print_config == "full")
         return 0
+    space = SEARCH_SPACES[args.space] if args.space else SPACES[args.name]
+    try:  # a space that fits only some experiments says so first
+        space.check(cfg)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
     cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
     cli.preflight(cfg)
-    module = SPACE_MODULES[args.space] if args.space else SPACES[args.name]
-    if hasattr(module, "check"):  # a space that fits only some experiments says so first
-        try:
-            module.check(cfg)
-        except ValueError as err:
-            raise CommandError(str(err)) from None
-    search = Search.of(module, cfg, args.overrides)
+    search = Search.of(space, cfg, args.overrides)
     search.announce()
     if not search.searched:
         args.trials = 1

@@ -8,7 +8,10 @@ import pytest
 
 from orchestrator import names
 from orchestrator.search import PopulationSearch, member_key
-from search_spaces import offline
+from search_spaces import SEARCH_SPACES, resolve
+
+offline = SEARCH_SPACES["offline"]
+MNIST = resolve("image_mnist_lt")
 
 
 def _searcher(population=3, total=7, seed=0):
@@ -18,7 +21,7 @@ def _searcher(population=3, total=7, seed=0):
         total=total,
         metric=names.SELECT_METRIC,
         mode="max",
-        points_to_evaluate=[offline.best()],
+        points_to_evaluate=[offline.best(MNIST)],
         seed=seed,
     )
 
@@ -28,8 +31,8 @@ def test_asks_p_settings_per_trial_the_published_one_first_and_stops_at_the_tota
 
     s = _searcher()
     first = s.suggest("t1")["population"]
-    assert len(first) == 3 and first[0] == offline.best()
-    assert first[1] != first[0] and set(first[1]) == set(offline.best())
+    assert len(first) == 3 and first[0] == offline.best(MNIST)
+    assert first[1] != first[0] and set(first[1]) == set(offline.best(MNIST))
     assert len(s.suggest("t2")["population"]) == 3
     assert len(s.suggest("t3")["population"]) == 1  # 7 settings in all
     assert s.suggest("t4") == Searcher.FINISHED
@@ -70,7 +73,7 @@ def _optuna(seed=0):
         space=offline.space,
         metric=names.SELECT_METRIC,
         mode="max",
-        points_to_evaluate=[offline.best()],
+        points_to_evaluate=[offline.best(MNIST)],
         seed=seed,
     )
 
@@ -111,7 +114,7 @@ def test_in_order_the_settings_asked_do_not_depend_on_which_trial_ends_first(con
     runs = [_drive(InOrder(_optuna(), lag=lag), n, concurrency, random.Random(r))
             for r in range(4)]  # fmt: skip
     assert all(r == runs[0] for r in runs[1:])
-    assert len({str(c) for c in runs[0]}) == n and runs[0][0] == offline.best()
+    assert len({str(c) for c in runs[0]}) == n and runs[0][0] == offline.best(MNIST)
     # the same as with the trials ending one after another in the order they started
     assert runs[0] == _drive(InOrder(_optuna(), lag=lag), n, concurrency, _FirstLive())
     # the plain searcher, told in the order trials end, asks for other settings
@@ -156,8 +159,8 @@ def test_a_pinned_key_is_a_constant_of_every_setting_and_never_sampled(tmp_path)
 
     from orchestrator.search import PinnedSpace
 
-    pinned = PinnedSpace(offline.space, {"stage2.eps": 0.05})
-    first = {k: v for k, v in offline.best().items() if k != "stage2.eps"}
+    pinned = PinnedSpace("offline", {"stage2.eps": 0.05})
+    first = {k: v for k, v in offline.best(MNIST).items() if k != "stage2.eps"}
     single = OptunaSearch(
         space=pinned, metric=names.SELECT_METRIC, mode="max", points_to_evaluate=[first], seed=0
     )
@@ -176,7 +179,7 @@ def test_a_pinned_key_is_a_constant_of_every_setting_and_never_sampled(tmp_path)
     for settings in (singles, members):
         assert [s["stage2.eps"] for s in settings] == [0.05] * 14
         assert len({s["stage2.lr"] for s in settings}) == 14  # the rest is searched
-        assert set(settings[3]) == set(offline.best())
+        assert set(settings[3]) == set(offline.best(MNIST))
     for study in (single._ot_study, pop.study):
         assert all("stage2.eps" not in t.params for t in study.trials)
     path = tmp_path / "searcher.pkl"  # saved with the Tuner's state: the space pickles too

@@ -97,6 +97,10 @@ def test_list_names_every_experiment(repo):
     lines = res.stdout.strip().splitlines()
     assert [ln.split()[0] for ln in lines] == list(EXPERIMENTS)
     assert any("table1" in ln for ln in lines)
+    # each experiment's own search space, the name --space takes
+    spaces = {ln.split()[0]: ln.split()[2] for ln in lines}
+    assert spaces["image_cifar10_lt"] == spaces["pointcloud_modelnet10"] == "paper"
+    assert spaces["image_mnist_lt"] == "offline" and spaces["text_tweets"] == "text"
 
 
 @pytest.mark.parametrize(
@@ -223,19 +227,21 @@ def test_resume_takes_the_record_where_the_line_repeats_it_or_says_nothing(tmp_p
 
 def test_a_set_on_a_searched_key_pins_it_and_pinning_all_leaves_one_setting(capsys):
     from orchestrator.sweep import Search
-    from search_spaces import offline, resolve
+    from search_spaces import SEARCH_SPACES, resolve
+
+    offline = SEARCH_SPACES["offline"]
 
     sets = ["stage2.eps=0.05", "stage2.epochs=3", "stage2.max_iter=120"]
     cfg = resolve("image_mnist_lt", smoke=True, overrides=sets)
     search = Search.of(offline, cfg, sets)
     assert search.pinned == {"stage2.eps": 0.05, "stage2.max_iter": 120}  # epochs: not searched
-    assert set(search.searched) == set(offline.best()) - {"stage2.eps", "stage2.max_iter"}
+    assert set(search.searched) == set(offline.best(cfg)) - {"stage2.eps", "stage2.max_iter"}
     search.announce()
     assert capsys.readouterr().out.splitlines() == [
         "stage2.eps fixed at 0.05: no longer searched",
         "stage2.max_iter fixed at 120: no longer searched",
     ]
-    every = [f"{k}={v}" for k, v in offline.best().items()]
+    every = [f"{k}={v}" for k, v in offline.best(cfg).items()]
     everything = Search.of(offline, resolve("image_mnist_lt", overrides=every), every)
     assert everything.searched == [] and everything.first == {}
     everything.announce()

@@ -1,13 +1,13 @@
-"""Contract tests over every registered search space (search_spaces.SPACES)."""
+"""Contract tests over every search space (search_spaces.SEARCH_SPACES) and each experiment's own
+(search_spaces.SPACES)."""
 
 from __future__ import annotations
-
-import re
 
 import optuna
 import pytest
 
-from search_spaces import EXPERIMENTS, SPACE_MODULES, SPACES, resolve
+from search_spaces import EXPERIMENTS, SEARCH_SPACES, SPACES, Space, resolve
+from search_spaces.spaces import WEIGHT_LR
 from trainables.config import ExperimentConfig, apply_overrides
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -37,18 +37,21 @@ def _apply(cfg: ExperimentConfig, params: dict[str, object]) -> ExperimentConfig
     return apply_overrides(cfg, [f"{k}={v}" for k, v in params.items()])
 
 
-def test_every_experiment_has_a_space():
+def test_every_experiment_has_a_space_that_fits_it():
     assert set(SPACES) == set(EXPERIMENTS)
     for name in NAMES:
-        module = SPACES[name]
-        assert callable(module.space) and callable(module.best), name
+        space = SPACES[name]
+        assert isinstance(space, Space) and SEARCH_SPACES[space.name] is space, name
+        space.check(resolve(name))  # its own space never refuses it
+    assert {s.name for s in SPACES.values()} == {"paper", "offline", "text"}
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_module_docstring_names_the_table(name):
-    table = resolve(name).table
-    label = re.sub(r"^table(\d+)$", r"Table \1", table)
-    assert label in (SPACES[name].__doc__ or ""), (name, table)
+def test_the_experiments_of_one_space_share_their_published_setting():
+    """A space's first setting is each of its experiments' own stage 2 (the copies merged:
+    one range set per protocol)."""
+    for space in {s.name: s for s in SPACES.values()}.values():
+        firsts = {repr(space.best(resolve(n))) for n in NAMES if SPACES[n] is space}
+        assert len(firsts) == 1, space.name
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -90,7 +93,7 @@ def test_same_seed_same_params(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_best_lies_in_space_and_equals_config(name):
-    best = SPACES[name].best()
+    best = SPACES[name].best(resolve(name))
     dists = _sample(name).distributions
     assert set(best) == set(dists), name
     for key, value in best.items():
@@ -108,7 +111,7 @@ def test_best_lies_in_space_and_equals_config(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_best_enqueued_first(name):
     study = _study()
-    best = SPACES[name].best()
+    best = SPACES[name].best(resolve(name))
     study.enqueue_trial(best)
     trial = _sample(name, study)
     assert trial.params == best
@@ -145,31 +148,29 @@ def test_space_only_suggests(name):
     assert set(fake.suggested) == set(_sample(name).params)
 
 
-@pytest.mark.parametrize("name", sorted(SPACE_MODULES))
-def test_every_space_module_samples_config_keys_and_enqueues_best(name):
-    module = SPACE_MODULES[name]
+@pytest.mark.parametrize("name", sorted(SEARCH_SPACES))
+def test_every_space_samples_config_keys_and_enqueues_best(name):
+    space = SEARCH_SPACES[name]
     cfg = resolve("image_mnist_lt")
     trial = _study().ask()
-    module.space(trial)
+    space.space(trial)
     _apply(cfg, trial.params)  # every key exists and every value parses
     study = _study()
-    study.enqueue_trial(module.best())
+    study.enqueue_trial(space.best(cfg))
     first = study.ask()
-    module.space(first)
-    assert first.params == module.best()
+    space.space(first)
+    assert first.params == space.best(cfg)
     stage1_keys = any(k.startswith("stage1.") for k in trial.params)
-    assert stage1_keys == getattr(module, "STAGE1", False)  # the sweep must know
+    assert stage1_keys == space.stage1  # the sweep must know
 
 
 @pytest.mark.parametrize("name", ["image_mnist_lt", "pointcloud_shapes", "image_cifar10_lt"])
 def test_ot_learn_starts_from_the_experiments_own_step_and_samples_every_choice(name):
-    from orchestrator.sweep import space_best
-    from search_spaces import ot_learn
-
+    ot_learn = SEARCH_SPACES["ot_learn"]
     cfg = resolve(name)
-    first = space_best(ot_learn, cfg)
+    first = ot_learn.best(cfg)
     assert first["stage2.weight_lr"] == cfg.stage2.weight_lr  # not the paper's for every one
-    lo, hi = ot_learn.WEIGHT_LR
+    lo, hi = WEIGHT_LR
     assert lo <= cfg.stage2.weight_lr <= hi
     assert _apply(cfg, first) == cfg  # the first trial is the experiment as it is
     seen = {"stage2.weight_param": set(), "stage2.weight_optimizer": set()}
@@ -187,8 +188,10 @@ def test_ot_learn_starts_from_the_experiments_own_step_and_samples_every_choice(
 
 
 def test_ot_learn_refuses_the_weight_net_experiments():
-    from search_spaces import ot_learn
-
+    ot_learn = SEARCH_SPACES["ot_learn"]
     ot_learn.check(resolve("image_mnist_lt"))
-    with pytest.raises(ValueError, match=r"text_tweets has stage2\.method=ot, stage2\.weights=net"):
+    with pytest.raises(
+        ValueError,
+        match=r"^--space ot_learn: .*text_tweets has stage2\.method=ot, stage2\.weights=net",
+    ):
         ot_learn.check(resolve("text_tweets"))

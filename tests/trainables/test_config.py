@@ -304,7 +304,7 @@ def test_every_key_a_sweep_searches_is_read_by_its_experiment():
 
     for name in EXPERIMENTS:
         for smoke in (True, False):
-            best = SPACES[name].best()
+            best = SPACES[name].best(resolve(name, smoke=smoke))
             cfg = C.apply_values(resolve(name, smoke=smoke), best)
             assert not set(best) & C.unused_fields(cfg), name
 

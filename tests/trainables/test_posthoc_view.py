@@ -83,7 +83,7 @@ def test_the_adjusted_reading_of_the_last_epoch_by_hand(built):
 
 
 def test_the_adjusted_reading_selects_on_its_own_validation_score(built):
-    cfg, out, epochs = built
+    _, out, epochs = built
     vals = [m[f"{POSTHOC_PREFIX}val_balanced_acc"] for m in epochs]
     best = max(range(len(vals)), key=lambda i: (vals[i], -i))  # ties keep the earlier epoch
     sel = out.info["posthoc_summary"]["validation_selected"]
@@ -98,8 +98,9 @@ def test_each_row_reports_its_reading_and_posthoc_stage2_adjusts(built):
     la = apply_overrides(cfg, POSTHOC)
     assert stage1_summary(la, out.info) == out.info["posthoc_summary"]
     assert stage1_summary(cfg, out.info) == out.info["summary"]
-    assert trial_result(la, out, *run_stage2(la, out, device=CPU))["stage1"] == (
-        out.info["posthoc_summary"]
+    assert (
+        trial_result(la, out, *run_stage2(la, out, device=CPU))["stage1"]
+        == (out.info["posthoc_summary"])
     )
     s2, _ = run_stage2(la, out, device=CPU)  # stage2.method=none: the last model, adjusted
     expect = out.info["posthoc_summary"]["last_epoch"]["test"]["top1_error"]
