@@ -172,7 +172,11 @@ def population_size(args: argparse.Namespace, cfg, search: Search, fits: int) ->
     """Settings per Tune trial: ``--population`` where the experiment's stage 2 and the space
     allow a population (cached features, single-worker trials, only member-level keys
     searched), else 1; by default as many as fill the trial slots, at most 16."""
-    if args.population == 1 or _no_population(args, cfg, search):
+    if args.population == 1:
+        return 1
+    reason = _no_population(args, cfg, search)
+    if reason:  # the default would have used populations: say what stops them
+        print(f"one setting per trial (no populations): {reason}", flush=True)
         return 1
     if args.population:
         return args.population

@@ -248,3 +248,24 @@ def test_a_set_on_a_searched_key_pins_it_and_pinning_all_leaves_one_setting(caps
     assert capsys.readouterr().out.splitlines()[-1] == (
         "every searched key is fixed: one setting, run once"
     )
+
+
+def test_a_default_sweep_says_what_stops_populations(capsys):
+    """Without --population, a sweep that cannot train populations says why in one line (the
+    searched key, or the stage 2), and one that can says nothing and fills the slots."""
+    from orchestrator.sweep import Search, _parser, population_size
+    from search_spaces import SEARCH_SPACES, resolve
+
+    cfg = resolve("image_mnist_lt", smoke=True)
+    args = _parser().parse_args(["image_mnist_lt", "--trials", "32"])
+    assert population_size(args, cfg, Search.of(SEARCH_SPACES["offline"], cfg, []), 2) == 16
+    assert capsys.readouterr().out == ""
+    meta = Search.of(SEARCH_SPACES["meta_reweight"], cfg, [])
+    assert population_size(args, cfg, meta, 2) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        "one setting per trial (no populations): the space searches stage1.meta_lr, "
+        "which members cannot set for themselves"
+    ]
+    f1 = resolve("image_mnist_lt", smoke=True, overrides=["stage2.train=all"])
+    assert population_size(args, f1, Search.of(SEARCH_SPACES["offline"], f1, []), 2) == 1
+    assert "f1 trains in stage 2" in capsys.readouterr().out
