@@ -13,7 +13,14 @@ import socket
 import sys
 from pathlib import Path
 
-__all__ = ["TIMEOUT_S", "UnreachableRay", "check_reachable", "endpoint", "local_on_loopback"]
+__all__ = [
+    "TIMEOUT_S",
+    "UnreachableRay",
+    "before_ray_import",
+    "check_reachable",
+    "endpoint",
+    "local_on_loopback",
+]
 
 TIMEOUT_S = 5.0  # for the TCP connect, then again for the answer
 
@@ -44,6 +51,16 @@ def local_on_loopback() -> None:
             "cli.init_ray"
         )
     os.environ[_SINGLE_NODE] = "0"
+
+
+def before_ray_import(address: str | None) -> None:
+    """What a command calls before it imports the modules that import Ray: where it will start
+    a local Ray (``address`` and ``RAY_ADDRESS`` unset, or "local"), the loopback switch that
+    Ray reads at import. Once Ray is imported it does nothing: :func:`local_on_loopback`, at
+    the start, refuses a local Ray imported without it."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address in (None, "local") and "ray" not in sys.modules:
+        os.environ[_SINGLE_NODE] = "0"
 
 
 def endpoint(address: str) -> tuple[str, int] | None:

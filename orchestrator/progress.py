@@ -10,8 +10,8 @@ elapsed time; each finished trial's line shows its selection metric, its test ba
 at the validation-selected epoch (``names.SELECTED_TEST``), whether the scheduler (ASHA)
 stopped it early, and its sampled settings in short form.
 
-The formatting is plain functions (no Ray); :class:`CompactProgress`, the ``ray.tune.Callback``
-that prints them, is built on first use so that importing this module does not load Ray.
+The formatting is plain functions; :class:`CompactProgress`, the ``ray.tune.Callback`` that
+prints them, adds Tune's hooks to :class:`_Progress` (which tests drive without Tune).
 """
 
 from __future__ import annotations
@@ -27,10 +27,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
 
+from ray.tune import Callback
+
 from . import names
+from .search import member_key
 
 __all__ = [
-    "CompactProgress",  # noqa: F822 (built on first use: module __getattr__)
+    "CompactProgress",
     "Counts",
     "callbacks",
     "fmt_elapsed",
@@ -153,8 +156,6 @@ def trial_line(
         f"test {_metric(result.get(names.SELECTED_TEST))}"
     )
     if "population" in config:  # a population trial: its best member's setting
-        from .search import member_key
-
         members = config["population"]
         vals = [result.get(member_key(i), -1.0) for i in range(len(members))]
         top = max(range(len(members)), key=lambda i: vals[i]) if members else 0
@@ -185,7 +186,7 @@ def callbacks(args, *, max_t: int | None = None, best_val: bool = True) -> list:
     status line shows the best validation score so far (see :func:`status_line`)."""
     if args.quiet or args.verbose:
         return []
-    return [_callback_class()(max_t=max_t, best_val=best_val)]
+    return [CompactProgress(max_t=max_t, best_val=best_val)]
 
 
 class _Progress:
@@ -384,22 +385,5 @@ class _Progress:
         self._status(final=True)
 
 
-def _callback_class() -> type:
-    """:class:`CompactProgress`, built (importing Ray) on first use."""
-    cls = globals().get("CompactProgress")
-    if cls is None:
-        from ray.tune import Callback
-
-        class CompactProgress(_Progress, Callback):
-            """``ray.tune.Callback``: the compact progress view (see the module's doc)."""
-
-        # A module attribute from now on: pickled by reference, like a module-level class.
-        CompactProgress.__qualname__ = "CompactProgress"
-        cls = globals()["CompactProgress"] = CompactProgress
-    return cls
-
-
-def __getattr__(name: str):
-    if name == "CompactProgress":
-        return _callback_class()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+class CompactProgress(_Progress, Callback):
+    """``ray.tune.Callback``: the compact progress view (see the module's doc)."""

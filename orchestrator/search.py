@@ -17,13 +17,17 @@ constants of every trial, as in Tune's ``param_space``, and the study never samp
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 from collections.abc import Callable
 
+import optuna
+from ray.tune.search import Searcher
+
 from search_spaces import SEARCH_SPACES
 
-from . import names
+from . import names, ray_internals
 
 __all__ = ["MEMBER_KEY", "InOrder", "PinnedSpace", "PopulationSearch", "member_key"]
 
@@ -74,137 +78,126 @@ class PinnedSpace:
         return dict(self.pinned)
 
 
-def PopulationSearch(
-    space: Callable,
-    *,
-    population: int,
-    total: int,
-    metric: str,
-    mode: str,
-    points_to_evaluate: list[dict],
-    seed: int,
-):
+class PopulationSearch(Searcher):
     """A Tune searcher giving each trial ``{"population": [up to P settings]}``, ``total``
-    settings in all (the last trial may get fewer). A class defined on first use: Ray and
-    Optuna are imported lazily."""
-    import optuna
-    from ray.tune.search import Searcher
+    settings in all (the last trial may get fewer)."""
 
-    class _PopulationSearch(Searcher):
-        def __init__(self) -> None:
-            super().__init__(metric=metric, mode=mode)
-            self.study = optuna.create_study(
-                sampler=optuna.samplers.TPESampler(seed=seed),
-                direction="maximize" if mode == "max" else "minimize",
-            )
-            for point in points_to_evaluate:
-                self.study.enqueue_trial(point)
-            self.asks: dict[str, list[int]] = {}  # Tune trial id -> its Optuna trial numbers
-            self.asked = 0
+    def __init__(
+        self,
+        space: Callable,
+        *,
+        population: int,
+        total: int,
+        metric: str,
+        mode: str,
+        points_to_evaluate: list[dict],
+        seed: int,
+    ) -> None:
+        super().__init__(metric=metric, mode=mode)
+        self.space, self.population, self.total = space, population, total
+        self.study = optuna.create_study(
+            sampler=optuna.samplers.TPESampler(seed=seed),
+            direction="maximize" if mode == "max" else "minimize",
+        )
+        for point in points_to_evaluate:
+            self.study.enqueue_trial(point)
+        self.asks: dict[str, list[int]] = {}  # Tune trial id -> its Optuna trial numbers
+        self.asked = 0
 
-        def set_search_properties(self, metric, mode, config, **spec) -> bool:
-            return True  # the space is define-by-run, given at construction
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True  # the space is define-by-run, given at construction
 
-        def suggest(self, trial_id: str):
-            n = min(population, total - self.asked)
-            if n <= 0:
-                return Searcher.FINISHED
-            trials, settings = [], []
-            for _ in range(n):
-                t = self.study.ask()
-                constants = space(t) or {}  # a define-by-run space may return constants
-                trials.append(t)
-                settings.append({**t.params, **constants})
-            self.asked += n
-            self.asks[trial_id] = [t.number for t in trials]
-            return {"population": settings}
+    def suggest(self, trial_id: str):
+        n = min(self.population, self.total - self.asked)
+        if n <= 0:
+            return Searcher.FINISHED
+        trials, settings = [], []
+        for _ in range(n):
+            t = self.study.ask()
+            constants = self.space(t) or {}  # a define-by-run space may return constants
+            trials.append(t)
+            settings.append({**t.params, **constants})
+        self.asked += n
+        self.asks[trial_id] = [t.number for t in trials]
+        return {"population": settings}
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            pass  # members are culled inside the trial; Optuna hears the end only
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        pass  # members are culled inside the trial; Optuna hears the end only
 
-        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-            numbers = self.asks.pop(trial_id, [])
-            for i, t in enumerate(numbers):
-                value = (result or {}).get(member_key(i))
-                if error or value is None or not math.isfinite(value):
-                    self.study.tell(t, state=optuna.trial.TrialState.FAIL)
-                else:
-                    self.study.tell(t, value)
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        numbers = self.asks.pop(trial_id, [])
+        for i, t in enumerate(numbers):
+            value = (result or {}).get(member_key(i))
+            if error or value is None or not math.isfinite(value):
+                self.study.tell(t, state=optuna.trial.TrialState.FAIL)
+            else:
+                self.study.tell(t, value)
 
-        def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump({"study": self.study, "asks": self.asks, "asked": self.asked}, f)
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"study": self.study, "asks": self.asks, "asked": self.asked}, f)
 
-        def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                state = pickle.load(f)
-            self.study, self.asks, self.asked = state["study"], state["asks"], state["asked"]
-
-    return _PopulationSearch()
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.study, self.asks, self.asked = state["study"], state["asks"], state["asked"]
 
 
-def InOrder(searcher, *, lag: int):
+class InOrder(Searcher):
     """``searcher`` (a Tune ``Searcher``) asked for trial ``k`` only once trials ``0 .. k -
     lag`` have ended, and told their results in trial order just before: each suggestion then
     depends on the seed and ``lag`` only, not on which trial ended first. Until then
     ``suggest`` returns None (Tune asks again later), so a free slot can wait for an earlier
     trial; with ``lag`` at least the trials run at once that is rare (the sweep uses twice
-    the concurrency). Defined on first use: Ray is imported lazily."""
-    import copy
+    the concurrency)."""
 
-    from ray.tune.search import Searcher
+    def __init__(self, searcher: Searcher, *, lag: int) -> None:
+        if lag < 1:
+            raise ValueError(f"InOrder needs lag >= 1, got {lag}")
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.lag = searcher, lag
+        self.index: dict[str, int] = {}  # trial id -> its place in the order
+        self.ended: dict[int, tuple[str, dict | None, bool]] = {}  # not told yet
+        self.told = 0  # trials 0 .. told - 1 are told
 
-    if lag < 1:
-        raise ValueError(f"InOrder needs lag >= 1, got {lag}")
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        ok = self.searcher.set_search_properties(metric, mode, config, **spec)
+        ray_internals.set_searcher_properties(self, self.searcher.metric, self.searcher.mode)
+        return ok
 
-    class _InOrder(Searcher):
-        def __init__(self) -> None:
-            super().__init__(metric=searcher.metric, mode=searcher.mode)
-            self.searcher = searcher
-            self.index: dict[str, int] = {}  # trial id -> its place in the order
-            self.ended: dict[int, tuple[str, dict | None, bool]] = {}  # not told yet
-            self.told = 0  # trials 0 .. told - 1 are told
+    def suggest(self, trial_id: str):
+        k = len(self.index)
+        needed = k - self.lag + 1  # trials 0 .. k - lag
+        if any(i not in self.ended for i in range(self.told, needed)):
+            return None
+        for i in range(self.told, needed):
+            tid, result, error = self.ended.pop(i)
+            self.searcher.on_trial_complete(tid, result=result, error=error)
+        self.told = max(self.told, needed)
+        config = self.searcher.suggest(trial_id)
+        if config is not None and config != Searcher.FINISHED:
+            self.index[trial_id] = k
+        return config
 
-        def set_search_properties(self, metric, mode, config, **spec) -> bool:
-            ok = self.searcher.set_search_properties(metric, mode, config, **spec)
-            self._metric, self._mode = self.searcher.metric, self.searcher.mode
-            return ok
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self.searcher.on_trial_result(trial_id, result)
 
-        def suggest(self, trial_id: str):
-            k = len(self.index)
-            needed = k - lag + 1  # trials 0 .. k - lag
-            if any(i not in self.ended for i in range(self.told, needed)):
-                return None
-            for i in range(self.told, needed):
-                tid, result, error = self.ended.pop(i)
-                self.searcher.on_trial_complete(tid, result=result, error=error)
-            self.told = max(self.told, needed)
-            config = self.searcher.suggest(trial_id)
-            if config is not None and config != Searcher.FINISHED:
-                self.index[trial_id] = k
-            return config
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
+        i = self.index.get(trial_id)
+        if i is None or i < self.told:
+            return
+        self.ended[i] = (trial_id, result, error)
 
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            self.searcher.on_trial_result(trial_id, result)
+    # Tune saves a wrapper (a searcher with a ``searcher``) as its ``get_state()`` and the
+    # innermost searcher through its own ``save``, as with its ConcurrencyLimiter.
+    def get_state(self) -> dict:
+        return copy.deepcopy({"index": self.index, "ended": self.ended, "told": self.told})
 
-        def on_trial_complete(self, trial_id: str, result=None, error: bool = False) -> None:
-            i = self.index.get(trial_id)
-            if i is None or i < self.told:
-                return
-            self.ended[i] = (trial_id, result, error)
+    def set_state(self, state: dict) -> None:
+        self.index, self.ended, self.told = state["index"], state["ended"], state["told"]
 
-        # Tune saves a wrapper (a searcher with a ``searcher``) as its ``get_state()`` and the
-        # innermost searcher through its own ``save``, as with its ConcurrencyLimiter.
-        def get_state(self) -> dict:
-            return copy.deepcopy({"index": self.index, "ended": self.ended, "told": self.told})
+    def save(self, checkpoint_path: str) -> None:
+        self.searcher.save(checkpoint_path)
 
-        def set_state(self, state: dict) -> None:
-            self.index, self.ended, self.told = state["index"], state["ended"], state["told"]
-
-        def save(self, checkpoint_path: str) -> None:
-            self.searcher.save(checkpoint_path)
-
-        def restore(self, checkpoint_path: str) -> None:
-            self.searcher.restore(checkpoint_path)
-
-    return _InOrder()
+    def restore(self, checkpoint_path: str) -> None:
+        self.searcher.restore(checkpoint_path)

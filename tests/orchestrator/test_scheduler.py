@@ -438,3 +438,15 @@ def test_in_a_real_tuner_a_held_trial_is_resumed_or_stopped_as_in_the_sequential
     assert ends["ordered"] == expected
     assert ends["tune"] != expected  # the timing did change Tune's own ASHA decisions
     assert "restricted" not in proc.stderr
+
+
+def test_a_ray_outside_the_tested_range_is_refused_in_one_line():
+    from orchestrator import ray_internals
+
+    ray_internals.check_ray_version()  # the installed one (the lock file's)
+    ray_internals.check_ray_version("2.60.7")
+    for other in ("2.59.0", "2.61.0", "3.0.0"):
+        with pytest.raises(
+            RuntimeError, match=rf"^Ray {other} is installed; .* tested with Ray 2\.60\.x"
+        ):
+            ray_internals.check_ray_version(other)

@@ -145,7 +145,7 @@ def test_the_ranking_breaks_equal_scores_by_the_setting_not_by_the_random_trial_
     import mlflow
 
     from orchestrator import names
-    from orchestrator.sweep import _ranking
+    from orchestrator.sweep_results import ranking as _ranking
 
     c = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = c.create_experiment("ranking")
@@ -163,7 +163,8 @@ def test_the_ranking_breaks_equal_scores_by_the_setting_not_by_the_random_trial_
 
 
 def test_trial_order_is_the_default_and_single_trials_compare_at_a_lag():
-    from orchestrator.sweep import _parser, rung_lag
+    from orchestrator.sweep import _parser
+    from orchestrator.sweep_setup import rung_lag
 
     assert _parser().parse_args(["image_mnist_lt"]).order == "trial"
     assert _parser().parse_args(["image_mnist_lt", "--order", "arrival"]).order == "arrival"
@@ -212,7 +213,9 @@ def test_resume_refuses_a_command_line_value_that_differs_from_the_record(
 
 def test_resume_takes_the_record_where_the_line_repeats_it_or_says_nothing(tmp_path):
     from orchestrator.storage import Storage
-    from orchestrator.sweep import _parser, _resume, given_options
+    from orchestrator.sweep import _parser
+    from orchestrator.sweep_record import given_options
+    from orchestrator.sweep_record import resume_args as _resume
 
     _interrupted(tmp_path)
     for line in ([], ["--trials", "4", "--set", "stage2.eps=0.05", "--population", "2"]):
@@ -226,7 +229,7 @@ def test_resume_takes_the_record_where_the_line_repeats_it_or_says_nothing(tmp_p
 
 
 def test_a_set_on_a_searched_key_pins_it_and_pinning_all_leaves_one_setting(capsys):
-    from orchestrator.sweep import Search
+    from orchestrator.sweep_setup import Search
     from search_spaces import SEARCH_SPACES, resolve
 
     offline = SEARCH_SPACES["offline"]
@@ -253,7 +256,8 @@ def test_a_set_on_a_searched_key_pins_it_and_pinning_all_leaves_one_setting(caps
 def test_a_default_sweep_says_what_stops_populations(capsys):
     """Without --population, a sweep that cannot train populations says why in one line (the
     searched key, or the stage 2), and one that can says nothing and fills the slots."""
-    from orchestrator.sweep import Search, _parser, population_size
+    from orchestrator.sweep import _parser
+    from orchestrator.sweep_setup import Search, population_size
     from search_spaces import SEARCH_SPACES, resolve
 
     cfg = resolve("image_mnist_lt", smoke=True)

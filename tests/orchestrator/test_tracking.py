@@ -4,7 +4,7 @@ the stage-1 build, the trials to the build."""
 from __future__ import annotations
 
 from orchestrator import names, tracking
-from orchestrator.sweep import _link
+from orchestrator.sweep_results import link_best as _link
 
 
 def _store(tmp_path):

@@ -86,7 +86,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     from types import SimpleNamespace
 
     from orchestrator import artifacts, names
-    from orchestrator.sweep import _FinishStopped
+    from orchestrator.sweep_results import FinishStopped as _FinishStopped
 
     drawn = []
     real = artifacts.write_confusion_png
@@ -245,7 +245,7 @@ def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_f
     from types import SimpleNamespace
 
     from orchestrator import names
-    from orchestrator.sweep import _FinishStopped
+    from orchestrator.sweep_results import FinishStopped as _FinishStopped
 
     stopped, c = tracker
     res, data = _result(1)
@@ -270,7 +270,7 @@ def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path
     import dataclasses
 
     from orchestrator import names, tracking
-    from orchestrator.sweep import draw_left_pending
+    from orchestrator.sweep_results import draw_left_pending
     from orchestrator.trainable import TrialTracker
 
     stopped, c = tracker

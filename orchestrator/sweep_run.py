@@ -1,0 +1,216 @@
+"""A sweep's steps (``orchestrator.sweep`` reads the command line, then runs
+:func:`run_sweep`): the config and its checks, the space, MLflow's parent run, Ray, stage 1
+(built once, cached), the Tuner's trials, then the ranking, the summary, the control and the
+links (:mod:`~orchestrator.sweep_results`)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+
+import ray
+from ray import tune
+
+from search_spaces import SEARCH_SPACES, SPACES
+from trainables.config import flatten
+
+from . import cli, names, ray_internals, tracking, ui, views
+from .cli import REPO, CommandError
+from .population import population_trial
+from .stages import ensure_stage1
+from .sweep_record import RECORDED_ARGS, resume_args, write_record
+from .sweep_results import (
+    FinishStopped,
+    draw_left_pending,
+    finish_parent,
+    link_best,
+    run_control,
+    summarize,
+    supersede_unknown,
+)
+from .sweep_setup import (
+    Search,
+    concurrency,
+    make_tuner,
+    population_blocker,
+    population_size,
+    space_source,
+    trial_context,
+    trials_that_fit,
+)
+from .trainable import stage2_trial
+
+__all__ = ["run", "run_sweep"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """The sweep of the parsed command line; a user-facing failure is one line, status 2."""
+
+    def body() -> int:
+        try:  # the scheduler reaches into Tune: only on a Ray it was tested with
+            ray_internals.check_ray_version()
+        except RuntimeError as err:
+            raise CommandError(str(err)) from None
+        return run_sweep(args)
+
+    return cli.run_command(body)
+
+
+def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: dict) -> str:
+    """The sweep's MLflow parent run: reopened on resume (attempts left RUNNING closed as
+    KILLED: they died with the old driver), else created with the config, the space and the
+    keys a ``--set`` pinned (param ``sweep.pinned``)."""
+    space = search.space_of
+    if rec:
+        parent = rec["parent_run_id"]
+        c.update_run(parent, status="RUNNING")
+        c.set_tag(parent, names.RESUMED, time.strftime("%Y-%m-%dT%H:%M:%S"))
+        runs = tracking.runs_with_tags(c, exp_id, {names.PARENT: parent})
+        tracking.close_running(c, runs, tag=names.INTERRUPTED, status="KILLED")
+        return parent
+    parent = c.create_run(
+        exp_id,
+        run_name=sweep_id,
+        tags={
+            names.KIND: "sweep",
+            names.SWEEP_ID: sweep_id,
+            names.EXPERIMENT: cfg.name,
+            names.TABLE: cfg.table,
+            names.PRESET: cfg.preset,
+            names.SEED: str(cfg.seed),
+            names.SEARCH_SPACE: space.name,
+            names.GIT_COMMIT: tracking.git_commit(REPO),
+        },
+    ).info.run_id
+    tracking.log_params(c, parent, flatten(cfg))
+    tracking.log_params(
+        c,
+        parent,
+        {
+            "sweep.trials": args.trials,
+            "sweep.seed": cfg.seed,
+            "sweep.cpus_per_trial": args.cpus_per_trial,
+            "sweep.gpus_per_trial": args.gpus_per_trial,
+            "sweep.search_space": space.name,
+            "sweep.pinned": ", ".join(f"{k}={v}" for k, v in search.pinned.items()) or "none",
+        },
+    )
+    c.log_text(parent, space_source(space), "search_space.py")
+    c.log_dict(parent, search.first, "search_space_best.json")
+    return parent
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    storage, local_root = cli.open_storage(args.storage, create=not args.print_config)
+    sweep_id, rec = resume_args(storage, args)
+    asked = {k: getattr(args, k) for k in RECORDED_ARGS}  # what --resume holds the line to
+    cfg = cli.config_from_args(args)
+    if args.print_config:
+        cli.print_configs([("", cfg)], full=args.print_config == "full")
+        return 0
+    space = SEARCH_SPACES[args.space] if args.space else SPACES[args.name]
+    try:  # a space that fits only some experiments says so first
+        space.check(cfg)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
+    cli.preflight(cfg)
+    search = Search.of(space, cfg, args.overrides)
+    search.announce()
+    if not search.searched:
+        args.trials = 1
+    population_blocker(args, cfg, search)
+    uri, exp_id, c = cli.open_tracking(
+        rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
+    )
+    cli.init_ray(args.address)  # before the parent run: a cluster that is not there opens none
+    parent = _open_parent(c, exp_id, cfg, args, search, sweep_id, rec)
+    cli.watch_run(c, parent)
+    views.publish(c, exp_id, searched=search.searched)
+    spec = tracking.TrackingSpec(uri, exp_id)
+    print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
+
+    try:
+        entry, _built = ensure_stage1(
+            cfg,
+            storage,
+            spec,
+            max_cpus=cli.node_cpus(),  # it asks for its stage1.threads, at most this
+            num_gpus=1 if args.gpus_per_trial > 0 else 0,
+            sweep_run_id=parent,
+        )
+    except ray.exceptions.RayTaskError as err:
+        raise cli.stage1_failure(err, c, parent) from None
+    c.set_tag(parent, names.STAGE1_HASH, entry.key)
+    stage1_run = tracking.stage1_build_run(c, exp_id, entry.key)
+    if stage1_run:
+        c.set_tag(parent, names.STAGE1_RUN, stage1_run)
+    population = population_size(args, cfg, search, trials_that_fit(args))
+    args.population = population
+    conc = concurrency(args, population)
+    rec = {
+        "sweep_id": sweep_id,
+        "name": args.name,
+        "status": "running",
+        "parent_run_id": parent,
+        "experiment_id": exp_id,
+        "tracking_uri": uri,
+        "stage1_key": entry.key,
+        "args": {**asked, "population": population, "seed": cfg.seed},
+    }
+    write_record(storage, rec)
+    ctx, resources = trial_context(
+        cfg, entry, spec, parent, sweep_id, storage, args, search, stage1_run
+    )
+    if population > 1:
+        fn = population_trial
+        print(
+            f"{args.trials} settings as {math.ceil(args.trials / population)} trials of up to "
+            f"{population} (a population each: one child run per setting)",
+            flush=True,
+        )
+    else:
+        fn = stage2_trial
+    trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
+    finisher = FinishStopped(spec, parent)
+    tuner = make_tuner(
+        trainable, cfg, args, search, storage, sweep_id, conc, finisher, population,
+    )  # fmt: skip
+    exp_path = storage.child_uri(args.name, sweep_id)
+    if args.resume and tune.Tuner.can_restore(exp_path):
+        supersede_unknown(c, exp_id, parent, exp_path)
+    # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
+    # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
+    warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
+    try:
+        results, interrupted = cli.fit(tuner)
+    finally:
+        finisher.join()  # the stopped trials' figures, before the ranking and the exit
+    if interrupted:
+        c.set_tag(parent, names.INTERRUPTED, "true")
+        c.set_terminated(parent, status="KILLED")
+        print(
+            "interrupted: the sweep's state is saved; resume it with: "
+            + cli.command(f"orchestrator.sweep {args.name} --resume --storage {storage.uri}"),
+            file=sys.stderr,
+        )
+        return 130
+    draw_left_pending(c, exp_id, parent)  # any a driver before a --resume did not draw
+    best = summarize(cfg, c, exp_id, parent, results, conc, population, args.order)
+    run_control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
+    link_best(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
+    ok = finish_parent(c, parent, best, results)
+    rec["status"] = "finished"
+    write_record(storage, rec)
+    print(
+        f"\nMLflow: experiment '{cfg.name}', parent run {parent}\n"
+        f"open the UI: {cli.ui_hint(uri, storage, local_root)}\n"
+        f"the trials, ranked: {views.view_url(ui.base_url(uri), exp_id)}"
+    )
+    if not ok:
+        print("error: no trial finished; see the errors above", file=sys.stderr)
+        return 1
+    return 0
