@@ -1,9 +1,10 @@
-"""What the commands share: their config and cluster options, the resolver call, the
-pre-flight checks, the run storage, the tracking store, Ray's start, and the one-line error
-exit (``error: ...`` on stderr, status 2).
+"""What the commands share on their command line: their config and cluster options, the
+resolver call, the run storage, the tracking store, the commands they print, and the one-line
+error exit (``error: ...`` on stderr, status 2).
 
-torch, Ray, MLflow and matplotlib are imported where they are used, so ``--help``, ``--list``
-and a bad argument answer before any of them loads (torch alone takes over a second).
+Nothing here loads torch, Ray or MLflow (MLflow loads when a store is opened), so ``--help``,
+``--list`` and a bad argument answer at once; what needs them once a command runs (the checks
+before a run, ``--print-config``, Ray's start) is :mod:`orchestrator.runtime`.
 """
 
 from __future__ import annotations
@@ -11,20 +12,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
-import json
 import logging
-import math
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from search_spaces import EXPERIMENTS, resolve
-from trainables.config import PRESETS, ConfigError, ExperimentConfig, to_dict, unused_fields
-from trainables.data import DatasetMissing
+from trainables.config import PRESETS, ConfigError, ExperimentConfig
+from trainables.data import DatasetMissing, PretrainedWeightsMissing
+from trainables.data.fetch import first_line, go_offline, use_cache_dir
 
 from . import cluster, names, tracking
 from .storage import Storage, StorageError
@@ -38,12 +38,8 @@ __all__ = [
     "check_ray_address",
     "command",
     "config_from_args",
-    "init_ray",
-    "node_cpus",
     "open_storage",
     "open_tracking",
-    "preflight",
-    "print_configs",
     "read_tracking",
     "run_command",
     "stage1_failure",
@@ -154,12 +150,8 @@ def apply_fetch_settings(args: argparse.Namespace) -> None:
     """``--offline``: every library's offline switch on, for this process and its workers;
     ``--cache-in-storage``: every fetch under ``<storage>/cache``."""
     if getattr(args, "offline", False):
-        from trainables.data.fetch import go_offline
-
         go_offline()
     if getattr(args, "cache_in_storage", False):
-        from trainables.data.fetch import use_cache_dir
-
         arg = args.storage or "runs"
         if arg.startswith("file://"):
             arg = arg[len("file://") :]
@@ -185,68 +177,6 @@ def config_from_args(args: argparse.Namespace) -> ExperimentConfig:
         )
     except ConfigError as err:
         raise CommandError(str(err)) from None
-
-
-def preflight(
-    cfg: ExperimentConfig, *, data: bool = True, label: str = "", fetch: bool = True
-) -> None:
-    """Refuse, in one line, what would fail later: a combination the stages reject, and
-    (``data``) a dataset or pretrained weights that are not there, after fetching what is
-    missing (unless ``fetch`` is off or the process is offline). Runs before Ray starts or the
-    store is touched."""
-    from trainables.models import PretrainedWeightsMissing
-    from trainables.trial import check_config, check_data
-
-    where = f"{label}: " if label else ""
-    try:
-        check_config(cfg)
-    except ValueError as err:
-        raise CommandError(f"{where}bad configuration: {err}") from None
-    if data:
-        try:
-            check_data(cfg, fetch=fetch)
-        except (DatasetMissing, PretrainedWeightsMissing) as err:
-            raise CommandError(str(err)) from None
-
-
-def print_configs(items: Iterable[tuple[str, ExperimentConfig]], *, full: bool = False) -> None:
-    """``--print-config``: each config as JSON with its stage-1 key (one object, or a list),
-    after the checks a run makes of it (a config ``run`` refuses is refused here too). Only the
-    fields the experiment reads (:func:`~trainables.config.unused_fields` left out, and a
-    section none of whose fields it reads), unless ``full``; a last line on stderr says how
-    many were left out."""
-    from .stages import stage1_hash
-
-    items = list(items)
-    for label, cfg in items:
-        preflight(cfg, data=False, label=label)
-    out, left = [], []
-    for label, cfg in items:
-        unused = frozenset() if full else unused_fields(cfg)
-        left.append(len(unused))
-        shown = {"stage1_key": stage1_hash(cfg), "config": _leave_out(to_dict(cfg), unused)}
-        out.append({"run": label, **shown} if label else shown)
-    print(json.dumps(out[0] if len(out) == 1 and not items[0][0] else out, indent=1))
-    if max(left, default=0):
-        n = str(left[0]) if min(left) == max(left) else f"{min(left)}-{max(left)}"
-        per = " per run" if len(left) > 1 else ""
-        print(
-            f"{n} fields the experiment does not read left out{per}; "
-            "--print-full-config prints every field",
-            file=sys.stderr,
-        )
-
-
-def _leave_out(config: dict, keys: Iterable[str]) -> dict:
-    """``config`` (nested, as ``to_dict``) without the dotted ``keys``, nor a section they
-    empty."""
-    for key in keys:
-        *path, name = key.split(".")
-        node = config
-        for part in path:
-            node = node[part]
-        del node[name]
-    return {k: v for k, v in config.items() if v != {}}
 
 
 def open_storage(arg: str | None, *, create: bool = True) -> tuple[Storage, Path | None]:
@@ -328,72 +258,6 @@ def check_ray_address(address: str | None) -> str | None:
     return address
 
 
-def init_ray(address: str | None) -> None:
-    """Start a local Ray that listens on loopback only, or connect to ``address`` /
-    ``RAY_ADDRESS`` once something there answers as a Ray cluster (else one line, within
-    seconds). Call it before Ray is first imported: the local start's setting is read then."""
-    address = check_ray_address(address)
-    if address is None:
-        cluster.local_on_loopback()
-    import ray
-
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Save the experiment state at every controller step (not every 10 s): a trial the driver
-    # started is then always known to a resumed sweep, so it is resumed, never re-sampled.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    # A trial stopped by ASHA closes its MLflow run (artifacts, summary) before its actor takes
-    # the next trial; Tune waits 2 s for that by default, then fails the next trial with
-    # "Could not re-use actor" (seen on 2 busy cores). The actors inherit this process's env.
-    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
-    kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
-    if address:
-        # The workers of a running cluster were started by `ray start`, not by this process:
-        # the settings their trials read travel in the job's runtime environment.
-        from trainables.data.fetch import CACHE_VARS, MIRROR_VAR, OFFLINE_VARS
-
-        shipped = (
-            "TUNE_FUNCTION_THREAD_TIMEOUT_S",
-            "OT_REWEIGHT_FAIL_ONCE",
-            "HF_ENDPOINT",
-            MIRROR_VAR,
-            *OFFLINE_VARS,
-            *CACHE_VARS,
-        )
-        env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
-        kwargs["runtime_env"] = {"env_vars": env_vars}
-    try:
-        # "local": a new Ray of this process's own, never the cluster `ray start` last
-        # recorded on this machine (which plain ray.init() joins)
-        ray.init(address=address or "local", **kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as err:
-        what = f"connect to Ray at {address}" if address else "start a local Ray"
-        raise CommandError(f"cannot {what}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def node_cpus() -> int:
-    """CPUs of the largest live node (a stage-1 build runs on one node)."""
-    import ray
-
-    per_node = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
-    return max(1, int(max(per_node, default=1)))
-
-
-def fitting_trials(cpus: float, gpus: float) -> int:
-    """How many trials of ``cpus`` / ``gpus`` each the cluster runs at once."""
-    import ray
-
-    res = ray.cluster_resources()
-    fits = math.floor(res.get("CPU", 1) / max(cpus, 1e-3))
-    if gpus > 0:
-        fits = min(fits, math.floor(res.get("GPU", 0) / gpus))
-    return fits
-
-
 def stage1_failure(err: Exception, c, parent: str) -> CommandError:
     """A failed stage-1 Ray task: the parent run marked FAILED with the cause in ``ot.error``,
     as :func:`run_command` closes a watched run, and the cause in one line."""
@@ -421,7 +285,7 @@ def _close_watched(err: BaseException) -> None:
         c, run_id = _watched.pop()
         try:
             if c.get_run(run_id).info.status == "RUNNING":
-                c.set_tag(run_id, names.ERROR, _first_line(err)[:5000])
+                c.set_tag(run_id, names.ERROR, first_line(err)[:5000])
                 c.set_terminated(run_id, status=status)
         except Exception:  # the store may be what failed; the cause to report is `err`
             pass
@@ -430,8 +294,6 @@ def _close_watched(err: BaseException) -> None:
 def run_command(body: Callable[[], int]) -> int:
     """Run a command's body; a user-facing failure prints one line and returns 2. Either way a
     run the body watched (:func:`watch_run`) and left open is closed."""
-    from trainables.models import PretrainedWeightsMissing
-
     try:
         return body()
     except (

@@ -47,8 +47,8 @@ def local_on_loopback() -> None:
     before Ray is imported in this process."""
     if "ray" in sys.modules and os.environ.get(_SINGLE_NODE) != "0":
         raise RuntimeError(
-            "Ray was imported before its local start was set to loopback: import it after "
-            "cli.init_ray"
+            "Ray was imported before its local start was set to loopback: call "
+            "cluster.before_ray_import before importing the modules that import Ray"
         )
     os.environ[_SINGLE_NODE] = "0"
 

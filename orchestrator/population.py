@@ -17,6 +17,7 @@ import math
 import time
 
 import torch
+from ray import tune
 
 from trainables.config import apply_values
 from trainables.loop import StageResult
@@ -33,7 +34,7 @@ from trainables.trial import (
 from . import names
 from .search import member_key
 from .stages import read_entry
-from .trainable import SweepContext, TrialTracker, _inject_fault, asha_rungs
+from .trainable import SweepContext, TrialTracker, asha_rungs, inject_fault
 
 __all__ = [
     "MEMBER",
@@ -60,8 +61,6 @@ def _final(run) -> float:
 
 def population_trial(config: dict, ctx: SweepContext) -> None:
     """Tune function trainable of a population sweep (single-worker trials only)."""
-    from ray import tune
-
     tctx = tune.get_context()
     trial_id, name = tctx.get_trial_id(), tctx.get_trial_name()
     members = [
@@ -77,8 +76,6 @@ def reproduce_population(config: dict, contexts: dict[str, SweepContext]) -> Non
     """Tune function trainable of ``orchestrator.reproduce`` for runs that share a stage 1 and
     differ only in member-level stage-2 fields (e.g. an OT row and its ``+no_ot`` control):
     ``config["runs"]`` names them; each keeps its own context and MLflow run."""
-    from ray import tune
-
     trial_id = tune.get_context().get_trial_id()
     members = [(contexts[k], contexts[k].base, k, {}) for k in config["runs"]]
     train_members(members, trial_id, tune.report, rungs=())  # reproduce stops nothing early
@@ -137,7 +134,7 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
         trackers[i].epoch(metrics, epoch)
         best_val[i], best_test[i] = trackers[i].best_val, trackers[i].best_test
         if epoch == 0:
-            _inject_fault()
+            inject_fault()
 
     def on_improve(pos: int, result: StageResult) -> None:
         live[todo[pos]] = result

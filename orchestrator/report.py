@@ -48,6 +48,8 @@ __all__ = [
 ]
 
 SELECTIONS = ("validation_selected", "last_epoch", "best_test_epoch")
+# Data that is not the paper's copy: results on it carry this label in every format.
+DATA_LABELS = {"cifar10_jpeg": "CIFAR-10 (JPEG q75 copy)"}
 _LABELS = {
     "validation_selected": "validation-selected",
     "last_epoch": "last epoch",
@@ -153,7 +155,15 @@ def report_data(
         "published_only": published_only(table),
         "figures": _figures(c, exp_id, table),
         "smoke": smoke,
+        "data": _data_labels(latest.values()),
     }
+
+
+def _data_labels(runs) -> str:
+    """The labels of the runs' data sources that are not the paper's (``DATA_LABELS``), joined;
+    empty when every run read the paper's data."""
+    sources = {r.data.params.get("data.source", "") for r in runs}
+    return ", ".join(sorted(DATA_LABELS[s] for s in sources if s in DATA_LABELS))
 
 
 def _figures(c, exp_id: str, table: Table) -> dict[str, bytes]:
@@ -302,8 +312,11 @@ SMOKE_NOTE = "smoke runs: tiny sizes that check the pipeline, not numbers to com
 
 
 def _title(data: dict) -> str:
-    """The table's name, marked when its runs are smoke runs."""
+    """The table's name, with the data its runs read when it is not the paper's copy, marked
+    when its runs are smoke runs."""
     name = data["table"].name
+    if data.get("data"):
+        name = f"{name} on {data['data']}"
     return f"{name} ({SMOKE_NOTE})" if data.get("smoke") else name
 
 
@@ -350,7 +363,7 @@ def render(data: dict, fmt: str, *, full: bool = False) -> str:
 def _csv(data: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["table", "runs", "column", "method", "preset", "metric", "seeds",
+    w.writerow(["table", "runs", "data", "column", "method", "preset", "metric", "seeds",
                 *(f"{s}_{p}" for s in SELECTIONS for p in ("mean", "std")),
                 "paper_mean", "paper_std", "diff",
                 "own_gain_mean", "own_gain_std", "own_gain_n"])  # fmt: skip
@@ -365,7 +378,8 @@ def _csv(data: dict) -> str:
         paper = e["paper"]
         d = _diff(st["validation_selected"], paper)
         w.writerow([
-            data["table"].name, "smoke" if data.get("smoke") else "full", cell.column.name,
+            data["table"].name, "smoke" if data.get("smoke") else "full",
+            data.get("data", ""), cell.column.name,
             cell.method.name, data["preset"], data["table"].metric,
             len(e["seeds"]), *vals,
             "" if paper is None else paper[0],

@@ -51,15 +51,18 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = cli.config_from_args(args)
-    if args.print_config:
-        cli.print_configs([("", cfg)], full=args.print_config == "full")
-        return 0
-    cli.preflight(cfg, data=False)  # the data is loaded first thing anyway
-    if args.out is not None:
-        _check_writable(args.out)
+    # torch: only once the arguments are read (--help and a bad argument answer at once)
     from trainables.trial import run_trial
 
+    from . import runtime
+
+    cfg = cli.config_from_args(args)
+    if args.print_config:
+        runtime.print_configs([("", cfg)], full=args.print_config == "full")
+        return 0
+    runtime.preflight(cfg, data=False)  # the data is loaded first thing anyway
+    if args.out is not None:
+        _check_writable(args.out)
     start = time.time()
     try:
         result = run_trial(cfg, out_dir=args.out, callback=None if args.quiet else _progress)

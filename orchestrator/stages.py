@@ -19,10 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray.train.torch import TorchTrainer
 
 from trainables.config import ExperimentConfig, flatten
 from trainables.distributed import DataParallel
+from trainables.loop import flat_metrics
 from trainables.resume import CheckpointStore, DirStore, Stage1Checkpoints
 from trainables.trial import (
     Stage1Output,
@@ -45,6 +50,7 @@ __all__ = [
     "build_entry",
     "checkpoint_store",
     "ensure_stage1",
+    "flat_summary",
     "invalidate",
     "partial_rel",
     "read_entry",
@@ -275,7 +281,7 @@ def build_entry(
         c.log_dict(run_id, out.info, "stage1_info.json")
         summary = out.info.get("summary", {})
         step = int(summary.get("last_epoch", {}).get("epoch", 0))
-        tracking.log_metrics(c, run_id, tracking.flat_summary(summary), step=step)
+        tracking.log_metrics(c, run_id, flat_summary(summary), step=step)
         c.set_terminated(run_id, status="FINISHED")
     return entry
 
@@ -311,8 +317,6 @@ def ensure_stage1(
     """The verified cache entry for ``cfg``'s stage 1, built on the cluster (a Ray task) when
     absent, partial or corrupt. Returns (entry, built). ``max_cpus``: the most CPUs one task
     may ask for (the largest node's; :func:`stage1_cpus`)."""
-    import ray
-
     num_cpus = stage1_cpus(cfg, max_cpus)
     if num_cpus < cfg.stage1.threads:
         log(
@@ -350,8 +354,6 @@ def ensure_stage1(
 
 def stage1_worker(loop_config: dict) -> None:
     """One Ray Train worker of a data-parallel stage-1 build."""
-    import ray.train.torch
-
     build_entry(
         loop_config["cfg"],
         loop_config["storage_uri"],
@@ -370,9 +372,6 @@ def _build_data_parallel(
     num_gpus: float,
     sweep_run_id: str,
 ) -> None:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     workers = cfg.stage1.workers
     per_worker = {"CPU": num_cpus}
     if num_gpus:
@@ -393,3 +392,16 @@ def _build_data_parallel(
             name=f"stage1-{key[:12]}", storage_path=storage.child_uri("ray_train")
         ),
     ).fit()
+
+
+def flat_summary(summary: dict, prefix: str = "") -> dict:
+    """``{names.summary_metric(selection, split, metric, prefix): value}`` from a
+    :func:`trainables.trial.scalar_summary`."""
+    flat = {}
+    for sel_long, block in summary.items():
+        selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
+        group = names.summary_group(selection, prefix)
+        flat.update(flat_metrics({s: block[s] for s in ("val", "test") if s in block}, group))
+        if "epoch" in block:
+            flat[group + "epoch"] = block["epoch"]
+    return flat

@@ -10,6 +10,7 @@ import math
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 
 import ray
 from ray import tune
@@ -17,10 +18,11 @@ from ray import tune
 from search_spaces import SEARCH_SPACES, SPACES
 from trainables.config import flatten
 
-from . import cli, names, ray_internals, tracking, ui, views
+from . import cli, names, ray_internals, runtime, tracking, ui, views
 from .cli import REPO, CommandError
 from .population import population_trial
 from .stages import ensure_stage1
+from .storage import Storage
 from .sweep_record import RECORDED_ARGS, resume_args, write_record
 from .sweep_results import (
     FinishStopped,
@@ -103,68 +105,120 @@ def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: 
     return parent
 
 
+@dataclass
+class _Sweep:
+    """What the steps of one sweep share once its parent run is open."""
+
+    args: argparse.Namespace
+    cfg: object
+    search: Search
+    storage: Storage
+    local_root: object
+    sweep_id: str
+    uri: str
+    exp_id: str
+    c: object
+    parent: str
+    record: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> tracking.TrackingSpec:
+        return tracking.TrackingSpec(self.uri, self.exp_id)
+
+
 def run_sweep(args: argparse.Namespace) -> int:
+    """The sweep's steps; its exit status (0, 1 when no trial finished, 130 interrupted)."""
     storage, local_root = cli.open_storage(args.storage, create=not args.print_config)
     sweep_id, rec = resume_args(storage, args)
     asked = {k: getattr(args, k) for k in RECORDED_ARGS}  # what --resume holds the line to
     cfg = cli.config_from_args(args)
     if args.print_config:
-        cli.print_configs([("", cfg)], full=args.print_config == "full")
+        runtime.print_configs([("", cfg)], full=args.print_config == "full")
         return 0
+    search = _checked_search(args, cfg)
+    sw = _open(args, cfg, search, storage, local_root, sweep_id, rec)
+    entry, stage1_run = _stage1(sw)
+    population = population_size(args, cfg, search, trials_that_fit(args))
+    args.population = population
+    conc = concurrency(args, population)
+    sw.record = {
+        "sweep_id": sweep_id,
+        "name": args.name,
+        "status": "running",
+        "parent_run_id": sw.parent,
+        "experiment_id": sw.exp_id,
+        "tracking_uri": sw.uri,
+        "stage1_key": entry.key,
+        "args": {**asked, "population": population, "seed": cfg.seed},
+    }
+    write_record(storage, sw.record)
+    results = _trials(sw, entry, stage1_run, conc)
+    if results is None:
+        return 130
+    best = summarize(cfg, sw.c, sw.exp_id, sw.parent, results, conc, population, args.order)
+    return _end(sw, best, results, entry, stage1_run)
+
+
+def _checked_search(args: argparse.Namespace, cfg) -> Search:
+    """The space (refused in one line where it does not fit), the cluster's address and the
+    config checked, the pins announced: everything that can fail before anything starts."""
     space = SEARCH_SPACES[args.space] if args.space else SPACES[args.name]
     try:  # a space that fits only some experiments says so first
         space.check(cfg)
     except ValueError as err:
         raise CommandError(str(err)) from None
     cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
-    cli.preflight(cfg)
+    runtime.preflight(cfg)
     search = Search.of(space, cfg, args.overrides)
     search.announce()
     if not search.searched:
         args.trials = 1
     population_blocker(args, cfg, search)
+    return search
+
+
+def _open(args, cfg, search: Search, storage: Storage, local_root, sweep_id: str, rec: dict):
+    """The tracking store, Ray, and the sweep's parent run (watched: a failure closes it)."""
     uri, exp_id, c = cli.open_tracking(
         rec.get("tracking_uri") or args.tracking_uri, storage, local_root, cfg.name
     )
-    cli.init_ray(args.address)  # before the parent run: a cluster that is not there opens none
+    runtime.init_ray(args.address)  # before the parent run: a cluster that is not there opens none
     parent = _open_parent(c, exp_id, cfg, args, search, sweep_id, rec)
     cli.watch_run(c, parent)
     views.publish(c, exp_id, searched=search.searched)
-    spec = tracking.TrackingSpec(uri, exp_id)
     print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
+    return _Sweep(args, cfg, search, storage, local_root, sweep_id, uri, exp_id, c, parent)
 
+
+def _stage1(sw: _Sweep) -> tuple:
+    """(the stage-1 cache entry, its build's MLflow run or None), built on the cluster when
+    absent; both tagged on the parent run."""
     try:
         entry, _built = ensure_stage1(
-            cfg,
-            storage,
-            spec,
-            max_cpus=cli.node_cpus(),  # it asks for its stage1.threads, at most this
-            num_gpus=1 if args.gpus_per_trial > 0 else 0,
-            sweep_run_id=parent,
+            sw.cfg,
+            sw.storage,
+            sw.spec,
+            max_cpus=runtime.node_cpus(),  # it asks for its stage1.threads, at most this
+            num_gpus=1 if sw.args.gpus_per_trial > 0 else 0,
+            sweep_run_id=sw.parent,
         )
     except ray.exceptions.RayTaskError as err:
-        raise cli.stage1_failure(err, c, parent) from None
-    c.set_tag(parent, names.STAGE1_HASH, entry.key)
-    stage1_run = tracking.stage1_build_run(c, exp_id, entry.key)
+        raise cli.stage1_failure(err, sw.c, sw.parent) from None
+    sw.c.set_tag(sw.parent, names.STAGE1_HASH, entry.key)
+    stage1_run = tracking.stage1_build_run(sw.c, sw.exp_id, entry.key)
     if stage1_run:
-        c.set_tag(parent, names.STAGE1_RUN, stage1_run)
-    population = population_size(args, cfg, search, trials_that_fit(args))
-    args.population = population
-    conc = concurrency(args, population)
-    rec = {
-        "sweep_id": sweep_id,
-        "name": args.name,
-        "status": "running",
-        "parent_run_id": parent,
-        "experiment_id": exp_id,
-        "tracking_uri": uri,
-        "stage1_key": entry.key,
-        "args": {**asked, "population": population, "seed": cfg.seed},
-    }
-    write_record(storage, rec)
+        sw.c.set_tag(sw.parent, names.STAGE1_RUN, stage1_run)
+    return entry, stage1_run
+
+
+def _trials(sw: _Sweep, entry, stage1_run: str | None, conc: int):
+    """The Tuner's trials (restored on ``--resume``); their results, or None when a stop
+    signal ended them (the parent run then closed KILLED, the resume command printed)."""
+    args, population = sw.args, sw.args.population
     ctx, resources = trial_context(
-        cfg, entry, spec, parent, sweep_id, storage, args, search, stage1_run
+        sw.cfg, entry, sw.spec, sw.parent, sw.sweep_id, sw.storage, args, sw.search, stage1_run
     )
+    fn = stage2_trial
     if population > 1:
         fn = population_trial
         print(
@@ -172,16 +226,14 @@ def run_sweep(args: argparse.Namespace) -> int:
             f"{population} (a population each: one child run per setting)",
             flush=True,
         )
-    else:
-        fn = stage2_trial
     trainable = tune.with_resources(tune.with_parameters(fn, ctx=ctx), resources)
-    finisher = FinishStopped(spec, parent)
+    finisher = FinishStopped(sw.spec, sw.parent)
     tuner = make_tuner(
-        trainable, cfg, args, search, storage, sweep_id, conc, finisher, population,
+        trainable, sw.cfg, args, sw.search, sw.storage, sw.sweep_id, conc, finisher, population,
     )  # fmt: skip
-    exp_path = storage.child_uri(args.name, sweep_id)
+    exp_path = sw.storage.child_uri(args.name, sw.sweep_id)
     if args.resume and tune.Tuner.can_restore(exp_path):
-        supersede_unknown(c, exp_id, parent, exp_path)
+        supersede_unknown(sw.c, sw.exp_id, sw.parent, exp_path)
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
@@ -189,26 +241,31 @@ def run_sweep(args: argparse.Namespace) -> int:
         results, interrupted = cli.fit(tuner)
     finally:
         finisher.join()  # the stopped trials' figures, before the ranking and the exit
-    if interrupted:
-        c.set_tag(parent, names.INTERRUPTED, "true")
-        c.set_terminated(parent, status="KILLED")
-        print(
-            "interrupted: the sweep's state is saved; resume it with: "
-            + cli.command(f"orchestrator.sweep {args.name} --resume --storage {storage.uri}"),
-            file=sys.stderr,
-        )
-        return 130
-    draw_left_pending(c, exp_id, parent)  # any a driver before a --resume did not draw
-    best = summarize(cfg, c, exp_id, parent, results, conc, population, args.order)
-    run_control(cfg, best, entry, args, c, parent, n_ranked=best.get("ranked", 0))
-    link_best(c, exp_id, parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
-    ok = finish_parent(c, parent, best, results)
-    rec["status"] = "finished"
-    write_record(storage, rec)
+    if not interrupted:
+        draw_left_pending(sw.c, sw.exp_id, sw.parent)  # any a driver before a --resume left
+        return results
+    sw.c.set_tag(sw.parent, names.INTERRUPTED, "true")
+    sw.c.set_terminated(sw.parent, status="KILLED")
+    resume = f"orchestrator.sweep {args.name} --resume --storage {sw.storage.uri}"
     print(
-        f"\nMLflow: experiment '{cfg.name}', parent run {parent}\n"
-        f"open the UI: {cli.ui_hint(uri, storage, local_root)}\n"
-        f"the trials, ranked: {views.view_url(ui.base_url(uri), exp_id)}"
+        f"interrupted: the sweep's state is saved; resume it with: {cli.command(resume)}",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _end(sw: _Sweep, best: dict, results, entry, stage1_run: str | None) -> int:
+    """The control, the links and the parent run closed; the record marked finished; where
+    to look. 1 when no trial finished."""
+    run_control(sw.cfg, best, entry, sw.args, sw.c, sw.parent, n_ranked=best.get("ranked", 0))
+    link_best(sw.c, sw.exp_id, sw.parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
+    ok = finish_parent(sw.c, sw.parent, best, results)
+    sw.record["status"] = "finished"
+    write_record(sw.storage, sw.record)
+    print(
+        f"\nMLflow: experiment '{sw.cfg.name}', parent run {sw.parent}\n"
+        f"open the UI: {cli.ui_hint(sw.uri, sw.storage, sw.local_root)}\n"
+        f"the trials, ranked: {views.view_url(ui.base_url(sw.uri), sw.exp_id)}"
     )
     if not ok:
         print("error: no trial finished; see the errors above", file=sys.stderr)

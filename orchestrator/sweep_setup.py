@@ -21,7 +21,7 @@ from search_spaces import Space
 from trainables.config import value_at
 from trainables.population import VARYING, population_reason
 
-from . import cli, names, progress
+from . import names, progress, runtime
 from .cli import CommandError
 from .scheduler import OrderedASHA, RungsKept
 from .search import InOrder, PinnedSpace, PopulationSearch
@@ -125,7 +125,7 @@ def population_size(args: argparse.Namespace, cfg, search: Search, fits: int) ->
 def trials_that_fit(args: argparse.Namespace) -> int:
     workers = workers_per_trial(args)
     driver = _DRIVER_CPU if workers > 1 else 0.0
-    return cli.fitting_trials(args.cpus_per_trial * workers + driver, args.gpus_per_trial)
+    return runtime.fitting_trials(args.cpus_per_trial * workers + driver, args.gpus_per_trial)
 
 
 def concurrency(args: argparse.Namespace, population: int = 1) -> int:

@@ -27,7 +27,6 @@ __all__ = [
     "close_running",
     "default_tracking_uri",
     "ensure_experiment",
-    "flat_summary",
     "git_commit",
     "log_metrics",
     "log_params",
@@ -219,18 +218,3 @@ def trial_runs(c, experiment_id: str, parent_run_id: str, trial_id: str) -> list
     """Every MLflow run (attempt) of one Tune trial of one sweep."""
     tags = {names.PARENT: parent_run_id, "ray.trial_id": trial_id}
     return list(runs_with_tags(c, experiment_id, tags))
-
-
-def flat_summary(summary: dict, prefix: str = "") -> dict:
-    """``{names.summary_metric(selection, split, metric, prefix): value}`` from a
-    :func:`trainables.trial.scalar_summary`."""
-    from trainables.loop import flat_metrics
-
-    flat = {}
-    for sel_long, block in summary.items():
-        selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
-        group = names.summary_group(selection, prefix)
-        flat.update(flat_metrics({s: block[s] for s in ("val", "test") if s in block}, group))
-        if "epoch" in block:
-            flat[group + "epoch"] = block["epoch"]
-    return flat

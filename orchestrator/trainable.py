@@ -20,11 +20,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
 from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
 from trainables.distributed import DataParallel
 from trainables.loop import StageResult, improves
+from trainables.metrics import confusion_metrics
+from trainables.population import halving_rungs
 from trainables.trial import (
     Stage1Output,
     needs_features,
@@ -34,10 +42,11 @@ from trainables.trial import (
     stage1_summary,
 )
 
-from . import names, tracking
+from . import artifacts, names, tracking
 from .stages import (
     CorruptEntry,
     build_entry,
+    flat_summary,
     invalidate,
     read_entry,
     stage1_hash,
@@ -46,10 +55,15 @@ from .stages import (
 from .storage import Storage
 
 __all__ = [
+    "ASHA_REDUCTION",
     "SELECT_METRIC",
     "SweepContext",
     "TrialTracker",
+    "asha_grace",
+    "asha_rungs",
     "control_run",
+    "draw_uploaded_figures",
+    "inject_fault",
     "replayed_reports",
     "reproduce_trial",
     "stage2_trial",
@@ -86,8 +100,6 @@ def asha_grace(epochs: int) -> int:
 
 def asha_rungs(epochs: int) -> tuple[int, ...]:
     """The epochs (from 1) at whose report the sweep's ASHA may stop a trial."""
-    from trainables.population import halving_rungs
-
     return tuple(halving_rungs(epochs, asha_grace(epochs), ASHA_REDUCTION))
 
 
@@ -96,7 +108,7 @@ def asha_rungs(epochs: int) -> tuple[int, ...]:
 FAIL_ONCE_ENV = "OT_REWEIGHT_FAIL_ONCE"
 
 
-def _inject_fault() -> None:
+def inject_fault() -> None:
     fault_dir = os.environ.get(FAIL_ONCE_ENV)
     if not fault_dir:
         return
@@ -123,8 +135,6 @@ def _jitter() -> None:
 def _node_id() -> str:
     """The Ray node this runs on; "local" outside Ray (asking Ray's runtime context there
     would start a Ray in this process)."""
-    import ray
-
     if not ray.is_initialized():
         return "local"
     return ray.get_runtime_context().get_node_id()
@@ -207,7 +217,7 @@ class TrialTracker:
         evaluates the last stage-1 model. An OT trial's run links the stage-1 build's run
         (``ot.stage1_run``), which holds these numbers, instead of repeating them."""
         if self.client is not None and self.cfg.stage2.method == "none":
-            flat = tracking.flat_summary(summary, names.STAGE1_PREFIX)
+            flat = flat_summary(summary, names.STAGE1_PREFIX)
             tracking.log_metrics(self.client, self.run_id, flat, 0)
 
     def epoch(self, metrics: dict, epoch: int) -> dict:
@@ -251,8 +261,6 @@ class TrialTracker:
         if self.client is None:
             return
         self.flush()
-        from . import artifacts  # matplotlib: imported where a trial first uploads
-
         sel = result.selected
         counts = list(data.train_counts)
         with tempfile.TemporaryDirectory() as tmp:
@@ -306,7 +314,7 @@ class TrialTracker:
             return
         self.flush()
         step = int(summary.get("last_epoch", {}).get("epoch", 0))
-        tracking.log_metrics(self.client, self.run_id, tracking.flat_summary(summary), step=step)
+        tracking.log_metrics(self.client, self.run_id, flat_summary(summary), step=step)
         self.client.log_dict(self.run_id, summary, "result.json")
 
     def draw_pending(self) -> None:
@@ -405,8 +413,6 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
     ``TorchTrainer`` whose workers train data-parallel (:func:`stage2_worker`); their metrics
     reach Tune through ``TuneReportCallback``.
     """
-    from ray import tune
-
     tctx = tune.get_context()
     trial_id, name = tctx.get_trial_id(), tctx.get_trial_name()
     if ctx.workers <= 1:
@@ -420,10 +426,6 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
         for out in replayed_reports(c, done[0]):
             tune.report(out)
         return
-    import ray.train
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     per_worker = {"CPU": ctx.cpus_per_trial}
     if ctx.gpus_per_worker:
         per_worker["GPU"] = ctx.gpus_per_worker
@@ -447,8 +449,6 @@ def stage2_trial(config: dict, ctx: SweepContext) -> None:
 def reproduce_trial(config: dict, contexts: dict[str, SweepContext]) -> None:
     """Tune function trainable of ``orchestrator.reproduce``: ``config["run"]`` names one run of
     the table's grid; its context holds the resolved config and stage-1 entry."""
-    from ray import tune
-
     run_key = config["run"]
     ctx = contexts[run_key]
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
@@ -458,9 +458,6 @@ def reproduce_trial(config: dict, contexts: dict[str, SweepContext]) -> None:
 
 def stage2_worker(loop_config: dict) -> None:
     """One Ray Train worker of a data-parallel trial (rank 0 tracks in MLflow)."""
-    import ray.train
-    import ray.train.torch
-
     ctx: SweepContext = loop_config["ctx"]
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
     parallel = DataParallel.from_process_group()
@@ -527,7 +524,7 @@ def _run_trial(
                 metrics.update({f"shard_samples_rank{r}": n for r, n in enumerate(counts)})
             out = tracker.epoch(metrics, epoch)
             if epoch == 0 and rank0:
-                _inject_fault()
+                inject_fault()
             _jitter()
             if epoch == last_epoch:
                 # Reported after the run is closed: Tune stops a trial at its last report.
@@ -578,8 +575,6 @@ def draw_figures(folder: Path) -> list[str]:
     upload_selected` writes them): ``confusion_matrix.png`` from ``confusion.json``, and
     ``learned_weights.png`` from ``weight_mass.json`` (with the per-sample panel from
     ``sample_weights.npz`` where present). Returns the names drawn."""
-    from . import artifacts
-
     conf = json.loads((folder / "confusion.json").read_text())
     counts = conf["train_counts"]
     artifacts.write_confusion_png(
@@ -611,10 +606,6 @@ def describe(folder: Path, run_id: str, figures: list[str]) -> str:
     """The run's description (``mlflow.note.content``) from the data files in ``folder``:
     per-class test accuracy at the validation-selected epoch, the learned weight mass there
     beside its start, and ``figures`` shown inline (:func:`artifacts.selection_note`)."""
-    from trainables.metrics import confusion_metrics
-
-    from . import artifacts
-
     conf = json.loads((folder / "confusion.json").read_text())
     counts = conf["train_counts"]
     per_class = confusion_metrics(np.asarray(conf["confusion"]), counts)["per_class_acc"]

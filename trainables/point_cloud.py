@@ -112,9 +112,9 @@ class PointCloudModality:
         """ModelNet10 is there or fetched now (:class:`DatasetMissing` if neither); the shapes
         are generated."""
         if cfg.data.source == "modelnet10":
-            from trainables.data.modelnet import _check_tree
+            from trainables.data.modelnet import check_tree
 
-            _check_tree(_root(cfg.data), fetch=fetch and cfg.data.download)
+            check_tree(_root(cfg.data), fetch=fetch and cfg.data.download)
 
     def data_and_model(
         self, cfg: ExperimentConfig, device: torch.device, *, load_pretrained: bool

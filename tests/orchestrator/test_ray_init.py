@@ -104,8 +104,10 @@ def test_the_check_tells_a_silent_port_and_a_stranger_from_a_ray_cluster(silent_
 _LISTENERS = """
 import json, sys, time
 import psutil
-from orchestrator import cli, cluster
-cli.init_ray(None)
+from orchestrator import cluster
+cluster.before_ray_import(None)  # as the commands do, before the modules that import Ray
+from orchestrator import runtime
+runtime.init_ray(None)
 import ray
 
 @ray.remote

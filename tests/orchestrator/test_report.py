@@ -90,6 +90,19 @@ def _store(tmp_path):
     return c, exp
 
 
+def test_runs_on_the_jpeg_copy_are_labelled_so_in_every_format(tmp_path):
+    c, exp = _store(tmp_path)
+    assert report_data(c, exp, TABLES["table1"])["data"] == ""  # the paper's data: no label
+    for r in c.search_runs([exp]):
+        c.log_param(r.info.run_id, "data.source", "cifar10_jpeg")
+    data = report_data(c, exp, TABLES["table1"])
+    assert render(data, "md").splitlines()[0] == "## table1 on CIFAR-10 (JPEG q75 copy)"
+    assert render(data, "latex").startswith("% table1 on CIFAR-10 (JPEG q75 copy)")
+    assert "<h1>table1 on CIFAR-10 (JPEG q75 copy)</h1>" in render(data, "html")
+    rows = list(csv.DictReader(io.StringIO(render(data, "csv"))))
+    assert rows and {r["data"] for r in rows} == {"CIFAR-10 (JPEG q75 copy)"}
+
+
 def test_report_aggregates_joins_and_marks_missing(tmp_path):
     c, exp = _store(tmp_path)
     data = report_data(c, exp, TABLES["table1"])

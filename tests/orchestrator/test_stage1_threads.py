@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import pytest
 import torch
 
-from orchestrator import run, sweep
+from orchestrator import run, stages, sweep
 from orchestrator.stages import ensure_stage1, stage1_cpus, stage1_hash
 from orchestrator.storage import Storage
 from search_spaces import resolve
@@ -77,7 +76,7 @@ def test_a_sweep_builds_stage1_on_the_configured_threads_and_asks_ray_for_them(
     a node's; the build runs on stage1.threads threads either way (a node with fewer CPUs
     shares them: capping the threads would change the stage 1 the key names)."""
     requests, lines = [], []
-    monkeypatch.setitem(sys.modules, "ray", _fake_ray(requests))
+    monkeypatch.setattr(stages, "ray", _fake_ray(requests))
     cfg = _cfg(f"stage1.threads={threads}")
     with pytest.raises(_Seen):
         ensure_stage1(cfg, Storage(str(tmp_path)), None, max_cpus=node_cpus, log=lines.append)

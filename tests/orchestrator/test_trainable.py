@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.tracking import flat_summary as _flat_summary
+from orchestrator.stages import flat_summary as _flat_summary
 from trainables.loop import improves
 
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trainables.data import PretrainedWeightsMissing
 from trainables.metrics import classification_metrics, confusion_matrix
 from trainables.models import (
     MODELS,
     NormedLinear,
-    PretrainedWeightsMissing,
     build_model,
     resnet152,
 )

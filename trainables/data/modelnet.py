@@ -33,6 +33,7 @@ __all__ = [
     "MODELNET10_CLASSES",
     "MODELNET10_URL",
     "PointArrays",
+    "check_tree",
     "fetch_modelnet10",
     "load_modelnet10",
 ]
@@ -73,7 +74,7 @@ def _missing_classes(root: Path) -> list[str]:
     ]
 
 
-def _check_tree(root: Path, *, fetch: bool = False) -> None:
+def check_tree(root: Path, *, fetch: bool = False) -> None:
     """Raise :class:`DatasetMissing` unless ``root/raw`` holds ModelNet10; with ``fetch`` a
     missing tree is fetched instead (:func:`fetch_modelnet10`) unless the process is offline."""
     from .fetch import is_offline
@@ -171,7 +172,7 @@ def load_modelnet10(
     first, ties by name); the point sampling is seeded by ``seed``. A missing tree is fetched
     unless ``download`` is off or the process is offline."""
     root = Path(root)
-    _check_tree(root, fetch=download)
+    check_tree(root, fetch=download)
     from torch_geometric.datasets import ModelNet
 
     splits = {}

@@ -11,12 +11,11 @@ from .cnn import small_cnn
 from .common import NormedLinear, SplitNet
 from .point import dgcnn, pointnet, pointnet2
 from .resnet_cifar import resnet32
-from .resnet_tv import PretrainedWeightsMissing, resnet50, resnet152
+from .resnet_tv import resnet50, resnet152
 
 __all__ = [
     "MODELS",
     "NormedLinear",
-    "PretrainedWeightsMissing",
     "SplitNet",
     "bert_fcn",
     "build_model",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from trainables.data import PretrainedWeightsMissing
+
 from .common import SplitNet
-from .resnet_tv import PretrainedWeightsMissing
 
 __all__ = [
     "OFFLINE_ENCODER",

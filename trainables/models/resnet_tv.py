@@ -7,13 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from trainables.data import PretrainedWeightsMissing
+
 from .common import SplitNet, make_classifier
 
-__all__ = ["PretrainedWeightsMissing", "pretrained_weights", "resnet50", "resnet152"]
-
-
-class PretrainedWeightsMissing(FileNotFoundError):
-    pass
+__all__ = ["pretrained_weights", "resnet50", "resnet152"]
 
 
 _WEIGHTS = {"resnet50": "ResNet50_Weights", "resnet152": "ResNet152_Weights"}

@@ -218,7 +218,8 @@ def test_modelnet10_is_fetched_through_pyg_and_equals_the_local_tree(
 def test_pretrained_weights_are_fetched_through_torch_hub_which_checks_their_hash(
     tmp_path, monkeypatch
 ):
-    from trainables.models.resnet_tv import PretrainedWeightsMissing, pretrained_weights
+    from trainables.data import PretrainedWeightsMissing
+    from trainables.models.resnet_tv import pretrained_weights
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(PretrainedWeightsMissing, match=r"resnet50 weights not found .* offline"):
