@@ -41,6 +41,7 @@ def test_ce_and_posthoc_share_one_build_and_tau_tells_them_apart():
 
 @pytest.fixture(scope="module")
 def built():
+    """A 3-epoch smoke CE build (about 15 s with the tests below: in the full run)."""
     cfg = _cfg("stage1.la_tau=0.7")
     epochs = []
     out = build_stage1(cfg, callback=lambda s, e, m: epochs.append(m), device=CPU)
@@ -66,6 +67,7 @@ def _by_hand(cfg, out, tau: float) -> dict:
     return res
 
 
+@pytest.mark.slow
 def test_the_adjusted_reading_of_the_last_epoch_by_hand(built):
     cfg, out, epochs = built
     expect = _by_hand(cfg, out, 0.7)
@@ -82,6 +84,7 @@ def test_the_adjusted_reading_of_the_last_epoch_by_hand(built):
     )
 
 
+@pytest.mark.slow
 def test_the_adjusted_reading_selects_on_its_own_validation_score(built):
     _, out, epochs = built
     vals = [m[f"{POSTHOC_PREFIX}val_balanced_acc"] for m in epochs]
@@ -93,6 +96,7 @@ def test_the_adjusted_reading_selects_on_its_own_validation_score(built):
     )
 
 
+@pytest.mark.slow
 def test_each_row_reports_its_reading_and_posthoc_stage2_adjusts(built):
     cfg, out, _ = built
     la = apply_overrides(cfg, POSTHOC)
