@@ -55,10 +55,11 @@ class Stage2Ranges:
 
     lr: tuple[float, float]
     weight_lr: tuple[float, float]
-    eps: tuple[float, float]
-    max_iter: tuple[int, int, int]
-    tol: tuple[float | None, ...]
-    feature_weight: tuple[float, float]
+    # every stage-2 space searches these the same way (around lambda 0.1, 200 iterations, 1:1)
+    eps: tuple[float, float] = (0.01, 1.0)
+    max_iter: tuple[int, int, int] = (20, 300, 10)
+    tol: tuple[float | None, ...] = (None, 1e-4, 1e-3, 1e-2)
+    feature_weight: tuple[float, float] = (0.1, 10.0)
 
     def suggest(self, trial: SuggestTrial) -> None:
         trial.suggest_float("stage2.lr", *self.lr, log=True)
@@ -109,74 +110,42 @@ class Space:
 
 # -- the stage-2 spaces ---------------------------------------------------------------------
 
-# Step sizes span a few decades around the paper's alpha 2e-5 and beta 1e-3; lambda, the
-# Sinkhorn budget and the cost mixing around 0.1, 200 iterations and 1:1.
-PAPER_RANGES = Stage2Ranges(
-    lr=(1e-6, 1e-2),
-    weight_lr=(1e-4, 10.0),
-    eps=(0.01, 1.0),
-    max_iter=(20, 300, 10),
-    tol=(None, 1e-4, 1e-3, 1e-2),
-    feature_weight=(0.1, 10.0),
-)
+# Step sizes span a few decades around the paper's alpha 2e-5 and beta 1e-3.
+PAPER_RANGES = Stage2Ranges(lr=(1e-6, 1e-2), weight_lr=(1e-4, 10.0))
 # Classifier-only stage 2 of 10 epochs: step sizes far larger than the paper's (alpha 0.05,
-# beta 5.0, 100 Sinkhorn iterations); the ranges span those values.
-OFFLINE_RANGES = Stage2Ranges(
-    lr=(1e-3, 0.5),
-    weight_lr=(0.05, 50.0),
-    eps=(0.01, 1.0),
-    max_iter=(20, 300, 10),
-    tol=(None, 1e-4, 1e-3, 1e-2),
-    feature_weight=(0.1, 10.0),
-)
+# beta 5.0); the ranges span those values.
+OFFLINE_RANGES = Stage2Ranges(lr=(1e-3, 0.5), weight_lr=(0.05, 50.0))
 # alpha is the FCN's step size and beta the weight net's, on cached sentence features.
-TEXT_RANGES = Stage2Ranges(
-    lr=(1e-4, 0.3),
-    weight_lr=(1e-4, 1.0),
-    eps=(0.01, 1.0),
-    max_iter=(20, 300, 10),
-    tol=(None, 1e-4, 1e-3, 1e-2),
-    feature_weight=(0.1, 10.0),
-)
+TEXT_RANGES = Stage2Ranges(lr=(1e-4, 0.3), weight_lr=(1e-4, 1.0))
+
+
+def _stage2_first(lr: float, weight_lr: float, max_iter: int) -> dict[str, object]:
+    """A published stage-2 setting: lambda 0.1, no Sinkhorn early stop, 1:1 costs."""
+    return {
+        "stage2.lr": lr,
+        "stage2.weight_lr": weight_lr,
+        "stage2.eps": 0.1,
+        "stage2.max_iter": max_iter,
+        "stage2.tol": None,
+        "stage2.feature_weight": 1.0,
+    }
 
 
 def _paper_first(cfg: ExperimentConfig) -> dict[str, object]:
-    """Paper Sec. 6: alpha 2e-5, beta 1e-3, lambda 0.1, 200 Sinkhorn iterations without early
-    stop, equal feature and label cost."""
-    return {
-        "stage2.lr": 2e-5,
-        "stage2.weight_lr": 1e-3,
-        "stage2.eps": 0.1,
-        "stage2.max_iter": 200,
-        "stage2.tol": None,
-        "stage2.feature_weight": 1.0,
-    }
+    """Paper Sec. 6: alpha 2e-5, beta 1e-3, 200 Sinkhorn iterations."""
+    return _stage2_first(2e-5, 1e-3, 200)
 
 
 def _offline_first(cfg: ExperimentConfig) -> dict[str, object]:
-    """The offline experiments' own values (experiments.py): alpha 0.05, beta 5.0, lambda 0.1,
-    100 Sinkhorn iterations without early stop, equal feature and label cost."""
-    return {
-        "stage2.lr": 0.05,
-        "stage2.weight_lr": 5.0,
-        "stage2.eps": 0.1,
-        "stage2.max_iter": 100,
-        "stage2.tol": None,
-        "stage2.feature_weight": 1.0,
-    }
+    """The offline experiments' own values (experiments.py): alpha 0.05, beta 5.0, 100
+    Sinkhorn iterations."""
+    return _stage2_first(0.05, 5.0, 100)
 
 
 def _text_first(cfg: ExperimentConfig) -> dict[str, object]:
     """The text experiments' values (experiments.py; Appendix C is not in our copy): alpha
-    0.01, beta 0.01, the paper's lambda 0.1 and 200 iterations, no early stop, 1:1 costs."""
-    return {
-        "stage2.lr": 0.01,
-        "stage2.weight_lr": 0.01,
-        "stage2.eps": 0.1,
-        "stage2.max_iter": 200,
-        "stage2.tol": None,
-        "stage2.feature_weight": 1.0,
-    }
+    0.01, beta 0.01, the paper's 200 iterations."""
+    return _stage2_first(0.01, 0.01, 200)
 
 
 # -- the spaces of other knobs --------------------------------------------------------------
