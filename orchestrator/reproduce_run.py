@@ -369,6 +369,7 @@ def _open_invocation(args, table: Table) -> _Invocation:
 
 
 def reproduce(args: argparse.Namespace) -> int:
+    """The reproduction's steps; its exit status (0, 1 when a run failed, 130 interrupted)."""
     started = time.monotonic()
     cli.apply_fetch_settings(args)  # --offline, --cache-in-storage: before any library is imported
     table = TABLES[args.table]
@@ -390,62 +391,23 @@ def reproduce(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(args, table, specs)
     inv = _open_invocation(args, table)
-    c = inv.client
-    cli.watch_run(c, inv.parent)
+    cli.watch_run(inv.client, inv.parent)
     if args.tuned:
-        specs = _apply_tuned(c, specs)
-    done = _finished(c, inv.exp_id, table.name, inv.asked)
+        specs = _apply_tuned(inv.client, specs)
+    done = _finished(inv.client, inv.exp_id, table.name, inv.asked)
     pending = [s for s in specs if s.run_key not in done]
     print(
         f"{inv.name}: {table.name}, {len(specs)} runs ({len(pending)} to run, "
         f"{len(specs) - len(pending)} finished before); MLflow {inv.uri}",
         flush=True,
     )
-    tracking.log_params(
-        c,
-        inv.parent,
-        {
-            "reproduce.table": table.name,
-            "reproduce.seeds": "protocol" if args.seeds is None else args.seeds,
-            "reproduce.first_seed": args.first_seed,
-            "reproduce.methods": ",".join(args.methods or []) or "all",
-            "reproduce.preset": args.preset,
-            "reproduce.tuned": args.tuned,
-            "reproduce.fidelity": args.fidelity,
-            "reproduce.columns": ",".join(args.columns or []) or "all",
-            "reproduce.overrides": " ".join(args.overrides) or "none",
-            "reproduce.runs": len(specs),
-            "reproduce.pending": len(pending),
-        },
-    )
+    _log_invocation(args, inv, len(specs), len(pending))
     try:
         ok, estimate = _run_pending(args, inv, specs, pending) if pending else (True, None)
     except _Interrupted:
-        # the runs Tune stopped stay open (a stopped trial cannot tell Ctrl-C from a
-        # scheduler): closed here as interrupted; running the command again trains them
-        runs = tracking.all_runs_with_tags(c, inv.exp_id, {names.PARENT: inv.parent})
-        tracking.close_running(c, runs, tag=names.INTERRUPTED, status="KILLED")
-        c.set_tag(inv.parent, names.INTERRUPTED, "true")
-        c.set_terminated(inv.parent, status="KILLED")
-        print(
-            "interrupted: the runs that finished are kept; run the same command again to "
-            "train the rest",
-            file=sys.stderr,
-        )
-        return 130
-    c.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
-    data = report_data(c, inv.exp_id, table, inv.asked, smoke=args.smoke)
-    if has_runs(data):  # else every run failed: the error line below says so
-        print()
-        print(render(data, "md"))
-        flags = (" --preset " + args.preset if args.preset != "paper" else "") + "".join(
-            f for f, on in ((" --tuned", args.tuned), (" --smoke", args.smoke)) if on
-        )
-        print(
-            "\nreport again: "
-            + cli.command(f"orchestrator.report {table.name}{flags}{inv.store_args}")
-            + " --format html --out report.html"
-        )
+        return _interrupted(inv)
+    inv.client.set_terminated(inv.parent, status="FINISHED" if ok else "FAILED")
+    _print_table(args, inv)
     if estimate is not None and estimate.device_s and set(estimate.device_s) <= {FIXED.device}:
         took = (time.monotonic() - started) / 60
         note = " (parts not measured left out)" if estimate.unmeasured else ""
@@ -454,6 +416,61 @@ def reproduce(args: argparse.Namespace) -> int:
         print("error: some runs did not finish; see the errors above", file=sys.stderr)
         return 1
     return 0
+
+
+def _log_invocation(args, inv: _Invocation, runs: int, pending: int) -> None:
+    """The invocation's options and run counts, as params of its parent run."""
+    tracking.log_params(
+        inv.client,
+        inv.parent,
+        {
+            "reproduce.table": inv.table.name,
+            "reproduce.seeds": "protocol" if args.seeds is None else args.seeds,
+            "reproduce.first_seed": args.first_seed,
+            "reproduce.methods": ",".join(args.methods or []) or "all",
+            "reproduce.preset": args.preset,
+            "reproduce.tuned": args.tuned,
+            "reproduce.fidelity": args.fidelity,
+            "reproduce.columns": ",".join(args.columns or []) or "all",
+            "reproduce.overrides": " ".join(args.overrides) or "none",
+            "reproduce.runs": runs,
+            "reproduce.pending": pending,
+        },
+    )
+
+
+def _interrupted(inv: _Invocation) -> int:
+    """Ctrl-C: the runs Tune stopped stay open (a stopped trial cannot tell Ctrl-C from a
+    scheduler), so they are closed here as interrupted; running the command again trains
+    them."""
+    c = inv.client
+    runs = tracking.all_runs_with_tags(c, inv.exp_id, {names.PARENT: inv.parent})
+    tracking.close_running(c, runs, tag=names.INTERRUPTED, status="KILLED")
+    c.set_tag(inv.parent, names.INTERRUPTED, "true")
+    c.set_terminated(inv.parent, status="KILLED")
+    print(
+        "interrupted: the runs that finished are kept; run the same command again to "
+        "train the rest",
+        file=sys.stderr,
+    )
+    return 130
+
+
+def _print_table(args, inv: _Invocation) -> None:
+    """The table from the finished runs, and the command that prints it again."""
+    data = report_data(inv.client, inv.exp_id, inv.table, inv.asked, smoke=args.smoke)
+    if not has_runs(data):  # every run failed: the error line says so
+        return
+    print()
+    print(render(data, "md"))
+    flags = (" --preset " + args.preset if args.preset != "paper" else "") + "".join(
+        f for f, on in ((" --tuned", args.tuned), (" --smoke", args.smoke)) if on
+    )
+    print(
+        "\nreport again: "
+        + cli.command(f"orchestrator.report {inv.table.name}{flags}{inv.store_args}")
+        + " --format html --out report.html"
+    )
 
 
 def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spec) -> dict:
