@@ -84,132 +84,154 @@ def reproduce_population(config: dict, contexts: dict[str, SweepContext]) -> Non
 def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
     """Train ``members`` (``(context, config, run name, sampled values)`` each, one stage 1)
     as one population in this Tune trial, each tracked as a trial; ``report_fn`` is Tune's."""
-    ctx = members[0][0]
-    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))
-    settings = [m[3] for m in members]
-    cfgs = [m[1] for m in members]
-    trackers = [
-        TrialTracker(
-            mctx,
-            c,
-            member_id(trial_id, i),
-            run_name,
-            extra_tags={POPULATION: trial_id, MEMBER: str(i)},
-            buffered=True,
-        )
-        for i, (mctx, c, run_name, _) in enumerate(members)
-    ]
-    best_val = [float("nan")] * len(cfgs)
-    best_test = [float("nan")] * len(cfgs)
-    todo = []
-    for i, t in enumerate(trackers):
-        if t.finished_run is not None:  # finished before a restart: reported from MLflow
-            best_val[i] = _final(t.finished_run)
-            best_test[i] = t.finished_run.data.metrics.get(names.SELECTED_TEST, float("nan"))
-        else:
-            todo.append(i)
-    epochs = cfgs[0].stage2.epochs
+    torch.set_num_threads(max(1, int(members[0][0].cpus_per_trial)))
+    _Members(members, trial_id, report_fn, rungs).train()
 
-    def report(epoch: int) -> None:
-        vals = [v if math.isfinite(v) else -1.0 for v in best_val]
+
+class _Members:
+    """The members of one population trial: their trackers, their selections so far, and the
+    hooks :func:`trainables.trial.run_population` calls (``pos``: a member's place among those
+    that train, ``todo``; a member that finished before a restart is reported from MLflow)."""
+
+    def __init__(self, members: list, trial_id: str, report_fn, rungs) -> None:
+        self.ctx = members[0][0]
+        self.settings = [m[3] for m in members]
+        self.cfgs = [m[1] for m in members]
+        self.report_fn, self.rungs = report_fn, rungs
+        self.epochs = self.cfgs[0].stage2.epochs
+        self.trackers = [
+            TrialTracker(
+                mctx,
+                c,
+                member_id(trial_id, i),
+                run_name,
+                extra_tags={POPULATION: trial_id, MEMBER: str(i)},
+                buffered=True,
+            )
+            for i, (mctx, c, run_name, _) in enumerate(members)
+        ]
+        self.best_val = [float("nan")] * len(self.cfgs)
+        self.best_test = [float("nan")] * len(self.cfgs)
+        self.todo = []
+        for i, t in enumerate(self.trackers):
+            if t.finished_run is not None:  # finished before a restart: reported from MLflow
+                self.best_val[i] = _final(t.finished_run)
+                self.best_test[i] = t.finished_run.data.metrics.get(
+                    names.SELECTED_TEST, float("nan")
+                )
+            else:
+                self.todo.append(i)
+        self.live: dict[int, StageResult] = {}
+        self.open = set(self.todo)
+        self.data = None  # the cached features the members' artifacts describe
+        self.uploaded: dict[int, int] = {}  # member -> the selected epoch its artifacts show
+        self.last_flush = time.monotonic()
+
+    def report(self, epoch: int) -> None:
+        """The trial's result: the best member's selection (what ASHA ranks the trial on) and
+        every member's (what Optuna is told)."""
+        vals = [v if math.isfinite(v) else -1.0 for v in self.best_val]
         top = max(range(len(vals)), key=lambda i: vals[i])
-        out = {
-            names.SELECT_METRIC: max(vals[top], 0.0),
-            names.SELECTED_TEST: best_test[top] if math.isfinite(best_test[top]) else 0.0,
-            names.TIME_ATTR: epoch + 1,
-            "population": len(cfgs),
-            **{member_key(i): max(v, 0.0) for i, v in enumerate(vals)},
-        }
-        report_fn(out)
+        test = self.best_test[top]
+        self.report_fn(
+            {
+                names.SELECT_METRIC: max(vals[top], 0.0),
+                names.SELECTED_TEST: test if math.isfinite(test) else 0.0,
+                names.TIME_ATTR: epoch + 1,
+                "population": len(self.cfgs),
+                **{member_key(i): max(v, 0.0) for i, v in enumerate(vals)},
+            }
+        )
 
-    if not todo:
-        report(epochs - 1)
-        return
-    live: dict[int, StageResult] = {}
-    open_members = set(todo)
-    data = None  # the cached features the members' artifacts describe (set below)
+    def train(self) -> None:
+        if not self.todo:
+            self.report(self.epochs - 1)
+            return
+        try:
+            for i in self.todo:
+                self.trackers[i].start(self.settings[i])
+            cfg = self.cfgs[0]
+            stage1 = read_entry(self.ctx.entry_uri, features=needs_features(cfg))
+            if stage1.features is None:  # an entry built for a row that did not need them
+                add_features(cfg, stage1, pick_device())
+            self.data = features_data(stage1, torch.device("cpu"))
+            run_population(
+                [self.cfgs[i] for i in self.todo],
+                stage1,
+                device=pick_device(),
+                callback=self.on_epoch,
+                on_improve=self.on_improve,
+                on_member_end=self.on_member_end,
+                epoch_end=self.epoch_end,
+                rungs=self.rungs,
+            )
+            self.report(self.epochs - 1)  # after every member's run is closed: Tune stops here
+        except SystemExit:  # Tune stopped the population at a report (ASHA, or an interrupt)
+            self.at_stop()
+            raise
+        except BaseException as err:
+            for i in sorted(self.open):
+                self.trackers[i].fail(err)
+            raise
 
-    def callback(pos: int, stage: str, epoch: int, metrics: dict) -> None:
-        i = todo[pos]
-        trackers[i].epoch(metrics, epoch)
-        best_val[i], best_test[i] = trackers[i].best_val, trackers[i].best_test
+    def on_epoch(self, pos: int, stage: str, epoch: int, metrics: dict) -> None:
+        i = self.todo[pos]
+        self.trackers[i].epoch(metrics, epoch)
+        self.best_val[i], self.best_test[i] = self.trackers[i].best_val, self.trackers[i].best_test
         if epoch == 0:
             inject_fault()
 
-    def on_improve(pos: int, result: StageResult) -> None:
-        live[todo[pos]] = result
+    def on_improve(self, pos: int, result: StageResult) -> None:
+        self.live[self.todo[pos]] = result
 
-    def on_member_end(pos: int, outcome: MemberOutcome) -> None:
-        i = todo[pos]
-        t = trackers[i]
-        open_members.discard(i)
+    def on_member_end(self, pos: int, outcome: MemberOutcome) -> None:
+        i = self.todo[pos]
+        t = self.trackers[i]
+        self.open.discard(i)
         if outcome.error is not None:
             t.fail(outcome.error, diverged=True)
-            best_val[i] = max(t.best_val, 0.0)
+            self.best_val[i] = max(t.best_val, 0.0)
             return
         if outcome.result.selected:
-            t.upload_selected(outcome.result, data)
+            t.upload_selected(outcome.result, self.data)
         if outcome.stopped_epoch is not None:
             t.stopped_early()
         else:
             t.finish(scalar_summary(outcome.result))
 
-    uploaded: dict[int, int] = {}  # member -> the selected epoch its artifacts show
-
-    last_flush = time.monotonic()
-
-    def epoch_end(epoch: int) -> None:
-        nonlocal last_flush
-        if epoch >= epochs - 1:
+    def epoch_end(self, epoch: int) -> None:
+        if epoch >= self.epochs - 1:
             return  # reported once every member's run is closed
-        if epoch + 1 in rungs or time.monotonic() - last_flush > FLUSH_SECONDS:
+        at_rung = epoch + 1 in self.rungs
+        if at_rung or time.monotonic() - self.last_flush > FLUSH_SECONDS:
             # the members' epochs so far go up together: before a report at which ASHA may
             # stop the trial, and at least every FLUSH_SECONDS for the live view
-            for i in sorted(open_members):
-                trackers[i].flush()
-            last_flush = time.monotonic()
-        if epoch + 1 in rungs:
+            for i in sorted(self.open):
+                self.trackers[i].flush()
+            self.last_flush = time.monotonic()
+        if at_rung:
             # ASHA may stop the trial at this report, and the process may end before the
-            # SystemExit handler below runs: every open member's selection (its data: the
-            # driver draws the figures of a run left pending) and summary so far go up first
-            for i in sorted(open_members):
-                if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
-                    trackers[i].upload_progress(live[i], data)
-                    trackers[i].log_summary(scalar_summary(live[i]))
-                    uploaded[i] = live[i].selected.get("epoch")
-        report(epoch)
+            # SystemExit handler runs: every open member's selection (its data: the driver
+            # draws the figures of a run left pending) and summary so far go up first
+            for i in sorted(self.open):
+                if self._behind(i):
+                    self.trackers[i].upload_progress(self.live[i], self.data)
+                    self.trackers[i].log_summary(scalar_summary(self.live[i]))
+                    self.uploaded[i] = self.live[i].selected.get("epoch")
+        self.report(epoch)
 
-    try:
-        for i in todo:
-            trackers[i].start(settings[i])
-        stage1 = read_entry(ctx.entry_uri, features=needs_features(cfgs[0]))
-        if stage1.features is None:  # an entry built for a row that did not need them
-            add_features(cfgs[0], stage1, pick_device())
-        data = features_data(stage1, torch.device("cpu"))
-        run_population(
-            [cfgs[i] for i in todo],
-            stage1,
-            device=pick_device(),
-            callback=callback,
-            on_improve=on_improve,
-            on_member_end=on_member_end,
-            epoch_end=epoch_end,
-            rungs=rungs,
-        )
-        report(epochs - 1)  # after every member's run is closed: Tune stops a trial here
-    except SystemExit:  # Tune stopped the population at a report (ASHA, or an interrupt)
-        # quick, and no drawing: the process may exit at any moment. The open members' runs
-        # stay open for the driver (closed as stopped early when ASHA stopped the trial; left
-        # for --resume when the sweep was interrupted). At a rung their data is already up.
-        for i in sorted(open_members):
-            t = trackers[i]
-            if i in live and uploaded.get(i) != live[i].selected.get("epoch"):
-                t.upload_progress(live[i], data)
+    def _behind(self, i: int) -> bool:
+        """Whether member ``i``'s uploaded artifacts show an older selection than its own."""
+        return i in self.live and self.uploaded.get(i) != self.live[i].selected.get("epoch")
+
+    def at_stop(self) -> None:
+        """Quick, and no drawing: the process may exit at any moment. The open members' runs
+        stay open for the driver (closed as stopped early when ASHA stopped the trial; left
+        for --resume when the sweep was interrupted). At a rung their data is already up."""
+        for i in sorted(self.open):
+            t = self.trackers[i]
+            if self._behind(i):
+                t.upload_progress(self.live[i], self.data)
                 t.at_stop()  # with its summary
             else:
                 t.flush()
-        raise
-    except BaseException as err:
-        for i in sorted(open_members):
-            trackers[i].fail(err)
-        raise
