@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from trainables.config import POSTHOC, Stage1Config, Stage2Config
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
-from trainables.losses import make_loss, posthoc_logit_adjustment
+from trainables.losses import check_loss_args, make_loss, posthoc_logit_adjustment
 from trainables.metrics import classification_metrics
 from trainables.models import SplitNet
 from trainables.resume import Stage1Checkpoints
@@ -187,6 +187,7 @@ def check_stage1(cfg: Stage1Config) -> None:
     starts with this); each choice alone was checked when the config was built. Raises
     ValueError with a one-line reason."""
     loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
+    check_loss_args(focal_gamma=cfg.focal_gamma, cb_beta=cfg.cb_beta, prefix="stage1.")
     if cfg.reweight != "none" and loss_name != "ce":
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     switched = cfg.amp != "none" or cfg.channels_last or cfg.compile != "none"

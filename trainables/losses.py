@@ -31,7 +31,14 @@ from torch import Tensor, nn
 from trainables.config import POSTHOC, Loss
 from trainables.reweight import class_balanced_weights
 
-__all__ = ["FOCAL_FORMS", "LOSSES", "StageLoss", "make_loss", "posthoc_logit_adjustment"]
+__all__ = [
+    "FOCAL_FORMS",
+    "LOSSES",
+    "StageLoss",
+    "check_loss_args",
+    "make_loss",
+    "posthoc_logit_adjustment",
+]
 
 # How a focal loss is formed: "softmax" -(1 - p_y)^gamma log p_y (Lin et al.; LDAM-DRW's plain
 # focal), a (class-weighted) mean; "sigmoid" Cui et al.'s class-balanced focal loss; "ldam_drw"
@@ -171,6 +178,20 @@ def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, w: Tensor | None) -> Tens
     return per_sample.sum() / z.shape[0]
 
 
+def check_loss_args(
+    *, focal_gamma: float = 1.0, cb_beta: float = 0.9999, ldam_s: float = 30.0, prefix: str = ""
+) -> None:
+    """ValueError (one line, each name after ``prefix``) for a loss parameter out of range:
+    :func:`make_loss` checks its arguments with it, and the stage-1 checks a config's before
+    anything runs."""
+    if focal_gamma < 0:
+        raise ValueError(f"{prefix}focal_gamma must be >= 0, got {focal_gamma}")
+    if not 0.0 <= cb_beta < 1.0:
+        raise ValueError(f"{prefix}cb_beta must be in [0, 1), got {cb_beta}")
+    if ldam_s <= 0:
+        raise ValueError(f"{prefix}ldam_s must be > 0, got {ldam_s}")
+
+
 def make_loss(
     name: str,
     class_counts: Sequence[int] | Tensor,
@@ -189,12 +210,7 @@ def make_loss(
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    if focal_gamma < 0:
-        raise ValueError(f"focal_gamma must be >= 0, got {focal_gamma}")
-    if not 0.0 <= cb_beta < 1.0:
-        raise ValueError(f"cb_beta must be in [0, 1), got {cb_beta}")
-    if ldam_s <= 0:
-        raise ValueError(f"ldam_s must be > 0, got {ldam_s}")
+    check_loss_args(focal_gamma=focal_gamma, cb_beta=cb_beta, ldam_s=ldam_s)
     counts = _counts_tensor(class_counts)
     k = counts.numel()
 

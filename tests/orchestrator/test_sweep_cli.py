@@ -66,6 +66,15 @@ def test_bad_input_is_one_line_exit_2(tmp_path, sweep, args, message):
             "bad configuration: stage1.reweight (l2rw / mwn) runs single-worker with",
         ),
         (["stage2.eps=-1"], "bad configuration: eps must be > 0"),
+        # a loss parameter out of range: refused here, not in stage 1's Ray task
+        (
+            ["stage1.loss=focal", "stage1.focal_gamma=-1"],
+            "bad configuration: stage1.focal_gamma must be >= 0, got -1.0",
+        ),
+        (
+            ["stage1.loss=cb_ce", "stage1.cb_beta=1"],
+            "bad configuration: stage1.cb_beta must be in [0, 1), got 1.0",
+        ),
     ],
 )
 def test_bad_choices_stop_the_sweep_before_ray_starts(tmp_path, capsys, sets, message):
