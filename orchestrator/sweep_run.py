@@ -98,6 +98,7 @@ def _open_parent(c, exp_id: str, cfg, args, search: Search, sweep_id: str, rec: 
             "sweep.gpus_per_trial": args.gpus_per_trial,
             "sweep.search_space": space.name,
             "sweep.pinned": ", ".join(f"{k}={v}" for k, v in search.pinned.items()) or "none",
+            "sweep.unread": ", ".join(search.unread) or "none",
         },
     )
     c.log_text(parent, space_source(space), "search_space.py")
@@ -170,6 +171,11 @@ def _checked_search(args: argparse.Namespace, cfg) -> Search:
     cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
     runtime.preflight(cfg)
     search = Search.of(space, cfg, args.overrides)
+    if search.unread and not (search.first or search.pinned):
+        raise CommandError(
+            f"--space {space.name} searches {', '.join(search.unread)}, which this "
+            f"configuration does not read: {space.about}"
+        )
     search.announce()
     if not search.searched:
         args.trials = 1

@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import Space
-from trainables.config import value_at
+from trainables.config import unused_fields, value_at
 from trainables.population import VARYING, population_reason
 
 from . import names, progress, runtime
@@ -53,19 +53,24 @@ def workers_per_trial(args: argparse.Namespace) -> int:
 @dataclasses.dataclass(frozen=True)
 class Search:
     """What a sweep searches: the space, the searched keys a ``--set`` pins (with their typed
-    values: they leave the search and every setting gets them), and the first setting asked
-    (the space's published one, pinned keys left out)."""
+    values: they leave the search and every setting gets them), the space's keys the config
+    does not read (``unused_fields``: a dimension that would change nothing, held at the
+    config's value), and the first setting asked (the space's published one, without both)."""
 
     space_of: Space
     pinned: dict
     first: dict
+    unread: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, space: Space, cfg, overrides: list[str]) -> Search:
         best = space.best(cfg)
         keys = [item.split("=", 1)[0].strip() for item in overrides]
         pinned = {k: value_at(cfg, k) for k in keys if k in best}
-        return cls(space, pinned, {k: v for k, v in best.items() if k not in pinned})
+        unused = unused_fields(cfg)
+        unread = {k: value_at(cfg, k) for k in best if k in unused and k not in pinned}
+        first = {k: v for k, v in best.items() if k not in pinned and k not in unread}
+        return cls(space, pinned, first, unread)
 
     @property
     def searched(self) -> list[str]:
@@ -73,13 +78,15 @@ class Search:
 
     def space(self):
         """The define-by-run space the searcher runs (``search.PinnedSpace``)."""
-        return PinnedSpace(self.space_of.name, self.pinned)
+        return PinnedSpace(self.space_of.name, {**self.unread, **self.pinned})
 
     def announce(self) -> None:
         """One line per pinned key; a one-setting search said as such."""
+        for key in self.unread:
+            print(f"{key} is not read by this configuration: not searched", flush=True)
         for key, value in self.pinned.items():
             print(f"{key} fixed at {value}: no longer searched", flush=True)
-        if self.pinned and not self.searched:
+        if (self.pinned or self.unread) and not self.searched:
             print("every searched key is fixed: one setting, run once", flush=True)
 
 

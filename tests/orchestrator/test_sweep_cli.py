@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import optuna
 import pytest
 
 
@@ -26,8 +27,23 @@ import pytest
             "--population 4: f1 trains in stage 2 (stage2.train=all): one setting per trial",
         ),
         (
-            ["image_mnist_lt", "--smoke", "--population", "4", "--space", "meta_reweight"],
+            [
+                "image_mnist_lt",
+                "--smoke",
+                "--population",
+                "4",
+                "--space",
+                "meta_reweight",
+                "--set",
+                "stage1.reweight=mwn",
+            ],
             "--population 4: the space searches stage1.meta_lr, which members cannot set",
+        ),
+        (
+            ["image_mnist_lt", "--smoke", "--space", "meta_reweight"],
+            "--space meta_reweight searches stage1.meta_lr, stage1.meta_batch, which this "
+            "configuration does not read: stage 1 of L2RW / Meta-Weight-Net (with --set "
+            "stage1.reweight=mwn or l2rw)",
         ),
         (["text_sst5", "--smoke"], "SST-5 not found"),
         (["text_sst2", "--smoke", "--set", "data.root=/nonexistent"], "SST-2.zip"),
@@ -273,8 +289,9 @@ def test_a_default_sweep_says_what_stops_populations(capsys):
     args = _parser().parse_args(["image_mnist_lt", "--trials", "32"])
     assert population_size(args, cfg, Search.of(SEARCH_SPACES["offline"], cfg, []), 2) == 16
     assert capsys.readouterr().out == ""
-    meta = Search.of(SEARCH_SPACES["meta_reweight"], cfg, [])
-    assert population_size(args, cfg, meta, 2) == 1
+    mwn = resolve("image_mnist_lt", smoke=True, overrides=["stage1.reweight=mwn"])
+    meta = Search.of(SEARCH_SPACES["meta_reweight"], mwn, [])
+    assert population_size(args, mwn, meta, 2) == 1
     assert capsys.readouterr().out.splitlines() == [
         "one setting per trial (no populations): the space searches stage1.meta_lr, "
         "which members cannot set for themselves"
@@ -282,3 +299,31 @@ def test_a_default_sweep_says_what_stops_populations(capsys):
     f1 = resolve("image_mnist_lt", smoke=True, overrides=["stage2.train=all"])
     assert population_size(args, f1, Search.of(SEARCH_SPACES["offline"], f1, []), 2) == 1
     assert "f1 trains in stage 2" in capsys.readouterr().out
+
+
+def test_a_searched_key_the_config_does_not_read_is_not_searched(capsys):
+    """Under the released-code preset the cost mixing ignores stage2.feature_weight: the sweep
+    holds it at the config's value and says so, instead of searching a dimension that changes
+    nothing (the same space under the paper preset searches it)."""
+    from orchestrator.sweep_setup import Search
+    from search_spaces import SEARCH_SPACES, resolve
+    from trainables.config import unused_fields
+
+    offline = SEARCH_SPACES["offline"]
+    cfg = resolve("image_mnist_lt", smoke=True, preset="released_code")
+    assert "stage2.feature_weight" in unused_fields(cfg)
+    search = Search.of(offline, cfg, [])
+    assert search.unread == {"stage2.feature_weight": cfg.stage2.feature_weight}
+    assert "stage2.feature_weight" not in search.searched and search.pinned == {}
+    assert set(search.searched) == set(offline.best(cfg)) - {"stage2.feature_weight"}
+    search.announce()
+    assert capsys.readouterr().out.splitlines() == [
+        "stage2.feature_weight is not read by this configuration: not searched"
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0))
+    trial = study.ask()
+    constants = search.space()(trial)
+    assert "stage2.feature_weight" not in trial.params  # the study never samples it
+    assert constants == {"stage2.feature_weight": cfg.stage2.feature_weight}
+    paper = Search.of(offline, resolve("image_mnist_lt", smoke=True), [])
+    assert paper.unread == {} and "stage2.feature_weight" in paper.searched
