@@ -41,13 +41,16 @@ from trainables.reweight import (
 __all__ = [
     "POSTHOC_PREFIX",
     "Callback",
+    "Selector",
     "StageResult",
+    "check_finite",
     "check_stage1",
     "check_stage2",
     "evaluate",
     "flat_metrics",
     "improves",
     "lr_at",
+    "meta_distribution_builder",
     "train_stage1",
     "train_stage2",
 ]
@@ -84,7 +87,9 @@ class StageResult:
     posthoc: StageResult | None = None
 
 
-def _no_nan(value: float, what: str, stage: str, epoch: int) -> None:
+def check_finite(value: float, what: str, stage: str, epoch: int) -> None:
+    """The NaN rule of every loop: a non-finite loss at the end of an epoch stops the run with
+    FloatingPointError (one line: what, where, the remedy)."""
     if not math.isfinite(value):
         raise FloatingPointError(
             f"{stage}: {what} is {value} at epoch {epoch}; lower the learning "
@@ -151,7 +156,10 @@ def improves(val: float, best_val: float) -> bool:
     return val > best_val
 
 
-class _Selector:
+class Selector:
+    """The selection of every loop (:func:`improves`): the last epoch, the validation-selected
+    one (with a copy of its model unless ``keep_state=False``) and the best test epoch."""
+
     def __init__(self, *, keep_state: bool = True) -> None:
         self.best_val = -1.0
         self.best_test = -1.0
@@ -287,7 +295,7 @@ def train_stage1(
         def adjust(logits):
             return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
 
-        views, posthoc = (None, adjust), _Selector(keep_state=False)
+        views, posthoc = (None, adjust), Selector(keep_state=False)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(
@@ -304,7 +312,7 @@ def train_stage1(
     if meta is not None and parallel is not None:
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     forward = stage1_forward(model, cfg)
-    sel = _Selector()
+    sel = Selector()
     history: list[dict] = []
     start = 0
     if checkpoints is not None:
@@ -348,7 +356,7 @@ def train_stage1(
         if parallel is not None:
             total = parallel.sum(total)
         train_loss = total.item() / len(data.train)
-        _no_nan(train_loss, "the training loss", "stage 1", epoch)
+        check_finite(train_loss, "the training loss", "stage 1", epoch)
         metrics, *adjusted = evaluate_views(model, data, views)
         sel.update(epoch, metrics, model)
         logged = {"train_loss": train_loss, "lr": lr_at(cfg, epoch), **flat_metrics(metrics)}
@@ -368,7 +376,7 @@ def train_stage1(
     return sel.result
 
 
-def _selector_state(sel: _Selector | None) -> dict | None:
+def _selector_state(sel: Selector | None) -> dict | None:
     if sel is None:
         return None
     r = sel.result
@@ -382,7 +390,7 @@ def _selector_state(sel: _Selector | None) -> dict | None:
     }
 
 
-def _load_selector(sel: _Selector | None, s: dict | None, device: torch.device) -> None:
+def _load_selector(sel: Selector | None, s: dict | None, device: torch.device) -> None:
     if sel is None:
         return
     sel.best_val, sel.best_test = s["best_val"], s["best_test"]
@@ -547,7 +555,10 @@ def step_config(cfg: Stage2Config, num_classes: int) -> StepConfig:
     )
 
 
-def _q_builder(cfg: Stage2Config, k: int, generator: torch.Generator):
+def meta_distribution_builder(cfg: Stage2Config, k: int, generator: torch.Generator):
+    """``build(z, y)``: the meta distribution Q of stage 2 (``stage2.meta_distribution``, a
+    random prototype batch when ``stage2.prototype_batch``) from the meta set's features."""
+
     def build(z: Tensor, y: Tensor) -> MetaDistribution:
         if cfg.meta_distribution == "prototype":
             q = class_prototypes(z, y, k)
@@ -632,7 +643,7 @@ def train_stage2(
     """
     k = data.num_classes
     if cfg.method == "none":  # the stage-1 model, evaluated once (reported as epoch 0)
-        sel = _Selector()
+        sel = Selector()
         metrics = evaluate(model, data, adjust=adjust)
         sel.update(0, metrics, model)
         if on_improve:
@@ -682,10 +693,10 @@ def train_stage2(
         weight_opt = torch.optim.SGD(
             weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
         )
-    build_q = _q_builder(cfg, k, generator)
+    build_q = meta_distribution_builder(cfg, k, generator)
     fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
     meta_y = work_data.meta.y
-    sel = _Selector()
+    sel = Selector()
     if isinstance(weights, WeightVector) or frozen:
         sel.result.start_mass, _ = _class_mass(weights, work_data.train, k)
     for epoch in range(cfg.epochs):
@@ -738,8 +749,8 @@ def train_stage2(
             loss_sum += res.loss
             steps += 1
         ot_mean, loss_mean = ot_sum.item() / steps, loss_sum.item() / steps
-        _no_nan(ot_mean, "the OT loss", "stage 2", epoch)
-        _no_nan(loss_mean, "the weighted training loss", "stage 2", epoch)
+        check_finite(ot_mean, "the OT loss", "stage 2", epoch)
+        check_finite(loss_mean, "the weighted training loss", "stage 2", epoch)
         metrics = evaluate(model, data) if not frozen else evaluate(work, work_data)
         improved = sel.update(epoch, metrics, model)
         if isinstance(weights, WeightVector) or frozen:

@@ -30,13 +30,13 @@ from torch.func import functional_call, stack_module_state, vmap
 from trainables.config import Stage2Config
 from trainables.data.arrays import StageData, iterate_batches
 from trainables.loop import (
+    Selector,
     StageResult,
-    _no_nan,
-    _q_builder,
-    _Selector,
+    check_finite,
     check_stage2,
     flat_metrics,
     frozen_feature_data,
+    meta_distribution_builder,
     step_config,
 )
 from trainables.metrics import confusion_matrices, confusion_metrics
@@ -465,11 +465,11 @@ def train_population(
         [c.weight_lr for c in cfgs], [c.weight_momentum for c in cfgs], [0.0] * p_all,
         False, [c.weight_optimizer == "adam" for c in cfgs], wlike,
     )  # fmt: skip
-    build_q = _q_builder(cfg, k, generator)
+    build_q = meta_distribution_builder(cfg, k, generator)
     fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
     meta_y = work_data.meta.y
     members = list(range(p_all))  # active members, by original index
-    selectors = [_Selector() for _ in range(p_all)]
+    selectors = [Selector() for _ in range(p_all)]
     for m, w in enumerate(weights.per_sample(work_data.train.x)):
         selectors[m].result.start_mass, _ = _class_mass(w, work_data.train.y, k)
     outcomes: list[MemberOutcome | None] = [None] * p_all
@@ -518,8 +518,8 @@ def train_population(
         alive = []
         for pos, m in enumerate(members):
             try:
-                _no_nan(ot_mean[pos] / steps, "the OT loss", "stage 2", epoch)
-                _no_nan(loss_mean[pos] / steps, "the weighted training loss", "stage 2", epoch)
+                check_finite(ot_mean[pos] / steps, "the OT loss", "stage 2", epoch)
+                check_finite(loss_mean[pos] / steps, "the weighted training loss", "stage 2", epoch)
             except FloatingPointError as err:
                 end(m, MemberOutcome(selectors[m].result, error=err))
                 continue
@@ -587,7 +587,7 @@ def _class_mass(w: Tensor, y: Tensor, k: int) -> tuple[list[float], list[float]]
 
 
 class _View:
-    """One member's classifier as a ``state_dict`` (what ``_Selector`` copies)."""
+    """One member's classifier as a ``state_dict`` (what ``Selector`` copies)."""
 
     def __init__(self, heads: _Stacked, pos: int) -> None:
         self.heads, self.pos = heads, pos
