@@ -148,29 +148,45 @@ def sinkhorn(
     )
 
 
-def _solve_adjoint(plan: Tensor, r: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
-    """Solve ``[[diag(a), T], [T^T, diag(b)]] [p; q] = [r; c]`` with ``a = T1, b = T^T 1``.
+def _solve_adjoint(plan: Tensor, rows: Tensor, cost: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """Solve ``[[diag(a), T], [T^T, diag(b)]] [p; q] = [r; c]`` with ``a = T1, b = T^T 1`` and
+    ``r = (T * cost) 1``, given ``rows``: each row of the plan divided by its mass (``T = diag(a)
+    rows``, exact after the loop's last update, whose rows are ``softmax((g - C) / eps)``).
 
     The matrix is the Jacobian of the marginal constraints with respect to the potentials; it
     is PSD with the null vector ``(1, -1)``, and ``sum(r) == sum(c)`` makes the system
-    consistent. We eliminate the larger block (Schur complement on the smaller side) and pin
-    the null direction with a rank-one term, so one small dense solve per problem remains.
+    consistent. Each row equation gives ``p_i = sum_j rows_ij (cost_ij - q_j)``, which is
+    eliminated (no division by a mass, so a sample of zero mass gets the limit of its gradient
+    as its mass goes to 0, and makes nothing singular); the Schur complement on the Q side,
+    pinned on its null direction by a rank-one term, is one small dense solve per problem.
     """
-    n, m = plan.shape[-2], plan.shape[-1]
-    if m > n:
-        q, p = _solve_adjoint(plan.transpose(-1, -2), c, r)
-        return p, q
-    tiny = torch.finfo(plan.dtype).tiny
-    a_hat = plan.sum(-1).clamp_min(tiny)
     b_hat = plan.sum(-2)
-    t_over_a = plan / a_hat.unsqueeze(-1)
-    schur = torch.diag_embed(b_hat) - plan.transpose(-1, -2) @ t_over_a
+    row_cost = (rows * cost).sum(-1)
+    schur = torch.diag_embed(b_hat) - plan.transpose(-1, -2) @ rows
     # rhs is orthogonal to 1, so adding s 11^T leaves the solution on 1-perp (where it is unique).
     s = b_hat.mean(-1, keepdim=True).unsqueeze(-1)
-    rhs = c - (plan.transpose(-1, -2) @ (r / a_hat).unsqueeze(-1)).squeeze(-1)
-    q = torch.linalg.solve(schur + s, rhs)
-    p = (r - (plan @ q.unsqueeze(-1)).squeeze(-1)) / a_hat
+    rhs = c - (plan.transpose(-1, -2) @ row_cost.unsqueeze(-1)).squeeze(-1)
+    system = schur + s
+    sv = torch.linalg.svdvals(system)
+    cond = (sv[..., 0] / sv[..., -1]).max()
+    if not cond < 0.01 / torch.finfo(plan.dtype).eps:
+        # the plan is (nearly) a deterministic map: the potentials, and so this gradient, are
+        # not determined in floating point (eps small against the cost differences)
+        raise FloatingPointError(
+            f"grad='implicit': the adjoint system is singular in {plan.dtype} (condition "
+            f"number {float(cond):.1e}): eps is too small for these costs; use "
+            "grad='unrolled' or a larger eps"
+        )
+    q = torch.linalg.solve(system, rhs)
+    p = row_cost - (rows @ q.unsqueeze(-1)).squeeze(-1)
     return p, q
+
+
+def _center_finite(x: Tensor) -> Tensor:
+    """``x`` minus the mean of its finite entries (along the last dimension)."""
+    finite = torch.isfinite(x)
+    total = torch.where(finite, x, 0.0).sum(-1, keepdim=True)
+    return x - total / finite.sum(-1, keepdim=True).clamp_min(1)
 
 
 def _center_pair(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,16 +203,16 @@ class _ImplicitOT(torch.autograd.Function):
         with torch.no_grad():
             res = sinkhorn(cost, a, b, eps=eps, **kwargs)
         ctx.eps = eps
-        ctx.save_for_backward(cost, res.plan)
+        ctx.save_for_backward(cost, res.plan, res.g)
         return (cost * res.plan).sum((-2, -1))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        cost, plan = ctx.saved_tensors
+        cost, plan, g = ctx.saved_tensors
         eps = ctx.eps
-        tc = plan * cost
-        p, q = _solve_adjoint(plan, tc.sum(-1), tc.sum(-2))
+        rows = torch.softmax((g.unsqueeze(-2) - cost) / eps, dim=-1)
+        p, q = _solve_adjoint(plan, rows, cost, (plan * cost).sum(-2))
         p, q = _center_pair(p, q)
         go = grad_out.unsqueeze(-1)
         grad_a = p * go
@@ -222,7 +238,9 @@ class _EnvelopeOT(torch.autograd.Function):
         with torch.no_grad():
             res = sinkhorn(cost, a, b, eps=eps, **kwargs)
             log_plan = (res.f.unsqueeze(-1) + res.g.unsqueeze(-2) - cost) / eps
-            value = (res.plan * cost).sum((-2, -1)) + eps * (res.plan * log_plan).sum((-2, -1))
+            # T log T is 0 where T is (a row of zero mass: log T is -inf there)
+            t_log_t = torch.where(res.plan > 0, res.plan * log_plan, 0.0)
+            value = (res.plan * cost).sum((-2, -1)) + eps * t_log_t.sum((-2, -1))
         ctx.save_for_backward(res.plan, res.f, res.g)
         return value
 
@@ -230,7 +248,9 @@ class _EnvelopeOT(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         plan, f, g = ctx.saved_tensors
-        f, g = f - f.mean(-1, keepdim=True), g - g.mean(-1, keepdim=True)
+        # a zero-mass entry's potential is -inf (the entropy's slope at 0): its gradient is
+        # that, and the centring is over the others so it never reaches them
+        f, g = _center_finite(f), _center_finite(g)
         go = grad_out.unsqueeze(-1)
         grad_c = plan * go.unsqueeze(-1) if ctx.needs_input_grad[0] else None
         return (
@@ -286,6 +306,13 @@ def ot_loss(
       * ``"envelope"``: returns and differentiates a *different objective*, the entropic value
         ``<C, T*> - eps H(T*)``, whose gradient is the dual potential (``f`` for ``a``,
         ``g`` for ``b``, ``T*`` for ``cost``). Cheapest; biased for Eq. 10.
+
+    A sample of zero mass (``a_i = 0``): ``"implicit"`` gives every entry the limit of its
+    gradient as that mass goes to 0 (its row of the plan read as ``softmax((g - C) / eps)``,
+    never divided by the mass); ``"envelope"`` gives that entry ``-inf`` (the entropy's slope
+    at 0) and the others their finite gradient. Where the plan is nearly a deterministic map
+    (``eps`` small against the cost differences) the implicit gradient is not determined in
+    floating point: FloatingPointError, in one line naming the remedy.
 
     impl (``grad="unrolled"`` only): ``"fused"`` runs the same iterations in the scaling domain
     with a hand-written backward (:mod:`.fused`; equal value and gradient up to rounding): in

@@ -119,3 +119,58 @@ def test_unknown_grad_mode_raises():
     cost, theta, b = _problem(3, 3, 0)
     with pytest.raises(ValueError, match="grad must be one of"):
         ot_loss(cost, torch.softmax(theta, 0), b, eps=EPS, max_iter=5, grad="magic")
+
+
+def _zero_mass_problem(seed, eps):
+    g = torch.Generator().manual_seed(seed)
+    cost = torch.rand(12, 7, generator=g, dtype=torch.float64) * 3
+    a = torch.rand(12, generator=g, dtype=torch.float64) + 0.1
+    b = torch.rand(7, generator=g, dtype=torch.float64) + 0.1
+    return cost, a, b / b.sum()
+
+
+def _grad_a(cost, a, b, eps, mode, impl="auto"):
+    x = a.clone().requires_grad_(True)
+    v = ot_loss(cost, x, b, eps=eps, grad=mode, impl=impl, max_iter=20000, tol=1e-14)
+    (g,) = torch.autograd.grad(v, x)
+    return v.detach(), g - g[1:].mean()  # on the simplex: defined up to a constant
+
+
+@pytest.mark.parametrize("eps", [1.0, 0.1, 0.03])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_implicit_gives_a_zero_mass_sample_the_limit_of_its_gradient(seed, eps):
+    """A weight of exactly zero: every entry of the implicit gradient (the zero one included)
+    is the limit as that weight goes to 0, i.e. the converged unrolled gradient at 1e-9."""
+    cost, a, b = _zero_mass_problem(seed, eps)
+    zero, tiny = a.clone(), a.clone()
+    zero[0], tiny[0] = 0.0, 1e-9
+    _, got = _grad_a(cost, zero / zero.sum(), b, eps, "implicit")
+    _, near = _grad_a(cost, tiny / tiny.sum(), b, eps, "unrolled", impl="reference")
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got, near, atol=1e-7, rtol=0)
+
+
+def test_envelope_value_with_a_zero_mass_sample_is_finite_and_continuous():
+    """T log T is 0 on a row of zero mass (not 0 * -inf); the gradient there is undefined
+    (the entropy's slope at 0 is infinite) and stays on that entry alone."""
+    cost, a, b = _zero_mass_problem(0, 0.1)
+    zero, tiny = a.clone(), a.clone()
+    zero[0], tiny[0] = 0.0, 1e-12
+    v0, g0 = _grad_a(cost, zero / zero.sum(), b, 0.1, "envelope")
+    v1, _ = _grad_a(cost, tiny / tiny.sum(), b, 0.1, "envelope")
+    assert torch.isfinite(v0) and abs(float(v0 - v1)) < 1e-9
+    assert torch.isfinite(g0[1:]).all() and g0[0] == -torch.inf
+    _, g1 = _grad_a(cost, tiny / tiny.sum(), b, 0.1, "envelope")
+    assert torch.allclose(g0[1:], g1[1:], atol=1e-6, rtol=0)  # the others: as at 1e-12
+
+
+def test_implicit_refuses_a_singular_system_in_one_line():
+    """eps 1e-3 against costs up to 10: the plan is nearly a deterministic map and the adjoint
+    system singular in float64; one line naming the remedy instead of torch's LinAlgError."""
+    g = torch.Generator().manual_seed(0)
+    cost = torch.rand(16, 10, generator=g, dtype=torch.float64) * 10
+    a = torch.softmax(torch.randn(16, generator=g, dtype=torch.float64), 0).requires_grad_(True)
+    b = torch.full((10,), 0.1, dtype=torch.float64)
+    v = ot_loss(cost, a, b, eps=1e-3, max_iter=2000, tol=1e-12, grad="implicit")
+    with pytest.raises(FloatingPointError, match=r"^grad='implicit': the adjoint system is singul"):
+        v.backward()
