@@ -326,7 +326,8 @@ def ot_loss(
     log-domain loop compiled with a hand-written reverse pass (:mod:`.compiled`; the same
     iterations), anything else the reference. With a ``tol`` it stops by the same rule at the
     same checks (on CUDA the Triton kernels decide on chip for a single problem that fits one
-    tile).
+    tile). ``"fused"`` asked for beyond float64's range (``max |C| / eps`` over 300) is a
+    ValueError in one line: the scaling domain would return NaN there.
     """
     if grad not in GRAD_MODES:
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
@@ -341,7 +342,15 @@ def ot_loss(
         if init is None:
             _check_inputs(cost, a, b, eps, max_iter)
             _check_stop(stop, check_every)
-            dtype = cost.dtype if impl == "fused" else fused_dtype(cost, eps)
+            dtype = fused_dtype(cost, eps)
+            if impl == "fused" and dtype is None:
+                # exp(-C/eps) leaves float64's range: the scaling domain would return NaN
+                ratio = float(cost.detach().abs().max()) / eps
+                raise ValueError(
+                    f"impl='fused' runs in the scaling domain, which max|C|/eps = {ratio:.3g} "
+                    "leaves even in float64; use impl='auto' (it changes domain there) or "
+                    "impl='reference'"
+                )
             if dtype is not None:
                 rule = None if tol is None else (stop, tol, check_every)
                 args = (cost, a, b) if dtype == cost.dtype else (x.to(dtype) for x in (cost, a, b))

@@ -126,6 +126,15 @@ def test_auto_uses_fused_only_where_exact(monkeypatch):
         ot_loss(c, a, b, eps=0.1, max_iter=20, init=warm, impl="fused")
     with pytest.raises(ValueError, match="stop must be one of"):
         ot_loss(c, a, b, eps=0.1, max_iter=20, tol=0.1, stop="sometimes")
+    # asked for by name: a float32 problem beyond float32's range runs fused in float64 (as
+    # under auto); beyond float64's it is refused in one line instead of returning NaN
+    mid = c.detach() * 10  # C / eps up to 100
+    torch.testing.assert_close(
+        ot_loss(mid, a, b, eps=0.1, max_iter=20, impl="fused"),
+        ot_loss(mid, a, b, eps=0.1, max_iter=20, impl="reference"),
+    )
+    with pytest.raises(ValueError, match=r"^impl='fused' runs in the scaling domain, which max"):
+        ot_loss(big.detach(), a, b, eps=0.1, max_iter=20, impl="fused")
 
 
 @pytest.mark.parametrize("backend", ["numba", "numpy", "torch"])
