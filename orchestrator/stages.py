@@ -266,6 +266,13 @@ def build_entry(
     checkpoints = None
     if parallel is None:  # a data-parallel build starts again from its first epoch
         checkpoints = Stage1Checkpoints(checkpoint_store(storage, partial_rel(key)), key)
+        if c is not None and storage.list_files(partial_rel(key)):
+            # resuming: the build that left these checkpoints died with its process, its run
+            # still RUNNING; it is closed as interrupted (this run gets its epochs again)
+            tags = {names.KIND: "stage1_build", names.STAGE1_HASH: key}
+            earlier = tracking.runs_with_tags(c, spec.experiment_id, tags)
+            stale = [r for r in earlier if r.info.run_id != run_id]
+            tracking.close_running(c, stale, tag=names.INTERRUPTED, status="KILLED")
     try:
         out = build_stage1(
             cfg, callback=log_epoch, device=device, parallel=parallel, checkpoints=checkpoints

@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from orchestrator import names, tracking
 from orchestrator.stages import build_entry, checkpoint_store, partial_rel, read_entry
 from orchestrator.storage import Storage
 from search_spaces import resolve
@@ -76,8 +77,18 @@ def test_a_cache_build_continues_from_the_partial_checkpoints_and_removes_them(t
     out = build_stage1(cfg, device=torch.device("cpu"), checkpoints=Stage1Checkpoints(store, key))
     assert storage.list_files(partial_rel(key)) == ["stage1-epoch-0001.ckpt"]
     capfd.readouterr()
-    entry = build_entry(cfg, storage.uri, None, device=torch.device("cpu"))
+    # the killed build's MLflow run, left RUNNING by its process
+    uri = tracking.default_tracking_uri(tmp_path)
+    spec = tracking.TrackingSpec(uri, tracking.ensure_experiment(uri, "e", None))
+    c = tracking.client(uri)
+    tags = {names.KIND: "stage1_build", names.STAGE1_HASH: key}
+    dead = c.create_run(spec.experiment_id, tags=tags).info.run_id
+    entry = build_entry(cfg, storage.uri, spec, device=torch.device("cpu"))
     assert "stage 1: resuming from epoch 1 of 1" in capfd.readouterr().err
+    runs = {r.info.run_id: r for r in tracking.runs_with_tags(c, spec.experiment_id, tags)}
+    assert runs.pop(dead).info.status == "KILLED"  # closed as interrupted by the resume
+    assert c.get_run(dead).data.tags[names.INTERRUPTED] == "true"
+    assert [r.info.status for r in runs.values()] == ["FINISHED"]  # the resumed build's
     assert not storage.exists(partial_rel(key))
     cached = read_entry(entry.uri, features=False)
     assert all(torch.equal(v, cached.model_state[k]) for k, v in out.model_state.items())
