@@ -110,8 +110,8 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     # the paper's settings (here: the offline experiment's own) are enqueued as a trial
     from search_spaces import SPACES, resolve
 
-    first = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
-    best = {k: str(v) for k, v in first.items()}
+    published = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
+    best = {k: str(v) for k, v in published.items()}
     assert any(all(t.data.params[k] == v for k, v in best.items()) for t in trials)
 
     # a sweep trial reproduces `orchestrator.run` with the same settings, number for number
@@ -178,8 +178,8 @@ def test_a_set_on_a_searched_key_pins_it_in_every_trial_and_member(tmp_path, smo
 
     from search_spaces import SPACES, resolve
 
-    first = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
-    every = [x for k, v in first.items() for x in ("--set", f"{k}={v}")]
+    published = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
+    every = [x for k, v in published.items() for x in ("--set", f"{k}={v}")]
     one = smoke(tmp_path / "all", "--trials", "8", *every)
     ok(one)
     assert "every searched key is fixed: one setting, run once" in one.stdout
@@ -332,8 +332,8 @@ def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
     # the published setting was asked first; 32 different settings in all
     from search_spaces import SPACES, resolve
 
-    first = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
-    best = {k: str(v) for k, v in first.items()}
+    published = SPACES["image_mnist_lt"].best(resolve("image_mnist_lt"))
+    best = {k: str(v) for k, v in published.items()}
     assert any(all(m.data.params[k] == v for k, v in best.items()) for m in members)
     assert len({m.data.params["stage2.lr"] for m in members}) == 32
     # the parent's best is the best member by validation
