@@ -548,7 +548,6 @@ def _run_pending(
     except ray.exceptions.RayTaskError as err:
         raise cli.stage1_failure(err, inv.client, inv.parent) from None
     contexts = _contexts(args, inv, pending, entries, spec)
-    fits = runtime.fitting_trials(args.cpus_per_trial, args.gpus_per_trial)
     if fits < 1:
         raise CommandError("a run does not fit the cluster (see --cpus-per-trial/--gpus-per-trial)")
     resources = {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial}
