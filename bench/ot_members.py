@@ -13,11 +13,10 @@ float64, with its ratio to the first:
   * ``torch_loop``: what a user writes: the scaling-domain loop under autograd, one member
     after another (the baseline);
   * ``one_by_one``: ``ot_loss`` per member (a single trial's call: the compiled loop);
-  * ``compiled``: one ``batched_ot_loss`` call, each member its own compiled loop in turn
-    (the lanes switched off: ``compiled.LANES_FROM`` above P);
-  * ``lanes``: one ``batched_ot_loss`` call, members in SIMD lanes (the default).
+  * ``stack``: one ``ot_loss`` call on the stacked problems (a population's call), each member
+    its own compiled loop in turn.
 
-The last three give the same numbers bit for bit (checked here); ``torch_loop`` agrees to
+The last two give the same numbers bit for bit (checked here); ``torch_loop`` agrees to
 rounding (its largest relative difference is printed).
 """
 
@@ -31,8 +30,7 @@ from pathlib import Path
 import torch
 from _results import save_cpu_result
 
-from trainables.reweight import compiled, ot_loss
-from trainables.reweight.batched import batched_ot_loss
+from trainables.reweight import ot_loss
 
 
 def problems(p: int, dtype: torch.dtype, seed: int = 0):
@@ -74,29 +72,23 @@ def variants(p: int):
             ]
         )
 
-    def batched(cost, a, b, eps, caps, tols):
-        return batched_ot_loss(cost, a, b, eps=eps, max_iter=caps, tol=tols, stop="marginal")
+    def stack(cost, a, b, eps, caps, tols):
+        return ot_loss(cost, a, b, eps=eps, max_iter=caps, tol=tols, stop="marginal")
 
-    return {"torch_loop": loop, "one_by_one": one_by_one, "compiled": batched, "lanes": batched}
+    return {"torch_loop": loop, "one_by_one": one_by_one, "stack": stack}
 
 
-def run(name, fn, args, repeat: int):
+def run(fn, args, repeat: int):
     cost, a, b, *rest = args
     cost, a = cost.clone().requires_grad_(), a.clone().requires_grad_()
-    saved = compiled.LANES_FROM
-    if name == "compiled":
-        compiled.LANES_FROM = cost.shape[0] + 1
-    try:
-        times, out = [], None
-        for i in range(repeat + 2):
-            start = time.perf_counter()
-            v = fn(cost, a, b, *rest)
-            grads = torch.autograd.grad(v.sum(), (cost, a))
-            if i >= 2:  # two untimed warm-ups
-                times.append(time.perf_counter() - start)
-            out = (v.detach(), *grads)
-    finally:
-        compiled.LANES_FROM = saved
+    times, out = [], None
+    for i in range(repeat + 2):
+        start = time.perf_counter()
+        v = fn(cost, a, b, *rest)
+        grads = torch.autograd.grad(v.sum(), (cost, a))
+        if i >= 2:  # two untimed warm-ups
+            times.append(time.perf_counter() - start)
+        out = (v.detach(), *grads)
     return statistics.median(times) * 1e3, out
 
 
@@ -113,18 +105,17 @@ def main() -> None:
         data = problems(args.members, dtype)
         row, outs = {}, {}
         for name, fn in variants(args.members).items():
-            row[name], outs[name] = run(name, fn, data, args.repeat)
-        for name in ("compiled", "lanes"):
-            pairs = zip(outs[name], outs["one_by_one"], strict=True)
-            if not all(torch.equal(x, y) for x, y in pairs):
-                raise SystemExit(f"{name} differs from one_by_one in {dtype}: not bit for bit")
+            row[name], outs[name] = run(fn, data, args.repeat)
+        pairs = zip(outs["stack"], outs["one_by_one"], strict=True)
+        if not all(torch.equal(x, y) for x, y in pairs):
+            raise SystemExit(f"stack differs from one_by_one in {dtype}: not bit for bit")
         worst = max(
             float((x - y).abs().max() / y.abs().max())
-            for x, y in zip(outs["torch_loop"], outs["lanes"], strict=True)
+            for x, y in zip(outs["torch_loop"], outs["stack"], strict=True)
         )
         label = str(dtype).removeprefix("torch.")
         base = row["torch_loop"]
-        print(f"{label}, {args.members} members (torch_loop vs lanes: {worst:.1e} relative)")
+        print(f"{label}, {args.members} members (torch_loop vs stack: {worst:.1e} relative)")
         for name, ms in row.items():
             print(f"  {name:<11} {ms:8.2f} ms  {base / ms:6.2f}x")
         result[label] = {

@@ -9,9 +9,9 @@ it (medians; CUDA timings synchronise before reading the clock). Variants of the
 iterations, lambda 0.1, for (B, K) = (16, 10), (16, 100), (32, 365), (128, 1000):
   * reference: the log-domain loop under autograd (``impl="reference"``, the paper's gradient);
   * auto: what ``ot_loss`` picks by default for the device and size;
-  * fused_numba, fused_numpy (CPU) / fused_torch / fused_triton (CUDA): the same
-    iterations in the scaling domain with a hand-written backward (exact), on each backend of
-    :mod:`trainables.reweight.fused`; fused_triton_w1..w8 with 1-8 warps per program;
+  * compiled (CPU) / triton (CUDA, where the kernels take the problem): ``ot_loss``'s other
+    implementations by name (the same iterations with a hand-written backward, exact);
+    triton_w1..w8 with 1-8 warps per program;
   * implicit / envelope: the other gradient modes (converged / different objective);
 and the released code's call (tol 0.1 on the potential change, checked every iteration).
 Then a ResNet-32 stage-2 step (batch 16, CIFAR-sized inputs, 10 classes, f1 trained, virtual
@@ -43,8 +43,7 @@ from trainables.reweight import (
     reweight_step,
     triton_ot,
 )
-from trainables.reweight.fused import BACKENDS, fused_unrolled_ot
-from trainables.reweight.triton_ot import triton_fits
+from trainables.reweight.triton_ot import triton_refusal
 
 SIZES = ((16, 10), (16, 100), (32, 365), (128, 1000))
 
@@ -70,18 +69,15 @@ def timed(fn, device: torch.device, *, repeat: int, warmup: int = 3) -> float:
 
 def fast_paths(device: torch.device, shape: tuple[int, int]) -> dict:
     """The exact fast variants for this device and size: name -> fn(cost, a, q) -> OT value
-    (numba and NumPy on the CPU only; the Triton kernels on CUDA where they take the problem)."""
+    (the compiled loop on the CPU; the Triton kernels on CUDA where they take the problem)."""
     out = {"auto": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200)}
-    for backend in BACKENDS:
-        usable = {
-            "numba": device.type == "cpu",
-            "numpy": device.type == "cpu",
-            "triton": device.type == "cuda" and triton_fits(torch.float32, shape),
-        }.get(backend, True)
-        if usable:
-            out[f"fused_{backend}"] = lambda c, a, q, backend=backend: fused_unrolled_ot(
-                c, a, q, eps=0.1, n_iter=200, backend=backend
-            )
+    on_cuda = device.type == "cuda"
+    takes = {
+        "compiled": device.type == "cpu",
+        "triton": on_cuda and triton_refusal(torch.empty(1, *shape, device=device)) is None,
+    }
+    for impl in (name for name, ok in takes.items() if ok):
+        out[impl] = lambda c, a, q, impl=impl: ot_loss(c, a, q, eps=0.1, max_iter=200, impl=impl)
     return out
 
 
@@ -138,13 +134,11 @@ def ot_variants(device: torch.device, repeat: int) -> dict:
             "envelope": lambda c, a, q: ot_loss(c, a, q, eps=0.1, max_iter=200, grad="envelope"),
         }
         row = {name: timed(run(fn), device, repeat=repeat) for name, fn in variants.items()}
-        if "fused_triton" in variants:  # the warps per program, to choose the default
+        if "triton" in variants:  # the warps per program, to choose the default
             for warps in (1, 2, 4, 8):
                 triton_ot.NUM_WARPS = warps
                 try:
-                    row[f"fused_triton_w{warps}"] = timed(
-                        run(variants["fused_triton"]), device, repeat=repeat
-                    )
+                    row[f"triton_w{warps}"] = timed(run(variants["triton"]), device, repeat=repeat)
                 finally:
                     triton_ot.NUM_WARPS = None
         res[f"B{b}_K{k}"] = row

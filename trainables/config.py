@@ -96,7 +96,7 @@ WeightMode = Literal["maintained", "scratch"]
 Cost = Literal["label", "feature", "combined"]
 StopRule = Literal["marginal", "potential_change"]
 GradMode = Literal["unrolled", "implicit", "envelope"]
-Impl = Literal["auto", "reference", "fused"]
+Impl = Literal["auto", "reference", "compiled", "triton"]
 MetaDistribution = Literal["prototype", "whole", "random_sample"]
 LossWeights = Literal["simplex", "raw"]
 Preset = Literal["paper", "released_code"]
@@ -301,8 +301,8 @@ class Stage2Config(_Checked):
     check_every: int = 10
     stop: StopRule = "marginal"
     grad: GradMode = "unrolled"
-    # ot_loss's implementation: auto (the fused exact path where it applies) | reference (the
-    # log-domain loop under autograd, what runs measured before the fused path used) | fused
+    # ot_loss's implementation: auto (compiled on a CPU, triton on CUDA where it applies) |
+    # reference (the log-domain loop under autograd) | compiled | triton
     impl: Impl = "auto"
     meta_distribution: MetaDistribution = "prototype"
     prototype_batch: int = 0  # m random prototypes per iteration (ImageNet-LT: 100); 0 = all

@@ -4,8 +4,8 @@ Where f1 is frozen (``stage2.train=classifier``: the offline image, text and poi
 experiments and the released-code preset) a stage-2 step is tiny and bound by per-call
 overhead. :func:`train_population` trains P members at once: stacked classifier heads (one
 ``torch.func.functional_call`` under ``vmap``), one weight vector or weight net per member, one
-batched Sinkhorn call for all members (:func:`trainables.reweight.batched.batched_ot_loss`, each
-member with its own lambda, iteration cap and tolerance), and per-member step sizes, momenta,
+Sinkhorn call for all members (:func:`trainables.reweight.ot_loss` on their stacked problems,
+each member with its own lambda, iteration cap and tolerance), and per-member step sizes, momenta,
 cost mixing and weight parametrisations. Every member sees the same batches, the same Q and the
 same draws, in the order :func:`trainables.loop.train_stage2` makes them, so member ``m`` gives
 what the single trial of its setting gives with the same seed (the equivalence is tested).
@@ -41,8 +41,13 @@ from trainables.loop import (
 )
 from trainables.metrics import confusion_matrices, confusion_metrics
 from trainables.models import SplitNet
-from trainables.reweight import WeightNet, class_balanced_weights, feature_cost, label_cost
-from trainables.reweight.batched import batched_ot_loss
+from trainables.reweight import (
+    WeightNet,
+    class_balanced_weights,
+    feature_cost,
+    label_cost,
+    ot_loss,
+)
 
 __all__ = [
     "VARYING",
@@ -674,7 +679,7 @@ def _step(
             if kind == "combined":
                 cost = cost + plan.lw * label_cost(y, q.y, k, dtype=feat.dtype)
         cost = cost.expand(p, -1, -1).to(measure.dtype)
-        ot = batched_ot_loss(
+        ot = ot_loss(
             cost,
             measure,
             q.b.to(measure.dtype).expand(p, -1),

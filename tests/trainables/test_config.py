@@ -14,7 +14,7 @@ from trainables import config as C
 from trainables import models, reweight
 from trainables.config import ConfigError, apply_overrides, apply_preset
 from trainables.loop import lr_at, step_config
-from trainables.reweight.sinkhorn import IMPLS
+from trainables.reweight.ot import IMPLS
 
 
 def test_overrides_are_typed():

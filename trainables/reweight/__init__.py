@@ -23,7 +23,8 @@ from .meta import (
     random_sample_per_class,
     whole_meta_set,
 )
-from .sinkhorn import GRAD_MODES, STOP_RULES, SinkhornResult, ot_loss, sinkhorn
+from .ot import IMPLS, ot_loss
+from .sinkhorn import GRAD_MODES, STOP_RULES, SinkhornResult, sinkhorn
 from .step import (
     LOSS_WEIGHTINGS,
     Parallel,
@@ -46,6 +47,7 @@ from .weights import (
 __all__ = [
     "COSTS",
     "GRAD_MODES",
+    "IMPLS",
     "LOSS_WEIGHTINGS",
     "META_DISTRIBUTIONS",
     "STOP_RULES",

@@ -1,8 +1,14 @@
-"""Log-domain Sinkhorn and the differentiable OT loss of the paper (Eq. 10).
+"""Log-domain Sinkhorn and the paper's OT loss (Eq. 10) under autograd: the reference.
+
+Every other implementation (:mod:`.compiled` on the CPU, :mod:`.triton_ot` on CUDA) computes
+these iterates and is tested against this module; it imports none of them. The one entry
+point that picks among them is :func:`.ot.ot_loss`.
 
 Conventions (paper Sec. 4): rows are the weighted training samples P(w) with mass ``a``,
 columns are the meta distribution Q with mass ``b``; ``cost`` is ``[..., N, M]``. Any leading
-dimensions are independent problems solved together.
+dimensions are independent problems, each with its own ``eps``, iteration cap and tolerance
+(one value for all, or one per problem), and each stops by its own statistic: a problem that
+has stopped keeps its potentials while the others go on (the same iterates it gets alone).
 
 The plan is parametrised by potentials in cost units,
 ``T_ij = exp((f_i + g_j - C_ij) / eps)``. Each iteration updates ``g`` (the Q side) first and
@@ -19,10 +25,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["GRAD_MODES", "IMPLS", "STOP_RULES", "SinkhornResult", "ot_loss", "sinkhorn"]
+__all__ = [
+    "GRAD_MODES",
+    "STOP_RULES",
+    "Settings",
+    "SinkhornResult",
+    "check_inputs",
+    "reference_ot",
+    "sinkhorn",
+]
 
 GRAD_MODES = ("unrolled", "implicit", "envelope")
-IMPLS = ("auto", "reference", "fused")
 STOP_RULES = ("marginal", "potential_change")
 
 
@@ -33,7 +46,7 @@ class SinkhornResult:
     plan: ``[..., N, M]`` transport plan.
     f: ``[..., N]`` sample-side potential (cost units).
     g: ``[..., M]`` Q-side potential (cost units).
-    n_iter: iterations run.
+    n_iter: iterations run (the most of any problem).
     marginal_error: ``[...]`` L1 distance of the plan's marginals to ``(a, b)``, summed.
     """
 
@@ -44,7 +57,73 @@ class SinkhornResult:
     marginal_error: Tensor
 
 
-def _check_inputs(cost: Tensor, a: Tensor, b: Tensor, eps: float, max_iter: int) -> None:
+@dataclass(frozen=True)
+class Settings:
+    """Per-problem solver settings over the leading shape ``lead`` of a cost: ``eps`` (float64),
+    ``caps`` (int64) and ``tols`` (float64, ``-inf``: run to the cap), each ``lead``-shaped."""
+
+    eps: np.ndarray
+    caps: np.ndarray
+    tols: np.ndarray
+    stop: str
+    check_every: int
+
+    @staticmethod
+    def of(lead, eps, max_iter, tol, stop: str = "marginal", check_every: int = 10) -> Settings:
+        """One value for every problem or one per problem (a sequence of ``lead``'s shape);
+        a tol of None never stops. A bad value is a ValueError in one line."""
+        if tol is None:
+            tol = -np.inf
+        elif not isinstance(tol, np.ndarray) and np.ndim(tol) > 0:
+            tol = [-np.inf if t is None else t for t in tol]
+        out = Settings(
+            *(_spread(x, tuple(lead), name, dt) for x, name, dt in (
+                (eps, "eps", np.float64), (max_iter, "max_iter", np.int64),
+                (tol, "tol", np.float64),
+            )),
+            stop, int(check_every),
+        )  # fmt: skip
+        if not (out.eps > 0).all():
+            raise ValueError(f"eps must be > 0, got {_show(out.eps)}")
+        if not (out.caps >= 1).all():
+            raise ValueError(f"max_iter must be >= 1, got {_show(out.caps)}")
+        if stop not in STOP_RULES:
+            raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
+        if out.check_every < 1:
+            raise ValueError(f"check_every must be >= 1, got {check_every}")
+        return out
+
+    def kwargs(self) -> dict:
+        """These settings as :func:`sinkhorn`'s keyword arguments."""
+        return dict(
+            eps=self.eps, max_iter=self.caps, tol=self.tols, stop=self.stop,
+            check_every=self.check_every,
+        )  # fmt: skip
+
+    def take(self, idx: np.ndarray) -> Settings:
+        """The settings of the problems ``idx`` (of a ``[P]`` stack)."""
+        return Settings(self.eps[idx], self.caps[idx], self.tols[idx], self.stop, self.check_every)
+
+    @property
+    def checks(self) -> bool:
+        """Whether any problem can stop before its cap."""
+        return bool(np.isfinite(self.tols).any())
+
+
+def _spread(value, lead: tuple, name: str, dtype) -> np.ndarray:
+    arr = np.asarray(value, dtype=dtype)
+    if arr.ndim == 0:
+        return np.full(lead, arr, dtype=dtype)
+    if arr.shape != lead and not (arr.ndim == 1 and arr.size == int(np.prod(lead))):
+        raise ValueError(f"{name} must be one value or one per problem {lead}, got {arr.shape}")
+    return arr.reshape(lead)
+
+
+def _show(x: np.ndarray):
+    return x.item() if x.size == 1 else x.tolist()
+
+
+def check_inputs(cost: Tensor, a: Tensor, b: Tensor) -> None:
     if cost.dim() < 2:
         raise ValueError(f"cost must be [..., N, M], got shape {tuple(cost.shape)}")
     if a.shape != cost.shape[:-1]:
@@ -60,22 +139,23 @@ def _check_inputs(cost: Tensor, a: Tensor, b: Tensor, eps: float, max_iter: int)
         )
     if not cost.dtype.is_floating_point:
         raise TypeError(f"cost must be floating point, got {cost.dtype}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
 
 
-def _check_stop(stop: str, check_every: int) -> None:
-    if stop not in STOP_RULES:
-        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
+def _eps_like(s: Settings, cost: Tensor) -> Tensor:
+    """eps as ``[..., 1, 1]`` in cost's dtype (rounded once, as a Python float would be)."""
+    return torch.as_tensor(s.eps, dtype=cost.dtype, device=cost.device)[..., None, None]
 
 
-def _marginal_errors(log_plan: Tensor, a: Tensor, b: Tensor) -> Tensor:
-    plan = log_plan.exp()
-    return (plan.sum(-1) - a).abs().sum(-1) + (plan.sum(-2) - b).abs().sum(-1)
+def _statistic(s: Settings, e: Tensor, neg_c, u, v, v_prev, b) -> np.ndarray:
+    """Each problem's stopping statistic: the L1 error of its Q-side marginal ("marginal"), or
+    ``sum_j |g_j - g_j^prev|`` in cost units ("potential_change", the released code's)."""
+    with torch.no_grad():
+        if s.stop == "marginal":
+            col = torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2) + v
+            err = (col.exp() - b).abs().sum(-1)
+        else:
+            err = (e[..., 0] * (v - v_prev)).abs().sum(-1)
+    return err.cpu().numpy()
 
 
 def sinkhorn(
@@ -83,21 +163,22 @@ def sinkhorn(
     a: Tensor,
     b: Tensor,
     *,
-    eps: float,
-    max_iter: int,
-    tol: float | None = None,
+    eps,
+    max_iter,
+    tol=None,
     check_every: int = 10,
     stop: str = "marginal",
     init: tuple[Tensor, Tensor] | None = None,
 ) -> SinkhornResult:
     """Entropic OT ``min_T <C, T> - eps H(T)`` over ``T 1 = a, T^T 1 = b`` (log domain).
 
-    Stopping:
+    ``eps``, ``max_iter`` and ``tol``: one value, or one per problem of the leading shape.
+    Stopping, each problem on its own:
       * ``tol=None``: exactly ``max_iter`` iterations (no host synchronisation at all).
-      * ``stop="marginal"``: stop when the largest (over the batch) L1 error of the Q-side
-        marginal is below ``tol``; checked every ``check_every`` iterations, so the host waits
-        on the device only at the checks.
-      * ``stop="potential_change"``: the released code's rule, stop when the batch mean of
+      * ``stop="marginal"``: stop when the L1 error of the Q-side marginal is below ``tol``;
+        checked every ``check_every`` iterations, so the host waits on the device only at the
+        checks.
+      * ``stop="potential_change"``: the released code's rule, stop when
         ``sum_j |g_j - g_j^prev|`` (cost units) is below ``tol``; the released code uses
         ``tol=0.1, check_every=1`` and stops after 3-5 iterations in practice.
 
@@ -108,44 +189,42 @@ def sinkhorn(
     Autograd runs through the iterations when the inputs require grad (the "unrolled"
     gradient); wrap in ``torch.no_grad()`` to avoid storing them.
     """
-    _check_inputs(cost, a, b, eps, max_iter)
-    _check_stop(stop, check_every)
-
-    neg_c = -cost / eps
-    log_a = torch.log(a)
-    log_b = torch.log(b)
-    if init is None:
-        u = torch.zeros_like(a)
-    else:
-        f0, _g0 = init
-        if f0.shape != a.shape:
-            raise ValueError(f"init f must have shape {tuple(a.shape)}, got {tuple(f0.shape)}")
-        u = f0.to(cost.dtype) / eps
+    check_inputs(cost, a, b)
+    s = Settings.of(cost.shape[:-2], eps, max_iter, tol, stop, check_every)
+    e = _eps_like(s, cost)
+    neg_c = -cost / e
+    log_a, log_b = torch.log(a), torch.log(b)
+    u = torch.zeros_like(a)
+    if init is not None:
+        if init[0].shape != a.shape:
+            raise ValueError(f"init f must have shape {tuple(a.shape)}, got {tuple(init[0].shape)}")
+        u = init[0].to(cost.dtype) / e[..., 0]
     v = torch.zeros_like(b)
-
+    running = np.ones(s.caps.shape, dtype=bool)
     n_iter = 0
-    for it in range(max_iter):
-        check = tol is not None and (it + 1) % check_every == 0
+    for it in range(int(s.caps.max())):
+        active = running & (it < s.caps)
+        if not active.any():
+            break
         v_prev = v
         # v_j = log b_j - LSE_i(u_i - C_ij / eps); u_i = log a_i - LSE_j(v_j - C_ij / eps)
-        v = log_b - torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2)
-        u = log_a - torch.logsumexp(v.unsqueeze(-2) + neg_c, dim=-1)
+        v_new = log_b - torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2)
+        u_new = log_a - torch.logsumexp(v_new.unsqueeze(-2) + neg_c, dim=-1)
+        if active.all():
+            u, v = u_new, v_new
+        else:  # a stopped problem keeps its potentials (and its gradient path) as they were
+            on = torch.as_tensor(active, device=cost.device).unsqueeze(-1)
+            u, v = torch.where(on, u_new, u), torch.where(on, v_new, v)
         n_iter = it + 1
-        if check:
-            if stop == "marginal":
-                col = torch.logsumexp(u.unsqueeze(-1) + neg_c, dim=-2) + v
-                err = (col.exp() - b).abs().sum(-1).max()
-            else:
-                err = (eps * (v - v_prev)).abs().sum(-1).mean()
-            if float(err.detach()) < tol:
-                break
-
+        running = active
+        if s.checks and n_iter % s.check_every == 0:
+            running = active & ~(_statistic(s, e, neg_c, u, v, v_prev, b) < s.tols)
     log_plan = u.unsqueeze(-1) + v.unsqueeze(-2) + neg_c
+    plan = log_plan.exp()
     with torch.no_grad():
-        merr = _marginal_errors(log_plan, a, b)
-    return SinkhornResult(
-        plan=log_plan.exp(), f=eps * u, g=eps * v, n_iter=n_iter, marginal_error=merr
-    )
+        merr = (plan.sum(-1) - a).abs().sum(-1) + (plan.sum(-2) - b).abs().sum(-1)
+    ev = e[..., 0]
+    return SinkhornResult(plan=plan, f=ev * u, g=ev * v, n_iter=n_iter, marginal_error=merr)
 
 
 def _solve_adjoint(plan: Tensor, rows: Tensor, cost: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -195,52 +274,47 @@ def _center_pair(p: Tensor, q: Tensor) -> tuple[Tensor, Tensor]:
     return p - t, q + t
 
 
+def _grads(ctx, grad_c, grad_a, grad_b):
+    need = ctx.needs_input_grad
+    return (grad_c, grad_a if need[1] else None, grad_b if need[2] else None, None)
+
+
 class _ImplicitOT(torch.autograd.Function):
     """<C, T*> with the exact gradient at the converged plan (implicit function theorem)."""
 
     @staticmethod
-    def forward(ctx, cost, a, b, eps, kwargs):
+    def forward(ctx, cost, a, b, s):
         with torch.no_grad():
-            res = sinkhorn(cost, a, b, eps=eps, **kwargs)
-        ctx.eps = eps
-        ctx.save_for_backward(cost, res.plan, res.g)
+            res = sinkhorn(cost, a, b, **s.kwargs())
+        ctx.save_for_backward(cost, res.plan, res.g, _eps_like(s, cost))
         return (cost * res.plan).sum((-2, -1))
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        cost, plan, g = ctx.saved_tensors
-        eps = ctx.eps
-        rows = torch.softmax((g.unsqueeze(-2) - cost) / eps, dim=-1)
-        p, q = _solve_adjoint(plan, rows, cost, (plan * cost).sum(-2))
-        p, q = _center_pair(p, q)
+        cost, plan, g, e = ctx.saved_tensors
+        rows = torch.softmax((g.unsqueeze(-2) - cost) / e, dim=-1)
+        p, q = _center_pair(*_solve_adjoint(plan, rows, cost, (plan * cost).sum(-2)))
         go = grad_out.unsqueeze(-1)
-        grad_a = p * go
-        grad_b = q * go
         grad_c = None
         if ctx.needs_input_grad[0]:
-            inner = 1.0 + (p.unsqueeze(-1) + q.unsqueeze(-2) - cost) / eps
+            inner = 1.0 + (p.unsqueeze(-1) + q.unsqueeze(-2) - cost) / e
             grad_c = plan * inner * go.unsqueeze(-1)
-        return (
-            grad_c,
-            grad_a if ctx.needs_input_grad[1] else None,
-            grad_b if ctx.needs_input_grad[2] else None,
-            None,
-            None,
-        )
+        return _grads(ctx, grad_c, p * go, q * go)
 
 
 class _EnvelopeOT(torch.autograd.Function):
     """Entropic value <C, T> - eps H(T) with the dual-potential (Danskin) gradient."""
 
     @staticmethod
-    def forward(ctx, cost, a, b, eps, kwargs):
+    def forward(ctx, cost, a, b, s):
         with torch.no_grad():
-            res = sinkhorn(cost, a, b, eps=eps, **kwargs)
-            log_plan = (res.f.unsqueeze(-1) + res.g.unsqueeze(-2) - cost) / eps
+            res = sinkhorn(cost, a, b, **s.kwargs())
+            e = _eps_like(s, cost)
+            log_plan = (res.f.unsqueeze(-1) + res.g.unsqueeze(-2) - cost) / e
             # T log T is 0 where T is (a row of zero mass: log T is -inf there)
             t_log_t = torch.where(res.plan > 0, res.plan * log_plan, 0.0)
-            value = (res.plan * cost).sum((-2, -1)) + eps * t_log_t.sum((-2, -1))
+            value = (res.plan * cost).sum((-2, -1)) + e[..., 0, 0] * t_log_t.sum((-2, -1))
         ctx.save_for_backward(res.plan, res.f, res.g)
         return value
 
@@ -250,124 +324,15 @@ class _EnvelopeOT(torch.autograd.Function):
         plan, f, g = ctx.saved_tensors
         # a zero-mass entry's potential is -inf (the entropy's slope at 0): its gradient is
         # that, and the centring is over the others so it never reaches them
-        f, g = _center_finite(f), _center_finite(g)
         go = grad_out.unsqueeze(-1)
         grad_c = plan * go.unsqueeze(-1) if ctx.needs_input_grad[0] else None
-        return (
-            grad_c,
-            f * go if ctx.needs_input_grad[1] else None,
-            g * go if ctx.needs_input_grad[2] else None,
-            None,
-            None,
-        )
+        return _grads(ctx, grad_c, _center_finite(f) * go, _center_finite(g) * go)
 
 
-def _compiled_log(cost: Tensor, impl: str) -> bool:
-    """Whether a problem beyond the scaling domain's range runs the compiled log-domain loop
-    (:mod:`.compiled`: the same iterations as :func:`sinkhorn`, with a hand-written reverse
-    pass): one small problem on the CPU under ``impl="auto"``; ``"reference"`` keeps the loop
-    under autograd."""
-    from .fused import COMPILED_MAX_ENTRIES
-
-    return (
-        impl == "auto"
-        and cost.device.type == "cpu"
-        and cost.dim() == 2
-        and cost.shape[0] * cost.shape[1] < COMPILED_MAX_ENTRIES
-    )
-
-
-def ot_loss(
-    cost: Tensor,
-    a: Tensor,
-    b: Tensor,
-    *,
-    eps: float,
-    max_iter: int,
-    tol: float | None = None,
-    grad: str = "unrolled",
-    check_every: int = 10,
-    stop: str = "marginal",
-    init: tuple[Tensor, Tensor] | None = None,
-    impl: str = "auto",
-) -> Tensor:
-    """The OT loss of paper Eq. 10, ``<C, T*_eps(a, b)>``, one value per problem.
-
-    Returns a scalar for a single ``[N, M]`` problem and ``[...]`` for batched costs.
-    Gradients flow to ``a``, ``b`` and ``cost``; on the simplex the gradients to ``a`` and
-    ``b`` are defined up to a constant and are reported zero-mean (implicit, envelope).
-
-    grad:
-      * ``"unrolled"``: autograd through the Sinkhorn iterations, as the paper and the
-        released code do. Memory grows with the iterations; exact for the truncated loop.
-      * ``"implicit"``: the exact gradient of ``<C, T*>`` at the plan the loop reached, from
-        the optimality conditions (one small linear solve); memory independent of iterations.
-        Exact when the loop has converged (use ``tol``).
-      * ``"envelope"``: returns and differentiates a *different objective*, the entropic value
-        ``<C, T*> - eps H(T*)``, whose gradient is the dual potential (``f`` for ``a``,
-        ``g`` for ``b``, ``T*`` for ``cost``). Cheapest; biased for Eq. 10.
-
-    A sample of zero mass (``a_i = 0``): ``"implicit"`` gives every entry the limit of its
-    gradient as that mass goes to 0 (its row of the plan read as ``softmax((g - C) / eps)``,
-    never divided by the mass); ``"envelope"`` gives that entry ``-inf`` (the entropy's slope
-    at 0) and the others their finite gradient. Where the plan is nearly a deterministic map
-    (``eps`` small against the cost differences) the implicit gradient is not determined in
-    floating point: FloatingPointError, in one line naming the remedy.
-
-    impl (``grad="unrolled"`` only): ``"fused"`` runs the same iterations in the scaling domain
-    with a hand-written backward (:mod:`.fused`; equal value and gradient up to rounding): in
-    NumPy on a CPU (8-11x faster than the reference on 2 cores), as Triton kernels on CUDA
-    for float32 problems of up to 256 rows (:mod:`.triton_ot`), else in torch.
-    ``"reference"`` is the log-domain loop under autograd. ``"auto"`` picks ``fused`` whenever
-    it is exact: no warm start (``init=None``) and ``max |C| / eps`` inside the dtype's safe
-    range (checked once per call); a float32 problem beyond float32's range but inside
-    float64's is solved fused in float64 and its value and gradients returned in float32.
-    Beyond float64's range too, one small CPU problem (without a warm start) runs the
-    log-domain loop compiled with a hand-written reverse pass (:mod:`.compiled`; the same
-    iterations), anything else the reference. With a ``tol`` it stops by the same rule at the
-    same checks (on CUDA the Triton kernels decide on chip for a single problem that fits one
-    tile). ``"fused"`` asked for beyond float64's range (``max |C| / eps`` over 300) is a
-    ValueError in one line: the scaling domain would return NaN there.
-    """
-    if grad not in GRAD_MODES:
-        raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    kwargs = dict(max_iter=max_iter, tol=tol, check_every=check_every, stop=stop, init=init)
-    if grad == "unrolled" and impl != "reference":
-        from .fused import fused_dtype, fused_unrolled_ot
-
-        if impl == "fused" and init is not None:
-            raise ValueError("impl='fused' starts from zero potentials: needs init=None")
-        if init is None:
-            _check_inputs(cost, a, b, eps, max_iter)
-            _check_stop(stop, check_every)
-            dtype = fused_dtype(cost, eps)
-            if impl == "fused" and dtype is None:
-                # exp(-C/eps) leaves float64's range: the scaling domain would return NaN
-                ratio = float(cost.detach().abs().max()) / eps
-                raise ValueError(
-                    f"impl='fused' runs in the scaling domain, which max|C|/eps = {ratio:.3g} "
-                    "leaves even in float64; use impl='auto' (it changes domain there) or "
-                    "impl='reference'"
-                )
-            if dtype is not None:
-                rule = None if tol is None else (stop, tol, check_every)
-                args = (cost, a, b) if dtype == cost.dtype else (x.to(dtype) for x in (cost, a, b))
-                out = fused_unrolled_ot(*args, eps=eps, n_iter=max_iter, stop=rule)
-                return out.to(cost.dtype)
-            if _compiled_log(cost, impl):
-                from .compiled import LOG, compiled_ot
-
-                out = compiled_ot(
-                    cost[None], a[None], b[None], eps=[float(eps)], caps=[max_iter],
-                    tols=[-np.inf if tol is None else tol], stop=stop, check_every=check_every,
-                    path=[LOG],
-                )  # fmt: skip
-                return out[0]
+def reference_ot(cost: Tensor, a: Tensor, b: Tensor, s: Settings, grad: str) -> Tensor:
+    """``<C, T>`` per problem (``[...]``) with the gradient ``grad`` (see :func:`.ot.ot_loss`),
+    the plan from :func:`sinkhorn` under the settings ``s``."""
     if grad == "unrolled":
-        res = sinkhorn(cost, a, b, eps=eps, **kwargs)
-        return (cost * res.plan).sum((-2, -1))
-    _check_inputs(cost, a, b, eps, max_iter)
+        return (cost * sinkhorn(cost, a, b, **s.kwargs()).plan).sum((-2, -1))
     fn = _ImplicitOT if grad == "implicit" else _EnvelopeOT
-    return fn.apply(cost, a, b, eps, kwargs)
+    return fn.apply(cost, a, b, s)

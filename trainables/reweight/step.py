@@ -13,7 +13,8 @@ from torch.func import functional_call
 
 from .costs import COSTS, transport_cost
 from .meta import MetaDistribution
-from .sinkhorn import GRAD_MODES, IMPLS, STOP_RULES, ot_loss
+from .ot import IMPLS, ot_loss
+from .sinkhorn import GRAD_MODES, STOP_RULES
 from .weights import WeightNet, WeightVector
 
 __all__ = [
@@ -83,7 +84,7 @@ class StepConfig:
     loss_weights: str = "simplex"
     meta_ce_coef: float = 0.0
     weight_decay: float = 0.0
-    impl: str = "auto"  # ot_loss's implementation: auto | reference | fused
+    impl: str = "auto"  # ot_loss's implementation: auto | reference | compiled | triton
 
     def __post_init__(self) -> None:
         checks = (
@@ -96,6 +97,11 @@ class StepConfig:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        if self.grad != "unrolled" and self.impl not in ("auto", "reference"):
+            raise ValueError(
+                f"impl={self.impl!r} computes the unrolled gradient; grad={self.grad!r} runs "
+                "the reference (impl='auto' or 'reference')"
+            )
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
 

@@ -10,8 +10,8 @@ import os
 
 import torch
 
-from trainables.reweight import ot_loss, sinkhorn
-from trainables.reweight.triton_ot import interpreted, triton_unrolled_ot
+from trainables.reweight import ot, ot_loss, sinkhorn
+from trainables.reweight.triton_ot import interpreted, triton_refusal
 
 CASES = [  # (shape, eps, iterations)
     ((16, 10), 0.1, 200),
@@ -19,10 +19,13 @@ CASES = [  # (shape, eps, iterations)
     ((3, 7, 5), 0.05, 37),
     ((2, 32, 365), 0.1, 20),
     ((1, 1), 0.1, 3),
-    # wider than one tile: the streamed kernels (K in column tiles)
-    ((24, 1000), 0.1, 30),
-    ((2, 128, 300), 0.05, 12),
 ]
+
+
+def _triton(c, a, b, **kw):
+    """ot_loss through the kernels for one ``[N, M]`` problem or a stack; ``b`` of one
+    problem broadcast over the stack (its gradient summed over problems)."""
+    return ot_loss(c, a, b.expand(*c.shape[:-2], c.shape[-1]), impl="triton", **kw)
 
 
 def _diff(x, y):
@@ -52,7 +55,7 @@ def main() -> None:
         b = torch.softmax(torch.randn(shape[-1:], generator=g), -1).requires_grad_()
         got = {}
         for name, fn in {
-            "triton": lambda c, a, b, e=eps, n=iters: triton_unrolled_ot(c, a, b, eps=e, n_iter=n),
+            "triton": lambda c, a, b, e=eps, n=iters: _triton(c, a, b, eps=e, max_iter=n),
             "reference": lambda c, a, b, e=eps, n=iters, s=shape: ot_loss(
                 c, a, b.expand(*s[:-2], s[-1]), eps=e, max_iter=n, impl="reference"
             ),
@@ -89,13 +92,11 @@ def main() -> None:
         n_ref = sinkhorn(c.detach(), a.detach(), b.detach(), max_iter=300, **kw).n_iter
         got = {}
         for name, fn in {
-            "triton": lambda c, a, b, r=(rule, tol, every): triton_unrolled_ot(
-                c, a, b, eps=0.1, n_iter=300, stop=r
-            ),
+            "triton": lambda c, a, b, kw=kw: _triton(c, a, b, max_iter=300, **kw),
             "reference": lambda c, a, b, kw=kw: ot_loss(
                 c, a, b, max_iter=300, impl="reference", **kw
             ),
-            "triton_fixed": lambda c, a, b, n=n_ref: triton_unrolled_ot(c, a, b, eps=0.1, n_iter=n),
+            "triton_fixed": lambda c, a, b, n=n_ref: _triton(c, a, b, eps=0.1, max_iter=n),
         }.items():
             v = fn(c, a, b)
             got[name] = (v, *torch.autograd.grad(v, (c, a, b)))
@@ -113,96 +114,85 @@ def main() -> None:
     out["population"] = _population()
     out["population_training"] = _population_training()
     errors = {}
-    for name, args in {
-        "float64": (torch.rand(4, 3, dtype=torch.float64), 4, 3),
-        "too_many_rows": (torch.rand(300, 10), 300, 10),
-        "stop_batched": (torch.rand(2, 4, 3), 4, 3),
+    for name, (c, eps) in {
+        "float64": (torch.rand(4, 3, dtype=torch.float64), 0.1),
+        "too_wide": (torch.rand(32, 1000), 0.1),
+        "beyond_range": (torch.rand(4, 3) * 10, 0.1),
     }.items():
-        c, n, m = args
-        rule = ("marginal", 1e-3, 1) if name.startswith("stop") else None
+        n, m = c.shape
         try:
-            triton_unrolled_ot(
-                c, torch.ones(n) / n, torch.ones(m) / m, eps=0.1, n_iter=2, stop=rule
-            )
+            _triton(c, torch.ones(n, dtype=c.dtype) / n, torch.ones(m, dtype=c.dtype) / m,
+                    eps=eps, max_iter=2)  # fmt: skip
         except ValueError as e:
             errors[name] = str(e)
+    out["refusals"] = {
+        str(shape): triton_refusal(torch.empty(shape))
+        for shape in [(32, 16, 10), (4, 16, 1000), (4, 32, 365), (4, 32, 1000), (4, 1100, 10)]
+    }
     out["errors"] = errors
     print(json.dumps(out))
 
 
 # a population's batch: per member eps, iteration cap and tol (-inf: runs to its cap); with
-# costs in [0, 1), eps 0.02 is past float32's scaling range (solved in float64) and eps 0.002
-# past float64's (the log domain): those two members go through torch
+# costs in [0, 1), eps 0.02 is past float32's scaling range and eps 0.002 past float64's:
+# those two members go through the reference
 POP_EPS = [0.1, 0.05, 0.02, 0.002, 0.2, 0.08]
 POP_CAPS = [20, 50, 7, 30, 40, 300]
 POP_TOLS = [float("-inf"), 1e-3, float("-inf"), 1e-2, float("-inf"), 1e-4]
 POP_TRITON = [0, 1, 4, 5]  # the members the kernels solve
+POP_REFERENCE = [2, 3]
 
 
 def _population() -> dict:
-    """Members of one batched call through backend="triton" against each member alone."""
-    from trainables.reweight.batched import batched_ot_loss
-
+    """Members of one ot_loss call (routed as on CUDA) against each member alone."""
     g = torch.Generator().manual_seed(11)
     p, n, m = len(POP_EPS), 16, 10
     cost = torch.rand(p, n, m, generator=g).requires_grad_()
     a = torch.softmax(torch.randn(p, n, generator=g), -1).requires_grad_()
     b = torch.softmax(torch.randn(p, m, generator=g), -1).requires_grad_()
     upstream = torch.arange(1, p + 1, dtype=torch.float32)
+    tols = [None if t == float("-inf") else t for t in POP_TOLS]
     res = {}
     for rule, every in (("marginal", 3), ("potential_change", 2)):
-        kw = dict(eps=POP_EPS, max_iter=POP_CAPS, stop=rule, check_every=every)
-        tols = [None if t == float("-inf") else t for t in POP_TOLS]
-        got = {}
-        for backend in ("triton", "torch"):
-            v = batched_ot_loss(cost, a, b, tol=tols, backend=backend, **kw)
-            got[backend] = (v, *torch.autograd.grad((v * upstream).sum(), (cost, a, b)))
+        kw = dict(eps=POP_EPS, max_iter=POP_CAPS, tol=tols, stop=rule, check_every=every)
+        with _as_on_cuda({"single": 0, "population": 0}):
+            v = ot_loss(cost, a, b, **kw)
+        got = (v, *torch.autograd.grad((v * upstream).sum(), (cost, a, b)))
         c64, a64, b64 = (x.detach().double().requires_grad_() for x in (cost, a, b))
-        v64 = batched_ot_loss(c64, a64, b64, tol=tols, **kw)
+        v64 = ot_loss(c64, a64, b64, **kw)
         truth = (v64, *torch.autograd.grad((v64 * upstream.double()).sum(), (c64, a64, b64)))
-        alone, same_as_torch, vs64 = {}, {}, {}
-        for i in range(p):
-            if i in POP_TRITON:  # exactly what the kernels give the member as a single problem
-                stop = None if tols[i] is None else (rule, tols[i], every)
-                ci, ai, bi = (x.detach()[i].clone().requires_grad_() for x in (cost, a, b))
-                vi = triton_unrolled_ot(ci, ai, bi, eps=POP_EPS[i], n_iter=POP_CAPS[i], stop=stop)
-                one = (vi, *torch.autograd.grad(vi * (i + 1), (ci, ai, bi)))
-                alone[i] = all(
-                    torch.equal(x[i], y) for x, y in zip(got["triton"], one, strict=True)
-                )
-            else:  # the float64 and log-domain members: what the torch backend gives them
-                pairs = zip(got["triton"], got["torch"], strict=True)
-                same_as_torch[i] = all(torch.equal(x[i], y[i]) for x, y in pairs)
-            vs64[i] = [_diff(x[i], y[i]) for x, y in zip(got["triton"], truth, strict=True)]
-        res[rule] = {"alone": alone, "same_as_torch": same_as_torch, "vs_float64": vs64}
-    try:
-        c = torch.rand(2, 4, 3, dtype=torch.float64)
-        batched_ot_loss(
-            c, torch.ones(2, 4) / 4, torch.ones(2, 3) / 3, eps=[0.1, 0.1], max_iter=[2, 2],
-            tol=[None, None], backend="triton",
-        )  # fmt: skip
-    except ValueError as e:
-        res["float64_error"] = str(e)
+        alone = {}
+        for group, impl in ((POP_TRITON, "triton"), (POP_REFERENCE, "reference")):
+            # the members of a group stacked on their own: what they get without the others
+            idx = torch.tensor(group)
+            sub = [x.detach()[idx].clone().requires_grad_() for x in (cost, a, b)]
+            settings = {k: [x[i] for i in group] if isinstance(x, list) else x
+                        for k, x in kw.items()}  # fmt: skip
+            vi = ot_loss(*sub, impl=impl, **settings)
+            one = (vi, *torch.autograd.grad((vi * upstream[idx]).sum(), sub))
+            for row, i in enumerate(group):
+                alone[i] = all(torch.equal(x[i], y[row]) for x, y in zip(got, one, strict=True))
+        vs64 = {i: [_diff(x[i], y[i]) for x, y in zip(got, truth, strict=True)] for i in range(p)}
+        res[rule] = {"alone": alone, "vs_float64": vs64}
     return res
 
 
-def _kernel_backends(used: dict) -> None:
-    """The OT losses of single trials and of populations through the kernels, as on CUDA (the
-    interpreter's CPU tensors otherwise take the compiled CPU loops), counted in ``used``."""
-    from trainables.reweight import batched, fused, triton_ot
+@contextlib.contextmanager
+def _as_on_cuda(used: dict):
+    """ot_loss's automatic choice as on CUDA (the interpreter's CPU tensors otherwise take the
+    compiled CPU loop), its calls to the kernels counted in ``used``: one problem (a single
+    trial) or a stack (a population)."""
+    real_takes, real_triton = ot._compiled_takes, ot.triton_ot
 
-    def single_backend(cost, *, stop=False):
-        takes = triton_ot.triton_fits(cost.dtype, tuple(cost.shape), stop=stop)
-        used["single"] += takes
-        return "triton" if takes else "torch"
+    def counted(cost, *args, **kw):
+        used["single" if cost.shape[0] == 1 else "population"] += 1
+        return real_triton(cost, *args, **kw)
 
-    def population_backend(cost, small):
-        takes = batched._triton_takes(cost)
-        used["population"] += takes
-        return "triton" if takes else "torch"
-
-    fused.default_backend = single_backend
-    batched._default_backend = population_backend
+    ot._compiled_takes, ot.triton_ot = (lambda cost: False), counted
+    try:
+        yield
+    finally:
+        ot._compiled_takes, ot.triton_ot = real_takes, real_triton
 
 
 @contextlib.contextmanager
@@ -211,20 +201,14 @@ def _float64_kernels():
     runs their programs on the tensors it is given, in their dtype (the float32 zeros an
     accumulator starts from are promoted at its first update), so the same programs run
     without float32's rounding. The settings (1 / eps, eps, tol) stay float32 in both paths."""
-    from trainables.reweight import triton_ot
-
-    real = triton_ot.triton_fits
-
-    def fits(dtype, shape, *, stop=False):
-        return real(torch.float32 if dtype == torch.float64 else dtype, shape, stop=stop)
-
-    triton_ot.triton_fits = fits
+    real = ot.triton_refusal
+    ot.triton_refusal = lambda cost: real(cost.detach().float())
     torch.set_default_dtype(torch.float64)
     try:
         yield
     finally:
         torch.set_default_dtype(torch.float32)
-        triton_ot.triton_fits = real
+        ot.triton_refusal = real
 
 
 def _population_training() -> dict:
@@ -232,14 +216,14 @@ def _population_training() -> dict:
     through the kernels: two epochs in float64 (the whole trajectory), and the first step in
     float32 (what float32 can be held to: test_triton_ot.py derives the bound)."""
     used = {"single": 0, "population": 0}
-    _kernel_backends(used)
-    with _float64_kernels():
+    with _as_on_cuda(used), _float64_kernels():
         res = {"float64": _trajectories(torch.float64, epochs=2, batch_size=5)}
         res["float64"]["kernel_vs_reference"] = _one_problem_float64()
     res["float64"]["triton_calls"] = dict(used)
     used.update(single=0, population=0)
     # the whole training set (21 samples) in one batch: one epoch is one step
-    res["float32"] = _trajectories(torch.float32, epochs=1, batch_size=21)
+    with _as_on_cuda(used):
+        res["float32"] = _trajectories(torch.float32, epochs=1, batch_size=21)
     res["float32"]["triton_calls"] = used
     return res
 
@@ -247,13 +231,11 @@ def _population_training() -> dict:
 def _one_problem_float64() -> list:
     """One problem through the kernels in float64 against the float64 reference: they run
     in float64 (a float32 step anywhere would show as a difference near 1e-7)."""
-    from trainables.reweight.triton_ot import triton_unrolled_ot
-
     g = torch.Generator().manual_seed(7)
     c = torch.rand(16, 10, generator=g).requires_grad_()
     a = torch.softmax(torch.randn(16, generator=g), -1).requires_grad_()
     b = torch.softmax(torch.randn(10, generator=g), -1).requires_grad_()
-    v = triton_unrolled_ot(c, a, b, eps=0.1, n_iter=50)
+    v = _triton(c, a, b, eps=0.1, max_iter=50)
     got = (v, *torch.autograd.grad(v, (c, a, b)))
     return [_diff(x, y) for x, y in zip(got, _reference64(c, a, b, 0.1, 50, False), strict=True)]
 

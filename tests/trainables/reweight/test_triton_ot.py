@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.reweight import triton_ot
-from trainables.reweight.fused import pick_backend
+from trainables.reweight import ot_loss, triton_ot
 
 from ._tolerance import float32_tolerance
 
@@ -43,7 +42,7 @@ def _within(diffs, tol) -> bool:
 
 def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
     assert interpreted_run["interpreted"] is True
-    assert len(interpreted_run["cases"]) == 7
+    assert len(interpreted_run["cases"]) == 5
     for case, res in interpreted_run["cases"].items():
         assert res["shapes_equal"], case
         # float32 kernels against the reference's float64 iterates: within the rounding bound
@@ -66,26 +65,23 @@ def test_early_stopping_on_chip_equals_the_reference(interpreted_run):
 
 
 def test_a_population_batch_gives_each_member_what_it_gets_alone(interpreted_run):
-    """One call for a population's members (batched_ot_loss with backend="triton", what a
-    population uses on CUDA), each with its own eps, iteration cap and tol: a member the
-    kernels take gets bit for bit its single-problem result (the same program on the same
-    data: the smaller caps and the early stops are per program); a member beyond float32's
-    scaling range gets exactly the torch backend's; every member is within float32 rounding of
-    the float64 solution, stopping where float64 stops."""
+    """One ot_loss call for a population's members, routed as on CUDA, each with its own eps,
+    iteration cap and tol: the members the kernels take get bit for bit what they get stacked
+    on their own through the kernels (the same program on the same data: the smaller caps and
+    the early stops are per program); the two beyond float32's scaling range bit for bit what
+    the reference gives them; every member is within float32 rounding of the float64
+    solution, stopping where float64 stops."""
     pop = interpreted_run["population"]
     for rule in ("marginal", "potential_change"):
         res = pop[rule]
-        assert sorted(map(int, res["alone"])) == [0, 1, 4, 5], rule
+        assert sorted(map(int, res["alone"])) == [0, 1, 2, 3, 4, 5], rule
         assert all(res["alone"].values()), (rule, res["alone"])
-        assert sorted(map(int, res["same_as_torch"])) == [2, 3], rule
-        assert all(res["same_as_torch"].values()), (rule, res["same_as_torch"])
         for member, diffs in res["vs_float64"].items():
             # largest seen, relative to the output's largest entry: 3.8e-6 for the
             # scaling-domain members; 4.4e-3 for the log-domain one (eps 0.002, max|C| / eps
-            # near 500: the torch loop in float32)
+            # near 500: the reference in float32)
             rtol = 1e-2 if member == "3" else 1e-4
             assert _within(diffs, rtol), (rule, member, diffs)
-    assert "float32 problems of one tile" in pop["float64_error"]
 
 
 def test_a_population_trains_through_the_kernels_as_its_single_trials_do(interpreted_run):
@@ -156,15 +152,21 @@ def test_a_population_s_first_float32_step_is_within_rounding_of_its_single_tria
 
 def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
     errors = interpreted_run["errors"]
-    assert "float32" in errors["float64"]
-    assert "at most 256 rows" in errors["too_many_rows"]
-    assert "one [N, M] problem of one tile" in errors["stop_batched"]
+    assert errors["float64"].startswith("impl='triton' takes float32 problems, got torch.float64")
+    assert "problems of one tile (16384 padded entries), got 32 x 1000" in errors["too_wide"]
+    assert "float32's scaling domain, which max|C|/eps" in errors["beyond_range"]
+    assert all(e.endswith("; use impl='auto'") for e in errors.values())
+    # what ot_loss's automatic choice sends to the kernels on CUDA: stacks of one tile
+    refusals = interpreted_run["refusals"]
+    assert refusals["(32, 16, 10)"] is None and refusals["(4, 32, 365)"] is None
+    assert refusals["(4, 16, 1000)"] is None  # 16 x 1024 entries: one tile
+    assert "one tile" in refusals["(4, 32, 1000)"] and "one tile" in refusals["(4, 1100, 10)"]
 
 
 def test_cpu_tensors_need_the_interpreter():
     c = torch.rand(4, 3)
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        triton_ot.triton_unrolled_ot(c, torch.ones(4) / 4, torch.ones(3) / 3, eps=0.1, n_iter=2)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        ot_loss(c, torch.ones(4) / 4, torch.ones(3) / 3, eps=0.1, max_iter=2, impl="triton")
 
 
 @pytest.mark.parametrize(
@@ -172,8 +174,7 @@ def test_cpu_tensors_need_the_interpreter():
     [
         (16, 100, "_ot_forward _ot_backward"),
         (32, 365, "_ot_forward _ot_backward"),
-        (128, 1000, "_ot_forward_streamed _ot_backward_streamed"),
-        (256, 100, "_ot_forward_streamed _ot_backward_streamed"),
+        (16, 1000, "_ot_forward _ot_backward"),
     ],
 )
 def test_the_kernels_compile_for_an_h100(n, m, kernels):
@@ -193,36 +194,3 @@ def test_the_one_tile_kernels_compile_with_fewer_warps(monkeypatch, warps):
     monkeypatch.setattr(triton_ot, "NUM_WARPS", warps)
     assert triton_ot._launch_args(16, 100)["num_warps"] == warps
     assert set(triton_ot.compile_for(90, 16, 100)) == {"_ot_forward", "_ot_backward"}
-
-
-def test_the_default_backend_per_device_and_size():
-    assert pick_backend("cpu", torch.float32, (16, 100)) == "numba"
-    assert pick_backend("cpu", torch.float64, (3, 16, 100)) == "numba"
-    assert pick_backend("cpu", torch.float32, (64, 256)) == "numpy"  # BLAS wins from 4096
-    assert pick_backend("cuda", torch.float32, (16, 100)) == "triton"
-    assert pick_backend("cuda", torch.float32, (4, 32, 365)) == "triton"  # 32 x 512 tiles
-    assert pick_backend("cuda", torch.float32, (128, 1000)) == "triton"  # streamed
-    assert pick_backend("cuda", torch.float32, (300, 10)) == "torch"  # over 256 rows
-    assert pick_backend("cuda", torch.float64, (16, 100)) == "torch"
-    assert pick_backend("mps", torch.float32, (16, 100)) == "torch"
-    # early stopping: the kernels decide on chip for one problem of one tile; a batch's
-    # statistic spans problems, so batches (and wide problems) take torch
-    assert pick_backend("cuda", torch.float32, (16, 100), stop=True) == "triton"
-    assert pick_backend("cuda", torch.float32, (3, 16, 100), stop=True) == "torch"
-    assert pick_backend("cuda", torch.float32, (128, 1000), stop=True) == "torch"
-    assert pick_backend("cpu", torch.float32, (16, 100), stop=True) == "numba"
-    assert pick_backend("cpu", torch.float32, (3, 16, 100), stop=True) == "numpy"
-
-
-def test_a_population_batch_goes_to_the_kernels_only_where_they_take_it():
-    """A stack of float32 one-tile problems (B16 against K10 or K1000) takes the members'
-    kernels; more rows than a program holds, wider than one tile, float64, or a single
-    [N, M] problem does not (batched_ot_loss then uses torch)."""
-    from trainables.reweight.triton_ot import members_fit
-
-    assert members_fit(torch.float32, (32, 16, 10))
-    assert members_fit(torch.float32, (4, 16, 1000))  # 16 x 1024 entries: one tile
-    assert not members_fit(torch.float32, (4, 300, 10))  # beyond MAX_ROWS
-    assert not members_fit(torch.float32, (4, 32, 1000))  # 32 x 1024: streamed, not one tile
-    assert not members_fit(torch.float64, (32, 16, 10))
-    assert not members_fit(torch.float32, (16, 10))

@@ -1,0 +1,92 @@
+"""A refactor's speed kept: the OT and population benchmarks of an older commit (a git worktree)
+and of this checkout, in one run, alternately, and their ratios side by side. Not a test.
+
+    .venv/bin/python bench/before_after.py OLD_COMMIT [--out PATH]
+
+(default PATH: bench/results/before_after.json). Each side runs its own copy of
+``bench/ot_speed.py`` (the OT loss and gradient at four sizes, the released code's call, the
+stage-2 step; one stage-1 step) and of ``bench/population.py`` on MNIST-LT and on the tweets,
+with this checkout's ``.venv``. Every number compared is a ratio measured inside one side's
+run (a fast path against the reference loop, a population against one setting per trial), so
+the machine's speed cancels; the change is ``after / before - 1``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = {
+    "ot_speed": ["bench/ot_speed.py", "--device", "cpu", "--stage1-steps", "1",
+                 "--stage1-variants", "fp32"],
+    "population_image_mnist_lt": ["bench/population.py", "--experiment", "image_mnist_lt"],
+    "population_text_tweets": ["bench/population.py", "--experiment", "text_tweets",
+                               "--sizes", "4", "8", "16", "32"],
+}  # fmt: skip
+
+
+def run(side: Path, name: str, out: Path) -> dict:
+    cmd = [str(ROOT / ".venv/bin/python"), *RUNS[name], "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(side)}
+    print(f"== {side.name}: {' '.join(RUNS[name])}", flush=True)
+    subprocess.run(cmd, cwd=side, env=env, check=True)
+    return json.loads(out.read_text())
+
+
+def ratios(name: str, res: dict) -> dict[str, float]:
+    """The ratios a benchmark's run measured, by name (higher is faster)."""
+    if name == "ot_speed":
+        out = {f"{size} auto": row["reference"] / row["auto"]
+               for size, row in res["ot_loss_grad_ms"].items()}  # fmt: skip
+        rule = res["released_rule_ms"]
+        out["released rule auto"] = rule["reference"] / rule["auto"]
+        step = res["stage2_step_ms"]
+        out["stage-2 step, CE / OT (auto)"] = step["ce_step"] / step["ot_step_auto"]
+        return out
+    return {k: v["ratio"] for k, v in res["training"].items() if k.startswith("P=") and k != "P=1"}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("old", help="the commit before the change")
+    p.add_argument("--out", type=Path, default=ROOT / "bench/results/before_after.json")
+    args = p.parse_args()
+    old = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    new = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    start = time.time()
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / f"before-{old}"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), old], cwd=ROOT,
+                       check=True, capture_output=True)  # fmt: skip
+        (tree / ".venv").symlink_to(ROOT / ".venv")
+        try:
+            table = {}
+            for name in RUNS:
+                before = ratios(name, run(tree, name, Path(tmp) / f"before_{name}.json"))
+                after = ratios(name, run(ROOT, name, Path(tmp) / f"after_{name}.json"))
+                for key in before:
+                    table[f"{name}: {key}"] = {"before": round(before[key], 2),
+                                               "after": round(after[key], 2)}  # fmt: skip
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                           check=False)  # fmt: skip
+    print(f"\n| ratio | before ({old}) | after ({new}) | change |\n|---|---|---|---|")
+    for key, row in table.items():
+        change = row["after"] / row["before"] - 1
+        print(f"| {key} | {row['before']:.2f}x | {row['after']:.2f}x | {change:+.0%} |")
+    args.out.write_text(json.dumps({"before": old, "after": new, "ratios": table,
+                                    "wall_s": round(time.time() - start)}, indent=1))  # fmt: skip
+    print(f"wrote {args.out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
