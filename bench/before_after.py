@@ -6,9 +6,11 @@ and of this checkout, in one run, alternately, and their ratios side by side. No
 (default PATH: bench/results/before_after.json). Each side runs its own copy of
 ``bench/ot_speed.py`` (the OT loss and gradient at four sizes, the released code's call, the
 stage-2 step; one stage-1 step) and of ``bench/population.py`` on MNIST-LT and on the tweets,
-with this checkout's ``.venv``. Every number compared is a ratio measured inside one side's
-run (a fast path against the reference loop, a population against one setting per trial), so
-the machine's speed cancels; the change is ``after / before - 1``.
+with this checkout's ``.venv``, on one thread per process (``OMP_NUM_THREADS=1``: a torch op
+split over two threads stalls whenever another process holds one core, and the ratios would
+measure that). Every number compared is a ratio measured inside one side's run (a fast path
+against the reference loop, a population against one setting per trial), so the machine's
+speed cancels; the change is ``after / before - 1``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ RUNS = {
 
 def run(side: Path, name: str, out: Path) -> dict:
     cmd = [str(ROOT / ".venv/bin/python"), *RUNS[name], "--out", str(out)]
-    env = {**os.environ, "PYTHONPATH": str(side)}
+    env = {**os.environ, "PYTHONPATH": str(side), "OMP_NUM_THREADS": "1"}
     print(f"== {side.name}: {' '.join(RUNS[name])}", flush=True)
     subprocess.run(cmd, cwd=side, env=env, check=True)
     return json.loads(out.read_text())

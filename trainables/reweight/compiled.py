@@ -11,8 +11,8 @@ memory, no autograd graph). Each problem runs on one of three paths (``path``, c
 * ``SCALING``: the iterates of :func:`.sinkhorn.sinkhorn` in the scaling domain
   (``U = exp(u)``, ``V = exp(v)``, ``K = exp(-C/eps)``: ``r = K^T U``, ``V = b / r``,
   ``s = K V``, ``U = a / s`` from ``U = 1``), in the problem's dtype: two products and two
-  divisions per iteration instead of two log-sum-exps. From ``BLAS_FROM`` entries the products
-  are BLAS's (below it a plain loop wins: the calls would cost more than the sums);
+  divisions per iteration instead of two log-sum-exps, each product a plain loop (on one
+  thread it beat NumPy's BLAS calls up to B128 K1000, where the two were even);
 * ``SCALING64``: the same in float64, for a float32 problem beyond float32's scaling range
   (the value and gradients rounded back);
 * ``LOG``: beyond float64's too, the log-domain loop itself (each log-sum-exp shifted by its
@@ -30,13 +30,9 @@ import numpy as np
 import torch
 from numba import njit
 
-__all__ = ["BLAS_FROM", "LOG", "SCALING", "SCALING64", "compiled_ot"]
+__all__ = ["LOG", "SCALING", "SCALING64", "compiled_ot"]
 
 LOG, SCALING, SCALING64 = 0, 1, 2
-
-# Problems of this many entries (N * M) or more take BLAS's products: measured against the
-# plain loop at 200 iterations, forward and backward (bench/README.md, "Speed of the OT step").
-BLAS_FROM = 4096
 
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 
@@ -57,15 +53,6 @@ def _rows_dot(x, y, out):
 
 
 @njit(inline="always", **_JIT)
-def _mv(x, xt, y, out, blas):
-    """``out = x^T y`` (``xt``: ``x`` transposed, C-contiguous), by BLAS or by rows."""
-    if blas:
-        out[:] = np.dot(xt, y)
-    else:
-        _rows_dot(x, y, out)
-
-
-@njit(inline="always", **_JIT)
 def _stop_error(marginal, v, col, before, first, bq, e):
     """The statistic at a check: with ``marginal`` the L1 error of the Q-side marginal,
     ``sum_j |v_j col_j - b_j|`` (``col = K^T u``); else ``sum_j |g_j - g_j^prev|`` with
@@ -82,11 +69,7 @@ def _stop_error(marginal, v, col, before, first, bq, e):
 
 
 @njit(**_JIT)
-def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done,
-             value, blas):  # fmt: skip
-    # Every product is written as a sum of scaled rows (K^T u over K's rows, K v over the rows
-    # of K^T): the inner loop runs over independent outputs, which the compiler vectorises,
-    # and each output still adds its terms in index order (the same rounding as a dot product).
+def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value):
     n, m = k.shape[1:]
     kt = np.empty((m, n), dtype=k.dtype)
     col = np.empty(m, dtype=k.dtype)
@@ -99,16 +82,16 @@ def _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, 
         for it in range(caps[q]):
             u, r, v, s = us[slot, it], rs[slot, it], vs[slot, it], ss[slot, it]
             u_new = us[slot, it + 1]
-            _mv(kq, kt, u, r, blas)
+            _rows_dot(kq, u, r)
             for j in range(m):
                 v[j] = b[q, j] / r[j]
-            _mv(kt, kq, v, s, blas)
+            _rows_dot(kt, v, s)
             for i in range(n):
                 u_new[i] = a[q, i] / s[i]
             done = it + 1
             if done % every == 0:
                 if marginal:  # the Q-side marginal V (K^T U)
-                    _mv(kq, kt, u_new, col, blas)
+                    _rows_dot(kq, u_new, col)
                 err = _stop_error(marginal, v, col, vs[slot, it - 1], it == 0, b[q], eps[q])
                 if err < tols[q]:
                     break
@@ -141,7 +124,7 @@ def _direct_terms(gq, cq, kq, u, v, grad_q, k_bar, u_bar, vt0):
 
 
 @njit(**_JIT)
-def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar, blas):
+def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b_bar):
     n, m = k.shape[1:]
     dt = k.dtype
     u_bar, w = np.empty(n, dtype=dt), np.empty(n, dtype=dt)
@@ -165,7 +148,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 a_bar[q, i] += qi
                 w[i] = qi * u_after[i]
             r, v, u_before = rs[slot, t], vs[slot, t], us[slot, t]
-            _mv(kq, kt, w, acc, blas)
+            _rows_dot(kq, w, acc)
             if t == last - 1:
                 for j in range(m):
                     acc[j] += vt0[j]
@@ -173,7 +156,7 @@ def _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, grad_cost, a_bar, b
                 pj = acc[j] / r[j]
                 b_bar[q, j] -= pj
                 z[j] = pj * v[j]
-            _mv(kt, kq, z, u_bar, blas)
+            _rows_dot(kt, z, u_bar)
             for i in range(n):
                 wi, ui = w[i], u_before[i]
                 for j in range(m):
@@ -315,19 +298,20 @@ def _solve(todo, cost, a, b, eps, caps, tols, marginal: bool, every: int):
     reverse pass (``back(g, grad_cost, a_bar, b_bar)``)."""
     n, m = cost.shape[1:]
     dt = cost.dtype
-    k = np.empty_like(cost)
-    k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
+    if todo.size == cost.shape[0]:
+        k = np.exp(-cost / eps[:, None, None])
+    else:
+        k = np.empty_like(cost)
+        k[todo] = np.exp(-cost[todo] / eps[todo, None, None])
     value = np.zeros(cost.shape[0], dtype=dt)
     most = int(caps[todo].max())
     us = np.empty((todo.size, most + 1, n), dtype=dt)
     vs, ss, rs = (np.empty((todo.size, most, d), dtype=dt) for d in (m, n, m))
     n_done = np.zeros(todo.size, dtype=np.int64)
-    blas = n * m >= BLAS_FROM
-    _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done,
-             value, blas)  # fmt: skip
+    _forward(todo, cost, k, a, b, eps, caps, tols, marginal, every, us, vs, ss, rs, n_done, value)
 
     def back(g, *out):
-        _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, *out, blas)
+        _backward(todo, g, cost, k, eps, us, vs, ss, rs, n_done, *out)
 
     return value, back
 
@@ -359,10 +343,11 @@ class _CompiledOT(torch.autograd.Function):
         dt = arrays[0].dtype
         value = np.zeros(cost.shape[0], dtype=dt)
         ctx.groups = []
+        kinds = set(path.tolist())
         for kind, gdt in ((SCALING, dt), (SCALING64, np.dtype(np.float64)), (LOG, dt)):
-            idx = np.flatnonzero(path == kind)
-            if idx.size == 0:
+            if kind not in kinds:
                 continue
+            idx = np.arange(path.size) if len(kinds) == 1 else np.flatnonzero(path == kind)
             group = [x.astype(gdt, copy=False) for x in arrays]
             eps_g = np.ascontiguousarray(eps, dtype=gdt)
             solve = _solve_log if kind == LOG else _solve

@@ -10,10 +10,9 @@ a stack of them, over three implementations of the same Sinkhorn iterations.
 * ``"triton"`` (:mod:`.triton_ot`): Triton kernels on CUDA, float32 problems in float32's
   scaling range.
 
-``"auto"`` takes the compiled loop on a CPU (float32 and float64), the Triton kernels on CUDA
-for the problems they take (the others through the reference), the reference elsewhere. Every
-implementation gives each problem the iterates it gets alone: the same value and unrolled
-gradient up to rounding (``tests/trainables/reweight/test_ot_matrix.py``).
+``"auto"``: the compiled loop on a CPU, the Triton kernels on CUDA for the problems they take
+(the rest through the reference), the reference elsewhere. Each gives every problem the
+iterates it gets alone, the same up to rounding (``tests/trainables/reweight/test_ot_matrix.py``).
 """
 
 from __future__ import annotations
@@ -102,7 +101,9 @@ def ot_loss(
 
 
 def _ratio(cost: Tensor, s: Settings) -> np.ndarray:
-    """Each problem's ``max |C| / eps`` (one host sync)."""
+    """Each problem's ``max |C| / eps`` (one host sync; in NumPy on a CPU: cheaper per call)."""
+    if _compiled_takes(cost):
+        return np.abs(cost.detach().numpy()).max(axis=(-2, -1)) / s.eps
     return cost.detach().abs().amax(dim=(-2, -1)).double().cpu().numpy() / s.eps
 
 
@@ -132,24 +133,19 @@ def _unrolled(cost: Tensor, a: Tensor, b: Tensor, s: Settings, impl: str) -> Ten
     if fits.all():
         return triton_ot(cost, a, b, **_args(s))
     inside, outside = np.flatnonzero(fits), np.flatnonzero(~fits)
-    parts = []
-    for idx, solve in ((inside, _triton_part), (outside, _reference_part)):
-        sel = torch.as_tensor(idx, device=cost.device)
-        parts.append(solve(cost[sel], a[sel], b[sel], s.take(idx)))
+    rows = [
+        [x[torch.as_tensor(i, device=cost.device)] for x in (cost, a, b)] for i in (inside, outside)
+    ]
+    parts = [
+        triton_ot(*rows[0], **_args(s.take(inside))),
+        reference_ot(*rows[1], s.take(outside), "unrolled"),
+    ]
     perm = torch.as_tensor(np.argsort(np.concatenate([inside, outside])), device=cost.device)
     return torch.cat(parts)[perm]
 
 
 def _compiled_takes(cost: Tensor) -> bool:
     return cost.device.type == "cpu" and cost.dtype in SCALING_LIMIT
-
-
-def _triton_part(cost, a, b, s):
-    return triton_ot(cost, a, b, **_args(s))
-
-
-def _reference_part(cost, a, b, s):
-    return reference_ot(cost, a, b, s, "unrolled")
 
 
 def _args(s: Settings) -> dict:

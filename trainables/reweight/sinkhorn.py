@@ -74,19 +74,17 @@ class Settings:
         a tol of None never stops. A bad value is a ValueError in one line."""
         if tol is None:
             tol = -np.inf
-        elif not isinstance(tol, np.ndarray) and np.ndim(tol) > 0:
+        elif isinstance(tol, (list, tuple)) and None in tol:
             tol = [-np.inf if t is None else t for t in tol]
-        out = Settings(
-            *(_spread(x, tuple(lead), name, dt) for x, name, dt in (
-                (eps, "eps", np.float64), (max_iter, "max_iter", np.int64),
-                (tol, "tol", np.float64),
-            )),
-            stop, int(check_every),
-        )  # fmt: skip
-        if not (out.eps > 0).all():
-            raise ValueError(f"eps must be > 0, got {_show(out.eps)}")
-        if not (out.caps >= 1).all():
-            raise ValueError(f"max_iter must be >= 1, got {_show(out.caps)}")
+        lead = tuple(lead)
+        named = ((eps, "eps"), (tol, "tol"), (max_iter, "max_iter"))
+        eps, tol, caps = (_spread(x, lead, name) for x, name in named)
+        whole = caps.astype(np.int64)
+        out = Settings(eps, whole, tol, stop, int(check_every))
+        if not (eps > 0).all():
+            raise ValueError(f"eps must be > 0, got {_show(eps)}")
+        if not ((caps >= 1) & (whole == caps)).all():
+            raise ValueError(f"max_iter must be whole numbers >= 1, got {_show(caps)}")
         if stop not in STOP_RULES:
             raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
         if out.check_every < 1:
@@ -95,10 +93,8 @@ class Settings:
 
     def kwargs(self) -> dict:
         """These settings as :func:`sinkhorn`'s keyword arguments."""
-        return dict(
-            eps=self.eps, max_iter=self.caps, tol=self.tols, stop=self.stop,
-            check_every=self.check_every,
-        )  # fmt: skip
+        s = self
+        return dict(eps=s.eps, max_iter=s.caps, tol=s.tols, stop=s.stop, check_every=s.check_every)
 
     def take(self, idx: np.ndarray) -> Settings:
         """The settings of the problems ``idx`` (of a ``[P]`` stack)."""
@@ -110,10 +106,10 @@ class Settings:
         return bool(np.isfinite(self.tols).any())
 
 
-def _spread(value, lead: tuple, name: str, dtype) -> np.ndarray:
-    arr = np.asarray(value, dtype=dtype)
+def _spread(value, lead: tuple, name: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
     if arr.ndim == 0:
-        return np.full(lead, arr, dtype=dtype)
+        return np.full(lead, float(arr))
     if arr.shape != lead and not (arr.ndim == 1 and arr.size == int(np.prod(lead))):
         raise ValueError(f"{name} must be one value or one per problem {lead}, got {arr.shape}")
     return arr.reshape(lead)

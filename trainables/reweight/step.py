@@ -182,22 +182,12 @@ def reweight_step(
     weights are broadcast; step (c) runs on this worker's shard and the gradients are summed, so
     the update equals the single-worker one on the whole batch.
     """
-    f1, f2 = model.features, model.classifier
+    f1 = model.features
     f1_params = _trainable(f1)
     uses_features = cfg.cost != "label"
     virtual = cfg.virtual_step and uses_features and bool(f1_params) and cfg.learn_weights
     is_vector = isinstance(weights, WeightVector)
-    if not is_vector and cfg.loss_weights == "raw":
-        raise ValueError(
-            "loss_weights='raw' needs a WeightVector; the weight net outputs a simplex"
-        )
-    if q is None and (meta_x is None or meta_y is None or build_q is None):
-        raise ValueError("pass q, or meta_x, meta_y and build_q to build it")
-    if cfg.meta_ce_coef and (meta_x is None or meta_y is None):
-        raise ValueError("meta_ce_coef > 0 needs meta_x and meta_y")
-
-    if virtual and (meta_x is None or meta_y is None or build_q is None):
-        raise ValueError("step (a) rebuilds Q under theta_hat: pass meta_x, meta_y and build_q")
+    _check_step(cfg, is_vector, virtual, q, meta_x, meta_y, build_q)
 
     # Features at the current theta_1, without a graph: the cost when (a) is skipped, the
     # weight net's input, and the classifier's input when f1 is frozen.
@@ -209,27 +199,14 @@ def reweight_step(
         weights.reset_(idx)
 
     # ---- w for this batch, as a graph node the OT loss (and step (a)) can differentiate ----
-    if is_vector:
-        logits_b = weights.logits[idx]
-        measure = torch.softmax(logits_b, dim=0)
-        loss_w = measure if cfg.loss_weights == "simplex" else logits_b
-    else:
-        measure = weights(z_now)
-        loss_w = measure
+    logits_b = weights.logits[idx] if is_vector else None
+    measure = torch.softmax(logits_b, dim=0) if is_vector else weights(z_now)
+    loss_w = logits_b if is_vector and cfg.loss_weights == "raw" else measure
 
     # ---- step (a): virtual model, only where it changes L_OT ----
     if virtual:
-        z_live = f1(x)
-        ce = F.cross_entropy(f2(z_live), y, reduction="none")
-        names = list(f1_params)
-        grads = torch.autograd.grad(
-            (loss_w * ce).sum(), [f1_params[n] for n in names], create_graph=True
-        )
-        hat = {n: f1_params[n] - cfg.virtual_lr * g for n, g in zip(names, grads, strict=False)}
-        # Cloned buffers: the virtual forwards must not move BN running statistics.
-        state = {**{n: b.clone() for n, b in f1.named_buffers()}, **hat}
-        z_ot = functional_call(f1, state, (x,))
-        q_step = build_q(functional_call(f1, state, (meta_x,)), meta_y)
+        z_ot, q_step = _virtual_features(model, f1_params, x, y, loss_w, cfg, meta_x, meta_y,
+                                         build_q)  # fmt: skip
     else:
         z_ot = z_now
         if q is not None:
@@ -243,21 +220,7 @@ def reweight_step(
         cost = step_cost(cfg, z_ot, y, q_step, num_classes).to(measure.dtype)
         ot = step_ot_loss(cfg, cost, measure, q_step.b.to(measure.dtype))
     if cfg.learn_weights:
-        objective = ot
-        if is_vector and cfg.weight_decay:
-            objective = objective + 0.5 * cfg.weight_decay * (logits_b**2).sum()
-        w_params = [p for g in weight_opt.param_groups for p in g["params"]]
-        w_grads = torch.autograd.grad(objective, w_params, allow_unused=True)
-        if cfg.normalize_weight_grad:
-            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in w_grads if g is not None))
-            if float(norm) > 0:
-                w_grads = tuple(None if g is None else g / norm.to(g.dtype) for g in w_grads)
-        weight_opt.zero_grad(set_to_none=True)
-        for p, g in zip(w_params, w_grads, strict=False):
-            p.grad = g
-        weight_opt.step()
-        if parallel is not None:
-            parallel.broadcast_(w_params)
+        _weight_update(cfg, ot, logits_b, weight_opt, parallel)
 
     # ---- step (c): model step with the updated weights ----
     with torch.no_grad():
@@ -266,6 +229,64 @@ def reweight_step(
             w_new = torch.softmax(new, dim=0) if cfg.loss_weights == "simplex" else new.clone()
         else:
             w_new = weights(z_now)
+    loss = _model_step(model, bool(f1_params), x, y, w_new, z_now, model_opt, cfg, meta_x,
+                       meta_y, parallel)  # fmt: skip
+    return StepResult(w_new.detach(), ot.detach(), loss.detach(), virtual)
+
+
+def _check_step(cfg, is_vector, virtual, q, meta_x, meta_y, build_q) -> None:
+    """What :func:`reweight_step` needs from its arguments for ``cfg``."""
+    if not is_vector and cfg.loss_weights == "raw":
+        raise ValueError(
+            "loss_weights='raw' needs a WeightVector; the weight net outputs a simplex"
+        )
+    if q is None and (meta_x is None or meta_y is None or build_q is None):
+        raise ValueError("pass q, or meta_x, meta_y and build_q to build it")
+    if cfg.meta_ce_coef and (meta_x is None or meta_y is None):
+        raise ValueError("meta_ce_coef > 0 needs meta_x and meta_y")
+    if virtual and (meta_x is None or meta_y is None or build_q is None):
+        raise ValueError("step (a) rebuilds Q under theta_hat: pass meta_x, meta_y and build_q")
+
+
+def _virtual_features(model, f1_params, x, y, loss_w, cfg, meta_x, meta_y, build_q):
+    """Step (a): the features of the batch and Q under the virtual f1, theta_hat = theta -
+    alpha grad L_B(w), as functions of w (second order through ``create_graph``)."""
+    f1, f2 = model.features, model.classifier
+    ce = F.cross_entropy(f2(f1(x)), y, reduction="none")
+    names = list(f1_params)
+    grads = torch.autograd.grad(
+        (loss_w * ce).sum(), [f1_params[n] for n in names], create_graph=True
+    )
+    hat = {n: f1_params[n] - cfg.virtual_lr * g for n, g in zip(names, grads, strict=False)}
+    # Cloned buffers: the virtual forwards must not move BN running statistics.
+    state = {**{n: b.clone() for n, b in f1.named_buffers()}, **hat}
+    return functional_call(f1, state, (x,)), build_q(functional_call(f1, state, (meta_x,)), meta_y)
+
+
+def _weight_update(cfg, ot, logits_b, weight_opt, parallel) -> None:
+    """Step (b)'s update of w: one optimiser step on the OT loss (plus the logits' weight
+    decay), the gradient normalised if asked; rank 0's weights broadcast to the workers."""
+    objective = ot
+    if logits_b is not None and cfg.weight_decay:
+        objective = objective + 0.5 * cfg.weight_decay * (logits_b**2).sum()
+    w_params = [p for g in weight_opt.param_groups for p in g["params"]]
+    w_grads = torch.autograd.grad(objective, w_params, allow_unused=True)
+    if cfg.normalize_weight_grad:
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in w_grads if g is not None))
+        if float(norm) > 0:
+            w_grads = tuple(None if g is None else g / norm.to(g.dtype) for g in w_grads)
+    weight_opt.zero_grad(set_to_none=True)
+    for p, g in zip(w_params, w_grads, strict=False):
+        p.grad = g
+    weight_opt.step()
+    if parallel is not None:
+        parallel.broadcast_(w_params)
+
+
+def _model_step(model, f1_trains, x, y, w_new, z_now, model_opt, cfg, meta_x, meta_y, parallel):
+    """Step (c): the model step on the w-weighted CE (plus the meta set's CE), on this
+    worker's shard with the gradients summed over workers. Returns the weighted loss."""
+    f1, f2 = model.features, model.classifier
     xc, yc, wc, zc_now = x, y, w_new, z_now
     meta_coef = cfg.meta_ce_coef
     if parallel is not None:
@@ -273,14 +294,11 @@ def reweight_step(
         xc, yc, wc = x[pos], y[pos], w_new[pos]
         zc_now = z_now[pos] if z_now is not None else None
         meta_coef = cfg.meta_ce_coef / parallel.world  # summed over workers: the full term
-    z_c = f1(xc) if f1_params else zc_now
+    z_c = f1(xc) if f1_trains else zc_now
     loss = (wc * F.cross_entropy(f2(z_c), yc, reduction="none")).sum()
     if meta_coef:
-        if f1_params:
+        with torch.set_grad_enabled(f1_trains and torch.is_grad_enabled()):
             z_meta = f1(meta_x)
-        else:
-            with torch.no_grad():
-                z_meta = f1(meta_x)
         loss = loss + meta_coef * F.cross_entropy(f2(z_meta), meta_y)
     model_opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -288,4 +306,4 @@ def reweight_step(
         parallel.sum_grads_([p for g in model_opt.param_groups for p in g["params"]])
         loss = parallel.sum(loss)
     model_opt.step()
-    return StepResult(w_new.detach(), ot.detach(), loss.detach(), virtual)
+    return loss

@@ -214,7 +214,8 @@ def test_bad_arguments_are_refused_in_one_line():
     cases = [
         (dict(eps=[0.1, 0.1]), ValueError, r"^eps must be one value or one per problem \(3,\)"),
         (dict(eps=[0.1, 0.0, 0.1]), ValueError, r"^eps must be > 0, got \[0.1, 0.0, 0.1\]"),
-        (dict(eps=0.1, max_iter=[5, 0, 5]), ValueError, r"^max_iter must be >= 1"),
+        (dict(eps=0.1, max_iter=[5, 0, 5]), ValueError, r"^max_iter must be whole numbers >= 1"),
+        (dict(eps=0.1, max_iter=2.5), ValueError, r"^max_iter must be whole numbers >= 1, got"),
         (dict(eps=0.1, tol=0.1, stop="sometimes"), ValueError, "^stop must be one of"),
         (dict(eps=0.1, impl="fast"), ValueError, "^impl must be one of"),
         (dict(eps=0.1, grad="implicit", impl="compiled"), ValueError,
