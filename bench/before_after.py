@@ -76,15 +76,15 @@ def main() -> None:
                 before = ratios(name, run(tree, name, Path(tmp) / f"before_{name}.json"))
                 after = ratios(name, run(ROOT, name, Path(tmp) / f"after_{name}.json"))
                 for key in before:
-                    table[f"{name}: {key}"] = {"before": round(before[key], 2),
-                                               "after": round(after[key], 2)}  # fmt: skip
+                    table[f"{name}: {key}"] = {"before": float(f"{before[key]:.3g}"),
+                                               "after": float(f"{after[key]:.3g}")}  # fmt: skip
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
                            check=False)  # fmt: skip
     print(f"\n| ratio | before ({old}) | after ({new}) | change |\n|---|---|---|---|")
     for key, row in table.items():
         change = row["after"] / row["before"] - 1
-        print(f"| {key} | {row['before']:.2f}x | {row['after']:.2f}x | {change:+.0%} |")
+        print(f"| {key} | {row['before']:.3g}x | {row['after']:.3g}x | {change:+.0%} |")
     args.out.write_text(json.dumps({"before": old, "after": new, "ratios": table,
                                     "wall_s": round(time.time() - start)}, indent=1))  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)

@@ -17,6 +17,8 @@ iterates it gets alone, the same up to rounding (``tests/trainables/reweight/tes
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -40,9 +42,9 @@ def ot_loss(
     a: Tensor,
     b: Tensor,
     *,
-    eps,
-    max_iter,
-    tol=None,
+    eps: float | Sequence[float],
+    max_iter: int | Sequence[int],
+    tol: float | Sequence[float | None] | None = None,
     grad: str = "unrolled",
     stop: str = "marginal",
     check_every: int = 10,
