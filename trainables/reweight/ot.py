@@ -83,13 +83,12 @@ def ot_loss(
         raise ValueError(f"grad must be one of {GRAD_MODES}, got {grad!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if cost.dim() not in (2, 3):
+        raise ValueError(f"cost must be [N, M] or [P, N, M], got shape {tuple(cost.shape)}")
+    check_inputs(cost, a, b)  # once: a single problem is then viewed as a stack of one
     single = cost.dim() == 2
     if single:
-        check_inputs(cost, a, b)
         cost, a, b = cost[None], a[None], b[None]
-    if cost.dim() != 3:
-        raise ValueError(f"cost must be [N, M] or [P, N, M], got shape {tuple(cost.shape)}")
-    check_inputs(cost, a, b)
     s = Settings.of((cost.shape[0],), eps, max_iter, tol, stop, check_every)
     if grad != "unrolled" and impl not in ("auto", "reference"):
         raise ValueError(
