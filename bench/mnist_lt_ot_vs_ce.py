@@ -22,7 +22,8 @@ from _results import mean_std, save_cpu_result
 
 from search_spaces import resolve
 from trainables.image import build_image_data, build_image_model
-from trainables.loop import train_stage1, train_stage2
+from trainables.loop import train_stage1
+from trainables.stage2 import train_stage2
 
 
 def one_seed(seed: int) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from search_spaces import resolve
-from trainables.loop import train_stage2
+from trainables.stage2 import train_stage2
 from trainables.text import build_text_data, build_text_model
 from trainables.trial import build_stage1, run_stage2
 

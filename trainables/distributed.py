@@ -34,21 +34,26 @@ class DataParallel:
         return torch.arange(self.rank, n, self.world, device=device)
 
     def sum_grads_(self, params: Iterable[Tensor]) -> None:
-        import torch.distributed as dist
-
+        """Each parameter's ``.grad`` summed over the workers, in place."""
         params = list(params)
         for p in params:  # every rank must contribute the same tensors, in the same order
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
-        if not grads:
+        self.sum_([p.grad for p in params])
+
+    def sum_(self, tensors: Iterable[Tensor]) -> None:
+        """Each tensor summed over the workers, in place (one all-reduce for all of them)."""
+        import torch.distributed as dist
+
+        tensors = list(tensors)
+        if not tensors:
             return
-        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
+        for t in tensors:
+            t.copy_(flat[offset : offset + t.numel()].view_as(t))
+            offset += t.numel()
 
     def broadcast_(self, tensors: Iterable[Tensor]) -> None:
         import torch.distributed as dist

@@ -1,7 +1,9 @@
-"""The one two-stage training loop, shared by every modality.
+"""Stage 1's loop and what both stages share, for every modality.
 
-Stage 1 trains with a classification loss on the imbalanced set; stage 2 runs Algorithm 1
-(:func:`trainables.reweight.reweight_step`). The loop reports each epoch through a callback
+Stage 1 trains with a classification loss on the imbalanced set; stage 2
+(:mod:`trainables.stage2`) runs Algorithm 1 on top and shares from here the selection rule
+(:class:`Selector`), the NaN rule (:func:`check_finite`), evaluation, the stage-2 checks and
+the meta distribution. Every loop reports each epoch through a callback
 ``callback(stage, epoch, metrics)`` and knows nothing of Ray or MLflow.
 """
 
@@ -26,15 +28,11 @@ from trainables.reweight import (
     MetaDistribution,
     Parallel,
     StepConfig,
-    WeightNet,
-    WeightVector,
     class_balanced_weights,
     class_prototypes,
-    pixel_mean_prototypes,
     random_prototype_batch,
     random_sample_per_class,
     released_code_mixing,
-    reweight_step,
     whole_meta_set,
 )
 
@@ -48,11 +46,12 @@ __all__ = [
     "check_stage2",
     "evaluate",
     "flat_metrics",
+    "frozen_feature_data",
     "improves",
     "lr_at",
     "meta_distribution_builder",
+    "step_config",
     "train_stage1",
-    "train_stage2",
 ]
 
 Callback = Callable[[str, int, dict], None]
@@ -215,6 +214,11 @@ def check_stage2(cfg: Stage2Config, num_classes: int) -> None:
             f"stage2.weight_param={cfg.weight_param} parametrises the weight vector; "
             "stage2.weights=net learns its weights with the weight net"
         )
+    if cfg.weights == "net" and cfg.loss_weights == "raw":
+        raise ValueError(
+            "stage2.loss_weights=raw multiplies the CE by the weight vector's logits; "
+            "stage2.weights=net outputs simplex weights (use loss_weights=simplex)"
+        )
     if cfg.weight_param != "sample" and cfg.weight_mode == "scratch":
         raise ValueError("stage2.weight_mode=scratch resets per-sample logits: weight_param=sample")
     if cfg.features == "augmented" and (cfg.train != "classifier" or cfg.weights == "net"):
@@ -288,14 +292,7 @@ def train_stage1(
         drw_epoch=cfg.drw_epoch,
         la_tau=cfg.la_tau,
     )
-    views: tuple = (None,)
-    posthoc = None  # CE training: the post-hoc adjusted reading of every epoch, selected apart
-    if loss_name == "ce" and cfg.reweight == "none":
-
-        def adjust(logits):
-            return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
-
-        views, posthoc = (None, adjust), Selector(keep_state=False)
+    views, posthoc = _posthoc_view(data, cfg, loss_name)
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt = torch.optim.SGD(
@@ -303,11 +300,7 @@ def train_stage1(
         )
     else:
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    aug_gen = generator
-    if parallel is not None:
-        # Not drawn from ``generator``: the batch order must stay the single-worker one.
-        seed = (generator.initial_seed() * 1_000_003 + 7919 * (parallel.rank + 1)) % 2**63
-        aug_gen = torch.Generator(device=generator.device).manual_seed(seed)
+    aug_gen = _augmentation_generator(generator, parallel)
     meta = _MetaReweight(model, data, cfg, aug_gen) if cfg.reweight != "none" else None
     if meta is not None and parallel is not None:
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
@@ -325,37 +318,10 @@ def train_stage1(
             if callback:
                 callback("stage1", done, metrics)
     for epoch in range(start, cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(cfg, epoch)
-        model.train()
-        total = torch.zeros((), device=data.train.y.device)
-        for idx in iterate_batches(
-            len(data.train), cfg.batch_size, shuffle=True, generator=generator
-        ):
-            share = 1.0
-            if parallel is not None:
-                full = idx.numel()
-                idx = idx[parallel.shard(full)]
-                share = idx.numel() / full
-            opt.zero_grad(set_to_none=True)
-            if idx.numel() and meta is not None and epoch >= cfg.meta_start:
-                x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
-                loss = meta.loss(x, data.train.y[idx], lr_at(cfg, epoch), epoch)
-                loss.backward()
-                total += loss.detach() * idx.numel()
-            elif idx.numel():
-                x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
-                loss = loss_fn(forward(x), data.train.y[idx], epoch=epoch) * share
-                loss.backward()
-                total += loss.detach() * (idx.numel() / share)
-            if parallel is not None:
-                parallel.sum_grads_(params)
-            opt.step()
-            if parallel is not None:
-                parallel.broadcast_(list(model.buffers()))
-        if parallel is not None:
-            total = parallel.sum(total)
-        train_loss = total.item() / len(data.train)
+        train_loss = _stage1_epoch(
+            model, data, cfg, epoch, (opt, params, loss_fn, forward, meta), generator, aug_gen,
+            parallel,
+        )  # fmt: skip
         check_finite(train_loss, "the training loss", "stage 1", epoch)
         metrics, *adjusted = evaluate_views(model, data, views)
         sel.update(epoch, metrics, model)
@@ -374,6 +340,64 @@ def train_stage1(
     if posthoc is not None:
         sel.result.posthoc = posthoc.result
     return sel.result
+
+
+def _augmentation_generator(generator: torch.Generator, parallel) -> torch.Generator:
+    """``generator`` itself on one worker; each data-parallel worker its own, seeded from it
+    and the rank but not drawn from it: the batch order must stay the single-worker one."""
+    if parallel is None:
+        return generator
+    seed = (generator.initial_seed() * 1_000_003 + 7919 * (parallel.rank + 1)) % 2**63
+    return torch.Generator(device=generator.device).manual_seed(seed)
+
+
+def _posthoc_view(
+    data: StageData, cfg: Stage1Config, loss_name: str
+) -> tuple[tuple, Selector | None]:
+    """(the evaluation views, the post-hoc reading's selector): CE training also reads every
+    epoch post-hoc adjusted, selected apart; other losses have the plain view alone."""
+    if loss_name != "ce" or cfg.reweight != "none":
+        return (None,), None
+
+    def adjust(logits):
+        return posthoc_logit_adjustment(logits, data.train_counts, cfg.la_tau)
+
+    return (None, adjust), Selector(keep_state=False)
+
+
+def _stage1_epoch(model, data, cfg, epoch, parts, generator, aug_gen, parallel) -> float:
+    """One epoch of stage-1 steps (on this worker's shards); the mean training loss over the
+    whole training set."""
+    opt, params, loss_fn, forward, meta = parts
+    for group in opt.param_groups:
+        group["lr"] = lr_at(cfg, epoch)
+    model.train()
+    total = torch.zeros((), device=data.train.y.device)
+    for idx in iterate_batches(len(data.train), cfg.batch_size, shuffle=True, generator=generator):
+        share = 1.0
+        if parallel is not None:
+            full = idx.numel()
+            idx = idx[parallel.shard(full)]
+            share = idx.numel() / full
+        opt.zero_grad(set_to_none=True)
+        if idx.numel() and meta is not None and epoch >= cfg.meta_start:
+            x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
+            loss = meta.loss(x, data.train.y[idx], lr_at(cfg, epoch), epoch)
+            loss.backward()
+            total += loss.detach() * idx.numel()
+        elif idx.numel():
+            x = data.prepare(data.train.x[idx], augment=True, generator=aug_gen)
+            loss = loss_fn(forward(x), data.train.y[idx], epoch=epoch) * share
+            loss.backward()
+            total += loss.detach() * (idx.numel() / share)
+        if parallel is not None:
+            parallel.sum_grads_(params)
+        opt.step()
+        if parallel is not None:
+            parallel.broadcast_(list(model.buffers()))
+    if parallel is not None:
+        total = parallel.sum(total)
+    return total.item() / len(data.train)
 
 
 def _selector_state(sel: Selector | None) -> dict | None:
@@ -575,11 +599,6 @@ def meta_distribution_builder(cfg: Stage2Config, k: int, generator: torch.Genera
     return build
 
 
-class _Identity(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x
-
-
 @torch.no_grad()
 def _features(model: SplitNet, split: TensorSplit, data: StageData) -> TensorSplit:
     model.eval()
@@ -601,175 +620,3 @@ def frozen_feature_data(model: SplitNet, data: StageData) -> StageData:
         train_counts=data.train_counts,
         source=data.source,
     )
-
-
-def _class_mass(
-    weights: WeightVector | WeightNet, train: TensorSplit, k: int, *, raw: bool = False
-) -> tuple[list[float], list[float]]:
-    """Mass per class and per sample of the normalised weights over the whole training set
-    (the weight net is applied to every training feature at once: f1 frozen); with ``raw``,
-    the sums of the raw logits instead (what the CE multiplies under loss_weights=raw)."""
-    with torch.no_grad():
-        if isinstance(weights, WeightVector):
-            w = weights.logits.detach().clone() if raw else torch.softmax(weights.logits, 0)
-        else:
-            w = weights(train.x)
-        mass = torch.zeros(k, dtype=w.dtype, device=w.device).index_add(0, train.y, w)
-        return mass.tolist(), w.tolist()
-
-
-def train_stage2(
-    model: SplitNet,
-    data: StageData,
-    cfg: Stage2Config,
-    *,
-    generator: torch.Generator,
-    callback: Callback | None = None,
-    features: StageData | None = None,
-    on_improve: Callable[[StageResult], None] | None = None,
-    parallel: Parallel | None = None,
-    adjust: Callable[[Tensor], Tensor] | None = None,
-) -> StageResult:
-    """Algorithm 1 steps (a)-(c) for ``cfg.epochs`` epochs, evaluating after each epoch.
-    ``stage2.method=none`` evaluates the model once instead, its logits through ``adjust``
-    when given (post-hoc logit adjustment).
-
-    ``features``: with ``cfg.train == "classifier"``, precomputed f1 features of every split
-    (:func:`frozen_feature_data`, e.g. from the stage-1 cache); ``data`` may then be the same
-    object and f1 never runs. ``on_improve(result)`` is called after each epoch whose validation
-    balanced accuracy is a new best (trackers upload the selected model's artifacts there).
-    ``parallel``: data-parallel workers (see :func:`reweight_step`); every worker draws the same
-    batches and trains on its shard of each, and the callback also gets ``shard_samples``.
-    """
-    k = data.num_classes
-    if cfg.method == "none":  # the stage-1 model, evaluated once (reported as epoch 0)
-        sel = Selector()
-        metrics = evaluate(model, data, adjust=adjust)
-        sel.update(0, metrics, model)
-        if on_improve:
-            on_improve(sel.result)
-        if callback:
-            extra = {"shard_samples": 0} if parallel is not None else {}
-            callback("stage2", 0, {**extra, **flat_metrics(metrics)})
-        return sel.result
-    check_stage2(cfg, k)
-    frozen = cfg.train == "classifier"
-    augmented = frozen and cfg.features == "augmented"
-    if augmented:  # f1 frozen, run on every step's augmented images (eval-mode batch norm)
-        if not data.is_images:
-            raise ValueError("stage2.features=augmented needs images; this data has features")
-        work_data, work = data, SplitNet(model.features, model.classifier, model.feature_dim)
-        model.features.requires_grad_(False)
-    elif frozen:
-        work_data = features if features is not None else frozen_feature_data(model, data)
-        work = SplitNet(_Identity(), model.classifier, model.feature_dim)
-        model.features.requires_grad_(False)
-    else:
-        work_data, work = data, model
-    step_cfg = step_config(cfg, k)
-    params = [p for p in work.parameters() if p.requires_grad]
-    model_opt = torch.optim.SGD(
-        params,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
-    device = data.train.y.device
-    if cfg.weights == "vector":
-        weights = WeightVector(
-            len(work_data.train),
-            init=cfg.weight_init,
-            labels=work_data.train.y.cpu(),
-            num_classes=k,
-            mode=cfg.weight_mode,
-            param=cfg.weight_param,
-        ).to(device)
-    else:
-        weights = WeightNet(model.feature_dim, cfg.weight_net_hidden).to(device)
-    if cfg.weight_optimizer == "adam":
-        weight_opt = torch.optim.Adam(weights.parameters(), lr=cfg.weight_lr)
-    else:
-        weight_opt = torch.optim.SGD(
-            weights.parameters(), lr=cfg.weight_lr, momentum=cfg.weight_momentum
-        )
-    build_q = meta_distribution_builder(cfg, k, generator)
-    fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
-    meta_y = work_data.meta.y
-    sel = Selector()
-    if isinstance(weights, WeightVector) or frozen:
-        sel.result.start_mass, _ = _class_mass(weights, work_data.train, k)
-    for epoch in range(cfg.epochs):
-        work.train()
-        if frozen:
-            model.features.eval()
-        q = build_q(work_data.meta.x, meta_y) if (frozen and fixed_q and not augmented) else None
-        ot_sum = torch.zeros((), device=device)
-        loss_sum = torch.zeros((), device=device)
-        steps = shard_samples = 0
-        # The meta set is drawn once per epoch, as the released code does; with fresh
-        # augmentation only where stage 2 sees images (on cached features there is none).
-        meta_all = torch.arange(len(work_data.meta))
-        meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
-        q_input = meta_x
-        if augmented:  # Q from this epoch's augmented meta images, through the frozen f1
-            if cfg.prototype_from == "pixel_mean":
-                q = pixel_mean_prototypes(model.features, meta_x, meta_y, k)
-            with torch.no_grad():
-                q_input = model.features(meta_x)
-            if q is None and fixed_q:
-                q = build_q(q_input, meta_y)
-        for idx in iterate_batches(
-            len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
-        ):
-            idx_dev = idx.to(device)
-            x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
-            step_q = q
-            if frozen and step_q is None:
-                step_q = build_q(q_input, meta_y)
-            res = reweight_step(
-                work,
-                x,
-                work_data.train.y[idx_dev],
-                idx_dev,
-                weights,
-                model_opt,
-                weight_opt,
-                step_cfg,
-                num_classes=k,
-                meta_x=meta_x,
-                meta_y=meta_y,
-                q=step_q,
-                build_q=None if frozen else build_q,
-                parallel=parallel,
-            )
-            if parallel is not None:
-                shard_samples += len(range(parallel.rank, idx.numel(), parallel.world))
-            ot_sum += res.ot_loss
-            loss_sum += res.loss
-            steps += 1
-        ot_mean, loss_mean = ot_sum.item() / steps, loss_sum.item() / steps
-        check_finite(ot_mean, "the OT loss", "stage 2", epoch)
-        check_finite(loss_mean, "the weighted training loss", "stage 2", epoch)
-        metrics = evaluate(model, data) if not frozen else evaluate(work, work_data)
-        improved = sel.update(epoch, metrics, model)
-        if isinstance(weights, WeightVector) or frozen:
-            mass, per_sample = _class_mass(weights, work_data.train, k)
-            sel.result.weight_mass.append(mass)
-            sel.result.sample_weights = per_sample
-        if isinstance(weights, WeightVector) and cfg.loss_weights == "raw":
-            raw, per_sample = _class_mass(weights, work_data.train, k, raw=True)
-            sel.result.raw_mass.append(raw)
-            sel.result.raw_sample_weights = per_sample
-        if improved and on_improve:  # before the callback: a scheduler may stop us there
-            on_improve(sel.result)
-        if callback:
-            extra = {"shard_samples": shard_samples} if parallel is not None else {}
-            callback(
-                "stage2",
-                epoch,
-                {"ot_loss": ot_mean, "train_loss": loss_mean, **extra, **flat_metrics(metrics)},
-            )
-    if frozen:
-        model.features.requires_grad_(True)
-    return sel.result

@@ -1,14 +1,17 @@
-"""Population stage 2: P settings of the cached-feature stage 2 trained at once.
+"""The stage-2 loop on cached features: P settings trained at once (P = 1: a single trial).
 
-Where f1 is frozen (``stage2.train=classifier``: the offline image, text and point-cloud
-experiments and the released-code preset) a stage-2 step is tiny and bound by per-call
-overhead. :func:`train_population` trains P members at once: stacked classifier heads (one
-``torch.func.functional_call`` under ``vmap``), one weight vector or weight net per member, one
-Sinkhorn call for all members (:func:`trainables.reweight.ot_loss` on their stacked problems,
-each member with its own lambda, iteration cap and tolerance), and per-member step sizes, momenta,
-cost mixing and weight parametrisations. Every member sees the same batches, the same Q and the
-same draws, in the order :func:`trainables.loop.train_stage2` makes them, so member ``m`` gives
-what the single trial of its setting gives with the same seed (the equivalence is tested).
+Where f1 is frozen and its features cached (``stage2.train=classifier``: the offline image,
+text and point-cloud experiments and the released-code preset) a stage-2 step is tiny and bound
+by per-call overhead. :func:`train_population` trains P members at once: stacked classifier
+heads (batched matrix products, or one ``torch.func.functional_call`` under ``vmap``), one weight
+vector or weight net per member, one Sinkhorn call for all members
+(:func:`trainables.reweight.ot_loss` on their stacked problems, each member with its own lambda,
+iteration cap and tolerance), and per-member step sizes, momenta, cost mixing and weight
+parametrisations. Every member sees the same batches, the same Q and the same draws, so member
+``m`` gives what a population of its setting alone gives with the same seed; a single trial on
+cached features is such a population of one (:func:`trainables.stage2.train_stage2`). The
+steps are checked against other code: the stage 2 that runs f1 at every step, with f1 an
+identity (``tests/trainables/test_population.py``).
 
 Which fields may differ between members: :data:`VARYING`; every other stage-2 field, and the
 rest of the experiment, is the population's own (checked by :func:`check_population`).
@@ -42,6 +45,7 @@ from trainables.loop import (
 from trainables.metrics import confusion_matrices, confusion_metrics
 from trainables.models import SplitNet
 from trainables.reweight import (
+    Parallel,
     WeightNet,
     class_balanced_weights,
     feature_cost,
@@ -94,6 +98,7 @@ class MemberOutcome:
     result: StageResult
     error: FloatingPointError | None = None
     stopped_epoch: int | None = None
+    last_state: dict[str, Tensor] | None = None  # the classifier after its last epoch
 
 
 def population_reason(cfg: Stage2Config) -> str | None:
@@ -104,8 +109,6 @@ def population_reason(cfg: Stage2Config) -> str | None:
         return "f1 trains in stage 2 (stage2.train=all): one setting per trial"
     if cfg.features != "cached":
         return "stage2.features=augmented runs f1 on augmented images at every step"
-    if cfg.grad != "unrolled":
-        return f"stage2.grad={cfg.grad}: populations solve the unrolled OT loss only"
     return None
 
 
@@ -166,7 +169,10 @@ class _Stacked:
         if list(module.buffers()) or any(
             isinstance(m, (nn.Dropout, nn.modules.batchnorm._BatchNorm)) for m in module.modules()
         ):
-            raise ValueError("no population: the classifier has buffers or dropout")
+            raise ValueError(
+                "stage 2 on cached features trains stacked parameters: the classifier must "
+                "have no buffers or dropout (stage2.train=all trains it as one module)"
+            )
         copies = [copy.deepcopy(module) for _ in range(p)]
         params, _ = stack_module_state(copies)
         self.params = {n: t.detach().clone().requires_grad_(True) for n, t in params.items()}
@@ -438,6 +444,7 @@ def train_population(
     epoch_end: Callable[[int], None] | None = None,
     rungs: Sequence[int] = (),
     reduction: int = 3,
+    parallel: Parallel | None = None,
 ) -> list[MemberOutcome]:
     """Stage 2 of every setting in ``cfgs`` at once (see the module docstring).
 
@@ -448,142 +455,170 @@ def train_population(
     a member's validation (``result`` is the member's live result). ``epoch_end(epoch)``: after
     every member's callback of the epoch and the culling at a rung. ``rungs``: epochs (from 1)
     after which the members below the top ``1 / reduction`` (by best validation balanced
-    accuracy so far) are culled.
+    accuracy so far) are culled. ``parallel``: data-parallel workers, as for a single trial
+    (:func:`trainables.reweight.reweight_step`: the weight step on the whole batch, rank 0's
+    weights broadcast, the classifier step on this worker's shard with the gradients summed);
+    each member's metrics then also carry ``shard_samples``.
     """
     k = data.num_classes
     check_population(cfgs, k)
     cfg = cfgs[0]
-    p_all = len(cfgs)
     work_data = features if features is not None else frozen_feature_data(model, data)
-    device = data.train.y.device
-    steps_cfg = [step_config(c, k) for c in cfgs]
-    heads = _Stacked(model.classifier, p_all)
-    like = next(iter(heads.params.values()))
-    model_opt = _Optim(
-        [c.lr for c in cfgs], [c.momentum for c in cfgs], [c.weight_decay for c in cfgs],
-        cfg.nesterov, [False] * p_all, like,
-    )  # fmt: skip
-    head_masks: dict[str, Tensor | None] = dict.fromkeys(heads.params)  # every member steps
-    weights = _Weights(cfgs, work_data, model, k, device)
-    wlike = next(iter(weights.params.values()))
-    weight_opt = _Optim(
-        [c.weight_lr for c in cfgs], [c.weight_momentum for c in cfgs], [0.0] * p_all,
-        False, [c.weight_optimizer == "adam" for c in cfgs], wlike,
-    )  # fmt: skip
+    run = _Members(model, work_data, cfgs, k)
     build_q = meta_distribution_builder(cfg, k, generator)
-    fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
-    meta_y = work_data.meta.y
-    members = list(range(p_all))  # active members, by original index
-    selectors = [Selector() for _ in range(p_all)]
-    for m, w in enumerate(weights.per_sample(work_data.train.x)):
-        selectors[m].result.start_mass, _ = _class_mass(w, work_data.train.y, k)
-    outcomes: list[MemberOutcome | None] = [None] * p_all
+    outcomes: list[MemberOutcome | None] = [None] * len(cfgs)
 
     def end(m: int, outcome: MemberOutcome) -> None:
         outcomes[m] = outcome
         if on_member_end:
             on_member_end(m, outcome)
 
-    def keep(pos: list[int]) -> None:
-        nonlocal members
-        idx = torch.tensor(pos, dtype=torch.long, device=device)
-        members = [members[i] for i in pos]
-        heads.keep(idx)
-        model_opt.keep(idx)
-        weights.keep(idx)
-        weight_opt.keep(idx)
-
     for epoch in range(cfg.epochs):
-        if not members:
+        losses, shard_samples = run.train_epoch(build_q, generator, parallel)
+        for m, err in run.drop_diverged(losses, epoch):
+            end(m, MemberOutcome(run.selectors[m].result, error=err))
+        if not run.members:
             break
-        sc = [steps_cfg[m] for m in members]
-        q = build_q(work_data.meta.x, meta_y) if fixed_q else None
-        ot_sum = torch.zeros(len(members), device=device, dtype=like.dtype)
+        extra = {} if parallel is None else {"shard_samples": shard_samples}
+        run.evaluate(epoch, losses, extra, callback, on_improve)
+        if epoch + 1 in rungs and epoch + 1 < cfg.epochs and len(run.members) > 1:
+            for m in run.cull(reduction):
+                end(m, MemberOutcome(run.selectors[m].result, stopped_epoch=epoch))
+        if epoch_end:
+            epoch_end(epoch)
+    for pos, m in enumerate(run.members):
+        last = run.heads.member_state(pos, "")
+        end(m, MemberOutcome(run.selectors[m].result, last_state=last))
+    return [o for o in outcomes if o is not None]
+
+
+class _Members:
+    """The population between epochs: the stacked heads and weights with their optimisers,
+    the active members (by original index) and every member's selection."""
+
+    def __init__(self, model: SplitNet, work_data: StageData, cfgs, k: int) -> None:
+        self.cfg, self.data, self.k = cfgs[0], work_data, k
+        p_all = len(cfgs)
+        self.steps_cfg = [step_config(c, k) for c in cfgs]
+        self.heads = _Stacked(model.classifier, p_all)
+        self.like = next(iter(self.heads.params.values()))
+        self.model_opt = _Optim(
+            [c.lr for c in cfgs], [c.momentum for c in cfgs], [c.weight_decay for c in cfgs],
+            self.cfg.nesterov, [False] * p_all, self.like,
+        )  # fmt: skip
+        self.head_masks: dict[str, Tensor | None] = dict.fromkeys(self.heads.params)  # all step
+        device = work_data.train.y.device
+        self.weights = _Weights(cfgs, work_data, model, k, device)
+        self.weight_opt = _Optim(
+            [c.weight_lr for c in cfgs], [c.weight_momentum for c in cfgs], [0.0] * p_all,
+            False, [c.weight_optimizer == "adam" for c in cfgs],
+            next(iter(self.weights.params.values())),
+        )  # fmt: skip
+        self.members = list(range(p_all))  # active members, by original index
+        self.selectors = [Selector() for _ in range(p_all)]
+        for m, w in enumerate(self.weights.per_sample(work_data.train.x)):
+            self.selectors[m].result.start_mass, _ = _class_mass(w, work_data.train.y, k)
+
+    def keep(self, pos: list[int]) -> None:
+        """Only the members at positions ``pos`` go on."""
+        idx = torch.tensor(pos, dtype=torch.long, device=self.like.device)
+        self.members = [self.members[i] for i in pos]
+        self.heads.keep(idx)
+        self.model_opt.keep(idx)
+        self.weights.keep(idx)
+        self.weight_opt.keep(idx)
+        self.like = next(iter(self.heads.params.values()))
+
+    def train_epoch(self, build_q, generator, parallel) -> tuple[list[tuple[float, float]], int]:
+        """One epoch of steps for every active member: ((mean OT loss, mean weighted loss) per
+        member, the samples of this worker's shards)."""
+        data, cfg = self.data, self.cfg
+        fixed_q = cfg.meta_distribution == "prototype" and not cfg.prototype_batch
+        q = build_q(data.meta.x, data.meta.y) if fixed_q else None
+        ot_sum = torch.zeros(len(self.members), device=self.like.device, dtype=self.like.dtype)
         loss_sum = torch.zeros_like(ot_sum)
-        steps = 0
-        meta_all = torch.arange(len(work_data.meta))
-        meta_x = work_data.prepare(work_data.meta.x[meta_all], augment=True, generator=generator)
-        plan = _Plan.of(sc, weights, like)
-        for idx in iterate_batches(
-            len(work_data.train), cfg.batch_size, shuffle=True, generator=generator
-        ):
-            idx_dev = idx.to(device)
-            x = work_data.prepare(work_data.train.x[idx_dev], augment=True, generator=generator)
-            y = work_data.train.y[idx_dev]
-            step_q = q if q is not None else build_q(meta_x, meta_y)
+        steps = shard_samples = 0
+        # the meta set is drawn once per epoch, as the released code does
+        meta_all = torch.arange(len(data.meta))
+        meta_x = data.prepare(data.meta.x[meta_all], augment=True, generator=generator)
+        plan = _Plan.of([self.steps_cfg[m] for m in self.members], self.weights, self.like)
+        for idx in iterate_batches(len(data.train), cfg.batch_size, shuffle=True,
+                                   generator=generator):  # fmt: skip
+            idx_dev = idx.to(self.like.device)
+            x = data.prepare(data.train.x[idx_dev], augment=True, generator=generator)
+            y = data.train.y[idx_dev]
+            step_q = q if q is not None else build_q(meta_x, data.meta.y)
             ot, loss = _step(
-                x, y, idx_dev, step_q, meta_x, meta_y, plan, heads, model_opt, head_masks,
-                weights, weight_opt, k,
+                x, y, idx_dev, step_q, meta_x, data.meta.y, plan, self.heads, self.model_opt,
+                self.head_masks, self.weights, self.weight_opt, self.k, parallel,
             )  # fmt: skip
+            if parallel is not None:
+                shard_samples += len(range(parallel.rank, idx.numel(), parallel.world))
             ot_sum += ot
             loss_sum += loss
             steps += 1
-        ot_mean = ot_sum.tolist()
-        loss_mean = loss_sum.tolist()
-        alive = []
-        for pos, m in enumerate(members):
+        sums = zip(ot_sum.tolist(), loss_sum.tolist(), strict=True)
+        means = [(o / steps, x / steps) for o, x in sums]
+        return means, shard_samples
+
+    def drop_diverged(self, losses: list, epoch: int) -> list[tuple[int, FloatingPointError]]:
+        """The members whose epoch loss is not finite, as (member, error), taken out of the
+        population (and of ``losses``), as a single trial raises there."""
+        ended, alive = [], []
+        for pos, m in enumerate(self.members):
             try:
-                check_finite(ot_mean[pos] / steps, "the OT loss", "stage 2", epoch)
-                check_finite(loss_mean[pos] / steps, "the weighted training loss", "stage 2", epoch)
+                check_finite(losses[pos][0], "the OT loss", "stage 2", epoch)
+                check_finite(losses[pos][1], "the weighted training loss", "stage 2", epoch)
             except FloatingPointError as err:
-                end(m, MemberOutcome(selectors[m].result, error=err))
+                ended.append((m, err))
                 continue
             alive.append(pos)
-        if len(alive) < len(members):
-            ot_mean = [ot_mean[i] for i in alive]
-            loss_mean = [loss_mean[i] for i in alive]
-            keep(alive)
-        if not members:
-            break
-        preds = _predict(heads, work_data)
-        w_all = weights.per_sample(work_data.train.x)
-        raw_all = None if weights.net or not weights.raw else weights.per_sample(None, raw=True)
+        if ended:
+            losses[:] = [losses[i] for i in alive]
+            self.keep(alive)
+        return ended
+
+    def evaluate(self, epoch: int, losses: list, extra: dict, callback, on_improve) -> None:
+        """Every member's epoch: its metrics, selection, weight masses and reports."""
+        data, k = self.data, self.k
+        preds = _predict(self.heads, data)
+        w_all = self.weights.per_sample(data.train.x)
+        raw = not self.weights.net and self.weights.raw
+        raw_all = self.weights.per_sample(None, raw=True) if raw else None
         cms = {
-            split: confusion_matrices(preds[split], getattr(work_data, split).y, k)
+            split: confusion_matrices(preds[split], getattr(data, split).y, k)
             for split in ("val", "test")
         }
-        for pos, m in enumerate(members):
+        for pos, m in enumerate(self.members):
             metrics = {
-                split: confusion_metrics(cms[split][pos], work_data.train_counts)
+                split: confusion_metrics(cms[split][pos], data.train_counts)
                 for split in ("val", "test")
             }
-            sel = selectors[m]
-            improved = sel.update(epoch, metrics, _View(heads, pos))
-            mass, per_sample = _class_mass(w_all[pos], work_data.train.y, k)
+            sel = self.selectors[m]
+            improved = sel.update(epoch, metrics, _View(self.heads, pos))
+            mass, per_sample = _class_mass(w_all[pos], data.train.y, k)
             sel.result.weight_mass.append(mass)
             sel.result.sample_weights = per_sample
             if raw_all is not None:
-                raw, per_sample = _class_mass(raw_all[pos], work_data.train.y, k)
-                sel.result.raw_mass.append(raw)
+                mass, per_sample = _class_mass(raw_all[pos], data.train.y, k)
+                sel.result.raw_mass.append(mass)
                 sel.result.raw_sample_weights = per_sample
             if improved and on_improve:
                 on_improve(m, sel.result)
             if callback:
-                callback(
-                    m,
-                    "stage2",
-                    epoch,
-                    {
-                        "ot_loss": ot_mean[pos] / steps,
-                        "train_loss": loss_mean[pos] / steps,
-                        **flat_metrics(metrics),
-                    },
-                )
-        if epoch + 1 in rungs and epoch + 1 < cfg.epochs and len(members) > 1:
-            scores = [selectors[m].best_val for m in members]
-            n_keep = max(1, math.ceil(len(members) / reduction))
-            order = sorted(range(len(members)), key=lambda i: (-scores[i], members[i]))
-            kept = sorted(order[:n_keep])
-            for pos in order[n_keep:]:
-                end(
-                    members[pos], MemberOutcome(selectors[members[pos]].result, stopped_epoch=epoch)
-                )
-            keep(kept)
-        if epoch_end:
-            epoch_end(epoch)
-    for m in members:
-        end(m, MemberOutcome(selectors[m].result))
-    return [o for o in outcomes if o is not None]
+                ot_mean, loss_mean = losses[pos]
+                epoch_losses = {"ot_loss": ot_mean, "train_loss": loss_mean}
+                callback(m, "stage2", epoch, {**epoch_losses, **extra, **flat_metrics(metrics)})
+
+    def cull(self, reduction: int) -> list[int]:
+        """Successive halving: keep the top ``1 / reduction`` by best validation so far (ties:
+        the lower index); returns the members culled."""
+        scores = [self.selectors[m].best_val for m in self.members]
+        n_keep = max(1, math.ceil(len(self.members) / reduction))
+        order = sorted(range(len(self.members)), key=lambda i: (-scores[i], self.members[i]))
+        culled = [self.members[pos] for pos in order[n_keep:]]
+        self.keep(sorted(order[:n_keep]))
+        return culled
 
 
 def _class_mass(w: Tensor, y: Tensor, k: int) -> tuple[list[float], list[float]]:
@@ -660,8 +695,9 @@ class _Plan:
 
 
 def _step(
-    x, y, idx, q, meta_x, meta_y, plan: _Plan, heads, model_opt, head_masks, weights, weight_opt, k
-):
+    x, y, idx, q, meta_x, meta_y, plan: _Plan, heads, model_opt, head_masks, weights, weight_opt, k,
+    parallel,
+):  # fmt: skip
     """Steps (b) and (c) of Algorithm 1 for every member on one batch (f1 frozen: no (a))."""
     p = plan.fw.shape[0]
     cfg0 = plan.cfg
@@ -686,6 +722,7 @@ def _step(
             eps=plan.eps,
             max_iter=plan.max_iter,
             tol=plan.tol,
+            grad=cfg0.grad,
             stop=cfg0.stop,
             check_every=cfg0.check_every,
             impl=cfg0.impl,
@@ -714,18 +751,31 @@ def _step(
             for n, g in grads.items():
                 grads[n] = torch.where(_rows(use, g), g / _rows(norm, g).to(g.dtype), g)
         weight_opt.step(weights.params, grads, plan.masks)
+        if parallel is not None:  # rank 0's weights: the replicas never drift
+            parallel.broadcast_(list(weights.params.values()))
     w_new = weights.loss_weights(idx, x)
-    logits = heads(x)  # [P, B, K]
-    ce = _cross_entropy(logits, y)
-    loss = (w_new * ce).sum(1)
-    if plan.coef is not None:
-        ml = heads(meta_x)
-        mce = _cross_entropy(ml, meta_y)
-        loss = loss + plan.coef * mce.mean(1)
+    loss = _model_loss(heads, x, y, w_new, plan.coef, meta_x, meta_y, parallel)
     names = list(heads.params)
     grads = torch.autograd.grad(loss.sum(), [heads.params[n] for n in names])
+    if parallel is not None:
+        parallel.sum_(grads)
+        loss = parallel.sum(loss)
     model_opt.step(heads.params, dict(zip(names, grads, strict=True)), head_masks)
     return ot.detach(), loss.detach()
+
+
+def _model_loss(heads, x, y, w_new, coef, meta_x, meta_y, parallel) -> Tensor:
+    """``[P]``: step (c)'s loss of every member, the w-weighted CE plus the meta set's CE; on
+    this worker's shard of the batch (the meta term divided among the workers, whose
+    gradients are summed)."""
+    if parallel is not None:
+        pos = parallel.shard(x.shape[0], device=x.device)
+        x, y, w_new = x[pos], y[pos], w_new[:, pos]
+        coef = None if coef is None else coef / parallel.world
+    loss = (w_new * _cross_entropy(heads(x), y)).sum(1)  # heads: [P, B, K]
+    if coef is not None:
+        loss = loss + coef * _cross_entropy(heads(meta_x), meta_y).mean(1)
+    return loss
 
 
 def _cross_entropy(logits: Tensor, y: Tensor) -> Tensor:

@@ -23,12 +23,13 @@ from trainables.loop import (
     check_stage2,
     frozen_feature_data,
     train_stage1,
-    train_stage2,
 )
 from trainables.losses import posthoc_logit_adjustment
 from trainables.modalities import modality_of
 from trainables.models import SplitNet
+from trainables.population import check_population, train_population
 from trainables.resume import DirStore, Stage1Checkpoints
+from trainables.stage2 import train_stage2
 
 __all__ = [
     "Stage1Output",
@@ -295,22 +296,7 @@ def run_stage2(
     evaluated on (images, or the cached features when f1 is frozen). ``on_improve(result,
     data)`` runs after each epoch that improves validation."""
     device = device or pick_device()
-    torch.set_rng_state(stage1.rng["torch"])
-    generator = torch.Generator()
-    generator.set_state(stage1.rng["generator"])
-    features = None
-    if needs_features(cfg):
-        if stage1.features is None:
-            add_features(cfg, stage1, device)
-        data = features = features_data(stage1, device)
-        model, state = modality_of(cfg.data.source).feature_model(
-            cfg, data, stage1.model_state, stage1.info
-        )
-    else:
-        data, model = data_and_model(cfg, device, load_pretrained=False)
-        state = stage1.model_state
-    model = model.to(device)
-    model.load_state_dict(state)
+    generator, data, model, features = _stage2_start(cfg, stage1, device, needs_features(cfg))
     adjust = None
     if cfg.stage1.loss == POSTHOC:  # a baseline row: the stage-1 model, read adjusted
 
@@ -343,8 +329,6 @@ def run_population(
     from one stage-1 result, set up as :func:`run_stage2` sets up a single trial (so member
     ``m`` starts where the single trial of ``cfgs[m]`` starts). Returns the members' outcomes
     and the cached features they ran on."""
-    from trainables.population import check_population, train_population
-
     cfg = cfgs[0]
     check_population([c.stage2 for c in cfgs], cfg.data.num_classes)
     for c in cfgs[1:]:
@@ -352,21 +336,34 @@ def run_population(
         if same != cfg:
             raise ValueError("population members must share everything outside stage2")
     device = device or pick_device()
-    torch.set_rng_state(stage1.rng["torch"])
-    generator = torch.Generator()
-    generator.set_state(stage1.rng["generator"])
-    if stage1.features is None:
-        add_features(cfg, stage1, device)
-    data = features_data(stage1, device)
-    model, state = modality_of(cfg.data.source).feature_model(
-        cfg, data, stage1.model_state, stage1.info
-    )
-    model = model.to(device)
-    model.load_state_dict(state)
+    generator, data, model, _ = _stage2_start(cfg, stage1, device, True)
     outcomes = train_population(
         model, data, [c.stage2 for c in cfgs], generator=generator, features=data, **hooks
     )
     return outcomes, data
+
+
+def _stage2_start(cfg: ExperimentConfig, stage1: Stage1Output, device, cached: bool):
+    """(generator, data, model, features): where every stage 2 of ``cfg`` starts from
+    ``stage1``: its random state, the data (the cached features when ``cached``, also returned
+    as ``features``, else None) and the model with stage 1's state loaded."""
+    torch.set_rng_state(stage1.rng["torch"])
+    generator = torch.Generator()
+    generator.set_state(stage1.rng["generator"])
+    features = None
+    if cached:
+        if stage1.features is None:
+            add_features(cfg, stage1, device)
+        data = features = features_data(stage1, device)
+        model, state = modality_of(cfg.data.source).feature_model(
+            cfg, data, stage1.model_state, stage1.info
+        )
+    else:
+        data, model = data_and_model(cfg, device, load_pretrained=False)
+        state = stage1.model_state
+    model = model.to(device)
+    model.load_state_dict(state)
+    return generator, data, model, features
 
 
 def run_trial(

@@ -12,8 +12,8 @@ from torch import nn
 from trainables.config import Stage2Config
 from trainables.data.arrays import StageData
 from trainables.distributed import DataParallel
-from trainables.loop import train_stage2
 from trainables.models import SplitNet
+from trainables.stage2 import train_stage2
 
 from ._synthetic import three_class_features
 

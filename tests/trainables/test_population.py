@@ -1,7 +1,10 @@
-"""A population of stage-2 settings against the single trials of the same settings: in float64
-member m gives the single trial's per-epoch metrics, weights and selected model (same seed);
-in float32 the difference is bounded; a diverging member leaves the others untouched; successive
-halving culls the worst members at a rung; settings a population cannot mix are refused."""
+"""A population of stage-2 settings against an independent implementation of the same steps:
+the stage 2 that runs f1 at every step (torch.optim, ``WeightVector`` / ``WeightNet``,
+``reweight_step``) on a model whose f1 has no parameters. In float64 member m gives that run's
+per-epoch metrics, weights and selected model (same seed); in float32 the difference is bounded;
+a single cached-feature trial is a population of one; a diverging member leaves the others
+untouched; successive halving culls the worst members at a rung; settings a population cannot
+mix are refused."""
 
 from __future__ import annotations
 
@@ -14,11 +17,11 @@ from torch import nn
 
 from trainables.config import Stage2Config
 from trainables.data.arrays import StageData, TensorSplit
-from trainables.loop import train_stage2
 from trainables.models import SplitNet
 from trainables.models.common import NormedLinear
 from trainables.population import check_population, halving_rungs, train_population
 from trainables.reweight import WeightNet
+from trainables.stage2 import train_stage2
 
 from ._synthetic import three_class_features
 
@@ -55,10 +58,13 @@ def _model() -> SplitNet:
 
 
 def _single(cfg: Stage2Config, data: StageData):
+    """``cfg`` through the path that trains f1 (``stage2.train=all``): with f1 an identity it
+    computes what the cached-feature stage 2 computes, by other code."""
     log = []
     torch.manual_seed(3)  # the weight net's initialisation draws from the global generator
     res = train_stage2(
-        _model(), data, cfg, generator=torch.Generator().manual_seed(5), features=data,
+        _model(), data, dataclasses.replace(cfg, train="all"),
+        generator=torch.Generator().manual_seed(5),
         callback=lambda stage, epoch, m: log.append(m),
     )  # fmt: skip
     return res, log
@@ -77,6 +83,9 @@ def _population(cfgs, data: StageData, **kw):
 def _largest_difference(single, log, outcome, member_log) -> float:
     assert len(log) == len(member_log)
     worst = max(abs(a[k] - b[k]) for a, b in zip(log, member_log, strict=True) for k in a)
+    assert len(outcome.result.weight_mass) == len(member_log)
+    if not single.weight_mass:  # a weight net through f1 records no masses (they need f1)
+        return worst
     for x, y in zip(single.sample_weights, outcome.result.sample_weights, strict=True):
         worst = max(worst, abs(x - y))
     for mass_s, mass_p in zip(single.weight_mass, outcome.result.weight_mass, strict=True):
@@ -154,6 +163,54 @@ def test_float32_members_stay_within_a_stated_bound_of_their_single_trials():
         assert _largest_difference(single, log, outs[i], logs[i]) < 1e-4, cfg
 
 
+@pytest.mark.parametrize("grad", ["implicit", "envelope"])
+def test_populations_take_every_gradient_mode(grad):
+    """The implicit and envelope gradients (the reference solver, stacked) give each member
+    what its run through f1 gives."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        data = _data(torch.float64)
+        base = dataclasses.replace(BASE, grad=grad, tol=1e-9, max_iter=300)
+        cfgs = [base, dataclasses.replace(base, eps=0.05, weight_lr=0.5, lr=0.3)]
+        outs, logs = _population(cfgs, data)
+        for i, cfg in enumerate(cfgs):
+            single, log = _single(cfg, data)
+            assert _largest_difference(single, log, outs[i], logs[i]) < 1e-9, cfg
+        w0, w1 = (torch.tensor(o.result.sample_weights) for o in outs)
+        assert (w0 - w1).abs().max() > 1e-4  # the members really differ
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_a_cached_feature_trial_is_a_population_of_one():
+    """``train_stage2`` on cached features runs ``train_population`` with one member: the same
+    epochs, weights and selected model bit for bit, the last epoch's classifier left in the
+    model, and a divergence raised as FloatingPointError."""
+    data = _data(torch.float32)
+    cfg = dataclasses.replace(BASE, weight_param="class_residual", meta_ce_coef=1.0)
+    log, improved = [], []
+    model = _model()
+    torch.manual_seed(3)
+    single = train_stage2(
+        model, data, cfg, generator=torch.Generator().manual_seed(5), features=data,
+        callback=lambda stage, epoch, m: log.append((stage, epoch, m)),
+        on_improve=lambda r: improved.append(r.selected["epoch"]),
+    )  # fmt: skip
+    (member,), logs = _population([cfg], data)
+    assert [m for _, _, m in log] == logs[0] and len(log) == cfg.epochs
+    assert [(s, e) for s, e, _ in log] == [("stage2", e) for e in range(cfg.epochs)]
+    assert single.sample_weights == member.result.sample_weights
+    assert single.selected == member.result.selected and improved[-1] == single.selected["epoch"]
+    for k, v in member.result.state.items():
+        assert torch.equal(single.state[k], v)
+    for k, v in member.last_state.items():
+        assert torch.equal(model.classifier.state_dict()[k], v)
+    assert not torch.equal(model.classifier.state_dict()["0.weight"], _model().classifier[0].weight)
+    with pytest.raises(FloatingPointError, match="stage 2"):
+        train_stage2(_model(), data, dataclasses.replace(cfg, lr=1e30),
+                     generator=torch.Generator().manual_seed(5), features=data)  # fmt: skip
+
+
 def test_a_diverging_member_leaves_the_population_and_the_others_go_on():
     data = _data(torch.float32)
     good = dataclasses.replace(BASE, lr=0.1)
@@ -196,8 +253,8 @@ def test_what_members_cannot_mix_is_refused():
         check_population([dataclasses.replace(a, train="all")], 3)
     with pytest.raises(ValueError, match="no stage 2 to batch"):
         check_population([dataclasses.replace(a, method="none")], 3)
-    with pytest.raises(ValueError, match="unrolled"):
-        check_population([dataclasses.replace(a, grad="implicit")], 3)
+    with pytest.raises(ValueError, match="augmented"):
+        check_population([dataclasses.replace(a, features="augmented")], 3)
 
 
 @pytest.mark.parametrize(

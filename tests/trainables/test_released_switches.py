@@ -12,9 +12,10 @@ from torch import nn
 
 from trainables.config import Stage2Config
 from trainables.data.arrays import StageData, TensorSplit
-from trainables.loop import check_stage2, train_stage2
+from trainables.loop import check_stage2
 from trainables.models import SplitNet
 from trainables.reweight import pixel_mean_prototypes
+from trainables.stage2 import train_stage2
 
 
 def test_pixel_mean_prototypes_by_hand():

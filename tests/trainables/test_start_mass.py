@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from trainables.config import Stage2Config
-from trainables.loop import train_stage2
 from trainables.models import SplitNet
 from trainables.population import train_population
 from trainables.reweight import WeightVector
+from trainables.stage2 import train_stage2
 
 from ._synthetic import three_class_features
 

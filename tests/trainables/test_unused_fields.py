@@ -155,7 +155,7 @@ def test_stage1_reads_none_of_its_unused_fields(variant):
 
 
 def _stage2(cfg: ExperimentConfig) -> object:
-    from trainables.loop import train_stage2
+    from trainables.stage2 import train_stage2
 
     return _trained(train_stage2, cfg.stage2)
 
