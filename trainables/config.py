@@ -89,7 +89,7 @@ Train = Literal["all", "classifier"]
 Features = Literal["cached", "augmented"]
 PrototypeFrom = Literal["features", "pixel_mean"]
 Weights = Literal["vector", "net"]
-WeightInit = Literal["uniform", "class_balanced"]
+WeightInit = Literal["uniform", "class_balanced", "inverse_frequency"]
 WeightParam = Literal["sample", "class", "class_residual"]  # reweight.WEIGHT_PARAMS
 WeightOptimizer = Literal["sgd", "adam"]
 WeightMode = Literal["maintained", "scratch"]
@@ -282,6 +282,9 @@ class Stage2Config(_Checked):
     learn_weights: bool = True
     weight_momentum: float = 0.0
     weight_decay_w: float = 0.0
+    # the weighting the vector starts at (reweight.initial_logits): uniform, class-balanced or
+    # inverse class frequency; as log-weights under the softmax, the weights themselves as raw
+    # CE weights (loss_weights=raw, the released code's start)
     weight_init: WeightInit = "uniform"
     # what learns the weights (vector weights): per-sample logits (the paper), per-class logits,
     # or per-class logits plus a per-sample residual; the optimiser of that step (sgd with

@@ -314,9 +314,8 @@ def train_stage1(
         start = _resume_stage1(
             checkpoints, cfg.epochs, model, opt, generator, (sel, posthoc), meta, history
         )
-        for done, metrics in enumerate(history):
-            if callback:
-                callback("stage1", done, metrics)
+        for done, metrics in enumerate(history if callback else ()):
+            callback("stage1", done, metrics)
     for epoch in range(start, cfg.epochs):
         train_loss = _stage1_epoch(
             model, data, cfg, epoch, (opt, params, loss_fn, forward, meta), generator, aug_gen,

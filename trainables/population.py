@@ -47,8 +47,8 @@ from trainables.models import SplitNet
 from trainables.reweight import (
     Parallel,
     WeightNet,
-    class_balanced_weights,
     feature_cost,
+    initial_logits,
     label_cost,
     ot_loss,
 )
@@ -345,13 +345,7 @@ class _Weights:
             return
         n = len(work_data.train)
         dtype = torch.get_default_dtype()
-        if cfg.weight_init == "uniform":
-            per_class = torch.zeros(k, dtype=dtype)
-            start = torch.zeros(n, dtype=dtype)
-        else:
-            counts = torch.bincount(y.cpu(), minlength=k)
-            per_class = class_balanced_weights(counts)
-            start = per_class[y.cpu()]
+        per_class, start = initial_logits(cfg.weight_init, y, k, raw=self.raw)
         self.labels = y
         self.initial = start.to(device)
         kinds = [c.weight_param for c in cfgs]

@@ -176,6 +176,7 @@ def _optimisers(work: nn.Module, feature_dim: int, data: StageData, cfg: Stage2C
             num_classes=data.num_classes,
             mode=cfg.weight_mode,
             param=cfg.weight_param,
+            raw=cfg.loss_weights == "raw",
         ).to(device)
     else:
         weights = WeightNet(feature_dim, cfg.weight_net_hidden).to(device)

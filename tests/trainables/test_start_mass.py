@@ -4,6 +4,7 @@ learned-weights figure and a run's description read the learned mass against."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -67,3 +68,44 @@ def test_population_members_start_where_their_single_trials_start(weights):
     for out, cfg in zip(outs, cfgs, strict=True):
         assert out.result.start_mass == pytest.approx(_single(cfg).start_mass, abs=1e-6), cfg
         assert sum(out.result.start_mass) == pytest.approx(1.0)
+
+
+def _named_weights(init: str, counts: list[int], beta: float = 0.9999) -> list[float]:
+    """Each class's weight as the init names it, by hand, scaled to sum to K."""
+    if init == "class_balanced":
+        w = [(1 - beta) / (1 - beta**n) for n in counts]
+    else:  # inverse_frequency
+        w = [1 / n for n in counts]
+    return [x * len(w) / sum(w) for x in w]
+
+
+@pytest.mark.parametrize("train", ["classifier", "all"])
+@pytest.mark.parametrize("param", ["sample", "class", "class_residual"])
+@pytest.mark.parametrize("init", ["class_balanced", "inverse_frequency"])
+@pytest.mark.parametrize("loss_weights", ["simplex", "raw"])
+def test_each_init_starts_at_the_weighting_it_names(loss_weights, init, param, train):
+    """Under softmax weights (``simplex``) each sample starts at ``w_{y_i} / sum_j w_{y_j}``
+    (class mass ``n_k w_k`` normalised: for inverse frequency every class the same), under
+    every parametrisation, in the population loop and in the path through f1; under ``raw``
+    the logits the CE multiplies are the weights themselves (the released code's start)."""
+    cfg = dataclasses.replace(
+        BASE, weight_init=init, weight_param=param, loss_weights=loss_weights, train=train,
+        learn_weights=False,
+    )  # fmt: skip
+    res = _single(cfg)
+    data = three_class_features()
+    counts = list(data.train_counts)  # 12, 6, 3
+    w = _named_weights(init, counts)
+    y = data.train.y.tolist()
+    if loss_weights == "simplex":
+        total = sum(n * x for n, x in zip(counts, w, strict=True))
+        expect_mass = [n * x / total for n, x in zip(counts, w, strict=True)]
+        assert res.sample_weights == pytest.approx([w[c] / total for c in y], rel=1e-6)
+        if init == "inverse_frequency":
+            assert expect_mass == pytest.approx([1 / 3] * 3)
+    else:
+        assert res.raw_sample_weights == pytest.approx([w[c] for c in y], rel=1e-6)
+        total = sum(n * math.exp(x) for n, x in zip(counts, w, strict=True))
+        expect_mass = [n * math.exp(x) / total for n, x in zip(counts, w, strict=True)]
+    assert res.start_mass == pytest.approx(expect_mass, rel=1e-6)
+    assert res.weight_mass[-1] == pytest.approx(expect_mass, rel=1e-6)  # held: the control

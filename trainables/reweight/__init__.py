@@ -42,6 +42,7 @@ from .weights import (
     WeightNet,
     WeightVector,
     class_balanced_weights,
+    initial_logits,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "combined_cost",
     "feature_cost",
     "fit_batch_weights",
+    "initial_logits",
     "label_cost",
     "ot_loss",
     "pixel_mean_prototypes",

@@ -12,9 +12,12 @@ __all__ = [
     "WeightNet",
     "WeightVector",
     "class_balanced_weights",
+    "initial_logits",
 ]
 
-WEIGHT_INITS = ("uniform", "class_balanced")
+# The weights a vector starts from, each sample weighted by its class: all equal; Cui et al.'s
+# effective-number weights; 1 / n_k (every class then carries the same total mass).
+WEIGHT_INITS = ("uniform", "class_balanced", "inverse_frequency")
 WEIGHT_MODES = ("maintained", "scratch")
 # How the per-sample logits are parametrised: one free logit per sample (the paper's); one per
 # class, shared by its samples; a per-class logit plus a per-sample residual (starting at 0).
@@ -33,6 +36,36 @@ def class_balanced_weights(class_counts: Tensor, beta: float = 0.9999) -> Tensor
     return (w * (counts.numel() / w.sum())).to(torch.get_default_dtype())
 
 
+def initial_logits(
+    init: str, labels: Tensor | None, num_classes: int | None, *, raw: bool, beta: float = 0.9999
+) -> tuple[Tensor, Tensor]:
+    """(per-class logits ``[K]``, per-sample logits ``[N]``) that start the weights at the
+    weighting ``init`` names, each sample at its class's weight ``w_k`` (summing to K over
+    classes; uniform: all 1).
+
+    The OT measure is the softmax of the logits, so they are ``log w_k``: the start mass of
+    each sample is ``w_{y_i} / sum_j w_{y_j}`` under every parametrisation (per-sample logits,
+    per-class logits, per-class plus a zero residual). With ``raw`` (the CE multiplies the
+    logits themselves, the released code's ``loss_weights=raw``) the logits are ``w_k`` (as
+    the released code starts them; uniform: 0, its own start).
+    """
+    if init not in WEIGHT_INITS:
+        raise ValueError(f"init must be one of {WEIGHT_INITS}, got {init!r}")
+    if init == "uniform":
+        n = 0 if labels is None else labels.numel()
+        return torch.zeros(num_classes or 0), torch.zeros(n)
+    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    if init == "class_balanced":
+        w = class_balanced_weights(counts, beta)
+    else:
+        if (counts <= 0).any():
+            raise ValueError("every class needs at least one sample for inverse-frequency weights")
+        inv = 1.0 / counts.to(torch.float64)
+        w = (inv * (counts.numel() / inv.sum())).to(torch.get_default_dtype())
+    per_class = w if raw else torch.log(w)
+    return per_class, per_class[labels.cpu()]
+
+
 class WeightVector(nn.Module):
     """One learnable logit per training sample, indexed by dataset index.
 
@@ -41,8 +74,9 @@ class WeightVector(nn.Module):
     (paper default); ``mode="scratch"`` resets a batch's logits to their initial values before
     each OT step (Table 2, last row).
 
-    init ``"uniform"``: all logits 0. ``"class_balanced"``: each sample's logit is its class's
-    effective-number weight (needs ``labels`` and ``num_classes``), as the released code does.
+    init (:data:`WEIGHT_INITS`; the non-uniform ones need ``labels`` and ``num_classes``): the
+    start of :func:`initial_logits`, which the softmax turns into the weighting it names (with
+    ``raw``, the weights themselves as logits: the released code's start).
 
     ``param`` (:data:`WEIGHT_PARAMS`): ``"sample"`` learns one logit per sample; ``"class"``
     learns one per class (``logits = class_logits[labels]``); ``"class_residual"`` learns both
@@ -60,6 +94,7 @@ class WeightVector(nn.Module):
         beta: float = 0.9999,
         mode: str = "maintained",
         param: str = "sample",
+        raw: bool = False,
     ) -> None:
         super().__init__()
         if init not in WEIGHT_INITS:
@@ -68,21 +103,15 @@ class WeightVector(nn.Module):
             raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
         if param not in WEIGHT_PARAMS:
             raise ValueError(f"param must be one of {WEIGHT_PARAMS}, got {param!r}")
-        if (init == "class_balanced" or param != "sample") and (
-            labels is None or num_classes is None
-        ):
+        if (init != "uniform" or param != "sample") and (labels is None or num_classes is None):
             raise ValueError(f"init={init!r}, param={param!r} needs labels and num_classes")
         if param != "sample" and mode == "scratch":
             raise ValueError("mode='scratch' resets per-sample logits: it needs param='sample'")
         if labels is not None and labels.shape != (num_samples,):
             raise ValueError(f"labels must have shape ({num_samples},), got {tuple(labels.shape)}")
+        per_class, start = initial_logits(init, labels, num_classes, raw=raw, beta=beta)
         if init == "uniform":
-            per_class = torch.zeros(num_classes or 0)
             start = torch.zeros(num_samples)
-        else:
-            counts = torch.bincount(labels.cpu(), minlength=num_classes)
-            per_class = class_balanced_weights(counts, beta)
-            start = per_class[labels.cpu()]
         self.mode = mode
         self.param = param
         if param == "sample":

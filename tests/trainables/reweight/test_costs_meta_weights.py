@@ -101,8 +101,12 @@ def test_class_balanced_weights_released_code_values():
 
 def test_weight_vector_init_measure_and_scratch():
     labels = torch.tensor([0, 0, 0, 1])
+    # under the softmax the logits are the log of the weights: the measure is proportional
+    # to them; as raw CE weights (the released code) they are the weights themselves
+    cb = torch.log(class_balanced_weights(torch.tensor([3, 1])))
+    raw = WeightVector(4, init="class_balanced", labels=labels, num_classes=2, raw=True)
+    torch.testing.assert_close(raw.logits.data, cb.exp()[labels])
     wv = WeightVector(4, init="class_balanced", labels=labels, num_classes=2)
-    cb = class_balanced_weights(torch.tensor([3, 1]))
     torch.testing.assert_close(wv.logits.data, cb[labels])
     idx = torch.tensor([1, 3])
     torch.testing.assert_close(wv.measure(idx), torch.softmax(cb[torch.tensor([0, 1])], 0))
