@@ -1,7 +1,7 @@
 """The record of one Table 1 cell run by ``orchestrator.reproduce``, read back from its MLflow
 store: ``bench/results/table1_<column>.json``.
 
-    .venv/bin/python bench/table1_record.py --storage STORAGE --column cifar10_if100
+    .venv/bin/python bench/table1_record.py --storage STORAGE [STORAGE ...] --column cifar10_if100
 
 For each finished row of the cell (seed ``--seed``): the test top-1 error at the last epoch
 and at the validation-selected epoch (a baseline's are its stage 1's; an OT row's its stage
@@ -9,7 +9,10 @@ and at the validation-selected epoch (a baseline's are its stage 1's; an OT row'
 per epoch (from the times MLflow recorded each epoch's metrics; epochs before a resume are
 re-logged at the resume, so those gaps are left out). Names as in the issue that asked for it:
 ``ot_paper`` is the paper preset's OT row (``ot_weight_vector``), ``ot_released_code`` the
-released-code preset's (``ot@released_code``), each with its ``+no_ot`` control.
+released-code preset's (``ot@released_code``, and its two ablations), each with its ``+no_ot``
+control. With several storages (runs of the same stage 1 under other overrides, e.g. its stage
+cache linked into a second storage) each row comes from the first storage that has it, and
+every row says how its stage 2 saw f1 (``stage2_features``: cached or augmented).
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ ROWS = {  # the record's name -> the table's row
     "ot_paper+no_ot": "ot_weight_vector+no_ot",
     "ot_released_code": "ot@released_code",
     "ot_released_code+no_ot": "ot@released_code+no_ot",
+    "ot_released_code-cb_init": "ot@released_code-cb_init",
+    "ot_released_code-cb_init+no_ot": "ot@released_code-cb_init+no_ot",
+    "ot_released_code-meta_ce": "ot@released_code-meta_ce",
+    "ot_released_code-meta_ce+no_ot": "ot@released_code-meta_ce+no_ot",
 }
 SWITCHES = ("stage1.amp", "stage1.channels_last", "stage1.compile", "stage1.threads")
 
@@ -57,29 +64,38 @@ def _epoch_seconds(c, run_id: str) -> dict:
     }
 
 
+def _store(storage: Path, smoke: bool):
+    """(client, experiment id) of a reproduce storage's Table 1 runs."""
+    uri = tracking.default_tracking_uri(storage.resolve())
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(names.experiment_name("table1", smoke=smoke))
+    if exp is None:
+        raise SystemExit(f"error: no reproduce-table1 experiment in {uri}")
+    return c, exp.experiment_id
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--storage", required=True, help="the reproduce run's --storage")
+    p.add_argument("--storage", required=True, nargs="+", help="the reproduce runs' --storage")
     p.add_argument("--column", default="cifar10_if100")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--device", default="cpu (2 cores)", help="what the runs ran on")
     p.add_argument("--smoke", action="store_true", help="the smoke runs' experiment")
     args = p.parse_args()
-    root = Path(args.storage).resolve()
-    uri = tracking.default_tracking_uri(root)
-    c = tracking.client(uri)
-    exp = c.get_experiment_by_name(names.experiment_name("table1", smoke=args.smoke))
-    if exp is None:
-        raise SystemExit(f"error: no reproduce-table1 experiment in {uri}")
+    stores = [_store(Path(s), args.smoke) for s in args.storage]
     table = TABLES["table1"]
     cells = {c.method.name: c for c in table.cells(fidelity=True, columns=[args.column])}
     rows, first = {}, None
     for name, row in ROWS.items():
-        run = _latest(c, exp.experiment_id, f"{args.column}|{row}", args.seed)
+        found = (
+            (c, exp_id, _latest(c, exp_id, f"{args.column}|{row}", args.seed))
+            for c, exp_id in stores
+        )
+        c, exp_id, run = next((f for f in found if f[2] is not None), (None, None, None))
         if run is None:
             continue
-        first = first or run
+        first = first or (c, exp_id, run)
         params, metrics = run.data.params, run.data.metrics
         paper = paper_value(table, cells[row]) if row in cells else None
         rows[name] = {
@@ -88,12 +104,16 @@ def main() -> None:
             "top1_err_selected": run_value(params, metrics, "validation_selected", "top1_error"),
             "preset": run.data.tags.get(names.PRESET),
             "stage2_train": params.get("stage2.train"),
+            "stage2_features": params.get("stage2.features"),
             "stage2_epochs": int(params.get("stage2.epochs", 0)),
+            "storage": str(Path(args.storage[stores.index((c, exp_id))])),
         }
     if first is None:
-        raise SystemExit(f"error: no finished run of {args.column} seed {args.seed} in {uri}")
-    params = first.data.params
-    build = tracking.stage1_build_run(c, exp.experiment_id, first.data.tags[names.STAGE1_HASH])
+        where = ", ".join(args.storage)
+        raise SystemExit(f"error: no finished run of {args.column} seed {args.seed} in {where}")
+    c, exp_id, run = first
+    params = run.data.params
+    build = tracking.stage1_build_run(c, exp_id, run.data.tags[names.STAGE1_HASH])
     record = {
         "table": "table1",
         "smoke": args.smoke,
