@@ -52,13 +52,25 @@ def ratios(name: str, res: dict) -> dict[str, float]:
         step = res["stage2_step_ms"]
         out["stage-2 step, CE / OT (auto)"] = step["ce_step"] / step["ot_step_auto"]
         return out
-    return {k: v["ratio"] for k, v in res["training"].items() if k.startswith("P=") and k != "P=1"}
+    out = {k: v["ratio"] for k, v in res["training"].items() if k.startswith("P=") and k != "P=1"}
+    # one setting per trial, absolute: both sides ran alternately on the same machine
+    out["P=1 settings per minute"] = res["training"]["P=1"]["settings_per_min"]
+    return out
+
+
+def score_difference(before: dict, after: dict) -> float:
+    """The largest difference between the two sides' validation scores of the same settings
+    trained one per trial (NaN, a diverged setting, equal to NaN)."""
+    a, b = before["training"]["P=1"]["vals"], after["training"]["P=1"]["vals"]
+    return max((0.0 if (x != x and y != y) else abs(x - y)) for x, y in zip(a, b, strict=True))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("old", help="the commit before the change")
     p.add_argument("--out", type=Path, default=ROOT / "bench/results/before_after.json")
+    p.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS),
+                   help="these benchmarks only (default: all)")  # fmt: skip
     args = p.parse_args()
     old = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout.strip()  # fmt: skip
@@ -71,10 +83,13 @@ def main() -> None:
                        check=True, capture_output=True)  # fmt: skip
         (tree / ".venv").symlink_to(ROOT / ".venv")
         try:
-            table = {}
-            for name in RUNS:
-                before = ratios(name, run(tree, name, Path(tmp) / f"before_{name}.json"))
-                after = ratios(name, run(ROOT, name, Path(tmp) / f"after_{name}.json"))
+            table, scores = {}, {}
+            for name in args.only:
+                raw_before = run(tree, name, Path(tmp) / f"before_{name}.json")
+                raw_after = run(ROOT, name, Path(tmp) / f"after_{name}.json")
+                before, after = ratios(name, raw_before), ratios(name, raw_after)
+                if name != "ot_speed":
+                    scores[name] = score_difference(raw_before, raw_after)
                 for key in before:
                     table[f"{name}: {key}"] = {"before": float(f"{before[key]:.3g}"),
                                                "after": float(f"{after[key]:.3g}")}  # fmt: skip
@@ -84,8 +99,12 @@ def main() -> None:
     print(f"\n| ratio | before ({old}) | after ({new}) | change |\n|---|---|---|---|")
     for key, row in table.items():
         change = row["after"] / row["before"] - 1
-        print(f"| {key} | {row['before']:.3g}x | {row['after']:.3g}x | {change:+.0%} |")
+        unit = "" if key.endswith("per minute") else "x"
+        print(f"| {key} | {row['before']:.3g}{unit} | {row['after']:.3g}{unit} | {change:+.0%} |")
+    for name, diff in scores.items():
+        print(f"{name}: one setting per trial, largest validation-score difference {diff:.3g}")
     args.out.write_text(json.dumps({"before": old, "after": new, "ratios": table,
+                                    "single_trial_score_difference": scores,
                                     "wall_s": round(time.time() - start)}, indent=1))  # fmt: skip
     print(f"wrote {args.out}", file=sys.stderr)
 
