@@ -7,8 +7,9 @@ separate labelled column, the best test epoch (selection on the test set, as the
 reports; not comparable), and each OT row's own gain over its ``+no_ot`` control (positive:
 OT is better, in points of the table's metric). Only the rows and columns with finished runs are
 shown; ``--all`` shows the whole grid, where a cell without runs reads "missing". A fidelity
-section compares the paper and released-code presets on the first column. ``--format html``
-writes one self-contained page with the figures (Fig. 1 and Fig. 2) embedded.
+section compares the paper and released-code presets (on the first column, and on any other
+where they were run). ``--format html`` writes one self-contained page with the figures (Fig. 1
+and Fig. 2) embedded.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ def report_data(
         if key not in latest or (r.info.end_time or 0) > (latest[key].info.end_time or 0):
             latest[key] = r
     cells = {}
-    for cell in table.cells(fidelity=True):
+    first = table.columns[0].name
+    for cell in table.cells(fidelity=True, every_column=True):
         seeds = sorted((int(s), r) for (k, s), r in latest.items() if k == cell.key and s.isdigit())
+        if cell.method.fidelity and cell.column.name != first and not seeds:
+            continue  # fidelity rows: the first column's always, any other's where they ran
         stats = {}
         for sel in SELECTIONS:
             vals = [run_value(r.data.params, r.data.metrics, sel, table.metric) for _, r in seeds]
@@ -272,10 +276,9 @@ def _long(data: dict, *, fidelity: bool) -> tuple[list[str], list[list[str]]]:
               gain_label(data["table"].metric)]  # fmt: skip
     rows = []
     table = data["table"]
-    first = table.columns[0].name
     for key, e in data["shown"].items():
         cell = e["cell"]
-        if fidelity and not (cell.column.name == first and _in_fidelity(table, cell.method)):
+        if fidelity and not _in_fidelity(table, cell.method):
             continue
         if not fidelity and cell.method.fidelity:
             continue
@@ -348,11 +351,12 @@ def render(data: dict, fmt: str, *, full: bool = False) -> str:
     if fmt == "html":
         return _html(data)
     parts = [f"## {_title(data)}", "", *_intro(data), ""]
-    parts += [_md_table(*_layout(data)), "", "### Every selection", ""]
-    parts += [_md_table(*_long(data, fidelity=False))]
+    main = _long(data, fidelity=False)
+    if main[1] or full:  # a store of fidelity runs alone has no main table
+        parts += [_md_table(*_layout(data)), "", "### Every selection", "", _md_table(*main)]
     fid = _long(data, fidelity=True)
     if len(fid[1]) > 1:
-        parts += ["", "### Fidelity: paper vs released-code presets (first column)", ""]
+        parts += ["", "### Fidelity: paper vs released-code presets", ""]
         parts += [_md_table(*fid)]
     if data["figures"]:
         parts += ["", f"Figures ({', '.join(data['figures'])}): in MLflow, and embedded by "
@@ -436,7 +440,7 @@ def _html(data: dict) -> str:
         figs = "<p>No figures: no reproduce invocation of this table logged them.</p>"
     fid = _long(data, fidelity=True)
     fid_html = (
-        "<h2>Fidelity: paper vs released-code presets (first column)</h2>" + _html_table(*fid)
+        "<h2>Fidelity: paper vs released-code presets</h2>" + _html_table(*fid)
         if len(fid[1]) > 1
         else ""
     )

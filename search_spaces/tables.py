@@ -145,10 +145,12 @@ class Table:
         *,
         fidelity: bool = False,
         columns: list[str] | None = None,
+        every_column: bool = False,
     ) -> list[Cell]:
         """Every (column, method) cell; fidelity rows only with ``fidelity`` and only in the
-        first column kept. ``methods`` / ``columns`` keep the named rows / columns (unknown
-        names raise ValueError)."""
+        first column kept (in every column with ``every_column``: where a report looks, since
+        ``reproduce --columns`` runs them in the first column it keeps). ``methods`` /
+        ``columns`` keep the named rows / columns (unknown names raise ValueError)."""
         for kind, asked, known in (
             ("method", methods, [m.name for m in self.methods]),
             ("column", columns, [c.name for c in self.columns]),
@@ -169,7 +171,7 @@ class Table:
                     and not m.fidelity
                 ):
                     continue
-                if m.fidelity and (not fidelity or i > 0):
+                if m.fidelity and (not fidelity or (i > 0 and not every_column)):
                     continue
                 out.append(Cell(self.name, col, m))
         return out

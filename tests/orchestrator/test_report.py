@@ -49,7 +49,9 @@ def test_run_value_picks_the_right_stage_and_metric():
     assert run_value(ft, m, "validation_selected", "accuracy") == 65.0
 
 
-def _store(tmp_path):
+def _maker(tmp_path):
+    """(client, experiment, run(cell, seed, err, ...)): an empty reproduce store and a function
+    that adds a trial run with the test top-1 error ``err`` selected (last epoch err + 1)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     exp = tracking.ensure_experiment(uri, "reproduce-table1", (tmp_path / "art").as_uri())
     c = tracking.client(uri)
@@ -79,6 +81,11 @@ def _store(tmp_path):
             c.log_metric(rid, names.summary_metric(sel, "test", "top1_error", prefix), v)
         c.set_terminated(rid, status=status, end_time=end or None)
 
+    return c, exp, run
+
+
+def _store(tmp_path):
+    c, exp, run = _maker(tmp_path)
     ot = "cifar10_if100|ot_weight_vector"
     run(ot, 0, 20.0, end=2_000_000_000_000)
     run(ot, 0, 99.0, end=1_000_000_000_000)  # an older run of the same seed: superseded
@@ -270,3 +277,25 @@ def test_ots_own_gain_in_accuracy_is_the_row_minus_its_control():
     gain = own_gain(ot, cells, table.metric)  # accuracy: higher is better
     assert (gain.mean, gain.n) == (pytest.approx((3.0 - 0.5) / 2), 2)
     assert gain_label(table.metric).endswith("(accuracy points, + = OT better)")
+
+
+def test_fidelity_rows_show_in_the_column_they_were_run_in(tmp_path):
+    """``reproduce --columns cifar10_if100 --fidelity`` runs the released-code rows there, not
+    in the table's first column: the report shows them, with OT's own gain, and a store of
+    fidelity runs alone has no empty main table."""
+    c, exp, run = _maker(tmp_path)
+    run("cifar10_if100|ot@released_code", 0, 27.35)
+    run("cifar10_if100|ot@released_code+no_ot", 0, 27.02)
+    md = render(report_data(c, exp, TABLES["table1"]), "md")
+    assert "| method |" not in md and "### Every selection" not in md
+    fid = md.split("### Fidelity: paper vs released-code presets")[1]
+    row = next(
+        ln for ln in fid.splitlines() if ln.startswith("| cifar10_if100\\|ot@released_code |")
+    )
+    cols = row.split(" | ")
+    assert cols[2] == "27.35 (n=1)" and cols[3] == "28.35 (n=1)" and cols[4] == "18.13"
+    assert cols[-1] == "-0.33 (n=1) |"  # error points, + = OT better: OT is 0.33 worse
+    assert "cifar10_if200" not in fid  # the first column's fidelity rows have no runs
+    run("cifar10_if100|ce", 0, 30.0, method="none")
+    both = render(report_data(c, exp, TABLES["table1"]), "md")
+    assert "| ce | 30.00 (n=1) [paper" in both and "ot@released_code" in both.split("### Fid")[1]
