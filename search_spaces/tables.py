@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from trainables.config import ExperimentConfig, apply_overrides
+from trainables.data.longtail import held_per_class, smallest_head
 
 from .paper import read_table
 from .resolve import resolve
@@ -181,7 +182,9 @@ def cell_config(
     cell: Cell, *, seed: int, preset: str = "paper", smoke: bool = False
 ) -> ExperimentConfig:
     """The resolved config of one run of ``cell``: the column's experiment under the preset
-    (or the method's own) with the column's overrides, then the method's, at ``seed``."""
+    (or the method's own) with the column's overrides, then the method's, at ``seed``. The
+    smoke variant keeps the column's imbalance factor and takes as many images per class as
+    its long tail needs for one training image in the last class."""
     cfg = resolve(
         cell.column.experiment,
         smoke=smoke,
@@ -189,7 +192,14 @@ def cell_config(
         seed=seed,
         overrides=cell.column.overrides,
     )
-    return apply_overrides(cfg, cell.method.overrides(cfg))
+    cfg = apply_overrides(cfg, cell.method.overrides(cfg))
+    d = cfg.data
+    if smoke and d.limit_per_class > 0:
+        held = held_per_class(d.protocol, d.meta_per_class, d.val_per_class)
+        need = held + smallest_head(d.num_classes, d.imbalance_factor)
+        if d.limit_per_class < need:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, limit_per_class=need))
+    return cfg
 
 
 # ---------------------------------------------------------------- methods

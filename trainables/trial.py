@@ -15,6 +15,7 @@ from torch import Tensor
 
 from trainables.config import POSTHOC, ExperimentConfig, to_dict
 from trainables.data.arrays import StageData, TensorSplit
+from trainables.data.longtail import held_per_class, smallest_head
 from trainables.fingerprint import code_fingerprint
 from trainables.loop import (
     Callback,
@@ -266,6 +267,23 @@ def check_config(cfg: ExperimentConfig) -> None:
     starts."""
     check_stage1(cfg.stage1)
     check_stage2(cfg.stage2, cfg.data.num_classes)
+    _check_long_tail(cfg)
+
+
+def _check_long_tail(cfg: ExperimentConfig) -> None:
+    """With ``data.limit_per_class`` the long tail's counts are known before any image loads:
+    every class must keep a training sample at the imbalance factor asked for."""
+    d = cfg.data
+    if d.limit_per_class <= 0:
+        return
+    held = held_per_class(d.protocol, d.meta_per_class, d.val_per_class)
+    need = held + smallest_head(d.num_classes, d.imbalance_factor)
+    if d.limit_per_class < need:
+        raise ValueError(
+            f"data.limit_per_class={d.limit_per_class} leaves the long tail's last class "
+            f"without a training image at data.imbalance_factor={d.imbalance_factor:g} "
+            f"({held} per class held for meta and validation): set it to at least {need}"
+        )
 
 
 def check_data(cfg: ExperimentConfig, *, fetch: bool = True) -> None:

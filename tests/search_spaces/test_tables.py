@@ -5,18 +5,49 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from orchestrator.stages import stage1_hash
 from search_spaces.tables import TABLES, cell_config, paper_value, parse_paper_cell, published_only
+from trainables.data.longtail import longtail_counts, make_longtail_split
+from trainables.trial import check_config
 
 
 @pytest.mark.parametrize("name", list(TABLES))
 @pytest.mark.parametrize("smoke", [False, True])
 def test_every_cell_of_every_table_builds(name, smoke):
-    for cell in TABLES[name].cells(fidelity=True):
+    """Every cell builds and passes the pre-flight check; where a cell caps the images per
+    class (the smoke variants), the long tail drawn from that many labels keeps a training
+    image in every class at the column's imbalance factor."""
+    for cell in TABLES[name].cells(fidelity=True, every_column=True):
         cfg = cell_config(cell, seed=3, smoke=smoke)
         assert cfg.seed == 3
+        check_config(cfg)
+        d = cfg.data
+        if d.limit_per_class:
+            labels = np.repeat(np.arange(d.num_classes), d.limit_per_class)
+            split = make_longtail_split(
+                labels, d.num_classes, d.imbalance_factor, meta_per_class=d.meta_per_class,
+                val_per_class=d.val_per_class, protocol=d.protocol,
+            )  # fmt: skip
+            assert min(split.counts) >= 1, cell.key
+
+
+def test_the_preflight_refuses_a_long_tail_with_an_empty_class():
+    """``data.limit_per_class`` too small for the imbalance factor: one line, before any data
+    loads, naming the smallest limit that works (the smallest that keeps the last class)."""
+    cfg = cell_config(_cell("table1", "cifar10_if100|ce"), seed=0, smoke=True)
+    held = cfg.data.meta_per_class + cfg.data.val_per_class
+    short = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit_per_class=60))
+    with pytest.raises(ValueError, match=r"limit_per_class=60 .* at least (\d+)") as err:
+        check_config(short)
+    need = int(str(err.value).rsplit(" ", 1)[1])
+    assert "\n" not in str(err.value)
+    counts = longtail_counts(need - held, 10, 100.0)
+    assert counts[-1] == 1 and longtail_counts(need - held - 1, 10, 100.0)[-1] == 0
+    ok = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, limit_per_class=need))
+    check_config(ok)
 
 
 def _cell(table, key, fidelity=False):

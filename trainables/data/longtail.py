@@ -16,11 +16,19 @@ uses it, never the test set.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PROTOCOLS", "LongTailSplit", "longtail_counts", "make_longtail_split"]
+__all__ = [
+    "PROTOCOLS",
+    "LongTailSplit",
+    "held_per_class",
+    "longtail_counts",
+    "make_longtail_split",
+    "smallest_head",
+]
 
 PROTOCOLS = ("mwnet", "ldam")
 
@@ -33,6 +41,21 @@ def longtail_counts(n_max: int, num_classes: int, imbalance_factor: float) -> li
         raise ValueError(f"imbalance factor must be >= 1, got {imbalance_factor}")
     ratio = 1.0 / imbalance_factor
     return [int(n_max * ratio ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+
+
+def smallest_head(num_classes: int, imbalance_factor: float) -> int:
+    """The smallest head-class count whose profile leaves every class at least one sample."""
+    n = max(1, math.ceil(imbalance_factor))
+    while longtail_counts(n, num_classes, imbalance_factor)[-1] < 1:
+        n += 1
+    return n
+
+
+def held_per_class(protocol: str, meta_per_class: int, val_per_class: int) -> int:
+    """Images of every class taken before the long tail is drawn from the rest: the meta and
+    validation images under "mwnet" (the meta set removed first, as the released code), the
+    validation images under "ldam" (its meta set drawn from what the tail leaves)."""
+    return meta_per_class + val_per_class if protocol == "mwnet" else val_per_class
 
 
 @dataclass(frozen=True)
@@ -75,7 +98,7 @@ def make_longtail_split(
             raise ValueError(f"class {c} has no samples")
         per_class.append(rng.permutation(idx))
 
-    head = meta_per_class + val_per_class if protocol == "mwnet" else val_per_class
+    head = held_per_class(protocol, meta_per_class, val_per_class)
     small = min(p.size for p in per_class)
     if small <= head:
         raise ValueError(
