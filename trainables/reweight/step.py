@@ -120,33 +120,14 @@ class StepResult:
 
 def step_cost(cfg: StepConfig, z: Tensor | None, y: Tensor, q: MetaDistribution, k: int) -> Tensor:
     """The configured transport cost between a batch and Q, ``[B, M]``."""
-    return transport_cost(
-        cfg.cost,
-        z,
-        y,
-        q.z,
-        q.y,
-        k,
-        feature_weight=cfg.feature_weight,
-        label_weight=cfg.label_weight,
-        dtype=q.b.dtype,
-    )
+    return transport_cost(cfg.cost, z, y, q.z, q.y, k, feature_weight=cfg.feature_weight,
+                          label_weight=cfg.label_weight, dtype=q.b.dtype)  # fmt: skip
 
 
 def step_ot_loss(cfg: StepConfig, cost: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """:func:`ot_loss` with the configured solver settings."""
-    return ot_loss(
-        cost,
-        a,
-        b,
-        eps=cfg.eps,
-        max_iter=cfg.max_iter,
-        tol=cfg.tol,
-        grad=cfg.grad,
-        check_every=cfg.check_every,
-        stop=cfg.stop,
-        impl=cfg.impl,
-    )
+    return ot_loss(cost, a, b, eps=cfg.eps, max_iter=cfg.max_iter, tol=cfg.tol, grad=cfg.grad,
+                   check_every=cfg.check_every, stop=cfg.stop, impl=cfg.impl)  # fmt: skip
 
 
 def _trainable(module: nn.Module) -> dict[str, Tensor]:

@@ -24,15 +24,14 @@ WEIGHT_MODES = ("maintained", "scratch")
 WEIGHT_PARAMS = ("sample", "class", "class_residual")
 
 
-def class_balanced_weights(class_counts: Tensor, beta: float = 0.9999) -> Tensor:
-    """Cui et al. (2019) effective-number weights ``(1 - beta) / (1 - beta^n_c)``, summing to K.
-
-    This is the released code's initialisation of the weight logits (beta 0.9999).
-    """
+def class_balanced_weights(class_counts: Tensor, beta: float | None = 0.9999) -> Tensor:
+    """Cui et al. (2019) effective-number weights ``(1 - beta) / (1 - beta^n_c)``, summing to K
+    (the released code's initialisation of the weight logits, beta 0.9999); ``beta=None``: their
+    limit as beta -> 1, the inverse class frequency ``1 / n_c``."""
     counts = class_counts.to(torch.float64)
     if (counts <= 0).any():
         raise ValueError("every class needs at least one sample for class-balanced weights")
-    w = (1.0 - beta) / (1.0 - beta**counts)
+    w = 1.0 / counts if beta is None else (1.0 - beta) / (1.0 - beta**counts)
     return (w * (counts.numel() / w.sum())).to(torch.get_default_dtype())
 
 
@@ -55,13 +54,7 @@ def initial_logits(
         n = 0 if labels is None else labels.numel()
         return torch.zeros(num_classes or 0), torch.zeros(n)
     counts = torch.bincount(labels.cpu(), minlength=num_classes)
-    if init == "class_balanced":
-        w = class_balanced_weights(counts, beta)
-    else:
-        if (counts <= 0).any():
-            raise ValueError("every class needs at least one sample for inverse-frequency weights")
-        inv = 1.0 / counts.to(torch.float64)
-        w = (inv * (counts.numel() / inv.sum())).to(torch.get_default_dtype())
+    w = class_balanced_weights(counts, beta if init == "class_balanced" else None)
     per_class = w if raw else torch.log(w)
     return per_class, per_class[labels.cpu()]
 
@@ -97,8 +90,6 @@ class WeightVector(nn.Module):
         raw: bool = False,
     ) -> None:
         super().__init__()
-        if init not in WEIGHT_INITS:
-            raise ValueError(f"init must be one of {WEIGHT_INITS}, got {init!r}")
         if mode not in WEIGHT_MODES:
             raise ValueError(f"mode must be one of {WEIGHT_MODES}, got {mode!r}")
         if param not in WEIGHT_PARAMS:
@@ -135,13 +126,6 @@ class WeightVector(nn.Module):
         """Put the logits of ``idx`` back to their initial values (the "scratch" mode)."""
         with torch.no_grad():
             self.sample_logits[idx] = self.initial[idx]
-
-    def measure(self, idx: Tensor) -> Tensor:
-        """The batch's OT measure ``softmax(logits[idx])`` (differentiable w.r.t. the logits)."""
-        return torch.softmax(self.logits[idx], dim=0)
-
-    def raw(self, idx: Tensor) -> Tensor:
-        return self.logits[idx]
 
 
 class WeightNet(nn.Module):

@@ -109,7 +109,8 @@ def test_weight_vector_init_measure_and_scratch():
     wv = WeightVector(4, init="class_balanced", labels=labels, num_classes=2)
     torch.testing.assert_close(wv.logits.data, cb[labels])
     idx = torch.tensor([1, 3])
-    torch.testing.assert_close(wv.measure(idx), torch.softmax(cb[torch.tensor([0, 1])], 0))
+    measure = torch.softmax(wv.logits[idx], 0)  # the batch's OT measure: in proportion to cb
+    torch.testing.assert_close(measure, cb.exp()[torch.tensor([0, 1])] / cb.exp()[[0, 1]].sum())
     with torch.no_grad():
         wv.logits.add_(1.0)
     wv.reset_(idx)
