@@ -31,7 +31,7 @@ from trainables.config import (
 )
 from trainables.population import VARYING, population_reason
 
-from . import artifacts, cli, figures, names, progress, runtime, tracking
+from . import artifacts, cli, names, paper_figures, progress, runtime, tracking
 from .cli import REPO, CommandError
 from .costs import FIXED, Plan, estimate_plan
 from .names import experiment_name, settings_key
@@ -246,7 +246,7 @@ def _figures(table: Table, specs: list[RunSpec], entries: dict, c, exp_id: str, 
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         if ot is not None and ot.stage1_key in entries:
-            task = ray.remote(num_cpus=1)(figures.fig1_masses)
+            task = ray.remote(num_cpus=1)(paper_figures.fig1_masses)
             masses = ray.get(task.remote(ot.cfg, entries[ot.stage1_key].uri))
             artifacts.write_fig1_png(
                 masses, d / "fig1_weights.png", title=f"{table.name}: {first_col}"
@@ -257,7 +257,7 @@ def _figures(table: Table, specs: list[RunSpec], entries: dict, c, exp_id: str, 
                          ("OT: " + (ot.cell.method.name if ot else ""), ot)):  # fmt: skip
             if s is None:
                 continue
-            got = figures.run_confusion(c, exp_id, table.name, s.cell.key, s.seed)
+            got = paper_figures.run_confusion(c, exp_id, table.name, s.cell.key, s.seed)
             if got is not None:
                 conf[label] = got
         if len(conf) == 2:

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         "so the outcome does not depend on timing (a trial can wait at a rung for an earlier "
         "one); arrival: Tune's own, as results arrive",
     )  # fmt: skip
+    p.add_argument(
+        "--figures", type=int, default=3, metavar="K",
+        help="draw the PNGs of the K best settings at the end (default 3); every run keeps "
+        "the data they are drawn from: python -m orchestrator.figures draws any later",
+    )  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue the last interrupted sweep")
     return p
 
@@ -93,10 +98,11 @@ def main(argv: list[str] | None = None) -> int:
         or args.gpus_per_trial < 0
         or args.workers_per_trial < 0
         or args.population < 0
+        or args.figures < 0
     ):
         p.error(
             "--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial, "
-            "--workers-per-trial and --population >= 0"
+            "--workers-per-trial, --population and --figures >= 0"
         )
     cluster.before_ray_import(args.address)
     from .sweep_run import run  # Ray, MLflow and torch: only once the arguments are read

@@ -1,6 +1,7 @@
-"""How a sweep ends: the stopped trials' runs closed and their figures drawn (in the driver,
-from the uploaded data), the trials ranked from MLflow, the summary, the best setting's control
-(and, when it was picked in a population, its re-run alone), and the parent run closed."""
+"""How a sweep ends: the stopped trials' runs closed, the trials ranked from MLflow, the best
+settings' figures drawn (in the driver, from the uploaded data), the summary, the best
+setting's control (and, when it was picked in a population, its re-run alone), and the parent
+run closed."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import logging
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -20,12 +20,13 @@ from search_spaces.paper import paper_number
 from trainables.config import apply_values
 
 from . import names, tracking
+from .figures import draw_runs
 from .population import MEMBER, POPULATION
-from .trainable import control_run, draw_uploaded_figures
+from .trainable import control_run
 
 __all__ = [
     "FinishStopped",
-    "draw_left_pending",
+    "draw_best",
     "finish_parent",
     "link_best",
     "ranking",
@@ -37,15 +38,11 @@ __all__ = [
 
 class FinishStopped(Callback):
     """Tune callback: a trial the scheduler stopped gets its MLflow runs closed as FINISHED
-    (the trial closes them itself when it can; this covers a process ended mid-report), and
-    the figures of runs whose process ended before drawing them (``ot.figures=pending``) are
-    drawn from their uploaded data, in a background thread (``join()`` after the fit). The
-    callback is pickled with the Tuner's state, so the thread and its jobs live in
-    ``_DRAWING``, keyed by the callback's id, in the driver."""
+    (the trial closes them itself when it can; this covers a process ended mid-report). Their
+    figures are left to the sweep's end (:func:`draw_best`) like every other run's."""
 
     def __init__(self, spec: tracking.TrackingSpec, parent_run_id: str) -> None:
         self.spec, self.parent_run_id = spec, parent_run_id
-        self.key = f"{parent_run_id}-{id(self)}"
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         c = tracking.client(self.spec.uri)
@@ -53,61 +50,13 @@ class FinishStopped(Callback):
         tags = {names.PARENT: self.parent_run_id, by: trial.trial_id}
         runs = tracking.all_runs_with_tags(c, self.spec.experiment_id, tags)
         tracking.close_running(c, runs, tag=names.STOPPED_EARLY, status="FINISHED")
-        for run in runs:
-            if run.data.tags.get(names.FIGURES) == "pending":
-                pool, jobs = _drawing(self.key)
-                run_id = run.info.run_id
-                jobs.append((run_id, pool.submit(_draw_pending, self.spec.uri, run_id)))
-
-    def join(self) -> None:
-        """Wait for the figures still being drawn. A drawing that fails is reported (one
-        line each) and loses nothing else: the run keeps its data and its tag."""
-        pool, jobs = _DRAWING.pop(self.key, (None, []))
-        if pool is not None:
-            pool.shutdown(wait=True)
-        for run_id, job in jobs:
-            err = job.exception()
-            if err is not None:
-                print(
-                    f"warning: the figures of run {run_id} were not drawn: "
-                    f"{type(err).__name__}: {err}",
-                    file=sys.stderr,
-                )
 
 
-_DRAWING: dict[str, tuple] = {}  # callback key -> (its one drawing thread, [(run id, job)])
-
-
-def _drawing(key: str) -> tuple:
-    if key not in _DRAWING:
-        _DRAWING[key] = (ThreadPoolExecutor(max_workers=1), [])  # matplotlib: one at a time
-    return _DRAWING[key]
-
-
-def _draw_pending(uri: str, run_id: str) -> None:
-    draw_uploaded_figures(tracking.client(uri), run_id)  # a client of this thread's own
-
-
-def draw_left_pending(c, exp_id: str, parent: str) -> int:
-    """Draw the figures of this sweep's closed runs still tagged ``ot.figures=pending``: a
-    stopped trial leaves them to the driver's callback, and a driver that died before drawing
-    them (then ``--resume``) would otherwise leave them undrawn, the trial being finished. A
-    drawing that fails is reported in one line and loses nothing else. Returns how many were
-    drawn."""
-    left = tracking.all_runs_with_tags(c, exp_id, {names.PARENT: parent, names.FIGURES: "pending"})
-    drawn = 0
-    for run in left:
-        if run.info.status != "FINISHED":  # a failed attempt, or a run still open
-            continue
-        try:
-            drawn += draw_uploaded_figures(c, run.info.run_id)
-        except Exception as err:  # reported; the sweep's results stand
-            print(
-                f"warning: the figures of run {run.info.run_id} were not drawn: "
-                f"{type(err).__name__}: {err}",
-                file=sys.stderr,
-            )
-    return drawn
+def draw_best(c, exp_id: str, parent: str, k: int) -> int:
+    """The PNGs of the sweep's ``k`` best settings (:func:`ranking`), drawn from their uploaded
+    data where still pending (a resumed sweep's too); every other run keeps its data for
+    ``python -m orchestrator.figures``. Returns how many were drawn."""
+    return draw_runs(c, ranking(c, exp_id, parent)[: max(0, k)])[0]
 
 
 def supersede_unknown(c, exp_id: str, parent: str, exp_path: str) -> int:

@@ -26,7 +26,7 @@ from .storage import Storage
 from .sweep_record import RECORDED_ARGS, resume_args, write_record
 from .sweep_results import (
     FinishStopped,
-    draw_left_pending,
+    draw_best,
     finish_parent,
     link_best,
     run_control,
@@ -157,6 +157,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if results is None:
         return 130
     best = summarize(cfg, sw.c, sw.exp_id, sw.parent, results, conc, population, args.order)
+    draw_best(sw.c, sw.exp_id, sw.parent, args.figures)
     return _end(sw, best, results, entry, stage1_run)
 
 
@@ -243,12 +244,8 @@ def _trials(sw: _Sweep, entry, stage1_run: str | None, conc: int):
     # A resumed searcher is told the restored trials' epochs again; Optuna ignores a step it
     # has already seen and warns once per report (hundreds of lines). Only that one is hidden.
     warnings.filterwarnings("ignore", message=r"The reported value is ignored because this")
-    try:
-        results, interrupted = cli.fit(tuner)
-    finally:
-        finisher.join()  # the stopped trials' figures, before the ranking and the exit
+    results, interrupted = cli.fit(tuner)
     if not interrupted:
-        draw_left_pending(sw.c, sw.exp_id, sw.parent)  # any a driver before a --resume left
         return results
     sw.c.set_tag(sw.parent, names.INTERRUPTED, "true")
     sw.c.set_terminated(sw.parent, status="KILLED")
@@ -271,9 +268,20 @@ def _end(sw: _Sweep, best: dict, results, entry, stage1_run: str | None) -> int:
     print(
         f"\nMLflow: experiment '{sw.cfg.name}', parent run {sw.parent}\n"
         f"open the UI: {cli.ui_hint(sw.uri, sw.storage, sw.local_root)}\n"
-        f"the trials, ranked: {views.view_url(ui.base_url(sw.uri), sw.exp_id)}"
+        f"the trials, ranked: {views.view_url(ui.base_url(sw.uri), sw.exp_id)}\n"
+        f"figures drawn for the best {sw.args.figures}; any other run's: {_figures_command(sw)}"
     )
     if not ok:
         print("error: no trial finished; see the errors above", file=sys.stderr)
         return 1
     return 0
+
+
+def _figures_command(sw: _Sweep) -> str:
+    """The command that draws the figures of this sweep's other runs, as typed."""
+    flags = [sw.sweep_id]
+    if sw.args.storage:
+        flags.append(f"--storage {sw.args.storage}")
+    if sw.args.tracking_uri:
+        flags.append(f"--tracking-uri {sw.args.tracking_uri}")
+    return cli.command("orchestrator.figures " + " ".join(flags))

@@ -168,6 +168,7 @@ def trial_context(
         cpus_per_trial=args.cpus_per_trial,
         storage_uri=storage.uri,
         tags={names.STAGE1_RUN: stage1_run} if stage1_run else None,
+        draw=False,  # the best --figures settings' at the sweep's end
     )
     workers = workers_per_trial(args)
     if workers > 1 and search.space_of.stage1:

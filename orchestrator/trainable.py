@@ -31,7 +31,6 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from trainables.config import ExperimentConfig, apply_values, flatten, to_dict
 from trainables.distributed import DataParallel
 from trainables.loop import StageResult, improves
-from trainables.metrics import confusion_metrics
 from trainables.population import halving_rungs
 from trainables.trial import (
     Stage1Output,
@@ -43,6 +42,7 @@ from trainables.trial import (
 )
 
 from . import artifacts, names, tracking
+from .figures import FIGURE_SAMPLES, describe, draw_figures
 from .stages import (
     CorruptEntry,
     build_entry,
@@ -62,7 +62,6 @@ __all__ = [
     "asha_grace",
     "asha_rungs",
     "control_run",
-    "draw_uploaded_figures",
     "inject_fault",
     "replayed_reports",
     "reproduce_trial",
@@ -88,6 +87,9 @@ class SweepContext:
     train_storage: str = ""  # where the TorchTrainer runs keep their state
     tags: dict | None = None  # extra MLflow tags of every trial run (reproduce: table, cell)
     storage_uri: str = ""  # the run storage: trials whose sample changes stage 1 build it there
+    # each run's PNGs drawn when it closes (reproduce); a sweep leaves them to its end, which
+    # draws its best settings' (--figures), and to ``python -m orchestrator.figures``
+    draw: bool = True
 
 
 ASHA_REDUCTION = 3
@@ -254,9 +256,10 @@ class TrialTracker:
     def upload_selected(self, result: StageResult, data, *, figures: bool = True) -> None:
         """The selected epoch's artifacts: the data (``confusion.json``, ``per_class_acc.csv``,
         ``weight_mass.json``, ``sample_weights.npz``, ``best_model.pt``) and, with
-        ``figures``, the PNGs drawn from it (:func:`draw_figures`). Without them the run is
-        tagged ``ot.figures=pending``: the sweep's driver draws them from the uploaded data if
-        the process ends before the run closes (:func:`draw_uploaded_figures`)."""
+        ``figures`` (and ``ctx.draw``), the PNGs drawn from it (:func:`figures.draw_figures`).
+        Without them the run is tagged ``ot.figures=pending``: drawn later from the uploaded
+        data (:mod:`orchestrator.figures`), by the sweep's end for its best settings."""
+        figures = figures and self.ctx.draw
         self.result, self._data, self._drawn = result, data, figures
         if self.client is None:
             return
@@ -320,7 +323,7 @@ class TrialTracker:
     def draw_pending(self) -> None:
         """Before a run closes: the last selection uploaded without its figures, again with
         them (every file rewritten, so the figures and the data agree)."""
-        if self.result is not None and not self._drawn and self.result.selected:
+        if self.ctx.draw and self.result is not None and not self._drawn and self.result.selected:
             self.upload_selected(self.result, self._data)
 
     def finish(self, summary: dict) -> None:
@@ -348,8 +351,8 @@ class TrialTracker:
     def at_stop(self) -> None:
         """Tune is stopping the trial at a report: the scheduler stopped it, or the sweep was
         interrupted (Ctrl-C), which the trial cannot tell apart. The epochs and the summary so
-        far go up and the run stays open: the sweep's driver closes it as stopped early (with
-        its figures) when the scheduler stopped the trial, and ``--resume`` closes it as
+        far go up and the run stays open: the sweep's driver closes it as stopped early when
+        the scheduler stopped the trial, and ``--resume`` closes it as
         interrupted and trains the setting again when the sweep was interrupted. Nothing is
         drawn: Tune does not wait for a stopped trial's thread, so its process may exit at any
         moment (drawing then died mid-figure, printing a fatal-error trace)."""
@@ -564,86 +567,3 @@ def _run_trial(
         if not tracker.closed:
             tracker.fail(err)
         raise
-
-
-FIGURE_SAMPLES = "sample_weights.npz"  # per-sample weights and labels (the weight figure's)
-_FIGURE_DATA = ("confusion.json", "weight_mass.json", FIGURE_SAMPLES)
-
-
-def draw_figures(folder: Path) -> list[str]:
-    """Draw a run's PNGs from the data files in ``folder`` (as :meth:`TrialTracker.
-    upload_selected` writes them): ``confusion_matrix.png`` from ``confusion.json``, and
-    ``learned_weights.png`` from ``weight_mass.json`` (with the per-sample panel from
-    ``sample_weights.npz`` where present). Returns the names drawn."""
-    conf = json.loads((folder / "confusion.json").read_text())
-    counts = conf["train_counts"]
-    artifacts.write_confusion_png(
-        conf["confusion"], counts, folder / "confusion_matrix.png", title=conf.get("title", "")
-    )
-    drawn = ["confusion_matrix.png"]
-    if (folder / "weight_mass.json").exists():
-        mass = json.loads((folder / "weight_mass.json").read_text())
-        samples = {}
-        if (folder / FIGURE_SAMPLES).exists():
-            with np.load(folder / FIGURE_SAMPLES) as z:
-                samples = {k: z[k] for k in z.files}
-        raw = mass.get("loss_uses") == "raw"
-        artifacts.write_weight_png(
-            mass["softmax_mass"],
-            folder / "learned_weights.png",
-            sample_weights=samples.get("weights"),
-            labels=samples.get("labels"),
-            train_counts=counts,
-            raw_mass=mass.get("raw_mass") if raw else None,
-            raw_sample_weights=samples.get("raw_weights") if raw else None,
-            start_mass=mass.get("start_mass"),
-        )
-        drawn.append("learned_weights.png")
-    return drawn
-
-
-def describe(folder: Path, run_id: str, figures: list[str]) -> str:
-    """The run's description (``mlflow.note.content``) from the data files in ``folder``:
-    per-class test accuracy at the validation-selected epoch, the learned weight mass there
-    beside its start, and ``figures`` shown inline (:func:`artifacts.selection_note`)."""
-    conf = json.loads((folder / "confusion.json").read_text())
-    counts = conf["train_counts"]
-    per_class = confusion_metrics(np.asarray(conf["confusion"]), counts)["per_class_acc"]
-    mass = {}
-    if (folder / "weight_mass.json").exists():
-        mass = json.loads((folder / "weight_mass.json").read_text())
-    by_epoch = mass.get("softmax_mass") or [None]
-    epoch = conf.get("epoch", len(by_epoch))  # older data: its last epoch was the selected one
-    return artifacts.selection_note(
-        per_class,
-        counts,
-        epoch=epoch,
-        run_id=run_id,
-        learned_mass=by_epoch[min(epoch, len(by_epoch)) - 1],
-        start_mass=mass.get("start_mass"),
-        figures=[f for f in ("learned_weights.png", "confusion_matrix.png") if f in figures],
-    )
-
-
-def draw_uploaded_figures(client, run_id: str) -> bool:
-    """The PNGs of a run whose process ended before drawing them (``ot.figures=pending``),
-    drawn from its uploaded data and uploaded beside it; True when it drew."""
-    if client.get_run(run_id).data.tags.get(names.FIGURES) != "pending":
-        return False
-    with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        present = {a.path for a in client.list_artifacts(run_id)}
-        for name in _FIGURE_DATA:
-            if name in present:
-                client.download_artifacts(run_id, name, str(d))
-        if not (d / "confusion.json").exists():
-            return False
-        out = d / "png"
-        out.mkdir()
-        drawn = draw_figures(d)
-        for name in drawn:
-            (d / name).rename(out / name)
-        client.log_artifacts(run_id, str(out))
-        client.set_tag(run_id, names.NOTE, describe(d, run_id, drawn))
-    client.set_tag(run_id, names.FIGURES, "drawn")
-    return True

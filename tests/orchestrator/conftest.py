@@ -48,3 +48,58 @@ def tracker(sweep_context):
 
     ctx, c = sweep_context
     return TrialTracker(ctx, ctx.base, "t0", "trial_0"), c
+
+
+def _stage_result(epoch: int):
+    """(StageResult, StageData): a 2-class selection at ``epoch`` (from 0) with its weight
+    mass over the epochs and per-sample weights, on 4 training samples (3 of class 0)."""
+    import torch
+
+    from trainables.data.arrays import StageData, TensorSplit
+    from trainables.loop import StageResult
+
+    split = TensorSplit(torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]))
+    data = StageData(split, split, split, split, 2, train_counts=(3, 1), source="features")
+    sel = {
+        "epoch": epoch,
+        "val": {"balanced_acc": 60.0 + epoch},
+        "test": {"balanced_acc": 50.0, "confusion": [[3, 0], [1, 0]], "per_class_acc": [1.0, 0.0]},
+    }
+    res = StageResult(last=sel, selected=sel, best_test_epoch=sel)
+    res.weight_mass = [[0.5, 0.5]] * (epoch + 1)
+    res.sample_weights = [0.25] * 4
+    return res, data
+
+
+@pytest.fixture
+def stage_result():
+    """:func:`_stage_result`: ``stage_result(epoch) -> (StageResult, StageData)``."""
+    return _stage_result
+
+
+@pytest.fixture
+def sweep_trial(sweep_context):
+    """``sweep_trial(i, val, draw=False, close="finish")``: trial ``t<i>`` of
+    :func:`sweep_context` with one epoch at validation ``val`` and its selection uploaded
+    (figures drawn at close only with ``draw``), then finished, failed (``"fail"``) or left
+    open (``"open"``)."""
+    import dataclasses
+
+    from orchestrator.trainable import TrialTracker
+    from trainables.trial import scalar_summary
+
+    ctx, _c = sweep_context
+
+    def make(i: int, val: float, *, draw: bool = False, close: str = "finish"):
+        t = TrialTracker(dataclasses.replace(ctx, draw=draw), ctx.base, f"t{i}", f"trial_{i}")
+        t.start({"stage2.eps": 0.1 * (i + 1)})
+        t.epoch({"val_balanced_acc": val, "test_balanced_acc": val - 5}, 0)
+        res, data = _stage_result(0)
+        t.upload_selected(res, data)
+        if close == "finish":
+            t.finish(scalar_summary(res))
+        elif close == "fail":
+            t.fail(RuntimeError("worker lost"))
+        return t
+
+    return make

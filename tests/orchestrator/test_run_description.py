@@ -53,7 +53,7 @@ def test_a_closing_trial_describes_its_selection(tmp_path, tracker):
 
 
 def test_the_driver_describes_a_trial_it_draws_for(tmp_path, tracker):
-    from orchestrator.trainable import draw_uploaded_figures
+    from orchestrator.figures import draw_uploaded_figures
 
     tracker, c = tracker
     tracker.start({})

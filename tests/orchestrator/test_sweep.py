@@ -35,6 +35,9 @@ def runs(storage: Path, experiment: str = "image_mnist_lt") -> list:
     return [] if exp is None else c.search_runs([exp.experiment_id], max_results=1000)
 
 
+PNGS = {"confusion_matrix.png", "learned_weights.png"}
+
+
 def kind(rs, k: str) -> list:
     return [r for r in rs if r.data.tags.get("ot.kind") == k]
 
@@ -87,7 +90,7 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
     assert parent.data.tags["ot.stage1_run"] == build.info.run_id
     key = parent.data.tags["ot.stage1_hash"]
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    sampled = set()
+    sampled, drawn = set(), {}
     for t in trials:
         assert t.data.tags["ot.stage1_hash"] == key
         assert 0.0 <= t.data.metrics["selected_val_balanced_acc"] <= 100.0
@@ -98,15 +101,26 @@ def test_sweep_tracks_runs_and_builds_stage1_once(tmp_path, smoke, repo):
         assert t.data.tags["ot.stage1_run"] == build.info.run_id
         arts = {a.path for a in c.list_artifacts(t.info.run_id)}
         assert {
-            "confusion_matrix.png",
             "per_class_acc.csv",
-            "learned_weights.png",
+            "confusion.json",
+            "weight_mass.json",
             "config.json",
             "best_model.pt",
             "result.json",
         } <= arts
+        drawn[t.info.run_id] = arts >= PNGS
+        assert t.data.tags["ot.figures"] == ("drawn" if drawn[t.info.run_id] else "pending")
         sampled.add(t.data.params["stage2.lr"])
     assert len(sampled) == 4  # the searcher proposed four different settings
+    # the PNGs of the best 3 (--figures' default) only; the command draws the fourth's
+    from orchestrator import figures
+    from orchestrator.sweep_results import ranking
+
+    ranked = [r.info.run_id for r in ranking(c, parent.info.experiment_id, parent.info.run_id)]
+    assert [drawn[r] for r in ranked] == [True, True, True, False]
+    assert f"orchestrator.figures {parent.data.tags['ot.sweep_id']} --storage" in first.stdout
+    assert figures.main([ranked[3], "--storage", str(tmp_path)]) == 0
+    assert {a.path for a in c.list_artifacts(ranked[3])} >= PNGS
     # the paper's settings (here: the offline experiment's own) are enqueued as a trial
     from search_spaces import SPACES, resolve
 
@@ -312,7 +326,7 @@ def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
     c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     # successive halving inside each population (rungs after epochs 1 and 3, factor 3: 3 of
     # 8 go past epoch 1, 1 past epoch 3); ASHA may also stop a whole population at a rung
-    ran = {}
+    ran, with_pngs = {}, 0
     for m in members:
         hist = c.get_metric_history(m.info.run_id, "val_balanced_acc")
         epochs = [h.step for h in hist]
@@ -322,9 +336,11 @@ def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
         assert m.data.metrics["selected_val_balanced_acc"] == max(h.value for h in hist)
         arts = {a.path for a in c.list_artifacts(m.info.run_id)}
         assert {
-            "confusion_matrix.png", "per_class_acc.csv", "learned_weights.png", "config.json",
+            "confusion.json", "per_class_acc.csv", "config.json",
             "sampled.json", "best_model.pt", "result.json", "weight_mass.json",
         } <= arts, arts  # fmt: skip
+        with_pngs += arts >= PNGS
+    assert with_pngs == 3  # the best 3 settings' (--figures' default)
     for pop in pops:
         lengths = [ran[m.info.run_id] for m in members if m.data.tags["ot.population"] == pop]
         assert sum(n > 1 for n in lengths) <= 3 and sum(n > 3 for n in lengths) <= 1

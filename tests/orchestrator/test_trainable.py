@@ -54,38 +54,20 @@ def test_summary_counts_epochs_from_one_as_the_mlflow_steps_do():
     assert flat["best_val_epoch/val_balanced_acc"] == 61.0
 
 
-def _result(epoch: int):
-    import torch
-
-    from trainables.data.arrays import StageData, TensorSplit
-    from trainables.loop import StageResult
-
-    split = TensorSplit(torch.zeros(4, 2), torch.tensor([0, 0, 0, 1]))
-    data = StageData(split, split, split, split, 2, train_counts=(3, 1), source="features")
-    sel = {
-        "epoch": epoch,
-        "val": {"balanced_acc": 60.0 + epoch},
-        "test": {"balanced_acc": 50.0, "confusion": [[3, 0], [1, 0]], "per_class_acc": [1.0, 0.0]},
-    }
-    res = StageResult(last=sel, selected=sel, best_test_epoch=sel)
-    res.weight_mass = [[0.5, 0.5]] * (epoch + 1)
-    res.sample_weights = [0.25] * 4
-    return res, data
-
-
 def _artifacts(c, run_id):
     return {a.path for a in c.list_artifacts(run_id)}
 
 
-def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_closes(
-    tmp_path, tracker, monkeypatch
+def test_selections_go_up_as_data_and_the_figures_are_drawn_once_from_the_last(
+    tmp_path, tracker, monkeypatch, stage_result
 ):
     """An improvement uploads the selection's data (a run killed without notice keeps it);
-    the PNGs, most of an upload's time, are drawn once, from the last selection, at close."""
+    the PNGs, most of an upload's time, are drawn once, from the last selection, by
+    ``orchestrator.figures`` for a run the scheduler stopped."""
     import json
     from types import SimpleNamespace
 
-    from orchestrator import artifacts, names
+    from orchestrator import artifacts, figures, names
     from orchestrator.sweep_results import FinishStopped as _FinishStopped
 
     drawn = []
@@ -98,7 +80,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     tracker, c = tracker
     tracker.start({})
     for epoch in (0, 2):
-        res, data = _result(epoch)
+        res, data = stage_result(epoch)
         tracker.upload_progress(res, data)
     assert drawn == []
     up = _artifacts(c, tracker.run_id)
@@ -113,10 +95,12 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
     assert run.data.metrics["best_val_epoch/epoch"] == 3  # the summary of epochs 1-3
     assert "result.json" in _artifacts(c, tracker.run_id)
     assert not {"confusion_matrix.png", "learned_weights.png"} & _artifacts(c, tracker.run_id)
-    # the scheduler stopped it: the driver's callback closes it and draws its figures
+    # the scheduler stopped it: the driver's callback closes it, drawing nothing; the
+    # figures come from its data later (the sweep's end for its best, or the command)
     finisher = _FinishStopped(tracker.ctx.tracking, tracker.ctx.parent_run_id)
     finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="t0", config={}))
-    finisher.join()
+    assert drawn == []
+    assert figures.main([tracker.run_id, "--tracking-uri", tracker.ctx.tracking.uri]) == 0
     assert drawn == ["image_mnist_lt: test, validation-selected epoch 3"]
     up = _artifacts(c, tracker.run_id)
     assert {"confusion_matrix.png", "learned_weights.png"} <= up
@@ -128,7 +112,7 @@ def test_selections_go_up_as_data_and_the_figures_are_drawn_once_when_the_run_cl
 
 
 def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
-    tmp_path, tracker, monkeypatch
+    tmp_path, tracker, monkeypatch, stage_result
 ):
     """A population member's tracker keeps its epochs until a flush (or an upload, a summary,
     the run's end): then they go up in one MLflow write, each at its own step with its own
@@ -173,7 +157,7 @@ def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
 
 
 def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(
-    tmp_path, tracker, monkeypatch
+    tmp_path, tracker, monkeypatch, stage_result
 ):
     from orchestrator import artifacts
     from trainables.trial import scalar_summary
@@ -182,7 +166,7 @@ def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(
     monkeypatch.setattr(artifacts, "write_weight_png", lambda *a, **kw: drawn.append(a[1].name))
     tracker, _ = tracker
     tracker.start({})
-    res, data = _result(1)
+    res, data = stage_result(1)
     tracker.upload_progress(res, data)
     tracker.upload_selected(res, data)
     tracker.finish(scalar_summary(res))
@@ -206,16 +190,19 @@ def test_the_rungs_a_trial_draws_before_are_the_sweeps_asha_milestones():
     assert asha_rungs(10) == (2, 6)
 
 
-def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path, tracker):
+def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(
+    tmp_path, tracker, stage_result
+):
     """A run whose process ended after uploading its selection's data (``ot.figures=pending``):
     the driver draws its PNGs from that data, byte for byte what the trial would have drawn
     itself, once (a drawn run, or one never pending, is left alone)."""
     from orchestrator import names
-    from orchestrator.trainable import TrialTracker, draw_uploaded_figures
+    from orchestrator.figures import draw_uploaded_figures
+    from orchestrator.trainable import TrialTracker
 
     drawn_by_trial, c = tracker
     pending = TrialTracker(drawn_by_trial.ctx, drawn_by_trial.cfg, "t1", "trial_1")
-    res, data = _result(2)
+    res, data = stage_result(2)
     res.raw_mass = [[1.5, 0.5]] * 3  # the raw-weights row too (stage2.loss_weights=raw)
     res.raw_sample_weights = [0.5, 0.5, 0.5, 1.5]
     for t in (drawn_by_trial, pending):
@@ -236,73 +223,64 @@ def test_the_driver_draws_a_pending_runs_figures_from_its_uploaded_data(tmp_path
     assert not draw_uploaded_figures(c, pending.run_id)  # drawn once
 
 
-def test_the_sweeps_callback_closes_a_stopped_trials_run_and_draws_its_pending_figures(
-    tmp_path, tracker, capsys
+def test_the_sweeps_callback_closes_a_stopped_trials_run_and_leaves_its_figures_pending(
+    tmp_path, tracker, capsys, stage_result
 ):
     """ASHA stopped a trial and its process ended mid-report: its run is still RUNNING with
-    its figures pending. The driver's callback closes it as stopped early and draws them (in
-    its background thread, finished by ``join``); another trial's run is left alone."""
+    its figures pending. The driver's callback closes it as stopped early, drawing nothing
+    (the sweep's end draws its best settings'); another trial's run is left alone."""
     from types import SimpleNamespace
 
     from orchestrator import names
     from orchestrator.sweep_results import FinishStopped as _FinishStopped
-
-    stopped, c = tracker
-    res, data = _result(1)
-    stopped.start({})
-    stopped.upload_progress(res, data)
-    ctx = stopped.ctx
-    finisher = _FinishStopped(ctx.tracking, ctx.parent_run_id)
-    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="t0", config={}))
-    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="other", config={}))
-    finisher.join()
-    run = c.get_run(stopped.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags[names.STOPPED_EARLY] == "true"
-    assert run.data.tags[names.FIGURES] == "drawn"
-    assert {"confusion_matrix.png", "learned_weights.png"} <= _artifacts(c, stopped.run_id)
-    assert "warning" not in capsys.readouterr().err
-
-
-def test_a_resumed_sweep_draws_the_figures_its_dead_driver_left_pending(tmp_path, tracker, capsys):
-    """A trial ASHA stopped left its run to the driver, whose callback closed it and died
-    before drawing its figures: the sweep (resumed) draws every closed run of its parent
-    still pending, and leaves a failed attempt's and another sweep's alone."""
-    import dataclasses
-
-    from orchestrator import names, tracking
-    from orchestrator.sweep_results import draw_left_pending
     from orchestrator.trainable import TrialTracker
 
     stopped, c = tracker
-    res, data = _result(2)
-    stopped.start({})
-    stopped.upload_progress(res, data)
-    stopped.at_stop()
-    # what the driver's callback does before drawing
-    tracking.close_running(
-        c, [c.get_run(stopped.run_id)], tag=names.STOPPED_EARLY, status="FINISHED"
-    )
-    failed = TrialTracker(stopped.ctx, stopped.cfg, "t1", "trial_1")
-    failed.start({})
-    failed.upload_progress(res, data)
-    failed.fail(RuntimeError("worker lost"))
+    other = TrialTracker(stopped.ctx, stopped.cfg, "other", "trial_1")
+    res, data = stage_result(1)
+    for t in (stopped, other):
+        t.start({})
+        t.upload_progress(res, data)
     ctx = stopped.ctx
-    other_parent = c.create_run(ctx.tracking.experiment_id, run_name="another").info.run_id
-    other_ctx = dataclasses.replace(ctx, parent_run_id=other_parent)
-    other = TrialTracker(other_ctx, stopped.cfg, "t2", "trial_2")
-    other.start({})
-    other.upload_progress(res, data)
-    other.at_stop()
-    tracking.close_running(c, [c.get_run(other.run_id)], tag=names.STOPPED_EARLY, status="FINISHED")
-    for t in (stopped, failed, other):
-        assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
+    finisher = _FinishStopped(ctx.tracking, ctx.parent_run_id)
+    finisher.on_trial_complete(0, [], SimpleNamespace(trial_id="t0", config={}))
+    run = c.get_run(stopped.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags[names.STOPPED_EARLY] == "true"
+    assert run.data.tags[names.FIGURES] == "pending"
+    assert "confusion.json" in _artifacts(c, stopped.run_id)
+    assert not {"confusion_matrix.png", "learned_weights.png"} & _artifacts(c, stopped.run_id)
+    assert c.get_run(other.run_id).info.status == "RUNNING"
+    assert "warning" not in capsys.readouterr().err
 
-    assert draw_left_pending(c, ctx.tracking.experiment_id, ctx.parent_run_id) == 1
-    assert c.get_run(stopped.run_id).data.tags[names.FIGURES] == "drawn"
-    assert {"confusion_matrix.png", "learned_weights.png"} <= _artifacts(c, stopped.run_id)
-    for t in (failed, other):
+
+def test_a_sweep_draws_the_figures_of_its_k_best_settings_and_keeps_the_others_data(
+    sweep_context, sweep_trial, capsys
+):
+    """At its end a sweep draws the PNGs of its k best finished settings (by the selection
+    metric), once; the others (and a failed attempt, a run still open) keep the data with
+    ``ot.figures=pending`` and no PNG, for the figures command."""
+    from orchestrator import names
+    from orchestrator.sweep_results import draw_best
+
+    ctx, c = sweep_context
+    vals = [70.0, 90.0, 60.0, 80.0]
+    done = [sweep_trial(i, v) for i, v in enumerate(vals)]
+    failed = sweep_trial(7, 99.0, close="fail")
+    still_open = sweep_trial(8, 98.0, close="open")
+    for t in (*done, failed, still_open):
         assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
         assert "confusion_matrix.png" not in _artifacts(c, t.run_id)
-    # drawn once: a second pass finds nothing left
-    assert draw_left_pending(c, ctx.tracking.experiment_id, ctx.parent_run_id) == 0
+    exp = ctx.tracking.experiment_id
+    assert draw_best(c, exp, ctx.parent_run_id, 2) == 2
+    pngs = {"confusion_matrix.png", "learned_weights.png"}
+    best = {done[1].run_id, done[3].run_id}  # val 90 and 80
+    for t in (*done, failed, still_open):
+        tags, up = c.get_run(t.run_id).data.tags, _artifacts(c, t.run_id)
+        if t.run_id in best:
+            assert tags[names.FIGURES] == "drawn" and pngs <= up
+        else:
+            assert tags[names.FIGURES] == "pending" and not pngs & up
+            assert {"confusion.json", "weight_mass.json", "sample_weights.npz"} <= up
+    assert draw_best(c, exp, ctx.parent_run_id, 2) == 0  # drawn once
+    assert draw_best(c, exp, ctx.parent_run_id, 0) == 0
     assert "warning" not in capsys.readouterr().err

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from orchestrator.artifacts import write_fig1_png, write_fig2_png
-from orchestrator.figures import fig1_batch_indices
+from orchestrator.paper_figures import fig1_batch_indices
 
 
 def test_fig1_batch_is_ten_down_to_one_per_class_seeded():
