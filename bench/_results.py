@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
-__all__ = ["mean_std", "save_cpu_result"]
+__all__ = ["mean_std", "save_cpu_result", "short_commit", "worktree"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def mean_std(rows: dict, keys) -> tuple[dict, dict]:
@@ -34,3 +40,24 @@ def save_cpu_result(out: Path, payload: dict, start: float, device: str = "cpu")
         "wall_s": round(time.time() - start, 1),
     }
     out.write_text(json.dumps(record, indent=1))
+
+
+def short_commit(ref: str) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+
+
+@contextlib.contextmanager
+def worktree(commit: str) -> Iterator[Path]:
+    """A git worktree of ``commit`` in a temporary folder (named ``before-<commit>``), with
+    this checkout's ``.venv`` linked in; removed on exit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / f"before-{short_commit(commit)}"
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), commit], cwd=ROOT,
+                       check=True, capture_output=True)  # fmt: skip
+        (tree / ".venv").symlink_to(ROOT / ".venv")
+        try:
+            yield tree
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
+                           check=False)  # fmt: skip

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import short_commit, worktree
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "ot_speed": ["bench/ot_speed.py", "--device", "cpu", "--stage1-steps", "1",
@@ -72,30 +74,19 @@ def main() -> None:
     p.add_argument("--only", nargs="+", choices=list(RUNS), default=list(RUNS),
                    help="these benchmarks only (default: all)")  # fmt: skip
     args = p.parse_args()
-    old = subprocess.run(["git", "rev-parse", "--short", args.old], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
-    new = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout.strip()  # fmt: skip
+    old, new = short_commit(args.old), short_commit("HEAD")
     start = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        tree = Path(tmp) / f"before-{old}"
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), old], cwd=ROOT,
-                       check=True, capture_output=True)  # fmt: skip
-        (tree / ".venv").symlink_to(ROOT / ".venv")
-        try:
-            table, scores = {}, {}
-            for name in args.only:
-                raw_before = run(tree, name, Path(tmp) / f"before_{name}.json")
-                raw_after = run(ROOT, name, Path(tmp) / f"after_{name}.json")
-                before, after = ratios(name, raw_before), ratios(name, raw_after)
-                if name != "ot_speed":
-                    scores[name] = score_difference(raw_before, raw_after)
-                for key in before:
-                    table[f"{name}: {key}"] = {"before": float(f"{before[key]:.3g}"),
-                                               "after": float(f"{after[key]:.3g}")}  # fmt: skip
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
-                           check=False)  # fmt: skip
+    table, scores = {}, {}
+    with worktree(args.old) as tree, tempfile.TemporaryDirectory() as tmp:
+        for name in args.only:
+            raw_before = run(tree, name, Path(tmp) / f"before_{name}.json")
+            raw_after = run(ROOT, name, Path(tmp) / f"after_{name}.json")
+            before, after = ratios(name, raw_before), ratios(name, raw_after)
+            if name != "ot_speed":
+                scores[name] = score_difference(raw_before, raw_after)
+            for key in before:
+                table[f"{name}: {key}"] = {"before": float(f"{before[key]:.3g}"),
+                                           "after": float(f"{after[key]:.3g}")}  # fmt: skip
     print(f"\n| ratio | before ({old}) | after ({new}) | change |\n|---|---|---|---|")
     for key, row in table.items():
         change = row["after"] / row["before"] - 1
