@@ -1,7 +1,7 @@
 """A sweep's cost per setting: the whole command a user types, end to end. Not a test.
 
     .venv/bin/python bench/sweep_cost.py [--experiment image_mnist_lt] [--old COMMIT]
-        [--runs 64:1 64:32 256:32] [--out bench/results/sweep_cost_<exp>.json]
+        [--runs 64:1 64:32 256:32] [--server] [--out bench/results/sweep_cost_<exp>.json]
 
 Each ``SETTINGS:P`` runs ``python -m orchestrator.sweep NAME --quiet --trials SETTINGS
 --population P`` on a run storage whose stage-1 entry was built first (untimed), timed from
@@ -12,7 +12,9 @@ columns compare. Per sweep, a timeline read from its MLflow runs' clocks: ``star
 command's start to the parent run: imports, Ray), ``to first trial`` (stage-1 check, the
 Tuner, the trial processes' start), ``trials`` (the first trial run's start to the last's
 end: training, tracking), ``end`` (the last trial's end to the exit: the ranking, figures,
-summary, control, re-run).
+summary, control, re-run). With ``--server`` each side tracks to its own ``mlflow server``
+on 127.0.0.1 (SQLite behind it, artifacts proxied: the cluster path) instead of the
+storage's SQLite file.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,11 +35,15 @@ from _results import save_cpu_result, short_commit, worktree
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def sweep(side: Path, name: str, storage: Path, settings: int, population: int) -> dict:
-    """One sweep on ``side`` (a checkout), timed; its timeline from the store."""
+def sweep(side: Path, name: str, storage: Path, settings: int, population: int,
+          uri: str | None) -> dict:  # fmt: skip
+    """One sweep on ``side`` (a checkout), timed; its timeline from the store (``uri``, or
+    the storage's SQLite file)."""
     cmd = [str(ROOT / ".venv/bin/python"), "-m", "orchestrator.sweep", name, "--quiet",
            "--storage", str(storage), "--trials", str(settings),
            "--population", str(population)]  # fmt: skip
+    if uri:
+        cmd += ["--tracking-uri", uri]
     env = {**os.environ, "PYTHONPATH": str(side)}  # Ray's workers import the side's code too
     start = time.time()
     res = subprocess.run(cmd, cwd=side, env=env, capture_output=True, text=True)
@@ -46,15 +53,44 @@ def sweep(side: Path, name: str, storage: Path, settings: int, population: int) 
     return {
         "wall_s": round(end - start, 1),
         "settings_per_min": round(60 * settings / (end - start), 1),
-        "timeline_s": timeline(storage, name, start, end),
+        "timeline_s": timeline(uri or f"sqlite:///{storage / 'mlflow.db'}", name, start, end),
     }
 
 
-def timeline(storage: Path, name: str, start: float, end: float) -> dict:
+@contextlib.contextmanager
+def mlflow_server(root: Path):
+    """``mlflow server`` on a free 127.0.0.1 port over ``root`` (SQLite, proxied artifacts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root.mkdir(parents=True)
+    proc = subprocess.Popen(
+        [str(ROOT / ".venv/bin/python"), "-m", "mlflow", "server",
+         "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+         "--artifacts-destination", (root / "artifacts").as_uri(), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.5)
+        else:
+            sys.exit(f"mlflow server on {url} did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def timeline(uri: str, name: str, start: float, end: float) -> dict:
     """The latest sweep's phases (seconds) from its MLflow runs' start and end times."""
     from mlflow.tracking import MlflowClient
 
-    c = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
+    c = MlflowClient(uri)
     exp = c.get_experiment_by_name(name).experiment_id
     runs = c.search_runs([exp], max_results=5000)
     parent = max((r for r in runs if r.data.tags.get("ot.kind") == "sweep"),
@@ -77,11 +113,14 @@ def main() -> None:
     p.add_argument("--old", default=None, help="also run the sweeps on this commit")
     p.add_argument("--runs", nargs="+", default=["64:1", "64:32", "256:32"],
                    help="SETTINGS:POPULATION pairs (default 64:1 64:32 256:32)")  # fmt: skip
+    p.add_argument("--server", action="store_true",
+                   help="track to an mlflow server on 127.0.0.1 (one per side)")  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
     pairs = [tuple(int(x) for x in r.split(":")) for r in args.runs]
     start = time.time()
-    result = {"experiment": args.experiment, "after": short_commit("HEAD"), "sweeps": {}}
+    result = {"experiment": args.experiment, "after": short_commit("HEAD"),
+              "store": "mlflow server" if args.server else "sqlite", "sweeps": {}}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         sides = {"after": ROOT}
@@ -89,15 +128,19 @@ def main() -> None:
             result["before"] = short_commit(args.old)
             sides = {"before": stack.enter_context(worktree(args.old)), **sides}
         stores = {k: tmp / k for k in sides}
+        uris = {k: None for k in sides}
+        if args.server:
+            uris = {k: stack.enter_context(mlflow_server(tmp / f"server-{k}")) for k in sides}
         for k, side in sides.items():  # the stage-1 entry, untimed
-            sweep(side, args.experiment, stores[k], 1, 1)
+            sweep(side, args.experiment, stores[k], 1, 1, uris[k])
         for settings, pop in pairs:
             row = {}
             for k, side in sides.items():
-                row[k] = sweep(side, args.experiment, stores[k], settings, pop)
+                row[k] = sweep(side, args.experiment, stores[k], settings, pop, uris[k])
                 print(f"{k}: {settings} settings, P={pop}: {row[k]}", flush=True)
             result["sweeps"][f"{settings}:{pop}"] = row
-    out = args.out or ROOT / f"bench/results/sweep_cost_{args.experiment}.json"
+    suffix = "_server" if args.server else ""
+    out = args.out or ROOT / f"bench/results/sweep_cost_{args.experiment}{suffix}.json"
     save_cpu_result(out, result, start)
     print(json.dumps(result["sweeps"], indent=1))
     print(f"wrote {out}")

@@ -31,7 +31,7 @@ from trainables.trial import (
     scalar_summary,
 )
 
-from . import names
+from . import names, tracking
 from .search import member_key
 from .stages import read_entry
 from .trainable import SweepContext, TrialTracker, asha_rungs, inject_fault
@@ -88,6 +88,20 @@ def train_members(members: list, trial_id: str, report_fn, *, rungs) -> None:
     _Members(members, trial_id, report_fn, rungs).train()
 
 
+def _earlier_runs(members: list, trial_id: str) -> list[list]:
+    """Each member's earlier runs (attempts before a restart), from one search per store and
+    parent run rather than one per member."""
+    found, out = {}, []
+    for i, (mctx, *_) in enumerate(members):
+        key = (mctx.tracking.uri, mctx.tracking.experiment_id, mctx.parent_run_id)
+        if key not in found:
+            tags = {names.PARENT: key[2], POPULATION: trial_id}
+            found[key] = tracking.all_runs_with_tags(tracking.client(key[0]), key[1], tags)
+        mid = member_id(trial_id, i)
+        out.append([r for r in found[key] if r.data.tags.get("ray.trial_id") == mid])
+    return out
+
+
 class _Members:
     """The members of one population trial: their trackers, their selections so far, and the
     hooks :func:`trainables.trial.run_population` calls (``pos``: a member's place among those
@@ -99,6 +113,7 @@ class _Members:
         self.cfgs = [m[1] for m in members]
         self.report_fn, self.rungs = report_fn, rungs
         self.epochs = self.cfgs[0].stage2.epochs
+        earlier = _earlier_runs(members, trial_id)
         self.trackers = [
             TrialTracker(
                 mctx,
@@ -107,6 +122,7 @@ class _Members:
                 run_name,
                 extra_tags={POPULATION: trial_id, MEMBER: str(i)},
                 buffered=True,
+                earlier=earlier[i],
             )
             for i, (mctx, c, run_name, _) in enumerate(members)
         ]
@@ -192,12 +208,12 @@ class _Members:
             t.fail(outcome.error, diverged=True)
             self.best_val[i] = max(t.best_val, 0.0)
             return
-        if outcome.result.selected:
-            t.upload_selected(outcome.result, self.data)
+        # the final selection goes up with the summary and the closing tags, in one upload
+        upload = (outcome.result, self.data) if outcome.result.selected else None
         if outcome.stopped_epoch is not None:
-            t.stopped_early()
+            t.stopped_early(upload)
         else:
-            t.finish(scalar_summary(outcome.result))
+            t.finish(scalar_summary(outcome.result), upload)
 
     def epoch_end(self, epoch: int) -> None:
         if epoch >= self.epochs - 1:
@@ -215,8 +231,8 @@ class _Members:
             # draws the figures of a run left pending) and summary so far go up first
             for i in sorted(self.open):
                 if self._behind(i):
-                    self.trackers[i].upload_progress(self.live[i], self.data)
-                    self.trackers[i].log_summary(scalar_summary(self.live[i]))
+                    summary = scalar_summary(self.live[i])
+                    self.trackers[i].upload_progress(self.live[i], self.data, summary)
                     self.uploaded[i] = self.live[i].selected.get("epoch")
         self.report(epoch)
 

@@ -30,7 +30,8 @@ __all__ = [
     "finish_parent",
     "link_best",
     "ranking",
-    "run_control",
+    "report_control",
+    "start_control",
     "summarize",
     "supersede_unknown",
 ]
@@ -191,19 +192,21 @@ def _alone(c, parent: str, ref, control: dict) -> None:
     )
 
 
-def run_control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> None:
+def start_control(cfg, best: dict, args, entry) -> dict | None:
     """The best setting's control (the same stage 2, seed and stage 1 with the weight learning
-    off), run once as a Ray task with a trial's resources: the best trial is read against it.
-    Its numbers go on the parent run; a failure is reported, and the sweep's results stand."""
+    off) submitted as a Ray task with a trial's resources, and, when the setting was picked in
+    a population, its re-run alone beside it: ``{"control": ref, "alone": ref or None}``, or
+    None when there is no control to run. Collected by :func:`report_control`, so the driver
+    draws the best settings' figures while they train."""
     if not best or cfg.stage2.method != "ot" or not cfg.stage2.learn_weights:
-        return
+        return None
     try:
         tuned = apply_values(cfg, best["params"])
     except (TypeError, ValueError) as err:  # a best run without its sampled.json
         print(
             f"warning: no control run: the best setting cannot be rebuilt ({err})", file=sys.stderr
         )
-        return
+        return None
     ctl = dataclasses.replace(tuned, stage2=dataclasses.replace(tuned.stage2, learn_weights=False))
     gpus = min(1.0, args.gpus_per_trial)  # one process, even for data-parallel trials
     task = ray.remote(num_cpus=args.cpus_per_trial, num_gpus=gpus)(control_run)
@@ -211,8 +214,16 @@ def run_control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> 
     # a setting picked inside a population is also re-run alone (beside its control): in
     # float32 a member rounds differently from its single trial, which some settings amplify
     alone = task.remote(tuned, entry.uri, threads) if best.get("member") else None
+    return {"control": task.remote(ctl, entry.uri, threads), "alone": alone}
+
+
+def report_control(pending: dict | None, cfg, best: dict, c, parent: str, n_ranked: int) -> None:
+    """The control's numbers (:func:`start_control`) on the parent run and printed against the
+    best trial; a failure is reported, and the sweep's results stand."""
+    if pending is None:
+        return
     try:
-        got = ray.get(task.remote(ctl, entry.uri, threads))
+        got = ray.get(pending["control"])
     except ray.exceptions.RayError as err:
         first = _first_line(err)
         print(f"warning: the best setting's control run failed: {first}", file=sys.stderr)
@@ -228,8 +239,8 @@ def run_control(cfg, best: dict, entry, args, c, parent: str, n_ranked: int) -> 
         f"val {best['best_val'] - got['val']:+.2f}, test {best['best_test'] - got['test']:+.2f}"
         + (f" (the best of {n_ranked} settings on validation: optimistic)" if n_ranked > 1 else "")
     )
-    if alone is not None:
-        _alone(c, parent, alone, got)
+    if pending["alone"] is not None:
+        _alone(c, parent, pending["alone"], got)
 
 
 def link_best(c, exp_id: str, parent: str, best_trial: str | None, stage1_run: str | None) -> None:

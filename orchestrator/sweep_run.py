@@ -29,7 +29,8 @@ from .sweep_results import (
     draw_best,
     finish_parent,
     link_best,
-    run_control,
+    report_control,
+    start_control,
     summarize,
     supersede_unknown,
 )
@@ -157,8 +158,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     if results is None:
         return 130
     best = summarize(cfg, sw.c, sw.exp_id, sw.parent, results, conc, population, args.order)
-    draw_best(sw.c, sw.exp_id, sw.parent, args.figures)
-    return _end(sw, best, results, entry, stage1_run)
+    control = start_control(cfg, best, args, entry)
+    draw_best(sw.c, sw.exp_id, sw.parent, args.figures)  # while the control trains
+    return _end(sw, best, results, control, stage1_run)
 
 
 def _checked_search(args: argparse.Namespace, cfg) -> Search:
@@ -257,10 +259,10 @@ def _trials(sw: _Sweep, entry, stage1_run: str | None, conc: int):
     return None
 
 
-def _end(sw: _Sweep, best: dict, results, entry, stage1_run: str | None) -> int:
+def _end(sw: _Sweep, best: dict, results, control, stage1_run: str | None) -> int:
     """The control, the links and the parent run closed; the record marked finished; where
     to look. 1 when no trial finished."""
-    run_control(sw.cfg, best, entry, sw.args, sw.c, sw.parent, n_ranked=best.get("ranked", 0))
+    report_control(control, sw.cfg, best, sw.c, sw.parent, n_ranked=best.get("ranked", 0))
     link_best(sw.c, sw.exp_id, sw.parent, (best.get("metrics") or {}).get("trial_id"), stage1_run)
     ok = finish_parent(sw.c, sw.parent, best, results)
     sw.record["status"] = "finished"

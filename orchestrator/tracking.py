@@ -164,9 +164,19 @@ def metric_items(metrics: Mapping[str, object], step: int) -> list:
     ]
 
 
-def log_metric_items(c, run_id: str, items: list) -> None:
-    for i in range(0, len(items), 1000):  # MLflow's per-batch limit
-        c.log_batch(run_id, metrics=items[i : i + 1000])
+def tag_items(tags: Mapping[str, str]) -> list:
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+def log_metric_items(c, run_id: str, items: list, tags: Mapping[str, str] | None = None) -> None:
+    """``items`` (:func:`metric_items`) and ``tags`` in as few batches as MLflow allows."""
+    run_tags = tag_items(tags or {})
+    if not items and not run_tags:
+        return
+    for i in range(0, max(len(items), 1), 900):  # MLflow's limit: 1000 entities per batch
+        c.log_batch(run_id, metrics=items[i : i + 900], tags=run_tags if i == 0 else [])
 
 
 def log_metrics(c, run_id: str, metrics: Mapping[str, object], step: int) -> None:

@@ -155,12 +155,14 @@ class TrialTracker:
         enabled: bool = True,
         extra_tags: dict | None = None,
         buffered: bool = False,
+        earlier: list | None = None,
     ):
         """``enabled=False``: the selection bookkeeping only (data-parallel ranks above 0).
         ``buffered``: :meth:`epoch` keeps its metrics until :meth:`flush` (or an upload, a
         summary or the run's end) sends them in one batch, each with its own step and time
         (a population's epochs take milliseconds; one MLflow write per member and epoch cost
-        more than its training)."""
+        more than its training). ``earlier``: this trial's earlier runs, where the caller
+        searched for them already (a population, once for all its members)."""
         self.ctx, self.cfg = ctx, cfg
         self.buffered, self._unsent = buffered, []
         self.result: StageResult | None = None
@@ -177,7 +179,8 @@ class TrialTracker:
         self.client = tracking.client(ctx.tracking.uri)
         exp = ctx.tracking.experiment_id
         base_tags = {names.PARENT: ctx.parent_run_id, "ray.trial_id": trial_id}
-        earlier = tracking.trial_runs(self.client, exp, ctx.parent_run_id, trial_id)
+        if earlier is None:
+            earlier = tracking.trial_runs(self.client, exp, ctx.parent_run_id, trial_id)
         # A trial that already finished (the driver died before Tune recorded it) is not run
         # again: its final metrics are reported from MLflow.
         self.finished_run = next((r for r in earlier if r.info.status == "FINISHED"), None)
@@ -210,8 +213,10 @@ class TrialTracker:
         if self.client is None:
             return
         tracking.log_params(self.client, self.run_id, flatten(self.cfg))
-        self.client.log_dict(self.run_id, to_dict(self.cfg), "config.json")
-        self.client.log_dict(self.run_id, {k: v for k, v in sampled.items()}, "sampled.json")
+        with tempfile.TemporaryDirectory() as tmp:  # one upload for both files
+            (Path(tmp) / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
+            (Path(tmp) / "sampled.json").write_text(json.dumps(dict(sampled), indent=2))
+            self.client.log_artifacts(self.run_id, tmp)
 
     def log_stage1(self, summary: dict) -> None:
         """Stage 1's own selections (``stage1_<selection>/<split>_<metric>``), logged only on a
@@ -247,11 +252,12 @@ class TrialTracker:
             tracking.log_metric_items(self.client, self.run_id, self._unsent)
             self._unsent = []
 
-    def upload_progress(self, result: StageResult, data) -> None:
-        """The selection so far, without its figures: what a run stopped without notice keeps
-        (the data the figures are drawn from; drawing is most of an upload's time, so the
-        PNGs are drawn once, when the run closes)."""
-        self.upload_selected(result, data, figures=False)
+    def upload_progress(self, result: StageResult, data, summary: dict | None = None) -> None:
+        """The selection so far, without its figures, and with ``summary`` the summary so far
+        in the same round trips: what a run stopped without notice keeps (the data the
+        figures are drawn from; drawing is most of an upload's time, so the PNGs are drawn
+        once, when the run closes)."""
+        self._upload(result, data, figures=False, summary=summary)
 
     def upload_selected(self, result: StageResult, data, *, figures: bool = True) -> None:
         """The selected epoch's artifacts: the data (``confusion.json``, ``per_class_acc.csv``,
@@ -259,55 +265,73 @@ class TrialTracker:
         ``figures`` (and ``ctx.draw``), the PNGs drawn from it (:func:`figures.draw_figures`).
         Without them the run is tagged ``ot.figures=pending``: drawn later from the uploaded
         data (:mod:`orchestrator.figures`), by the sweep's end for its best settings."""
+        self._upload(result, data, figures=figures)
+
+    def _upload(self, result, data, *, figures: bool, summary: dict | None = None,
+                tags: dict | None = None) -> None:  # fmt: skip
+        """:meth:`upload_selected`, and with ``summary`` the summary too (``result.json`` among
+        the files, its metrics in the batch): one artifact upload, then one batch of the
+        epochs not yet sent, the summary's metrics and the tags (``tags`` and the figures')."""
         figures = figures and self.ctx.draw
         self.result, self._data, self._drawn = result, data, figures
         if self.client is None:
             return
-        self.flush()
-        sel = result.selected
-        counts = list(data.train_counts)
+        tags = dict(tags or {})
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
-            test = sel.get("test", {})
-            artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
-            title = f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}"
-            conf = {"confusion": test["confusion"], "train_counts": counts, "title": title}
-            (d / "confusion.json").write_text(json.dumps({**conf, "epoch": sel["epoch"] + 1}))
-            if result.weight_mass:
-                raw = bool(result.raw_mass)
-                mass = {
-                    "softmax_mass": result.weight_mass,  # [epoch][class], the OT measure
-                    "loss_uses": "raw" if raw else "softmax",
-                }
-                if raw:  # what the CE multiplies under stage2.loss_weights=raw
-                    mass["raw_mass"] = result.raw_mass
-                if result.start_mass:  # before the first OT step
-                    mass["start_mass"] = result.start_mass
-                (d / "weight_mass.json").write_text(json.dumps(mass))
-                if result.sample_weights:
-                    per_sample = {
-                        "weights": np.asarray(result.sample_weights, dtype=np.float64),
-                        "labels": data.train.y.cpu().numpy().astype(np.int64),
-                    }
-                    if raw and result.raw_sample_weights:
-                        per_sample["raw_weights"] = np.asarray(
-                            result.raw_sample_weights, dtype=np.float64
-                        )
-                    np.savez(d / FIGURE_SAMPLES, **per_sample)
-            if result.state is not None:
-                state = result.state
-                if self.cfg.stage2.train == "classifier":
-                    # f1 is frozen: it is the stage-1 checkpoint (ot.stage1_hash), not a copy
-                    state = {k: v for k, v in state.items() if k.startswith("classifier.")}
-                torch.save(state, d / "best_model.pt")
+            self._write_selection(d, result, data)
+            if summary is not None:
+                (d / "result.json").write_text(json.dumps(summary, indent=2))
             drawn = draw_figures(d) if figures else []
             self.client.log_artifacts(self.run_id, str(d))
             if drawn:  # the run page's description: the selection's numbers and its figures
-                self.client.set_tag(self.run_id, names.NOTE, describe(d, self.run_id, drawn))
+                tags[names.NOTE] = describe(d, self.run_id, drawn)
         state = "drawn" if figures else "pending"
         if self._figures_tag != state:
-            self.client.set_tag(self.run_id, names.FIGURES, state)
+            tags[names.FIGURES] = state
             self._figures_tag = state
+        if summary is not None:
+            step = int(summary.get("last_epoch", {}).get("epoch", 0))
+            self._unsent.extend(tracking.metric_items(flat_summary(summary), step=step))
+        tracking.log_metric_items(self.client, self.run_id, self._unsent, tags=tags)
+        self._unsent = []
+
+    def _write_selection(self, d: Path, result: StageResult, data) -> None:
+        """The files of :meth:`upload_selected` (no figures) into ``d``."""
+        sel = result.selected
+        counts = list(data.train_counts)
+        test = sel.get("test", {})
+        artifacts.write_per_class_csv(test["per_class_acc"], counts, d / "per_class_acc.csv")
+        title = f"{self.cfg.name}: test, validation-selected epoch {sel['epoch'] + 1}"
+        conf = {"confusion": test["confusion"], "train_counts": counts, "title": title}
+        (d / "confusion.json").write_text(json.dumps({**conf, "epoch": sel["epoch"] + 1}))
+        if result.weight_mass:
+            raw = bool(result.raw_mass)
+            mass = {
+                "softmax_mass": result.weight_mass,  # [epoch][class], the OT measure
+                "loss_uses": "raw" if raw else "softmax",
+            }
+            if raw:  # what the CE multiplies under stage2.loss_weights=raw
+                mass["raw_mass"] = result.raw_mass
+            if result.start_mass:  # before the first OT step
+                mass["start_mass"] = result.start_mass
+            (d / "weight_mass.json").write_text(json.dumps(mass))
+            if result.sample_weights:
+                per_sample = {
+                    "weights": np.asarray(result.sample_weights, dtype=np.float64),
+                    "labels": data.train.y.cpu().numpy().astype(np.int64),
+                }
+                if raw and result.raw_sample_weights:
+                    per_sample["raw_weights"] = np.asarray(
+                        result.raw_sample_weights, dtype=np.float64
+                    )
+                np.savez(d / FIGURE_SAMPLES, **per_sample)
+        if result.state is not None:
+            state = result.state
+            if self.cfg.stage2.train == "classifier":
+                # f1 is frozen: it is the stage-1 checkpoint (ot.stage1_hash), not a copy
+                state = {k: v for k, v in state.items() if k.startswith("classifier.")}
+            torch.save(state, d / "best_model.pt")
 
     def log_summary(self, summary: dict) -> None:
         """The summary so far (metrics and ``result.json``), the run left open: what a run
@@ -326,26 +350,35 @@ class TrialTracker:
         if self.ctx.draw and self.result is not None and not self._drawn and self.result.selected:
             self.upload_selected(self.result, self._data)
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, summary: dict, upload: tuple | None = None, tags: dict | None = None) -> None:
+        """The summary up and the run FINISHED. ``upload``: the final ``(result, data)``,
+        sent with the summary and ``tags`` (:meth:`_upload`: a population closes all its
+        members at once, and each round trip to the store counts)."""
         self.closed = True
         if self.client is None:
             return
-        self.flush()
-        self.draw_pending()
-        self.log_summary(summary)
+        if upload is not None:
+            self._upload(*upload, figures=True, summary=summary, tags=tags)
+        else:
+            self.draw_pending()
+            if tags:
+                self.client.log_batch(self.run_id, tags=tracking.tag_items(tags))
+            self.log_summary(summary)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
-    def stopped_early(self) -> None:
-        """Stopped early inside its process (a population's member culled at a rung); the
-        selected model's artifacts are already up."""
+    def stopped_early(self, upload: tuple | None = None) -> None:
+        """Stopped early inside its process (a population's member culled at a rung), with
+        its final selection's ``upload`` (:meth:`finish`) or the one already up."""
         if self.client is None:
             return
-        self.flush()
-        self.client.set_tag(self.run_id, names.STOPPED_EARLY, "true")
-        if self.result is not None:
-            self.finish(scalar_summary(self.result))
+        stopped = {names.STOPPED_EARLY: "true"}
+        if upload is not None or self.result is not None:
+            summary = scalar_summary(upload[0] if upload is not None else self.result)
+            self.finish(summary, upload, tags=stopped)
             return
         self.closed = True
+        tracking.log_metric_items(self.client, self.run_id, self._unsent, tags=stopped)
+        self._unsent = []
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def at_stop(self) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from orchestrator.stages import flat_summary as _flat_summary
 from trainables.loop import improves
 
@@ -154,6 +156,71 @@ def test_a_buffered_tracker_sends_its_epochs_in_one_batch_with_their_own_steps(
     hist = c.get_metric_history(member.run_id, "val_balanced_acc")
     assert [h.step for h in hist] == [1, 2, 3, 4] and hist[-1].value == 70.0
     assert c.get_run(member.run_id).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("stopped", [False, True], ids=["finished", "culled"])
+def test_a_member_closing_with_its_upload_writes_what_step_by_step_writes_in_three_calls(
+    tracker, monkeypatch, stage_result, stopped
+):
+    """A population member closes with its final selection, summary and tags in one artifact
+    upload, one batch and the run's end; the run holds exactly what the same calls one by one
+    (upload, summary, tags, end) leave."""
+    import dataclasses
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.trainable import TrialTracker
+    from trainables.trial import scalar_summary
+
+    plain, c = tracker
+    ctx = dataclasses.replace(plain.ctx, draw=False)  # as a sweep's trials run
+    one_by_one = TrialTracker(ctx, ctx.base, "t1", "trial_1", buffered=True)
+    bulk = TrialTracker(ctx, ctx.base, "t2", "trial_2", buffered=True)
+    res, data = stage_result(2)
+    for t in (one_by_one, bulk):
+        t.start({"stage2.eps": 0.1})
+        for epoch, v in enumerate([55.0, 61.5, 62.0]):
+            t.epoch({"val_balanced_acc": v, "test_balanced_acc": v - 5}, epoch)
+    calls = []
+    for name in ("log_batch", "log_artifacts", "set_tag", "set_terminated", "log_dict"):
+        real = getattr(MlflowClient, name)
+        monkeypatch.setattr(
+            MlflowClient, name, lambda self, run_id, *a, _f=real, _n=name, **kw: (
+                calls.append((run_id, _n)) or _f(self, run_id, *a, **kw)
+            )
+        )  # fmt: skip
+    if stopped:
+        one_by_one.upload_selected(res, data)
+        one_by_one.stopped_early()
+        bulk.stopped_early((res, data))
+    else:
+        one_by_one.upload_selected(res, data)
+        one_by_one.finish(scalar_summary(res))
+        bulk.finish(scalar_summary(res), (res, data))
+    assert sorted(n for r, n in calls if r == bulk.run_id) == [
+        "log_artifacts", "log_batch", "set_terminated"
+    ]  # fmt: skip
+    assert len([r for r, _ in calls if r == one_by_one.run_id]) > 3
+    a, b = c.get_run(one_by_one.run_id), c.get_run(bulk.run_id)
+    assert a.info.status == b.info.status == "FINISHED"
+    assert a.data.params == b.data.params and a.data.metrics == b.data.metrics
+    assert len(a.data.metrics) > 10
+    for key in a.data.metrics:
+        steps = [(h.step, h.value) for h in c.get_metric_history(a.info.run_id, key)]
+        assert steps == [(h.step, h.value) for h in c.get_metric_history(b.info.run_id, key)], key
+    run_specific = {"mlflow.runName", "ray.trial_id", "ray.trial_name", "ot.attempt"}
+    tags_a = {k: v for k, v in a.data.tags.items() if k not in run_specific}
+    assert tags_a == {k: v for k, v in b.data.tags.items() if k not in run_specific}
+    assert tags_a["ot.figures"] == "pending"
+    assert (tags_a.get("ot.stopped_early") == "true") == stopped
+    files_a = {f.path for f in c.list_artifacts(a.info.run_id)}
+    assert files_a == {f.path for f in c.list_artifacts(b.info.run_id)}
+    assert {"result.json", "config.json", "sampled.json", "confusion.json"} <= files_a
+    for name in ("result.json", "config.json", "sampled.json", "weight_mass.json"):
+        got = [json.loads(Path(c.download_artifacts(r.info.run_id, name)).read_text())
+               for r in (a, b)]  # fmt: skip
+        assert got[0] == got[1], name
 
 
 def test_a_final_upload_draws_its_figures_and_closing_does_not_draw_again(
