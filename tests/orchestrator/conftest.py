@@ -26,6 +26,30 @@ def smoke(sweep):
 
 
 @pytest.fixture
+def in_process(capsys):
+    """``in_process(module, *argv) -> (status, stderr)``: ``python -m orchestrator.<module>``'s
+    ``main`` called in this interpreter, for failures that stop before Ray starts (a fresh
+    interpreter per case spends seconds importing Ray and torch); the environment the command
+    changes is restored after."""
+    import importlib
+    import os
+
+    def run(module: str, *argv: str) -> tuple[int, str]:
+        main = importlib.import_module(f"orchestrator.{module}").main
+        saved = dict(os.environ)
+        try:
+            status = main(list(argv))
+        except SystemExit as stop:  # argparse's usage errors
+            status = stop.code
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        return status, capsys.readouterr().err
+
+    return run
+
+
+@pytest.fixture
 def sweep_context(tmp_path):
     """``(context, client)``: a sweep's shared trial context over a fresh SQLite store in
     ``tmp_path`` (experiment, parent run, the image_mnist_lt config), as trials receive it."""

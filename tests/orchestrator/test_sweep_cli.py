@@ -53,12 +53,30 @@ import pytest
         ),
     ],
 )
-def test_bad_input_is_one_line_exit_2(tmp_path, sweep, args, message):
-    res = sweep(tmp_path, *args, timeout=120)
+def test_bad_input_is_one_line_exit_2(tmp_path, in_process, args, message):
+    import ray
+
+    status, err = in_process("sweep", *args, "--storage", str(tmp_path))
+    assert status == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert message in lines[-1]
+    assert "Traceback" not in err
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("sweep", ["image_mnist_lt", "--smoke", "--set", "stage2.eps"], "malformed override"),
+        ("reproduce", ["offline_image", "--set", "stage2.nope=1"], "unknown config key"),
+    ],
+)
+def test_bad_input_exits_2_in_one_line_as_typed(tmp_path, command, module, args, message):
+    """The same failures in a fresh interpreter, as a user types them: status 2, one line."""
+    res = command(module, *args, "--storage", str(tmp_path), timeout=120)
     assert res.returncode == 2, res.stderr
     lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert message in lines[-1]
-    assert "Traceback" not in res.stderr
+    assert len(lines) == 1 and message in lines[0], lines
 
 
 @pytest.mark.parametrize(
@@ -143,12 +161,11 @@ def test_list_names_every_experiment(repo):
         ),
     ],
 )
-def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, repo, args, message):
-    cmd = [sys.executable, "-m", "orchestrator.reproduce", *args, "--storage", str(tmp_path)]
-    res = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 2, res.stderr
-    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
-    assert message in lines[-1] and "Traceback" not in res.stderr
+def test_reproduce_bad_input_is_one_line_exit_2(tmp_path, in_process, args, message):
+    status, err = in_process("reproduce", *args, "--storage", str(tmp_path))
+    assert status == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert message in lines[-1] and "Traceback" not in err
     assert not (tmp_path / "mlflow.db").exists()
 
 
