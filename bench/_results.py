@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["mean_std", "save_cpu_result", "short_commit", "worktree"]
+__all__ = ["mean_std", "placed_sides", "save_cpu_result", "short_commit", "worktree"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,3 +61,14 @@ def worktree(commit: str) -> Iterator[Path]:
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT,
                            check=False)  # fmt: skip
+
+
+def placed_sides(stack: contextlib.ExitStack, old: str | None) -> dict[str, Path]:
+    """``{"after": this checkout}``, or with ``old`` ``{"before": .., "after": ..}`` as git
+    worktrees of ``old`` and HEAD, removed when ``stack`` closes. Both sides are worktrees: the
+    same code runs slower there than in this checkout (a sweep's P=1 trials 61.5 s against
+    35.4 s, cause not found), so each side must be placed alike."""
+    if not old:
+        return {"after": ROOT}
+    return {"before": stack.enter_context(worktree(old)),
+            "after": stack.enter_context(worktree("HEAD"))}  # fmt: skip

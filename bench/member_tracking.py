@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import save_cpu_result, short_commit, worktree
+from _results import placed_sides, save_cpu_result, short_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 CALLS = ("create_run", "log_batch", "log_artifacts", "log_dict", "set_tag", "set_terminated",
@@ -111,14 +111,9 @@ def main() -> None:
               "after": short_commit("HEAD")}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        sides = {"after": ROOT}
+        sides = placed_sides(stack, args.old)
         if args.old:
             result["before"] = short_commit(args.old)
-            # both sides from a git worktree: the same code runs slower there than in this
-            # checkout (P=1 trials 61.5 s against 35.4 s, cause not found), so each side must
-            # be placed alike
-            sides = {"before": stack.enter_context(worktree(args.old)),
-                     "after": stack.enter_context(worktree("HEAD"))}  # fmt: skip
         for k, tree in sides.items():
             result[k + "_run"] = side_run(tree, args, tmp / f"{k}.json")
             print(f"{k}: {result[k + '_run']}", flush=True)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import save_cpu_result, short_commit, worktree
+from _results import placed_sides, save_cpu_result, short_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,14 +124,9 @@ def main() -> None:
               "store": "mlflow server" if args.server else "sqlite", "sweeps": {}}  # fmt: skip
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        sides = {"after": ROOT}
+        sides = placed_sides(stack, args.old)
         if args.old:
             result["before"] = short_commit(args.old)
-            # both sides from a git worktree: the same code runs slower there than in this
-            # checkout (P=1 trials 61.5 s against 35.4 s, cause not found), so each side must
-            # be placed alike
-            sides = {"before": stack.enter_context(worktree(args.old)),
-                     "after": stack.enter_context(worktree("HEAD"))}  # fmt: skip
         stores = {k: tmp / k for k in sides}
         uris = {k: None for k in sides}
         if args.server:
