@@ -164,15 +164,11 @@ def metric_items(metrics: Mapping[str, object], step: int) -> list:
     ]
 
 
-def tag_items(tags: Mapping[str, str]) -> list:
-    from mlflow.entities import RunTag
-
-    return [RunTag(k, str(v)) for k, v in tags.items()]
-
-
 def log_metric_items(c, run_id: str, items: list, tags: Mapping[str, str] | None = None) -> None:
     """``items`` (:func:`metric_items`) and ``tags`` in as few batches as MLflow allows."""
-    run_tags = tag_items(tags or {})
+    from mlflow.entities import RunTag
+
+    run_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
     if not items and not run_tags:
         return
     for i in range(0, max(len(items), 1), 900):  # MLflow's limit: 1000 entities per batch

@@ -290,11 +290,7 @@ class TrialTracker:
         if self._figures_tag != state:
             tags[names.FIGURES] = state
             self._figures_tag = state
-        if summary is not None:
-            step = int(summary.get("last_epoch", {}).get("epoch", 0))
-            self._unsent.extend(tracking.metric_items(flat_summary(summary), step=step))
-        tracking.log_metric_items(self.client, self.run_id, self._unsent, tags=tags)
-        self._unsent = []
+        self._send(summary, tags)
 
     def _write_selection(self, d: Path, result: StageResult, data) -> None:
         """The files of :meth:`upload_selected` (no figures) into ``d``."""
@@ -333,16 +329,24 @@ class TrialTracker:
                 state = {k: v for k, v in state.items() if k.startswith("classifier.")}
             torch.save(state, d / "best_model.pt")
 
-    def log_summary(self, summary: dict) -> None:
+    def log_summary(self, summary: dict, tags: dict | None = None) -> None:
         """The summary so far (metrics and ``result.json``), the run left open: what a run
         stopped without notice keeps (a population uploads it before each report at which a
-        scheduler may stop it)."""
+        scheduler may stop it). The epochs not yet sent, its metrics and ``tags`` go in one
+        batch (:meth:`_send`)."""
         if self.client is None:
             return
-        self.flush()
-        step = int(summary.get("last_epoch", {}).get("epoch", 0))
-        tracking.log_metrics(self.client, self.run_id, flat_summary(summary), step=step)
+        self._send(summary, tags or {})
         self.client.log_dict(self.run_id, summary, "result.json")
+
+    def _send(self, summary: dict | None, tags: dict) -> None:
+        """The epochs not yet sent, ``summary``'s metrics (at its last epoch) and ``tags``,
+        in one batch."""
+        if summary is not None:
+            step = int(summary.get("last_epoch", {}).get("epoch", 0))
+            self._unsent.extend(tracking.metric_items(flat_summary(summary), step=step))
+        tracking.log_metric_items(self.client, self.run_id, self._unsent, tags=tags)
+        self._unsent = []
 
     def draw_pending(self) -> None:
         """Before a run closes: the last selection uploaded without its figures, again with
@@ -361,9 +365,7 @@ class TrialTracker:
             self._upload(*upload, figures=True, summary=summary, tags=tags)
         else:
             self.draw_pending()
-            if tags:
-                self.client.log_batch(self.run_id, tags=tracking.tag_items(tags))
-            self.log_summary(summary)
+            self.log_summary(summary, tags)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def stopped_early(self, upload: tuple | None = None) -> None:
@@ -377,8 +379,7 @@ class TrialTracker:
             self.finish(summary, upload, tags=stopped)
             return
         self.closed = True
-        tracking.log_metric_items(self.client, self.run_id, self._unsent, tags=stopped)
-        self._unsent = []
+        self._send(None, stopped)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def at_stop(self) -> None:
