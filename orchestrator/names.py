@@ -45,6 +45,8 @@ METHOD = "ot.method"
 PRESET = "ot.preset"
 PRESET_ASKED = "ot.preset_asked"  # the preset, + "+sweep" when OT rows took a sweep's best
 TUNED_FROM = "ot.tuned_from"
+# reproduce --tune: the picked setting's validation balanced accuracy (%) in its search
+TUNED_VAL = "ot.tuned_val"
 SMOKE = "ot.smoke"
 FIDELITY = "ot.fidelity"
 SEED = "ot.seed"
@@ -113,6 +115,7 @@ def experiment_name(table: str, smoke: bool) -> str:
     return f"reproduce-{table}" + ("-smoke" if smoke else "")
 
 
-def settings_key(preset: str, tuned: bool) -> str:
-    """What a run was asked for: the preset, with ``+sweep`` when OT rows took a sweep's best."""
-    return preset + ("+sweep" if tuned else "")
+def settings_key(preset: str, tuned: bool, tune: int = 0) -> str:
+    """What a run was asked for: the preset, with ``+sweep`` when OT rows took a sweep's best,
+    or ``+tuneN`` when every row took the best of its own N-setting search."""
+    return preset + ("+sweep" if tuned else "") + (f"+tune{tune}" if tune else "")

@@ -19,12 +19,15 @@ import base64
 import csv
 import html
 import io
+import math
 import os
 import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from scipy.stats import t as t_dist
 
 from search_spaces.resolve import unknown_name
 from search_spaces.tables import CONTROL_SUFFIX, TABLES, Table, paper_value, published_only
@@ -37,15 +40,20 @@ os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 __all__ = [
     "SELECTIONS",
+    "Interval",
     "Stat",
     "aggregate",
     "gain_label",
     "has_runs",
     "main",
     "own_gain",
+    "paired",
+    "paired_interval",
     "render",
     "report_data",
     "run_value",
+    "strongest_baseline",
+    "tune_comparison",
 ]
 
 SELECTIONS = ("validation_selected", "last_epoch", "best_test_epoch")
@@ -117,14 +125,35 @@ def gain_label(metric: str) -> str:
 
 
 def report_data(
-    c, exp_id: str, table: Table, preset: str = "paper", *, smoke: bool = False
+    c, exp_id: str, table: Table, preset: str = "paper", *, smoke: bool = False, tune: int = 0
 ) -> dict:
-    """Every cell's statistics from the finished runs (the latest run per cell and seed)."""
+    """Every cell's statistics from the finished runs (the latest run per cell and seed) asked
+    for under ``preset`` (with ``tune``: under ``preset+tuneN``, and the published-setting
+    runs beside them with the paired comparisons of :func:`tune_comparison`)."""
+    asked = names.settings_key(preset, False, tune)
+    cells, latest = _cells(c, exp_id, table, asked)
+    data = {
+        "table": table,
+        "preset": asked,
+        "cells": cells,
+        "published_only": published_only(table),
+        "figures": _figures(c, exp_id, table),
+        "smoke": smoke,
+        "data": _data_labels(latest.values()),
+    }
+    if tune:
+        data["comparison"] = tune_comparison(cells, _cells(c, exp_id, table, preset)[0], table)
+    return data
+
+
+def _cells(c, exp_id: str, table: Table, asked: str) -> tuple[dict, dict]:
+    """({cell key: its entry}, {(cell key, seed): the run counted}) of the runs asked for
+    under ``asked``."""
     runs = tracking.all_runs_with_tags(c, exp_id, {names.TABLE: table.name, names.KIND: "trial"})
     latest: dict[tuple[str, str], object] = {}
     for r in runs:
         tags = r.data.tags
-        if r.info.status != "FINISHED" or tags.get(names.PRESET_ASKED) != preset:
+        if r.info.status != "FINISHED" or tags.get(names.PRESET_ASKED) != asked:
             continue
         key = (tags.get(names.CELL, ""), tags.get(names.SEED, ""))
         if key not in latest or (r.info.end_time or 0) > (latest[key].info.end_time or 0):
@@ -143,24 +172,128 @@ def report_data(
             s: run_value(r.data.params, r.data.metrics, "validation_selected", table.metric)
             for s, r in seeds
         }
+        tuned_val = {r.data.tags.get(names.TUNED_VAL) for _, r in seeds} - {None}
         cells[cell.key] = {
             "cell": cell,
             "seeds": [s for s, _ in seeds],
             "stats": stats,
             "paper": paper_value(table, cell),
             "selected_by_seed": {s: v for s, v in selected.items() if v is not None},
+            "tuned_val": float(tuned_val.pop()) if len(tuned_val) == 1 else None,
         }
     for entry in cells.values():
         entry["own_gain"] = own_gain(entry, cells, table.metric)
-    return {
-        "table": table,
-        "preset": preset,
-        "cells": cells,
-        "published_only": published_only(table),
-        "figures": _figures(c, exp_id, table),
-        "smoke": smoke,
-        "data": _data_labels(latest.values()),
-    }
+    return cells, latest
+
+
+# ---------------------------------------------------------------- equal budgets (--tune)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A mean paired difference and its two-sided 95% Student-t interval over ``n`` seeds."""
+
+    mean: float
+    low: float
+    high: float
+    n: int
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low > 0 or self.high < 0
+
+    def text(self) -> str:
+        mark = " *" if self.excludes_zero else ""
+        return f"{self.mean:+.2f} [{self.low:+.2f}, {self.high:+.2f}]{mark} (n={self.n})"
+
+
+def paired_interval(diffs: list[float], level: float = 0.95) -> Interval | None:
+    """The mean of per-seed differences with its Student-t interval (t with n - 1 degrees of
+    freedom: seeds are few and their differences roughly normal); None under two seeds."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    mean = statistics.fmean(diffs)
+    half = float(t_dist.ppf(0.5 + level / 2, n - 1)) * statistics.stdev(diffs) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n)
+
+
+def paired(a: dict, b: dict, metric: str) -> Interval | None:
+    """``a`` minus ``b`` paired by seed (validation-selected), + meaning ``a`` is better."""
+    better = -1.0 if metric == "top1_error" else 1.0
+    mine, theirs = a["selected_by_seed"], b["selected_by_seed"]
+    return paired_interval([better * (mine[s] - theirs[s]) for s in sorted(mine) if s in theirs])
+
+
+def _is_baseline(cell) -> bool:
+    m = cell.method
+    return not (m.ot or m.control_of or m.fidelity)
+
+
+def strongest_baseline(cells: dict, metric: str) -> str | None:
+    """The tuned baseline with the best mean test metric (chosen on test, so in its favour)."""
+    sign = 1.0 if metric == "top1_error" else -1.0
+    found = [
+        (sign * e["stats"]["validation_selected"].mean, k)
+        for k, e in cells.items()
+        if _is_baseline(e["cell"]) and e["stats"]["validation_selected"] is not None
+    ]
+    return min(found)[1] if found else None
+
+
+def tune_comparison(tuned: dict, published: dict, table: Table) -> dict:
+    """Each tuned row beside its published-setting row: the paired difference to the strongest
+    tuned baseline and, for an OT row, to its own tuned control, and the picked setting's
+    search validation score against its test result (the best of N on validation is
+    optimistic)."""
+    metric = table.metric
+    best = strongest_baseline(tuned, metric)
+    rows = []
+    for key, e in tuned.items():
+        cell = e["cell"]
+        if not e["seeds"] or cell.method.control_of:
+            continue
+        twin = tuned.get(f"{cell.column.name}|{cell.method.name}{CONTROL_SUFFIX}")
+        val = e["tuned_val"]
+        rows.append({
+            "key": key,
+            "stat": e["stats"]["validation_selected"],
+            "published": (published.get(key) or {}).get("stats", {}).get("validation_selected"),
+            "vs_best": None if best in (None, key) else paired(e, tuned[best], metric),
+            "vs_control": paired(e, twin, metric) if cell.method.ot and twin else None,
+            "search_val": None if val is None else (100.0 - val if metric == "top1_error" else val),
+        })  # fmt: skip
+    return {"best_baseline": best, "rows": rows}
+
+
+def _comparison_table(data: dict) -> tuple[list[str], list[list[str]]]:
+    comp = data["comparison"]
+    unit = "error" if data["table"].metric == "top1_error" else "accuracy"
+    header = ["row", "tuned (validation-selected)", "published setting",
+              f"vs strongest baseline ({comp['best_baseline'] or 'none'})", "vs its +no_ot control",
+              f"search: validation {unit} -> test"]  # fmt: skip
+    rows = []
+    for r in comp["rows"]:
+        st, val = r["stat"], r["search_val"]
+        rows.append([
+            r["key"],
+            st.text() if st else "missing",
+            r["published"].text() if r["published"] else "not run",
+            r["vs_best"].text() if r["vs_best"] else "—",
+            r["vs_control"].text() if r["vs_control"] else "—",
+            "—" if val is None or st is None
+            else f"{val:.2f} -> {st.mean:.2f} ({st.mean - val:+.2f})",
+        ])  # fmt: skip
+    return header, rows
+
+
+COMPARISON_NOTE = (
+    "Paired by seed (the tuned rows share their fresh seeds); + = the row is better; "
+    "[95% Student-t interval]; * = the interval excludes zero. The strongest baseline is the "
+    "tuned baseline with the best test mean (picked on test: in its favour). The last column is "
+    "the picked setting's validation score in its search (seed 0, the best of N) against its "
+    "test mean on the fresh seeds."
+)
 
 
 def _data_labels(runs) -> str:
@@ -330,6 +463,11 @@ def _intro(data: dict) -> list[str]:
         table.description,
         f"Preset {data['preset']}"
         + (" (OT rows at the best setting of a sweep)" if "+sweep" in data["preset"] else "")
+        + (
+            " (every row at the best setting of its own search, on fresh seeds)"
+            if "+tune" in data["preset"]
+            else ""
+        )
         + f"; {what}, mean ± std over seeds; [paper number, this number minus the paper's]. "
         + (
             f"{data['left_out']} cells without finished runs left out (report --all: the whole "
@@ -354,6 +492,9 @@ def render(data: dict, fmt: str, *, full: bool = False) -> str:
     main = _long(data, fidelity=False)
     if main[1] or full:  # a store of fidelity runs alone has no main table
         parts += [_md_table(*_layout(data)), "", "### Every selection", "", _md_table(*main)]
+    if data.get("comparison"):
+        parts += ["", "### Equal budgets: tuned rows, paired by seed", "", COMPARISON_NOTE, ""]
+        parts += [_md_table(*_comparison_table(data))]
     fid = _long(data, fidelity=True)
     if len(fid[1]) > 1:
         parts += ["", "### Fidelity: paper vs released-code presets", ""]
@@ -452,8 +593,18 @@ def _html(data: dict) -> str:
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(_title(data))}"
         f"</title><style>{style}</style></head><body><h1>{html.escape(_title(data))}</h1>{intro}"
         f"{_html_table(*_layout(data))}<h2>Every selection</h2>"
-        f"{_html_table(*_long(data, fidelity=False))}{fid_html}<h2>Figures</h2>{figs}"
+        f"{_html_table(*_long(data, fidelity=False))}{_html_comparison(data)}{fid_html}"
+        f"<h2>Figures</h2>{figs}"
         "</body></html>"
+    )
+
+
+def _html_comparison(data: dict) -> str:
+    if not data.get("comparison"):
+        return ""
+    return (
+        "<h2>Equal budgets: tuned rows, paired by seed</h2>"
+        f"<p>{html.escape(COMPARISON_NOTE)}</p>{_html_table(*_comparison_table(data))}"
     )
 
 
@@ -470,6 +621,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the runs reproduced under this preset (default paper)",
     )  # fmt: skip
     p.add_argument("--tuned", action="store_true", help="the runs of reproduce --tuned")
+    p.add_argument(
+        "--tune", type=int, default=0, metavar="N",
+        help="the runs of reproduce --tune N, beside the published-setting runs, with paired "
+        "differences and their 95%% intervals",
+    )  # fmt: skip
     p.add_argument("--smoke", action="store_true", help="the table's smoke runs")
     p.add_argument(
         "--all", action="store_true", dest="full",
@@ -499,7 +655,9 @@ def _render_stored(args: argparse.Namespace) -> str:
             f"{_reproduce_command(args)} first"
         )
     asked = names.settings_key(args.preset, args.tuned)
-    data = report_data(c, exp.experiment_id, TABLES[args.table], asked, smoke=args.smoke)
+    table = TABLES[args.table]
+    data = report_data(c, exp.experiment_id, table, asked, smoke=args.smoke, tune=args.tune)
+    asked = data["preset"]
     if not (has_runs(data) or args.full):
         raise cli.CommandError(
             f"no finished runs of {args.table} under preset {asked} in {uri}; run "
@@ -514,6 +672,8 @@ def _reproduce_command(args: argparse.Namespace) -> str:
     if args.preset != "paper":
         flags.append(f"--preset {args.preset}")
     flags += [f for f, on in (("--tuned", args.tuned), ("--smoke", args.smoke)) if on]
+    if args.tune:
+        flags.append(f"--tune {args.tune}")
     if args.storage:
         flags.append(f"--storage {args.storage}")
     if args.tracking_uri:
@@ -526,6 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.table not in TABLES:
         p.error(unknown_name("table", args.table, TABLES))
+    if args.tune < 0 or (args.tune and args.tuned):
+        p.error("--tune N needs N >= 1 and names other runs than --tuned: give one")
     try:
         text = _render_stored(args)
     except (cli.CommandError, tracking.TrackingError, StorageError) as err:

@@ -41,9 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         "for text)",
     )  # fmt: skip
     p.add_argument(
-        "--first-seed", type=int, default=0,
-        help="seeds FIRST..FIRST+N-1 (default 0): e.g. fresh seeds for a --tuned setting that a "
-        "sweep picked on seed 0",
+        "--first-seed", type=int, default=None,
+        help="seeds FIRST..FIRST+N-1 (default 0; 1 with --tune): e.g. fresh seeds for a "
+        "--tuned setting that a sweep picked on seed 0",
     )  # fmt: skip
     p.add_argument(
         "--methods", nargs="+", default=None,
@@ -63,6 +63,12 @@ def _parser() -> argparse.ArgumentParser:
         "--tuned", action="store_true",
         help="OT rows use the best setting of the latest finished sweep of their experiment "
         "(same data, model and stage 1); recorded and reported as PRESET+sweep",
+    )  # fmt: skip
+    p.add_argument(
+        "--tune", type=int, default=0, metavar="N",
+        help="every row (baselines included) first searches N settings of its own space on "
+        "seed 0 (the same searcher and validation metric for all), then its best runs on the "
+        "fresh seeds; recorded and reported as PRESET+tuneN beside the published rows",
     )  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="print the grid; run nothing")
     cli.add_cluster_args(p)
@@ -92,6 +98,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(unknown_name("table", args.table, TABLES))
     if args.seeds is not None and args.seeds < 1:
         p.error(f"--seeds must be >= 1, got {args.seeds} (leave it out for the protocol's)")
+    if args.tune < 0 or (args.tune and (args.tuned or args.fidelity)):
+        p.error("--tune N needs N >= 1, and neither --tuned (a sweep's best for OT rows only) "
+                "nor --fidelity (presets, not searched)")  # fmt: skip
+    if args.tune and args.first_seed == 0:
+        p.error("--tune searches on seed 0: its re-runs take fresh seeds (--first-seed >= 1)")
+    if args.first_seed is None:
+        args.first_seed = 1 if args.tune else 0
     if args.first_seed < 0:
         p.error(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:

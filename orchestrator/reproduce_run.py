@@ -31,7 +31,17 @@ from trainables.config import (
 )
 from trainables.population import VARYING, population_reason
 
-from . import artifacts, cli, names, paper_figures, progress, runtime, tracking
+from . import (
+    artifacts,
+    cli,
+    names,
+    paper_figures,
+    progress,
+    ray_internals,
+    runtime,
+    tracking,
+    tune_rows,
+)
 from .cli import REPO, CommandError
 from .costs import FIXED, Plan, estimate_plan
 from .names import experiment_name, settings_key
@@ -58,7 +68,8 @@ class RunSpec:
     seed: int
     cfg: ExperimentConfig
     stage1_key: str
-    tuned_from: str = ""  # the sweep run whose best setting the cell took (--tuned)
+    tuned_from: str = ""  # the sweep run whose best setting the cell took (--tuned, --tune)
+    tuned_val: float | None = None  # --tune: that setting's validation score in its search
 
     @property
     def run_key(self) -> str:
@@ -273,7 +284,7 @@ class _Invocation:
     """One reproduce command's place in the store: what its runs need to be tracked."""
 
     table: Table
-    asked: str  # settings_key(preset, tuned)
+    asked: str  # settings_key(preset, tuned, tune)
     storage: object
     uri: str
     exp_id: str
@@ -318,7 +329,7 @@ def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
     """The grid and its estimate; reads the store (when there is one), never writes it."""
     storage, _ = cli.open_storage(args.storage, create=False)
     _, c = cli.read_tracking(args.tracking_uri, args.storage)
-    asked = settings_key(args.preset, args.tuned)
+    asked = settings_key(args.preset, args.tuned, args.tune)
     exp = None if c is None else c.get_experiment_by_name(experiment_name(table.name, args.smoke))
     done = set() if exp is None else _finished(c, exp.experiment_id, table.name, asked)
     if args.tuned:
@@ -326,7 +337,43 @@ def _dry_run(args, table: Table, specs: list[RunSpec]) -> int:
     pending = [s for s in specs if s.run_key not in done]
     cached = _cached_keys(storage, pending)
     _print_plan(table, specs, pending, cached, _local_concurrency(args, len(pending)))
+    if args.tune:
+        _print_searches(args, c, specs, cached)
     return 0
+
+
+def _print_searches(args, c, specs: list[RunSpec], cached: set[str]) -> None:
+    """``--tune``: the searches left and their estimate (each setting counted as a run of the
+    row's published setting; a stage-1 space builds a stage 1 per setting)."""
+    rows, runs, groups = [], [], []
+    for s in specs:
+        cfg = dataclasses.replace(s.cfg, seed=tune_rows.SEARCH_SEED)
+        space = tune_rows.tunable(s.cell, cfg)
+        if space is None or s.cell.key in {r for r, _ in rows}:
+            continue
+        done = c is not None and tune_rows.tuned_setting(c, cfg, space, args.tune) is not None
+        what = "finished before" if done else f"{args.tune} settings of {space.name}"
+        rows.append((s.cell.key, what))
+        if done:
+            continue
+        key = stage1_hash(cfg)
+        start = len(runs)
+        runs += [(cfg, f"{key}#{i}" if space.stage1 else key) for i in range(args.tune)]
+        groups += [[i] for i in range(start, len(runs))]
+    print(f"\n--tune {args.tune}: one search per row on seed {tune_rows.SEARCH_SEED}, then the "
+          "rows above on their fresh seeds")  # fmt: skip
+    width = max((len(k) for k, _ in rows), default=4)
+    for key, what in rows:
+        print(f"  {key:<{width}}  {what}")
+    conc = _local_concurrency(args, len(runs))
+    plan = estimate_plan(runs, conc, cached, groups)
+    for dev, sec in plan.device_s.items():
+        print(f"  searches: about {sec / 3600:.2f} {dev}-hours of epochs ({sec / 60:.1f} min)")
+    if plan.device_s and set(plan.device_s) <= {FIXED.device}:
+        print(f"  searches' wall clock: about {plan.wall_s / 60:.1f} min at {conc} at a time "
+              "(each search also starts its own Tuner)")  # fmt: skip
+    if plan.unmeasured:
+        print(f"  not measured (no estimate): {', '.join(sorted(plan.unmeasured))}")
 
 
 def _cached_keys(storage, pending: list[RunSpec]) -> set[str]:
@@ -350,7 +397,7 @@ def _open_invocation(args, table: Table) -> _Invocation:
     storage, local_root = cli.open_storage(args.storage)
     name = experiment_name(table.name, args.smoke)
     uri, exp_id, c = cli.open_tracking(args.tracking_uri, storage, local_root, name)
-    asked = settings_key(args.preset, args.tuned)
+    asked = settings_key(args.preset, args.tuned, args.tune)
     invocation = time.strftime("reproduce-%Y%m%d-%H%M%S")
     parent = c.create_run(
         exp_id,
@@ -394,6 +441,10 @@ def reproduce(args: argparse.Namespace) -> int:
     cli.watch_run(inv.client, inv.parent)
     if args.tuned:
         specs = _apply_tuned(inv.client, specs)
+    try:
+        specs = _tune(args, inv, specs) if args.tune else specs
+    except _Interrupted:
+        return _interrupted(inv)
     done = _finished(inv.client, inv.exp_id, table.name, inv.asked)
     pending = [s for s in specs if s.run_key not in done]
     print(
@@ -418,6 +469,31 @@ def reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune(args, inv: _Invocation, specs: list[RunSpec]) -> list[RunSpec]:
+    """``--tune N``: each row's search (``orchestrator.tune_rows``), one after another on one
+    Ray; the runs then take their row's best setting."""
+    try:  # the searches' scheduler reaches into Tune: only on a Ray it was tested with
+        ray_internals.check_ray_version()
+    except RuntimeError as err:
+        raise CommandError(str(err)) from None
+    runtime.init_ray(args.address)
+    store = (inv.storage.uri, inv.uri)
+    tuned: dict[str, tune_rows.Tuned] = {}
+    for s in specs:
+        cfg = dataclasses.replace(s.cfg, seed=tune_rows.SEARCH_SEED)
+        if s.cell.key in tuned or tune_rows.tunable(s.cell, cfg) is None:
+            continue
+        try:
+            tuned[s.cell.key] = tune_rows.search_row(
+                s.cell, cfg, args.tune, args, store, inv.client
+            )
+        except KeyboardInterrupt:
+            raise _Interrupted from None
+    searches = {f"tune.{k.replace('|', '/')}": t.sweep_run for k, t in tuned.items()}
+    tracking.log_params(inv.client, inv.parent, searches)
+    return tune_rows.apply_tuned(specs, tuned)
+
+
 def _log_invocation(args, inv: _Invocation, runs: int, pending: int) -> None:
     """The invocation's options and run counts, as params of its parent run."""
     tracking.log_params(
@@ -430,6 +506,7 @@ def _log_invocation(args, inv: _Invocation, runs: int, pending: int) -> None:
             "reproduce.methods": ",".join(args.methods or []) or "all",
             "reproduce.preset": args.preset,
             "reproduce.tuned": args.tuned,
+            "reproduce.tune": args.tune,
             "reproduce.fidelity": args.fidelity,
             "reproduce.columns": ",".join(args.columns or []) or "all",
             "reproduce.overrides": " ".join(args.overrides) or "none",
@@ -458,13 +535,16 @@ def _interrupted(inv: _Invocation) -> int:
 
 def _print_table(args, inv: _Invocation) -> None:
     """The table from the finished runs, and the command that prints it again."""
-    data = report_data(inv.client, inv.exp_id, inv.table, inv.asked, smoke=args.smoke)
+    preset = settings_key(args.preset, args.tuned)
+    data = report_data(inv.client, inv.exp_id, inv.table, preset, smoke=args.smoke, tune=args.tune)
     if not has_runs(data):  # every run failed: the error line says so
         return
     print()
     print(render(data, "md"))
-    flags = (" --preset " + args.preset if args.preset != "paper" else "") + "".join(
-        f for f, on in ((" --tuned", args.tuned), (" --smoke", args.smoke)) if on
+    flags = (
+        (" --preset " + args.preset if args.preset != "paper" else "")
+        + "".join(f for f, on in ((" --tuned", args.tuned), (" --smoke", args.smoke)) if on)
+        + (f" --tune {args.tune}" if args.tune else "")
     )
     print(
         "\nreport again: "
@@ -493,6 +573,7 @@ def _contexts(args, inv: _Invocation, pending: list[RunSpec], entries: dict, spe
                 names.METHOD: s.cell.method.name,
                 names.PRESET_ASKED: inv.asked,
                 **({names.TUNED_FROM: s.tuned_from} if s.tuned_from else {}),
+                **({names.TUNED_VAL: f"{s.tuned_val:.6g}"} if s.tuned_val is not None else {}),
                 names.SMOKE: str(args.smoke).lower(),
                 names.FIDELITY: str(s.cell.method.fidelity).lower(),
             },

@@ -85,7 +85,10 @@ def _leave_out(config: dict, keys: Iterable[str]) -> dict:
 def init_ray(address: str | None) -> None:
     """Start a local Ray that listens on loopback only, or connect to ``address`` /
     ``RAY_ADDRESS`` once something there answers as a Ray cluster (else one line, within
-    seconds). Call it before Ray is first imported: the local start's setting is read then."""
+    seconds). Call it before Ray is first imported: the local start's setting is read then.
+    A Ray this process started already is kept (``reproduce --tune`` runs sweeps in it)."""
+    if ray.is_initialized():
+        return
     address = check_ray_address(address)
     if address is None:
         cluster.local_on_loopback()

@@ -65,16 +65,17 @@ class PinnedSpace:
     keys fixed: the space still runs (a later choice may depend on a pinned one), a pinned
     key's ``suggest_*`` returns its value without asking the study, and the call returns the
     pinned values, which Tune's ``OptunaSearch`` (and :func:`PopulationSearch`) put into every
-    setting as constants. A class holding the space's name, not a closure: searchers are
-    saved with ``pickle``."""
+    setting as constants; ``around`` is the published setting the space's relative ranges are
+    placed around. A class holding the space's name, not a closure: searchers are saved with
+    ``pickle``."""
 
-    def __init__(self, space: str, pinned: dict) -> None:
+    def __init__(self, space: str, pinned: dict, around: dict) -> None:
         if space not in SEARCH_SPACES:
             raise ValueError(f"no search space {space!r}; choose from {sorted(SEARCH_SPACES)}")
-        self.space, self.pinned = space, dict(pinned)
+        self.space, self.pinned, self.around = space, dict(pinned), dict(around)
 
     def __call__(self, trial) -> dict:
-        SEARCH_SPACES[self.space].space(_PinnedTrial(trial, self.pinned))
+        SEARCH_SPACES[self.space].space(_PinnedTrial(trial, self.pinned), self.around)
         return dict(self.pinned)
 
 

@@ -27,7 +27,7 @@ from search_spaces import EXPERIMENTS, SEARCH_SPACES, SPACES
 from . import cli, cluster
 from .sweep_record import given_options
 
-__all__ = ["main"]
+__all__ = ["main", "parse_args"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,13 +83,14 @@ def _list() -> None:
         print(f"{name:<{width}}  {cfg.table:<{tables}}  {space:<{spaces}}  {cfg.description}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The sweep's command line, checked (an argument error exits 2 with argparse's line);
+    ``reproduce --tune`` builds its searches' with it too."""
     p = _parser()
     args = p.parse_args(argv)
     args.given = given_options(_parser(), argv)
     if args.list:
-        _list()
-        return 0
+        return args
     if not args.name:
         p.error("give an experiment name (see --list)")
     if (
@@ -104,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
             "--trials must be >= 1, --cpus-per-trial > 0, --gpus-per-trial, "
             "--workers-per-trial, --population and --figures >= 0"
         )
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.list:
+        _list()
+        return 0
     cluster.before_ray_import(args.address)
     from .sweep_run import run  # Ray, MLflow and torch: only once the arguments are read
 

@@ -174,9 +174,12 @@ def _checked_search(args: argparse.Namespace, cfg) -> Search:
     cli.check_ray_address(args.address)  # a cluster that is not there: said before any wait
     runtime.preflight(cfg)
     search = Search.of(space, cfg, args.overrides)
-    if search.unread and not (search.first or search.pinned):
+    # the method's own knobs, apart from the trained stage's optimiser around them
+    own = [k for k in search.around if k not in (*space.scaled, *space.halved)]
+    unread = [k for k in own if k in search.unread]
+    if (search.unread and not (search.first or search.pinned)) or (own and unread == own):
         raise CommandError(
-            f"--space {space.name} searches {', '.join(search.unread)}, which this "
+            f"--space {space.name} searches {', '.join(unread or search.unread)}, which this "
             f"configuration does not read: {space.about}"
         )
     search.announce()

@@ -55,12 +55,14 @@ class Search:
     """What a sweep searches: the space, the searched keys a ``--set`` pins (with their typed
     values: they leave the search and every setting gets them), the space's keys the config
     does not read (``unused_fields``: a dimension that would change nothing, held at the
-    config's value), and the first setting asked (the space's published one, without both)."""
+    config's value), the first setting asked (the space's published one, without both), and
+    the whole published setting, which relative ranges are placed around (``Space.scaled``)."""
 
     space_of: Space
     pinned: dict
     first: dict
     unread: dict = dataclasses.field(default_factory=dict)
+    around: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, space: Space, cfg, overrides: list[str]) -> Search:
@@ -70,7 +72,7 @@ class Search:
         unused = unused_fields(cfg)
         unread = {k: value_at(cfg, k) for k in best if k in unused and k not in pinned}
         first = {k: v for k, v in best.items() if k not in pinned and k not in unread}
-        return cls(space, pinned, first, unread)
+        return cls(space, pinned, first, unread, best)
 
     @property
     def searched(self) -> list[str]:
@@ -78,7 +80,7 @@ class Search:
 
     def space(self):
         """The define-by-run space the searcher runs (``search.PinnedSpace``)."""
-        return PinnedSpace(self.space_of.name, {**self.unread, **self.pinned})
+        return PinnedSpace(self.space_of.name, {**self.unread, **self.pinned}, self.around)
 
     def announce(self) -> None:
         """One line per pinned key; a one-setting search said as such."""

@@ -169,6 +169,7 @@ class TrialTracker:
         self._data, self._drawn = None, True  # the data of the last upload; its PNGs drawn
         self._figures_tag: str | None = None  # the run's ot.figures tag as last set
         self.best_val = -1.0
+        self.stage1_pick: tuple[float, float] | None = None  # a baseline row's (val, test)
         self.best_test = float("nan")
         self.best_epoch = -1
         self.finished_run = None
@@ -223,6 +224,11 @@ class TrialTracker:
         baseline row (stage2.method=none): its result is the stage-1 model, and its stage 2 only
         evaluates the last stage-1 model. An OT trial's run links the stage-1 build's run
         (``ot.stage1_run``), which holds these numbers, instead of repeating them."""
+        if self.cfg.stage2.method == "none" and self.cfg.stage1.epochs > 0:
+            # the row's result is stage 1's validation-selected epoch, and so is what a search
+            # of its settings ranks (not the last epoch that stage 2 evaluates)
+            picked = summary["validation_selected"]
+            self.stage1_pick = (picked["val"]["balanced_acc"], picked["test"]["balanced_acc"])
         if self.client is not None and self.cfg.stage2.method == "none":
             flat = flat_summary(summary, names.STAGE1_PREFIX)
             tracking.log_metrics(self.client, self.run_id, flat, 0)
@@ -230,7 +236,9 @@ class TrialTracker:
     def epoch(self, metrics: dict, epoch: int) -> dict:
         """Log one stage-2 epoch; returns the metrics with the selection so far added."""
         val = metrics.get("val_balanced_acc", float("nan"))
-        if improves(val, self.best_val):
+        if self.stage1_pick is not None:
+            (self.best_val, self.best_test), self.best_epoch = self.stage1_pick, epoch
+        elif improves(val, self.best_val):
             self.best_val, self.best_epoch = val, epoch
             self.best_test = metrics.get("test_balanced_acc", float("nan"))
         out = {

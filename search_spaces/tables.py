@@ -20,6 +20,7 @@ from trainables.data.longtail import held_per_class, smallest_head
 
 from .paper import read_table
 from .resolve import resolve
+from .spaces import EXPERIMENT_SPACES, SEARCH_SPACES, Space
 
 __all__ = [
     "CONTROL_SUFFIX",
@@ -29,9 +30,11 @@ __all__ = [
     "Method",
     "Table",
     "cell_config",
+    "cell_overrides",
     "control",
     "paper_value",
     "parse_paper_cell",
+    "row_space",
 ]
 
 
@@ -47,7 +50,8 @@ class Method:
     """A row. ``overrides(cfg)`` gives ``--set`` items for the column's config; ``preset``
     forces a preset (fidelity rows); ``paper_row`` is the published row it is compared with;
     ``ot``: the row runs the OT stage (it gets a control); ``control_of``: the OT row this row is
-    the control of (``<row>+no_ot``)."""
+    the control of (``<row>+no_ot``); ``space``: the search space ``reproduce --tune`` gives a
+    row that is not OT (an OT row takes its experiment's own, see :func:`row_space`)."""
 
     name: str
     overrides: Callable[[ExperimentConfig], list[str]]
@@ -56,6 +60,7 @@ class Method:
     fidelity: bool = False
     ot: bool = False
     control_of: str = ""
+    space: str = ""
 
 
 CONTROL_SUFFIX = "+no_ot"
@@ -178,28 +183,46 @@ class Table:
         return out
 
 
-def cell_config(
-    cell: Cell, *, seed: int, preset: str = "paper", smoke: bool = False
-) -> ExperimentConfig:
-    """The resolved config of one run of ``cell``: the column's experiment under the preset
-    (or the method's own) with the column's overrides, then the method's, at ``seed``. The
-    smoke variant keeps the column's imbalance factor and takes as many images per class as
-    its long tail needs for one training image in the last class."""
-    cfg = resolve(
-        cell.column.experiment,
-        smoke=smoke,
-        preset=cell.method.preset or preset,
-        seed=seed,
-        overrides=cell.column.overrides,
-    )
-    cfg = apply_overrides(cfg, cell.method.overrides(cfg))
-    d = cfg.data
+def row_space(method: Method, cfg: ExperimentConfig) -> Space | None:
+    """The space ``reproduce --tune`` searches for a row of ``cfg``'s experiment: an OT row's
+    is the experiment's own, a baseline's its method's; None for a control (it takes its OT
+    row's setting) and a fidelity row (a preset, not a method)."""
+    if method.control_of or method.fidelity:
+        return None
+    if method.ot:
+        return SEARCH_SPACES[EXPERIMENT_SPACES[cfg.name]]
+    return SEARCH_SPACES[method.space]
+
+
+def cell_overrides(cell: Cell, *, preset: str = "paper", smoke: bool = False) -> list[str]:
+    """The ``--set`` items that make the column's experiment (under the cell's preset) the
+    cell's config: the column's, then the method's; in the smoke variant also as many images
+    per class as the column's long tail needs for one training image in its last class (the
+    smoke variant keeps the column's imbalance factor)."""
+    preset = cell.method.preset or preset
+    base = resolve(cell.column.experiment, smoke=smoke, preset=preset,
+                   overrides=cell.column.overrides)  # fmt: skip
+    items = [*cell.column.overrides, *cell.method.overrides(base)]
+    d = apply_overrides(base, cell.method.overrides(base)).data
     if smoke and d.limit_per_class > 0:
         held = held_per_class(d.protocol, d.meta_per_class, d.val_per_class)
         need = held + smallest_head(d.num_classes, d.imbalance_factor)
         if d.limit_per_class < need:
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(d, limit_per_class=need))
-    return cfg
+            items.append(f"data.limit_per_class={need}")
+    return items
+
+
+def cell_config(
+    cell: Cell, *, seed: int, preset: str = "paper", smoke: bool = False
+) -> ExperimentConfig:
+    """The resolved config of one run of ``cell`` (:func:`cell_overrides`) at ``seed``."""
+    return resolve(
+        cell.column.experiment,
+        smoke=smoke,
+        preset=cell.method.preset or preset,
+        seed=seed,
+        overrides=cell_overrides(cell, preset=preset, smoke=smoke),
+    )
 
 
 # ---------------------------------------------------------------- methods
@@ -207,16 +230,19 @@ def cell_config(
 OT_VECTOR = Method("ot_weight_vector", _fixed("stage1.loss=ce"), "ot_weight_vector", ot=True)
 
 IMAGE_BASELINES = {
-    "ce": Method("ce", _baseline("ce"), "ce"),
-    "focal": Method("focal", _baseline("focal"), "focal"),
-    "cb_ce": Method("cb_ce", _baseline("cb_ce"), "cb_ce"),
-    "cb_focal": Method("cb_focal", _baseline("cb_focal"), "cb_focal"),
-    "ldam": Method("ldam", _baseline("ldam", "model.normed_classifier=true"), "ldam"),
+    "ce": Method("ce", _baseline("ce"), "ce", space="ce"),
+    "focal": Method("focal", _baseline("focal"), "focal", space="focal"),
+    "cb_ce": Method("cb_ce", _baseline("cb_ce"), "cb_ce", space="cb"),
+    "cb_focal": Method("cb_focal", _baseline("cb_focal"), "cb_focal", space="cb_focal"),
+    "ldam": Method("ldam", _baseline("ldam", "model.normed_classifier=true"), "ldam", space="ldam"),
     "ldam_drw": Method(
-        "ldam_drw", _baseline("ldam_drw", "model.normed_classifier=true"), "ldam_drw"
+        "ldam_drw",
+        _baseline("ldam_drw", "model.normed_classifier=true"),
+        "ldam_drw",
+        space="ldam_drw",
     ),
-    "l2rw": Method("l2rw", _baseline("ce", "stage1.reweight=l2rw"), "l2rw"),
-    "meta_weight_net": Method("meta_weight_net", _mwn, "meta_weight_net"),
+    "l2rw": Method("l2rw", _baseline("ce", "stage1.reweight=l2rw"), "l2rw", space="meta_reweight"),
+    "meta_weight_net": Method("meta_weight_net", _mwn, "meta_weight_net", space="meta_reweight"),
     # MetaSAug with CE: plain CE until the first lr milestone, then the meta augmentation
     "metasaug_ce": Method(
         "metasaug_ce",
@@ -225,6 +251,7 @@ IMAGE_BASELINES = {
             f"stage1.meta_start={_drw_epoch(cfg)}",
         ],
         "metasaug_ce",
+        space="metasaug",
     ),
     # the released CIFAR recipe (MetaSAug_LDAM_train.py): plain CE until the first milestone,
     # then the augmented LDAM loss (margin without scale, class-balanced weights, beta 0.9999)
@@ -237,6 +264,7 @@ IMAGE_BASELINES = {
             f"stage1.meta_start={_drw_epoch(cfg)}",
         ],
         "metasaug_ldam",
+        space="metasaug",
     ),
 }
 
@@ -284,16 +312,27 @@ FIDELITY = (
     ),
 )
 TEXT_METHODS = (
-    Method("vanilla_bert", _fixed("stage0.epochs=0", "stage2.method=none"), "vanilla_bert"),
+    Method(
+        "vanilla_bert",
+        _fixed("stage0.epochs=0", "stage2.method=none"),
+        "vanilla_bert",
+        space="ce",
+    ),
     Method(
         "finetuned_bert",
         _fixed("stage0.head=fcn", "stage1.epochs=0", "stage2.method=none"),
         "finetuned_bert",
+        space="stage0",
     ),
-    Method("finetuned_bert_ce", _fixed("stage2.method=none"), "finetuned_bert_ce"),
-    Method("proportion", _baseline("proportion"), "proportion"),
-    Method("ldam_drw", _baseline("ldam_drw"), "ldam_drw"),
-    Method("logit_adjustment", _baseline("logit_adjustment_posthoc"), "logit_adjustment"),
+    Method("finetuned_bert_ce", _fixed("stage2.method=none"), "finetuned_bert_ce", space="ce"),
+    Method("proportion", _baseline("proportion"), "proportion", space="ce"),
+    Method("ldam_drw", _baseline("ldam_drw"), "ldam_drw", space="ldam_drw"),
+    Method(
+        "logit_adjustment",
+        _baseline("logit_adjustment_posthoc"),
+        "logit_adjustment",
+        space="logit_adjustment",
+    ),
     Method("ot_weight_net", _fixed(), "ot_weight_net", ot=True),
 )
 
@@ -309,7 +348,7 @@ TEXT_OT_ON_REBALANCED = tuple(
 # Post-hoc logit adjustment (Menon et al., tau 1) of a CE stage 1: the control that trains no
 # re-weighting at all (its stage 1 repeats CE's training, then adjusts the logits to select and
 # to evaluate).
-POSTHOC_LA = Method("posthoc_la", _baseline("logit_adjustment_posthoc"))
+POSTHOC_LA = Method("posthoc_la", _baseline("logit_adjustment_posthoc"), space="logit_adjustment")
 
 
 def _image(*names: str) -> tuple[Method, ...]:

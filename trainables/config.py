@@ -213,6 +213,9 @@ class Stage1Config(_Checked):
     focal_gamma: float = 1.0
     cb_beta: float = 0.9999
     drw_epoch: int = 160
+    # LDAM (Cao et al.): the rarest class's margin and the logit scale
+    ldam_max_m: float = 0.5
+    ldam_s: float = 30.0
     la_tau: float = 1.0
     optimizer: Optimizer = "sgd"  # sgd | adamw (text: BERT is fine-tuned with AdamW)
     # > 1: stage 1 runs data-parallel on this many Ray Train workers (one GPU each on a GPU
@@ -642,6 +645,7 @@ _READ_WHEN: tuple[tuple[tuple[str, ...], _Condition], ...] = (
         ),
     ),
     (("stage1.drw_epoch",), _when("stage1.loss", "ldam_drw")),
+    (("stage1.ldam_max_m", "stage1.ldam_s"), _when("stage1.loss", "ldam", "ldam_drw")),
     # a CE build also records its post-hoc adjusted reading (the posthoc_la row's result)
     (("stage1.la_tau",), _when("stage1.loss", "ce", "logit_adjustment", POSTHOC)),
     (("stage1.meta_start", "stage1.meta_batch"), _unless("stage1.reweight", "none")),

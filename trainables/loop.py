@@ -194,7 +194,13 @@ def check_stage1(cfg: Stage1Config) -> None:
     starts with this); each choice alone was checked when the config was built. Raises
     ValueError with a one-line reason."""
     loss_name = "ce" if cfg.loss == POSTHOC else cfg.loss
-    check_loss_args(focal_gamma=cfg.focal_gamma, cb_beta=cfg.cb_beta, prefix="stage1.")
+    check_loss_args(
+        focal_gamma=cfg.focal_gamma,
+        cb_beta=cfg.cb_beta,
+        ldam_max_m=cfg.ldam_max_m,
+        ldam_s=cfg.ldam_s,
+        prefix="stage1.",
+    )
     if cfg.reweight != "none" and loss_name != "ce":
         raise ValueError("stage1.reweight (l2rw / mwn) runs single-worker with stage1.loss=ce")
     switched = cfg.amp != "none" or cfg.channels_last or cfg.compile != "none"
@@ -289,6 +295,8 @@ def train_stage1(
         data.train_counts,
         focal_gamma=cfg.focal_gamma,
         cb_beta=cfg.cb_beta,
+        ldam_max_m=cfg.ldam_max_m,
+        ldam_s=cfg.ldam_s,
         drw_epoch=cfg.drw_epoch,
         la_tau=cfg.la_tau,
     )

@@ -179,7 +179,12 @@ def _sigmoid_focal(z: Tensor, y: Tensor, gamma: float, w: Tensor | None) -> Tens
 
 
 def check_loss_args(
-    *, focal_gamma: float = 1.0, cb_beta: float = 0.9999, ldam_s: float = 30.0, prefix: str = ""
+    *,
+    focal_gamma: float = 1.0,
+    cb_beta: float = 0.9999,
+    ldam_max_m: float = 0.5,
+    ldam_s: float = 30.0,
+    prefix: str = "",
 ) -> None:
     """ValueError (one line, each name after ``prefix``) for a loss parameter out of range:
     :func:`make_loss` checks its arguments with it, and the stage-1 checks a config's before
@@ -188,6 +193,8 @@ def check_loss_args(
         raise ValueError(f"{prefix}focal_gamma must be >= 0, got {focal_gamma}")
     if not 0.0 <= cb_beta < 1.0:
         raise ValueError(f"{prefix}cb_beta must be in [0, 1), got {cb_beta}")
+    if ldam_max_m <= 0:
+        raise ValueError(f"{prefix}ldam_max_m must be > 0, got {ldam_max_m}")
     if ldam_s <= 0:
         raise ValueError(f"{prefix}ldam_s must be > 0, got {ldam_s}")
 
@@ -210,7 +217,7 @@ def make_loss(
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LOSSES)}")
-    check_loss_args(focal_gamma=focal_gamma, cb_beta=cb_beta, ldam_s=ldam_s)
+    check_loss_args(focal_gamma=focal_gamma, cb_beta=cb_beta, ldam_max_m=ldam_max_m, ldam_s=ldam_s)
     counts = _counts_tensor(class_counts)
     k = counts.numel()
 

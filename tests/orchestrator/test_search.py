@@ -7,16 +7,17 @@ import optuna
 import pytest
 
 from orchestrator import names
-from orchestrator.search import PopulationSearch, member_key
+from orchestrator.search import PinnedSpace, PopulationSearch, member_key
 from search_spaces import SEARCH_SPACES, resolve
 
 offline = SEARCH_SPACES["offline"]
 MNIST = resolve("image_mnist_lt")
+OFFLINE = PinnedSpace("offline", {}, offline.best(MNIST))  # the space as a sweep runs it
 
 
 def _searcher(population=3, total=7, seed=0):
     return PopulationSearch(
-        offline.space,
+        OFFLINE,
         population=population,
         total=total,
         metric=names.SELECT_METRIC,
@@ -70,7 +71,7 @@ def _optuna(seed=0):
     from ray.tune.search.optuna import OptunaSearch
 
     return OptunaSearch(
-        space=offline.space,
+        space=OFFLINE,
         metric=names.SELECT_METRIC,
         mode="max",
         points_to_evaluate=[offline.best(MNIST)],
@@ -159,7 +160,7 @@ def test_a_pinned_key_is_a_constant_of_every_setting_and_never_sampled(tmp_path)
 
     from orchestrator.search import PinnedSpace
 
-    pinned = PinnedSpace("offline", {"stage2.eps": 0.05})
+    pinned = PinnedSpace("offline", {"stage2.eps": 0.05}, offline.best(MNIST))
     first = {k: v for k, v in offline.best(MNIST).items() if k != "stage2.eps"}
     single = OptunaSearch(
         space=pinned, metric=names.SELECT_METRIC, mode="max", points_to_evaluate=[first], seed=0

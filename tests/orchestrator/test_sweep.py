@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from orchestrator import names
+
 from .._serving import wait_healthy
 
 pytestmark = pytest.mark.slow
@@ -979,3 +981,64 @@ def test_ot_learn_space_sweeps_how_the_weights_learn(tmp_path, sweep):
            and p["stage2.weight_lr"] == "5.0"]  # fmt: skip
     assert own, params  # image_mnist_lt's own weight step, enqueued first
     assert len({p["stage2.weight_lr"] for p in params}) == 3
+
+
+def test_reproduce_tune_searches_every_row_then_reruns_on_fresh_seeds(tmp_path, reproduce):
+    """``reproduce offline_image --smoke --tune 2 --seeds 2``: one finished 2-setting search
+    per row (the control follows its OT row), the runs on seeds 1-2 at their row's best, the
+    report's tuned rows with their intervals, and a second invocation searching nothing."""
+    from mlflow.tracking import MlflowClient
+
+    args = ["offline_image", "--smoke", "--tune", "2", "--seeds", "2",
+            "--methods", "cb_ce", "ot_weight_vector"]  # fmt: skip
+    dry = reproduce(tmp_path, *args, "--dry-run")
+    ok(dry)
+    assert "--tune 2: one search per row on seed 0" in dry.stdout
+    assert re.search(r"mnist_if100\|cb_ce +2 settings of cb\n", dry.stdout), dry.stdout
+    assert "+no_ot  " not in dry.stdout.split("--tune 2:")[1]  # a control is not searched
+    ok(reproduce(tmp_path, *args, "--quiet"))
+    c = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    sweeps = kind(runs(tmp_path), "sweep")
+    assert sorted(s.data.tags["ot.search_space"] for s in sweeps) == ["cb", "offline"]
+    best = {}
+    for s in sweeps:
+        assert s.info.status == "FINISHED" and s.data.params["sweep.trials"] == "2"
+        assert len(children(runs(tmp_path), s)) == 2
+        path = c.download_artifacts(s.info.run_id, "best.json", str(tmp_path))
+        best[s.info.run_id] = (json.loads(Path(path).read_text())["params"], s)
+    exp = c.get_experiment_by_name("reproduce-offline_image-smoke")
+    trials = kind(c.search_runs([exp.experiment_id], max_results=100), "trial")
+    assert sorted((t.data.tags["ot.method"], t.data.tags["ot.seed"]) for t in trials) == [
+        (m, s) for m in ("cb_ce", "ot_weight_vector", "ot_weight_vector+no_ot") for s in "12"
+    ]
+    for t in trials:
+        assert t.data.tags["ot.preset_asked"] == "paper+tune2"
+        params, sweep_run = best[t.data.tags["ot.tuned_from"]]
+        for k, v in params.items():
+            assert t.data.params[k] == str(v), k
+        assert float(t.data.tags["ot.tuned_val"]) == pytest.approx(
+            sweep_run.data.metrics[names.BEST_VAL], rel=1e-5
+        )
+    searched = {t.data.tags["ot.method"]: best[t.data.tags["ot.tuned_from"]][1] for t in trials}
+    assert searched["ot_weight_vector+no_ot"] is searched["ot_weight_vector"]
+
+    again = reproduce(tmp_path, *args, "--quiet")
+    ok(again)
+    assert again.stdout.count("finished before") >= 3  # two searches, and the runs
+    assert len(kind(runs(tmp_path), "sweep")) == 2
+
+    rep = reproduce(tmp_path, "offline_image", "--smoke", "--tune", "2", tool="report")
+    ok(rep)
+    section = rep.stdout.split("### Equal budgets: tuned rows, paired by seed")[1]
+    row = next(ln for ln in section.splitlines() if ln.startswith("| mnist_if100\\|ot_weight"))
+    cells = row.split(" | ")
+    err = {
+        (t.data.tags["ot.method"], t.data.tags["ot.seed"]):
+            t.data.metrics["best_val_epoch/test_top1_error"]
+        for t in trials
+    }  # fmt: skip
+    vs_ctl = [err[("ot_weight_vector+no_ot", s)] - err[("ot_weight_vector", s)] for s in "12"]
+    assert cells[4].startswith(f"{sum(vs_ctl) / 2:+.2f} ["), row  # + = OT better
+    vs_cb = [err[("cb_ce", s)] - err[("ot_weight_vector", s)] for s in "12"]
+    assert cells[3].startswith(f"{sum(vs_cb) / 2:+.2f} ["), row
+    assert "(n=2)" in cells[3] and cells[2] == "not run"  # no published-setting runs here

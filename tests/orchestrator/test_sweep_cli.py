@@ -42,7 +42,7 @@ import pytest
         (
             ["image_mnist_lt", "--smoke", "--space", "meta_reweight"],
             "--space meta_reweight searches stage1.meta_lr, stage1.meta_batch, which this "
-            "configuration does not read: stage 1 of L2RW / Meta-Weight-Net (with --set "
+            "configuration does not read: L2RW / Meta-Weight-Net (with --set "
             "stage1.reweight=mwn or l2rw)",
         ),
         (["text_sst5", "--smoke"], "SST-5 not found"),

@@ -22,7 +22,8 @@ def _study(seed: int = 0) -> optuna.Study:
 
 def _sample(name: str, study: optuna.Study | None = None) -> optuna.Trial:
     trial = (study or _study()).ask()
-    assert SPACES[name].space(trial) is None
+    space = SPACES[name]
+    assert space.space(trial, space.best(resolve(name))) is None
     return trial
 
 
@@ -142,7 +143,7 @@ class _RecordingTrial:
 @pytest.mark.parametrize("name", NAMES)
 def test_space_only_suggests(name):
     fake = _RecordingTrial()
-    assert SPACES[name].space(fake) is None
+    assert SPACES[name].space(fake, SPACES[name].best(resolve(name))) is None
     assert fake.touched and set(fake.touched) <= SUGGEST, fake.touched
     assert len(fake.suggested) == len(set(fake.suggested))
     assert set(fake.suggested) == set(_sample(name).params)
@@ -153,15 +154,15 @@ def test_every_space_samples_config_keys_and_enqueues_best(name):
     space = SEARCH_SPACES[name]
     cfg = resolve("image_mnist_lt")
     trial = _study().ask()
-    space.space(trial)
+    space.space(trial, space.best(cfg))
     _apply(cfg, trial.params)  # every key exists and every value parses
     study = _study()
     study.enqueue_trial(space.best(cfg))
     first = study.ask()
-    space.space(first)
+    space.space(first, space.best(cfg))
     assert first.params == space.best(cfg)
-    stage1_keys = any(k.startswith("stage1.") for k in trial.params)
-    assert stage1_keys == space.stage1  # the sweep must know
+    stage1_keys = any(k.startswith(("stage0.", "stage1.")) for k in trial.params)
+    assert stage1_keys == space.stage1  # the sweep must know: each trial builds its stage 1
 
 
 @pytest.mark.parametrize("name", ["image_mnist_lt", "pointcloud_shapes", "image_cifar10_lt"])
@@ -177,7 +178,7 @@ def test_ot_learn_starts_from_the_experiments_own_step_and_samples_every_choice(
     study = _study()
     for _ in range(40):
         t = study.ask()
-        ot_learn.space(t)
+        ot_learn.space(t, first)
         got = _apply(cfg, t.params)
         for k in seen:
             seen[k].add(t.params[k])
