@@ -42,6 +42,7 @@ from .sweep_setup import (
     population_size,
     space_source,
     trial_context,
+    trial_cpus,
     trials_that_fit,
 )
 from .trainable import stage2_trial
@@ -183,6 +184,11 @@ def _checked_search(args: argparse.Namespace, cfg) -> Search:
             f"configuration does not read: {space.about}"
         )
     search.announce()
+    cpus = trial_cpus(space, cfg, args.cpus_per_trial)
+    if cpus != args.cpus_per_trial and "cpus_per_trial" not in args.given:
+        print(f"each trial builds its stage 1 on stage1.threads={cfg.stage1.threads} CPUs: "
+              f"--cpus-per-trial {cpus:g} (give it to choose)", flush=True)  # fmt: skip
+        args.cpus_per_trial = cpus
     if not search.searched:
         args.trials = 1
     population_blocker(args, cfg, search)

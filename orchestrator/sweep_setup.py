@@ -26,7 +26,7 @@ from .cli import CommandError
 from .scheduler import OrderedASHA, RungsKept
 from .search import InOrder, PinnedSpace, PopulationSearch
 from .storage import Storage
-from .trainable import ASHA_REDUCTION, SweepContext, asha_grace
+from .trainable import ASHA_REDUCTION, SweepContext, asha_grace, reported_epochs
 
 __all__ = [
     "Search",
@@ -37,6 +37,7 @@ __all__ = [
     "rung_lag",
     "space_source",
     "trial_context",
+    "trial_cpus",
     "trials_that_fit",
     "workers_per_trial",
 ]
@@ -131,6 +132,13 @@ def population_size(args: argparse.Namespace, cfg, search: Search, fits: int) ->
     return max(1, min(16, math.ceil(args.trials / max(1, fits))))
 
 
+def trial_cpus(space: Space, cfg, cpus: float) -> float:
+    """A trial's CPUs: a stage-1 space's trial builds its own stage 1 on ``stage1.threads``
+    threads, so it asks for that many (fewer oversubscribe the node: on 2 cores, two 1-CPU
+    trials building at once took about 5x a build alone)."""
+    return max(cpus, float(cfg.stage1.threads)) if space.stage1 else cpus
+
+
 def trials_that_fit(args: argparse.Namespace) -> int:
     workers = workers_per_trial(args)
     driver = _DRIVER_CPU if workers > 1 else 0.0
@@ -200,7 +208,7 @@ def make_tuner(
         return tune.Tuner.restore(
             exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-    epochs = cfg.stage2.epochs
+    epochs = reported_epochs(cfg)  # a baseline's trial reports once: nothing to stop early
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not its "new study" INFO line
     if population > 1:
         searcher = PopulationSearch(

@@ -64,6 +64,7 @@ __all__ = [
     "control_run",
     "inject_fault",
     "replayed_reports",
+    "reported_epochs",
     "reproduce_trial",
     "stage2_trial",
 ]
@@ -93,6 +94,12 @@ class SweepContext:
 
 
 ASHA_REDUCTION = 3
+
+
+def reported_epochs(cfg: ExperimentConfig) -> int:
+    """The stage-2 epochs a trial of ``cfg`` reports: its epochs, or one evaluation of the
+    stage-1 model when ``stage2.method=none``."""
+    return cfg.stage2.epochs if cfg.stage2.method != "none" else 1
 
 
 def asha_grace(epochs: int) -> int:
@@ -560,7 +567,7 @@ def _run_trial(
         stage1: Stage1Output = read_entry(ctx.entry_uri, features=needs_features(cfg))
         tracker.log_stage1(stage1_summary(cfg, stage1.info))
 
-        last_epoch = cfg.stage2.epochs - 1 if cfg.stage2.method != "none" else 0
+        last_epoch = reported_epochs(cfg) - 1
         pending: list[dict] = []
 
         def on_epoch(stage: str, epoch: int, metrics: dict) -> None:

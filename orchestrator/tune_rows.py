@@ -23,6 +23,7 @@ from trainables.config import ExperimentConfig, apply_values, flatten
 
 from . import cli, names, tracking
 from .cli import CommandError
+from .sweep_setup import trial_cpus
 
 __all__ = ["SEARCH_SEED", "Tuned", "search_argv", "tunable", "tuned_setting"]
 
@@ -46,23 +47,27 @@ def tunable(cell: Cell, cfg: ExperimentConfig) -> Space | None:
 
 
 def search_argv(
-    cell: Cell, space: Space, n: int, args, store: tuple[str, str], *, smoke: bool
+    cell: Cell, cfg: ExperimentConfig, n: int, args, store: tuple[str, str], *, smoke: bool
 ) -> list[str]:
-    """The ``sweep`` command line of a row's search: the cell's config at the search seed
-    (its overrides, then the user's ``--set``), ``n`` settings of ``space``, into ``store``
-    (storage URI, tracking URI), no figures drawn (any run's later: orchestrator.figures)."""
+    """The ``sweep`` command line of a row's search: the cell's config ``cfg`` at the search
+    seed (its overrides, then the user's ``--set``), ``n`` settings of its space, into
+    ``store`` (storage URI, tracking URI), no figures drawn (any run's later:
+    orchestrator.figures), each trial on the CPUs it needs (``sweep_setup.trial_cpus``)."""
+    space = tunable(cell, cfg)
+    cpus = trial_cpus(space, cfg, args.cpus_per_trial)
     argv = [cell.column.experiment, "--trials", str(n), "--space", space.name]
     argv += ["--seed", str(SEARCH_SEED), "--preset", cell.method.preset or args.preset]
     argv += ["--figures", "0", "--storage", store[0], "--tracking-uri", store[1]]
-    argv += ["--cpus-per-trial", f"{args.cpus_per_trial:g}"]
+    argv += ["--cpus-per-trial", f"{cpus:g}"]
     argv += ["--gpus-per-trial", f"{args.gpus_per_trial:g}"]
     argv += ["--max-failures", str(args.max_failures)]
     if args.address:
         argv += ["--address", args.address]
     if smoke:
         argv.append("--smoke")
-    if args.offline:
-        argv.append("--offline")
+    argv += [flag for flag, on in (("--offline", args.offline), ("--quiet", args.quiet),
+             ("--cache-in-storage", args.cache_in_storage)) if on]  # fmt: skip
+    argv += ["--verbose"] * args.verbose
     for item in (*cell_overrides(cell, preset=args.preset, smoke=smoke), *args.overrides):
         argv += ["--set", item]
     return argv
@@ -112,7 +117,7 @@ def search_row(cell: Cell, cfg: ExperimentConfig, n: int, args, store, c) -> Tun
     if found is not None:
         print(f"--tune: {cell.key}: the search of {n} settings finished before", flush=True)
         return found
-    sweep_args = sweep.parse_args(search_argv(cell, space, n, args, store, smoke=args.smoke))
+    sweep_args = sweep.parse_args(search_argv(cell, cfg, n, args, store, smoke=args.smoke))
     if cli.config_from_args(sweep_args) != cfg:  # the search must be of the row's own config
         raise CommandError(f"--tune: {cell.key}: the search's config is not the row's")
     print(f"\n--tune: {cell.key}: {n} settings of space {space.name}", flush=True)

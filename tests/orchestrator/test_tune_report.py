@@ -119,3 +119,36 @@ def test_report_refuses_tune_with_tuned(in_process, tmp_path):
         "report", "offline_image", "--tune", "2", "--tuned", "--storage", str(tmp_path)
     )
     assert status == 2 and "names other runs than --tuned" in err, err
+
+
+@pytest.mark.parametrize("table", ["offline_image", "offline_text", "offline_pointcloud", "table1"])
+@pytest.mark.parametrize("smoke", [False, True])
+def test_a_rows_search_is_a_sweep_of_the_rows_own_config(table, smoke):
+    """The sweep command line ``--tune`` builds resolves, through the sweep's own parser and
+    resolver, to the cell's config at the search seed (user overrides included), for every
+    tunable row; it searches the row's space and draws no figures."""
+    import argparse
+
+    from orchestrator import cli, sweep
+    from orchestrator.tune_rows import SEARCH_SEED, search_argv, tunable
+    from search_spaces.tables import cell_config
+    from trainables.config import apply_overrides
+
+    user = ["stage2.epochs=3"]
+    args = argparse.Namespace(
+        preset="paper", cpus_per_trial=1.0, gpus_per_trial=0.0, max_failures=2, address=None,
+        offline=False, quiet=True, cache_in_storage=False, verbose=0, overrides=user,
+    )  # fmt: skip
+    t = TABLES[table]
+    for cell in t.cells(columns=[t.columns[0].name]):
+        cfg = apply_overrides(cell_config(cell, seed=SEARCH_SEED, smoke=smoke), user)
+        space = tunable(cell, cfg)
+        if space is None:
+            continue
+        argv = search_argv(cell, cfg, 4, args, ("/tmp/s", "sqlite:///x.db"), smoke=smoke)
+        parsed = sweep.parse_args(argv)
+        assert cli.config_from_args(parsed) == cfg, cell.key
+        assert (parsed.space, parsed.trials, parsed.figures) == (space.name, 4, 0)
+        # a trial that builds a stage 1 asks for the threads it builds on
+        want = cfg.stage1.threads if space.stage1 else 1.0
+        assert parsed.cpus_per_trial == want, cell.key
