@@ -135,7 +135,7 @@ def population_size(args: argparse.Namespace, cfg, search: Search, fits: int) ->
 def trial_cpus(space: Space, cfg, cpus: float) -> float:
     """A trial's CPUs: a stage-1 space's trial builds its own stage 1 on ``stage1.threads``
     threads, so it asks for that many (fewer oversubscribe the node: on 2 cores, two 1-CPU
-    trials building at once took about 5x a build alone)."""
+    trials building at once, each on 2 threads, took minutes a build)."""
     return max(cpus, float(cfg.stage1.threads)) if space.stage1 else cpus
 
 
