@@ -20,7 +20,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from search_spaces.tables import TABLES, Cell, Table, cell_config
+from search_spaces.tables import TABLES, Cell, Table, cell_config, row_space
 from trainables.config import (
     ConfigError,
     ExperimentConfig,
@@ -348,7 +348,7 @@ def _print_searches(args, c, specs: list[RunSpec], cached: set[str]) -> None:
     rows, runs, groups = [], [], []
     for s in specs:
         cfg = dataclasses.replace(s.cfg, seed=tune_rows.SEARCH_SEED)
-        space = tune_rows.tunable(s.cell, cfg)
+        space = row_space(s.cell.method, cfg)
         if space is None or s.cell.key in {r for r, _ in rows}:
             continue
         done = c is not None and tune_rows.tuned_setting(c, cfg, space, args.tune) is not None
@@ -481,7 +481,7 @@ def _tune(args, inv: _Invocation, specs: list[RunSpec]) -> list[RunSpec]:
     tuned: dict[str, tune_rows.Tuned] = {}
     for s in specs:
         cfg = dataclasses.replace(s.cfg, seed=tune_rows.SEARCH_SEED)
-        if s.cell.key in tuned or tune_rows.tunable(s.cell, cfg) is None:
+        if s.cell.key in tuned or row_space(s.cell.method, cfg) is None:
             continue
         try:
             tuned[s.cell.key] = tune_rows.search_row(

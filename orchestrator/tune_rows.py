@@ -21,11 +21,12 @@ from search_spaces.spaces import Space
 from search_spaces.tables import Cell, cell_overrides, row_space
 from trainables.config import ExperimentConfig, apply_values, flatten
 
-from . import cli, names, tracking
+from . import cli, names, sweep, tracking
 from .cli import CommandError
+from .sweep_run import run_sweep
 from .sweep_setup import trial_cpus
 
-__all__ = ["SEARCH_SEED", "Tuned", "search_argv", "tunable", "tuned_setting"]
+__all__ = ["SEARCH_SEED", "Tuned", "apply_tuned", "search_argv", "search_row", "tuned_setting"]
 
 SEARCH_SEED = 0  # the searches' seed; the re-runs take fresh ones (--first-seed >= 1)
 
@@ -40,12 +41,6 @@ class Tuned:
     best_val: float
 
 
-def tunable(cell: Cell, cfg: ExperimentConfig) -> Space | None:
-    """The space a row searches, or None (a control follows its row; a fidelity row is a
-    preset)."""
-    return row_space(cell.method, cfg)
-
-
 def search_argv(
     cell: Cell, cfg: ExperimentConfig, n: int, args, store: tuple[str, str], *, smoke: bool
 ) -> list[str]:
@@ -53,7 +48,7 @@ def search_argv(
     seed (its overrides, then the user's ``--set``), ``n`` settings of its space, into
     ``store`` (storage URI, tracking URI), no figures drawn (any run's later:
     orchestrator.figures), each trial on the CPUs it needs (``sweep_setup.trial_cpus``)."""
-    space = tunable(cell, cfg)
+    space = row_space(cell.method, cfg)
     cpus = trial_cpus(space, cfg, args.cpus_per_trial)
     argv = [cell.column.experiment, "--trials", str(n), "--space", space.name]
     argv += ["--seed", str(SEARCH_SEED), "--preset", cell.method.preset or args.preset]
@@ -109,10 +104,7 @@ def tuned_setting(c, cfg: ExperimentConfig, space: Space, n: int) -> Tuned | Non
 def search_row(cell: Cell, cfg: ExperimentConfig, n: int, args, store, c) -> Tuned:
     """The row's search: reused when finished before, else run now (a sweep in this process,
     on the Ray it started). One line when it finishes with no setting."""
-    from . import sweep
-    from .sweep_run import run_sweep
-
-    space = tunable(cell, cfg)
+    space = row_space(cell.method, cfg)
     found = tuned_setting(c, cfg, space, n)
     if found is not None:
         print(f"--tune: {cell.key}: the search of {n} settings finished before", flush=True)

@@ -130,8 +130,8 @@ def test_a_rows_search_is_a_sweep_of_the_rows_own_config(table, smoke):
     import argparse
 
     from orchestrator import cli, sweep
-    from orchestrator.tune_rows import SEARCH_SEED, search_argv, tunable
-    from search_spaces.tables import cell_config
+    from orchestrator.tune_rows import SEARCH_SEED, search_argv
+    from search_spaces.tables import cell_config, row_space
     from trainables.config import apply_overrides
 
     user = ["stage2.epochs=3"]
@@ -142,7 +142,7 @@ def test_a_rows_search_is_a_sweep_of_the_rows_own_config(table, smoke):
     t = TABLES[table]
     for cell in t.cells(columns=[t.columns[0].name]):
         cfg = apply_overrides(cell_config(cell, seed=SEARCH_SEED, smoke=smoke), user)
-        space = tunable(cell, cfg)
+        space = row_space(cell.method, cfg)
         if space is None:
             continue
         argv = search_argv(cell, cfg, 4, args, ("/tmp/s", "sqlite:///x.db"), smoke=smoke)
