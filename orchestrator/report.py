@@ -31,7 +31,7 @@ from scipy.stats import t as t_dist
 
 from search_spaces.resolve import unknown_name
 from search_spaces.tables import CONTROL_SUFFIX, TABLES, Table, paper_value, published_only
-from trainables.config import PRESETS
+from trainables.config import POSTHOC_PREFIX, PRESETS
 
 from . import cli, names, tracking
 from .storage import StorageError
@@ -87,8 +87,11 @@ def aggregate(values: list[float]) -> Stat | None:
     return Stat(statistics.fmean(values), std, len(values))
 
 
-def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float | None:
-    """A run's test metric (% top-1 error or accuracy) under ``selection``.
+def run_value(
+    params: dict, metrics: dict, selection: str, metric: str, *, adjusted: bool = False
+) -> float | None:
+    """A run's test metric (% top-1 error or accuracy) under ``selection``; ``adjusted``: its
+    post-hoc logit-adjusted reading (a ``+la`` row).
 
     A baseline row (stage2.method=none) is the stage-1 model: its selections are stage 1's own
     (``stage1_*``), unless stage 1 trained no epochs (e.g. fine-tuned BERT: stage 0 only), when
@@ -96,6 +99,8 @@ def run_value(params: dict, metrics: dict, selection: str, metric: str) -> float
     prefix = ""
     if params.get("stage2.method") == "none" and params.get("stage1.epochs", "0") != "0":
         prefix = names.STAGE1_PREFIX
+    if adjusted:
+        prefix += POSTHOC_PREFIX
     err = metrics.get(names.summary_metric(selection, "test", "top1_error", prefix))
     if err is None:
         return None
@@ -146,6 +151,37 @@ def report_data(
     return data
 
 
+def _data(run) -> tuple[dict, dict]:
+    return run.data.params, run.data.metrics
+
+
+def _adjusted_reading(run, metric: str) -> float | None:
+    return run_value(*_data(run), "validation_selected", metric, adjusted=True)
+
+
+def _entry(table: Table, cell, seeds: list, *, adjusted: bool) -> dict:
+    """A cell's statistics from its runs ``[(seed, run)]``."""
+    stats = {}
+    for sel in SELECTIONS:
+        vals = [run_value(*_data(r), sel, table.metric, adjusted=adjusted) for _, r in seeds]
+        stats[sel] = aggregate([v for v in vals if v is not None])
+    selected = {
+        s: run_value(*_data(r), "validation_selected", table.metric, adjusted=adjusted)
+        for s, r in seeds
+    }
+    # the search ranked the row's own reading: a +la row has no search score of its own
+    tuned_val = set() if adjusted else {r.data.tags.get(names.TUNED_VAL) for _, r in seeds}
+    tuned_val -= {None}
+    return {
+        "cell": cell,
+        "seeds": [s for s, _ in seeds],
+        "stats": stats,
+        "paper": paper_value(table, cell),
+        "selected_by_seed": {s: v for s, v in selected.items() if v is not None},
+        "tuned_val": float(tuned_val.pop()) if len(tuned_val) == 1 else None,
+    }
+
+
 def _cells(c, exp_id: str, table: Table, asked: str) -> tuple[dict, dict]:
     """({cell key: its entry}, {(cell key, seed): the run counted}) of the runs asked for
     under ``asked``."""
@@ -161,26 +197,14 @@ def _cells(c, exp_id: str, table: Table, asked: str) -> tuple[dict, dict]:
     cells = {}
     first = table.columns[0].name
     for cell in table.cells(fidelity=True, every_column=True):
-        seeds = sorted((int(s), r) for (k, s), r in latest.items() if k == cell.key and s.isdigit())
+        la = bool(cell.method.la_of)  # a +la row reads its source row's runs, adjusted
+        source = f"{cell.column.name}|{cell.method.la_of}" if la else cell.key
+        seeds = sorted((int(s), r) for (k, s), r in latest.items() if k == source and s.isdigit())
+        if la:  # runs from before stage 2 recorded the adjusted reading have none to show
+            seeds = [(s, r) for s, r in seeds if _adjusted_reading(r, table.metric) is not None]
         if cell.method.fidelity and cell.column.name != first and not seeds:
             continue  # fidelity rows: the first column's always, any other's where they ran
-        stats = {}
-        for sel in SELECTIONS:
-            vals = [run_value(r.data.params, r.data.metrics, sel, table.metric) for _, r in seeds]
-            stats[sel] = aggregate([v for v in vals if v is not None])
-        selected = {
-            s: run_value(r.data.params, r.data.metrics, "validation_selected", table.metric)
-            for s, r in seeds
-        }
-        tuned_val = {r.data.tags.get(names.TUNED_VAL) for _, r in seeds} - {None}
-        cells[cell.key] = {
-            "cell": cell,
-            "seeds": [s for s, _ in seeds],
-            "stats": stats,
-            "paper": paper_value(table, cell),
-            "selected_by_seed": {s: v for s, v in selected.items() if v is not None},
-            "tuned_val": float(tuned_val.pop()) if len(tuned_val) == 1 else None,
-        }
+        cells[cell.key] = _entry(table, cell, seeds, adjusted=la)
     for entry in cells.values():
         entry["own_gain"] = own_gain(entry, cells, table.metric)
     return cells, latest

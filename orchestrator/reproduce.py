@@ -77,17 +77,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def grid_help(width: int = 88) -> str:
     """Every table's row names (``--methods``) and column names (``--columns``), for --help;
-    the ``+no_ot`` controls and the fidelity rows come with the rows and ``--fidelity``."""
+    the ``+no_ot`` controls, the ``+la`` readings and the fidelity rows come with the rows and
+    ``--fidelity``."""
     out = ["rows (--methods) and columns (--columns) of each table:"]
     for t in TABLES.values():
-        rows = [m.name for m in t.methods if not (m.control_of or m.fidelity)]
+        rows = [m.name for m in t.methods if not (m.control_of or m.fidelity or m.la_of)]
         out.append(f"  {t.name}")
         for label, words in (("methods", rows), ("columns", [c.name for c in t.columns])):
             out += textwrap.wrap(
                 f"{label}: {' '.join(words)}", width, initial_indent="    ",
                 subsequent_indent="      ", break_on_hyphens=False,
             )  # fmt: skip
-    out.append("\n--fidelity adds the released-code rows (ot@released_code...), first column.")
+    out.append(
+        "\nEvery OT row comes with ROW+no_ot (its weights not learned) and ROW+la, "
+        "ROW+la+no_ot\n(both read through post-hoc logit adjustment: no extra run).\n"
+        "--fidelity adds the "
+        "released-code rows (ot@released_code...), first column."
+    )
     return "\n".join(out)
 
 

@@ -95,6 +95,8 @@ def plan(
         raise CommandError(str(err)) from None
     out = []
     for cell in cells:
+        if cell.method.la_of:  # a +la row: read from its source row's runs, never run
+            continue
         try:
             base = apply_overrides(
                 cell_config(cell, seed=0, preset=preset, smoke=smoke), overrides or []

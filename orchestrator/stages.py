@@ -25,11 +25,12 @@ import ray.train.torch
 import torch
 from ray.train.torch import TorchTrainer
 
-from trainables.config import ExperimentConfig, flatten
+from trainables.config import POSTHOC_PREFIX, ExperimentConfig, flatten
 from trainables.distributed import DataParallel
 from trainables.loop import flat_metrics
 from trainables.resume import CheckpointStore, DirStore, Stage1Checkpoints
 from trainables.trial import (
+    POSTHOC_SUMMARY,
     Stage1Output,
     add_features,
     build_stage1,
@@ -406,6 +407,9 @@ def flat_summary(summary: dict, prefix: str = "") -> dict:
     :func:`trainables.trial.scalar_summary`."""
     flat = {}
     for sel_long, block in summary.items():
+        if sel_long == POSTHOC_SUMMARY:  # the adjusted reading: "posthoc_la/<group>/..."
+            flat.update(flat_summary(block, prefix + POSTHOC_PREFIX))
+            continue
         selection = sel_long.split(" ")[0]  # "best_test_epoch (selection on test ...)"
         group = names.summary_group(selection, prefix)
         flat.update(flat_metrics({s: block[s] for s in ("val", "test") if s in block}, group))

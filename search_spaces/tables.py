@@ -4,9 +4,12 @@ number each cell of ``orchestrator.reproduce TABLE`` stands beside.
 A table is a list of columns (an experiment plus the overrides that pick its dataset / imbalance
 / model) and a list of methods (overrides that pick the stage-1 loss and the stage-2 method).
 A cell is one (column, method); it runs once per seed. Every OT row is followed by its control,
-``<row>+no_ot`` (the same stage 2 with the weight learning off), and image and point-cloud tables
-carry ``posthoc_la`` (post-hoc logit adjustment of a CE stage 1). Published rows the package does
-not run (BBN, MetaSAug with focal, ...) are not cells: the report lists their numbers only.
+``<row>+no_ot`` (the same stage 2 with the weight learning off), and by both read through post-hoc
+logit adjustment, ``<row>+la`` and ``<row>+la+no_ot``: every stage 2 records that reading (the
+``posthoc_la/`` metrics), so these rows are read from their source row's runs and never run.
+Image and point-cloud tables carry ``posthoc_la`` (post-hoc logit adjustment of a CE stage 1).
+Published rows the package does not run (BBN, MetaSAug with focal, ...) are not cells: the
+report lists their numbers only.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from .spaces import EXPERIMENT_SPACES, SEARCH_SPACES, Space
 
 __all__ = [
     "CONTROL_SUFFIX",
+    "LA_SUFFIX",
     "TABLES",
     "Cell",
     "Column",
@@ -51,7 +55,8 @@ class Method:
     forces a preset (fidelity rows); ``paper_row`` is the published row it is compared with;
     ``ot``: the row runs the OT stage (it gets a control); ``control_of``: the OT row this row is
     the control of (``<row>+no_ot``); ``space``: the search space ``reproduce --tune`` gives a
-    row that is not OT (an OT row takes its experiment's own, see :func:`row_space`)."""
+    row that is not OT (an OT row takes its experiment's own, see :func:`row_space`);
+    ``la_of``: the row whose runs' post-hoc logit-adjusted reading this row is (``+la``)."""
 
     name: str
     overrides: Callable[[ExperimentConfig], list[str]]
@@ -61,9 +66,11 @@ class Method:
     ot: bool = False
     control_of: str = ""
     space: str = ""
+    la_of: str = ""
 
 
 CONTROL_SUFFIX = "+no_ot"
+LA_SUFFIX = "+la"
 
 
 def control(m: Method) -> Method:
@@ -76,9 +83,26 @@ def control(m: Method) -> Method:
     return Method(m.name + CONTROL_SUFFIX, over, "", m.preset, m.fidelity, False, m.name)
 
 
+def with_la(m: Method) -> Method:
+    """``<row>+la`` (and ``<row>+la+no_ot`` for a control): ``m``'s runs read through post-hoc
+    logit adjustment (``stage2.la_tau``), selected on that reading's own validation score. Not
+    run: every stage 2 records the reading, so it costs no training."""
+    name, control_of = m.name + LA_SUFFIX, ""
+    if m.control_of:
+        name, control_of = m.control_of + LA_SUFFIX + CONTROL_SUFFIX, m.control_of + LA_SUFFIX
+    return dataclasses.replace(m, name=name, paper_row="", control_of=control_of, la_of=m.name)
+
+
 def _with_controls(methods: tuple[Method, ...]) -> tuple[Method, ...]:
-    """Every OT row followed by its control."""
-    return tuple(x for m in methods for x in ((m, control(m)) if m.ot else (m,)))
+    """Every OT row followed by its control and (fidelity rows apart) both read adjusted."""
+    out: list[Method] = []
+    for m in methods:
+        if not m.ot:
+            out.append(m)
+            continue
+        pair = (m, control(m))
+        out.extend(pair if m.fidelity else (*pair, *map(with_la, pair)))
+    return tuple(out)
 
 
 def _fixed(*items: str) -> Callable[[ExperimentConfig], list[str]]:
@@ -167,20 +191,31 @@ class Table:
                     f"{self.name} has no {kind} {', '.join(bad)}; choose from {', '.join(known)}"
                 )
         kept = [c for c in self.columns if not columns or c.name in columns]
+        rows = self._asked_rows(methods)
         out = []
         for i, col in enumerate(kept):
             for m in self.methods:
-                if (
-                    methods
-                    and m.name not in methods
-                    and m.control_of not in methods
-                    and not m.fidelity
-                ):
+                if rows is not None and m.name not in rows and not m.fidelity:
                     continue
                 if m.fidelity and (not fidelity or (i > 0 and not every_column)):
                     continue
                 out.append(Cell(self.name, col, m))
         return out
+
+    def _asked_rows(self, methods: list[str] | None) -> set[str] | None:
+        """The rows ``methods`` asks for (None: all): each named row, the control of each, and
+        the rows read from them (``+la``); a ``+la`` row brings the row whose runs it reads."""
+        if not methods:
+            return None
+        by_name = {m.name: m for m in self.methods}
+        asked = set(methods) | {by_name[n].la_of for n in methods if by_name[n].la_of}
+
+        def wanted(m: Method) -> bool:
+            if m.name in asked or m.control_of in asked:
+                return True
+            return bool(m.la_of) and wanted(by_name[m.la_of])
+
+        return {m.name for m in self.methods if wanted(m)}
 
 
 def row_space(method: Method, cfg: ExperimentConfig) -> Space | None:

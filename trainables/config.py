@@ -21,6 +21,7 @@ __all__ = [
     "IDENTITY_KEYS",
     "IMAGE_PRESETS",
     "POSTHOC",
+    "POSTHOC_PREFIX",
     "PRESETS",
     "ConfigError",
     "DataConfig",
@@ -73,6 +74,9 @@ Loss = Literal[
 ]
 # The post-hoc adjustment trains with CE and adjusts the logits after (Menon et al.).
 POSTHOC = "logit_adjustment_posthoc"
+# the metrics of a stage's post-hoc logit-adjusted reading (StageResult.posthoc): a CE stage
+# 1's (the posthoc_la row) and every stage 2's (a row's +la reading)
+POSTHOC_PREFIX = "posthoc_la/"
 Optimizer = Literal["sgd", "adamw"]
 Reweight = Literal["none", "l2rw", "mwn", "metasaug"]
 # mwn's weight-net optimiser: "sgd" as Shu et al.'s 2019 class-imbalance code (momentum 0.9,
@@ -315,6 +319,10 @@ class Stage2Config(_Checked):
     virtual_step: bool = True
     loss_weights: LossWeights = "simplex"
     meta_ce_coef: float = 0.0
+    # every stage-2 evaluation is also read through Menon et al.'s post-hoc logit adjustment
+    # (logits - la_tau * log class prior) and selected on its own validation score: the
+    # ``posthoc_la/`` metrics, a row's ``+la`` reading at no extra training
+    la_tau: float = 1.0
 
 
 @dataclass(frozen=True)

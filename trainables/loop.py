@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.config import POSTHOC, Stage1Config, Stage2Config
+from trainables.config import POSTHOC, POSTHOC_PREFIX, Stage1Config, Stage2Config
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.losses import check_loss_args, make_loss, posthoc_logit_adjustment
 from trainables.metrics import classification_metrics
@@ -37,7 +37,6 @@ from trainables.reweight import (
 )
 
 __all__ = [
-    "POSTHOC_PREFIX",
     "Callback",
     "Selector",
     "StageResult",
@@ -45,6 +44,7 @@ __all__ = [
     "check_stage1",
     "check_stage2",
     "evaluate",
+    "evaluate_views",
     "flat_metrics",
     "frozen_feature_data",
     "improves",
@@ -55,8 +55,6 @@ __all__ = [
 ]
 
 Callback = Callable[[str, int, dict], None]
-# the per-epoch metrics of stage 1's post-hoc adjusted reading (StageResult.posthoc)
-POSTHOC_PREFIX = "posthoc_la/"
 
 
 @dataclass
@@ -81,8 +79,8 @@ class StageResult:
     raw_mass: list[list[float]] = field(default_factory=list)
     raw_sample_weights: list[float] = field(default_factory=list)
     state: dict | None = None
-    # stage 1 trained with plain CE: the same epochs read through Menon et al.'s post-hoc
-    # logit adjustment, selected on its own validation score (the posthoc_la row's result)
+    # the same epochs read through Menon et al.'s post-hoc logit adjustment, selected on its own
+    # validation score: a CE stage 1's (the posthoc_la row) and every stage 2's (``+la`` rows)
     posthoc: StageResult | None = None
 
 
@@ -215,6 +213,8 @@ def check_stage2(cfg: Stage2Config, num_classes: int) -> None:
     this): the OT step's own constraints (``StepConfig``: eps > 0)."""
     if cfg.method == "none":
         return
+    if not (cfg.la_tau >= 0 and math.isfinite(cfg.la_tau)):
+        raise ValueError(f"stage2.la_tau={cfg.la_tau} must be a finite number >= 0")
     if cfg.weights == "net" and cfg.weight_param != "sample":
         raise ValueError(
             f"stage2.weight_param={cfg.weight_param} parametrises the weight vector; "

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from trainables.config import Stage2Config
+from trainables.config import POSTHOC_PREFIX, Stage2Config
 from trainables.data.arrays import StageData, iterate_batches
 from trainables.loop import (
     Selector,
@@ -42,6 +42,7 @@ from trainables.loop import (
     meta_distribution_builder,
     step_config,
 )
+from trainables.losses import posthoc_logit_adjustment
 from trainables.metrics import confusion_matrices, confusion_metrics
 from trainables.models import SplitNet
 from trainables.reweight import (
@@ -510,6 +511,11 @@ class _Members:
         )  # fmt: skip
         self.members = list(range(p_all))  # active members, by original index
         self.selectors = [Selector() for _ in range(p_all)]
+        # each member's post-hoc logit-adjusted reading, selected apart (result.posthoc)
+        posthoc = [Selector(keep_state=False) for _ in range(p_all)]
+        for sel, adjusted in zip(self.selectors, posthoc, strict=True):
+            sel.result.posthoc = adjusted.result
+        self.posthoc = posthoc
         for m, w in enumerate(self.weights.per_sample(work_data.train.x)):
             self.selectors[m].result.start_mass, _ = _class_mass(w, work_data.train.y, k)
 
@@ -575,21 +581,19 @@ class _Members:
     def evaluate(self, epoch: int, losses: list, extra: dict, callback, on_improve) -> None:
         """Every member's epoch: its metrics, selection, weight masses and reports."""
         data, k = self.data, self.k
-        preds = _predict(self.heads, data)
+        preds, adjusted = _predict(self.heads, data, self.cfg.la_tau)
         w_all = self.weights.per_sample(data.train.x)
         raw = not self.weights.net and self.weights.raw
         raw_all = self.weights.per_sample(None, raw=True) if raw else None
-        cms = {
-            split: confusion_matrices(preds[split], getattr(data, split).y, k)
-            for split in ("val", "test")
-        }
+        views = [_confusions(p, data, k) for p in (preds, adjusted)]
         for pos, m in enumerate(self.members):
-            metrics = {
-                split: confusion_metrics(cms[split][pos], data.train_counts)
-                for split in ("val", "test")
-            }
+            metrics, posthoc = (
+                {split: confusion_metrics(cms[split][pos], data.train_counts) for split in cms}
+                for cms in views
+            )
             sel = self.selectors[m]
             improved = sel.update(epoch, metrics, _View(self.heads, pos))
+            self.posthoc[m].update(epoch, posthoc, None)
             mass, per_sample = _class_mass(w_all[pos], data.train.y, k)
             sel.result.weight_mass.append(mass)
             sel.result.sample_weights = per_sample
@@ -602,7 +606,9 @@ class _Members:
             if callback:
                 ot_mean, loss_mean = losses[pos]
                 epoch_losses = {"ot_loss": ot_mean, "train_loss": loss_mean}
-                callback(m, "stage2", epoch, {**epoch_losses, **extra, **flat_metrics(metrics)})
+                adjusted_flat = flat_metrics(posthoc, POSTHOC_PREFIX)
+                flat = {**epoch_losses, **extra, **flat_metrics(metrics), **adjusted_flat}
+                callback(m, "stage2", epoch, flat)
 
     def cull(self, reduction: int) -> list[int]:
         """Successive halving: keep the top ``1 / reduction`` by best validation so far (ties:
@@ -630,18 +636,27 @@ class _View:
         return self.heads.member_state(self.pos, "classifier.")
 
 
+def _confusions(preds: dict[str, Tensor], data: StageData, k: int) -> dict[str, Tensor]:
+    return {split: confusion_matrices(p, getattr(data, split).y, k) for split, p in preds.items()}
+
+
 @torch.no_grad()
-def _predict(heads: _Stacked, data: StageData) -> dict[str, Tensor]:
-    out = {}
+def _predict(heads: _Stacked, data: StageData, tau: float) -> tuple[dict, dict]:
+    """Every member's predicted classes on val and test ``{split: [P, N]}``: from its logits,
+    and from them post-hoc logit-adjusted with ``tau`` (one forward pass)."""
+    out: tuple[dict, dict] = ({}, {})
     for split in ("val", "test"):
         s = getattr(data, split)
-        preds = [
-            # over the heads' [P, K, B] layout; max's indices (the first maximum, as argmax)
-            # cost a fifth of argmax's here (0.66 against 3.5 ms for 32 x 10 x 1000)
-            heads(s.x[i]).transpose(1, 2).max(1).indices
-            for i in iterate_batches(len(s), SplitNet.eval_batch_size, shuffle=False)
-        ]
-        out[split] = torch.cat(preds, dim=1) if preds else torch.empty(0, dtype=torch.long)
+        preds: tuple[list, list] = ([], [])
+        for i in iterate_batches(len(s), SplitNet.eval_batch_size, shuffle=False):
+            z = heads(s.x[i])  # [P, B, K]
+            adjusted = posthoc_logit_adjustment(z, data.train_counts, tau)
+            for view, logits in zip(preds, (z, adjusted), strict=True):
+                # over the [P, K, B] layout; max's indices (the first maximum, as argmax)
+                # cost a fifth of argmax's here (0.66 against 3.5 ms for 32 x 10 x 1000)
+                view.append(logits.transpose(1, 2).max(1).indices)
+        for view, p in zip(out, preds, strict=True):
+            view[split] = torch.cat(p, dim=1) if p else torch.empty(0, dtype=torch.long)
     return out
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from trainables.config import Stage2Config
+from trainables.config import POSTHOC_PREFIX, Stage2Config
 from trainables.data.arrays import StageData, TensorSplit, iterate_batches
 from trainables.loop import (
     Callback,
@@ -24,10 +24,12 @@ from trainables.loop import (
     check_finite,
     check_stage2,
     evaluate,
+    evaluate_views,
     flat_metrics,
     meta_distribution_builder,
     step_config,
 )
+from trainables.losses import posthoc_logit_adjustment
 from trainables.models import SplitNet
 from trainables.population import population_reason, train_population
 from trainables.reweight import (
@@ -129,7 +131,9 @@ def _train_through_f1(model, data, cfg, generator, callback, on_improve, paralle
     step_cfg = step_config(cfg, k)
     model_opt, weights, weight_opt = _optimisers(work, model.feature_dim, data, cfg)
     build_q = meta_distribution_builder(cfg, k, generator)
-    sel = Selector()
+    sel, posthoc = Selector(), Selector(keep_state=False)
+    sel.result.posthoc = posthoc.result  # the post-hoc logit-adjusted reading, selected apart
+    views = (None, lambda z: posthoc_logit_adjustment(z, data.train_counts, cfg.la_tau))
     vector = isinstance(weights, WeightVector)  # a weight net's weights need features
     if vector:
         sel.result.start_mass, _ = _class_mass(weights, data.train, k)
@@ -141,8 +145,9 @@ def _train_through_f1(model, data, cfg, generator, callback, on_improve, paralle
             )  # fmt: skip
             check_finite(ot_mean, "the OT loss", "stage 2", epoch)
             check_finite(loss_mean, "the weighted training loss", "stage 2", epoch)
-            metrics = evaluate(work, data)
+            metrics, adjusted = evaluate_views(work, data, views)
             improved = sel.update(epoch, metrics, model)
+            posthoc.update(epoch, adjusted, model)
             if vector:
                 _record_weights(sel.result, weights, data.train, k, cfg.loss_weights == "raw")
             if improved and on_improve:  # before the callback: a scheduler may stop us there
@@ -150,7 +155,8 @@ def _train_through_f1(model, data, cfg, generator, callback, on_improve, paralle
             if callback:
                 extra = {"shard_samples": shard_samples} if parallel is not None else {}
                 losses = {"ot_loss": ot_mean, "train_loss": loss_mean}
-                callback("stage2", epoch, {**losses, **extra, **flat_metrics(metrics)})
+                flat = {**flat_metrics(metrics), **flat_metrics(adjusted, POSTHOC_PREFIX)}
+                callback("stage2", epoch, {**losses, **extra, **flat})
     finally:
         if augmented:
             model.features.requires_grad_(True)

@@ -33,6 +33,7 @@ from trainables.resume import DirStore, Stage1Checkpoints
 from trainables.stage2 import train_stage2
 
 __all__ = [
+    "POSTHOC_SUMMARY",
     "Stage1Output",
     "add_features",
     "build_stage1",
@@ -54,6 +55,11 @@ __all__ = [
 ]
 
 
+# a summary's block of the post-hoc logit-adjusted reading (see scalar_summary); its metrics are
+# logged under trainables.config.POSTHOC_PREFIX
+POSTHOC_SUMMARY = "posthoc_la"
+
+
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -69,15 +75,20 @@ def _scalars(block: dict) -> dict:
 
 
 def scalar_summary(res: StageResult) -> dict:
-    """The printed part of a stage's result: scalar metrics only, three selections labelled.
-    Epochs are counted from 1, as the per-epoch MLflow steps and ``stage2_epoch`` are."""
-    return {
+    """The printed part of a stage's result: scalar metrics only, three selections labelled,
+    and under ``POSTHOC_SUMMARY`` the same of its post-hoc logit-adjusted reading where it has
+    one (a CE stage 1, every stage 2 that trains). Epochs are counted from 1, as the per-epoch
+    MLflow steps and ``stage2_epoch`` are."""
+    out = {
         "last_epoch": _scalars(res.last),
         "validation_selected": _scalars(res.selected),
         "best_test_epoch (selection on test, as the released code reports)": _scalars(
             res.best_test_epoch
         ),
     }
+    if res.posthoc is not None and res.posthoc.last:
+        out[POSTHOC_SUMMARY] = scalar_summary(res.posthoc)
+    return out
 
 
 @dataclass
@@ -98,7 +109,7 @@ class Stage1Output:
 
 
 # Bumped when what a cache entry holds, or how it is laid out, changes.
-STAGE1_FORMAT = 3
+STAGE1_FORMAT = 4
 # The folder of ``run_trial``'s output directory that holds stage 1's epoch checkpoints.
 STAGE1_CHECKPOINTS = "stage1_checkpoints"
 # Where the data sits, and whether it may be fetched, does not change what it is.
@@ -136,8 +147,10 @@ def _trained_stage1(cfg: ExperimentConfig) -> dict:
 
 def stage1_summary(cfg: ExperimentConfig, info: dict) -> dict:
     """The stage-1 selections of ``cfg``'s row from a build's ``info``: the post-hoc adjusted
-    reading for ``stage1.loss=logit_adjustment_posthoc``, the model's own logits otherwise."""
-    return info["posthoc_summary" if cfg.stage1.loss == POSTHOC else "summary"]
+    reading for ``stage1.loss=logit_adjustment_posthoc``, the model's own logits otherwise
+    (with its adjusted reading beside them, where the build has one)."""
+    summary = info["summary"]
+    return summary[POSTHOC_SUMMARY] if cfg.stage1.loss == POSTHOC else summary
 
 
 def stage1_key(cfg: ExperimentConfig) -> str:
@@ -245,8 +258,6 @@ def _build_stage1(
         "data_source": data.source,
         "summary": scalar_summary(s1),
     }
-    if s1.posthoc is not None:
-        info["posthoc_summary"] = scalar_summary(s1.posthoc)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return Stage1Output(model_state=state, rng=rng, info=info, features=feats)
 

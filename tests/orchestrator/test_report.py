@@ -21,6 +21,7 @@ from orchestrator.report import (
     run_value,
 )
 from search_spaces.tables import TABLES
+from trainables.config import POSTHOC_PREFIX
 
 
 def test_aggregate_hand_computed():
@@ -269,13 +270,19 @@ def test_ots_own_gain_is_positive_when_ot_is_better_paired_by_seed(tmp_path):
 def test_ots_own_gain_in_accuracy_is_the_row_minus_its_control():
     table = TABLES["offline_text"]
     cells = {}
-    for cell, by_seed in zip(
-        table.cells(["ot_weight_net"]), ({0: 80.0, 1: 78.0}, {0: 77.0, 1: 78.5}), strict=True
-    ):
+    row = table.cells(["ot_weight_net"])
+    assert [c.method.name for c in row] == [
+        "ot_weight_net", "ot_weight_net+no_ot", "ot_weight_net+la", "ot_weight_net+la+no_ot",
+    ]  # fmt: skip
+    seeds = ({0: 80.0, 1: 78.0}, {0: 77.0, 1: 78.5}, {0: 81.0, 1: 79.0}, {0: 82.0, 1: 78.0})
+    for cell, by_seed in zip(row, seeds, strict=True):
         cells[cell.key] = {"cell": cell, "selected_by_seed": by_seed}
     ot = cells["tweets_1000_100|ot_weight_net"]
     gain = own_gain(ot, cells, table.metric)  # accuracy: higher is better
     assert (gain.mean, gain.n) == (pytest.approx((3.0 - 0.5) / 2), 2)
+    # the adjusted reading's gain is over the adjusted control: (-1 + 1) / 2
+    la = own_gain(cells["tweets_1000_100|ot_weight_net+la"], cells, table.metric)
+    assert (la.mean, la.n) == (pytest.approx(0.0), 2)
     assert gain_label(table.metric).endswith("(accuracy points, + = OT better)")
 
 
@@ -299,3 +306,41 @@ def test_fidelity_rows_show_in_the_column_they_were_run_in(tmp_path):
     run("cifar10_if100|ce", 0, 30.0, method="none")
     both = render(report_data(c, exp, TABLES["table1"]), "md")
     assert "| ce | 30.00 (n=1) [paper" in both and "ot@released_code" in both.split("### Fid")[1]
+
+
+def test_a_rows_la_reading_is_read_from_its_own_runs_adjusted(tmp_path):
+    """``X+la`` is X's runs' ``posthoc_la/`` metrics (never a run of its own), with its gain over
+    ``X+la+no_ot``; a run from before stage 2 recorded the reading leaves the row empty."""
+    c, exp, run = _maker(tmp_path)
+    ot, ctl = "cifar10_if100|ot_weight_vector", "cifar10_if100|ot_weight_vector+no_ot"
+    key = POSTHOC_PREFIX + names.summary_metric("validation_selected", "test", "top1_error")
+    for cell, by_seed in ((ot, {0: (20.0, 17.0), 1: (22.0, 18.0)}), (ctl, {0: (21.0, 19.0)})):
+        for seed, (err, adjusted) in by_seed.items():
+            run(cell, seed, err)
+            found = f"tags.`ot.cell` = '{cell}' and tags.`ot.seed` = '{seed}'"
+            (r,) = c.search_runs([exp], found)
+            c.log_metric(r.info.run_id, key, adjusted)
+    run("cifar10_if200|ot_weight_vector", 0, 30.0)  # an older run: no adjusted reading
+    cells = report_data(c, exp, TABLES["table1"])["cells"]
+    la = cells["cifar10_if100|ot_weight_vector+la"]
+    assert la["seeds"] == [0, 1] and la["stats"]["validation_selected"].mean == 17.5
+    assert la["stats"]["last_epoch"] is None  # only what the runs logged under the prefix
+    assert cells[ot]["stats"]["validation_selected"].mean == 21.0  # the row's own reading
+    assert cells["cifar10_if100|ot_weight_vector+la+no_ot"]["selected_by_seed"] == {0: 19.0}
+    assert la["own_gain"].mean == 2.0 and la["own_gain"].n == 1  # 19 - 17, seed 0 only
+    assert cells["cifar10_if200|ot_weight_vector+la"]["seeds"] == []
+    assert cells["cifar10_if200|ot_weight_vector"]["seeds"] == [0]
+    md = render(report_data(c, exp, TABLES["table1"]), "md")
+    row = next(ln for ln in md.splitlines() if ln.startswith("| ot_weight_vector+la |"))
+    assert row.split(" | ")[1:] == ["missing", "17.50 ± 0.71 |"]  # cifar10_if200, _if100
+
+
+def test_la_rows_are_never_planned_as_runs():
+    from orchestrator.reproduce_run import plan
+
+    specs = plan(TABLES["offline_image"], seeds=1, methods=["ot_weight_vector+la"],
+                 preset="paper", smoke=True, fidelity=False)  # fmt: skip
+    # asking for the reading runs the rows it reads: the OT row and its control
+    assert sorted(s.cell.method.name for s in specs) == [
+        "ot_weight_vector", "ot_weight_vector+no_ot",
+    ]  # fmt: skip

@@ -56,11 +56,12 @@ def _cell(table, key, fidelity=False):
 
 def test_table1_grid():
     t = TABLES["table1"]
-    # 10 baselines + posthoc_la + the OT row and its +no_ot control
-    assert len(t.columns) == 8 and len(t.cells()) == 8 * 13
-    # fidelity rows (3, each with its control) in the first column only
-    assert len(t.cells(fidelity=True)) == 8 * 13 + 6
-    assert len(t.cells(["ce", "ot_weight_vector"])) == 8 * 3  # the control follows its row
+    # 10 baselines + posthoc_la + the OT row and its +no_ot control, both read adjusted (+la)
+    assert len(t.columns) == 8 and len(t.cells()) == 8 * 15
+    # fidelity rows (3, each with its control; no +la) in the first column only
+    assert len(t.cells(fidelity=True)) == 8 * 15 + 6
+    # the control and the +la readings follow their row
+    assert len(t.cells(["ce", "ot_weight_vector"])) == 8 * 5
     assert len(t.cells(["metasaug_ldam"])) == 8  # the released MetaSAug recipe, run
     with pytest.raises(ValueError, match="no method metasaug_focal"):
         t.cells(["metasaug_focal"])

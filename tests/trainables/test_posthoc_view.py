@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from search_spaces import resolve
-from trainables.config import apply_overrides
-from trainables.loop import POSTHOC_PREFIX
+from trainables.config import POSTHOC_PREFIX, apply_overrides
 from trainables.metrics import classification_metrics
 from trainables.trial import (
+    POSTHOC_SUMMARY,
     build_stage1,
     data_and_model,
     run_stage2,
@@ -71,7 +71,7 @@ def _by_hand(cfg, out, tau: float) -> dict:
 def test_the_adjusted_reading_of_the_last_epoch_by_hand(built):
     cfg, out, epochs = built
     expect = _by_hand(cfg, out, 0.7)
-    last = out.info["posthoc_summary"]["last_epoch"]
+    last = out.info["summary"][POSTHOC_SUMMARY]["last_epoch"]
     for split in ("val", "test"):
         for metric in ("top1_error", "balanced_acc"):
             assert last[split][metric] == pytest.approx(expect[split][metric], abs=1e-9)
@@ -89,7 +89,7 @@ def test_the_adjusted_reading_selects_on_its_own_validation_score(built):
     _, out, epochs = built
     vals = [m[f"{POSTHOC_PREFIX}val_balanced_acc"] for m in epochs]
     best = max(range(len(vals)), key=lambda i: (vals[i], -i))  # ties keep the earlier epoch
-    sel = out.info["posthoc_summary"]["validation_selected"]
+    sel = out.info["summary"][POSTHOC_SUMMARY]["validation_selected"]
     assert sel["epoch"] == best + 1  # epochs counted from 1
     assert sel["test"]["top1_error"] == pytest.approx(
         epochs[best][f"{POSTHOC_PREFIX}test_top1_error"]
@@ -100,14 +100,14 @@ def test_the_adjusted_reading_selects_on_its_own_validation_score(built):
 def test_each_row_reports_its_reading_and_posthoc_stage2_adjusts(built):
     cfg, out, _ = built
     la = apply_overrides(cfg, POSTHOC)
-    assert stage1_summary(la, out.info) == out.info["posthoc_summary"]
+    assert stage1_summary(la, out.info) == out.info["summary"][POSTHOC_SUMMARY]
     assert stage1_summary(cfg, out.info) == out.info["summary"]
     assert (
         trial_result(la, out, *run_stage2(la, out, device=CPU))["stage1"]
-        == (out.info["posthoc_summary"])
+        == (out.info["summary"][POSTHOC_SUMMARY])
     )
     s2, _ = run_stage2(la, out, device=CPU)  # stage2.method=none: the last model, adjusted
-    expect = out.info["posthoc_summary"]["last_epoch"]["test"]["top1_error"]
+    expect = out.info["summary"][POSTHOC_SUMMARY]["last_epoch"]["test"]["top1_error"]
     assert math.isclose(s2.last["test"]["top1_error"], expect, abs_tol=1e-9)
     raw, _ = run_stage2(apply_overrides(cfg, ["stage2.method=none"]), out, device=CPU)
     assert raw.last["test"]["top1_error"] == pytest.approx(
