@@ -208,3 +208,22 @@ def test_a_failed_stage1_build_closes_the_parent_with_its_cause(tmp_path):
     run = c.get_run(parent)
     assert str(err) == "stage 1 failed: ValueError: no classes left"
     assert run.info.status == "FAILED" and run.data.tags[names.ERROR] == str(err)
+
+
+def test_a_local_start_that_times_out_is_one_line(monkeypatch):
+    """Ray raises a plain Exception when its node does not come up in time (seen on 2 busy
+    cores): the command says so in one line, not with a traceback."""
+    from orchestrator import runtime
+
+    def timed_out(**kwargs):
+        raise Exception("The current node timed out during startup. This could happen because\n")
+
+    monkeypatch.setattr(runtime.ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(runtime.ray, "init", timed_out)
+    monkeypatch.setattr(runtime.cluster, "local_on_loopback", lambda: None)
+    with pytest.raises(cli.CommandError) as err:
+        runtime.init_ray(None)
+    assert str(err.value) == (
+        "cannot start a local Ray: The current node timed out during startup. This could "
+        "happen because"
+    )
