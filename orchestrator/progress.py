@@ -80,15 +80,21 @@ def _metric(value: Any) -> str:
 
 
 def _value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.3g}"
-    return str(v)
+    """3 significant digits, more where those would print a fraction as a whole number
+    (cb_beta 0.9999 is not 1: a distinct setting)."""
+    if not isinstance(v, float):
+        return str(v)
+    for digits in range(3, 7):
+        text = f"{v:.{digits}g}"
+        if not math.isfinite(v) or v == int(v) or float(text) != round(v):
+            return text
+    return text
 
 
 def short_settings(config: Mapping[str, Any]) -> str:
     """A trial's sampled values as ``key=value`` pairs, each dotted key shortened to its last
     part (``stage2.eps`` -> ``eps``) unless two keys would then read the same; floats to 3
-    significant digits."""
+    significant digits (more where 3 would read as a whole number)."""
     last = [str(k).rsplit(".", 1)[-1] for k in config]
     return " ".join(
         f"{short if last.count(short) == 1 else key}={_value(v)}"

@@ -33,6 +33,9 @@ def test_short_settings():
         "stage1.lr=0.1 stage2.lr=0.2 eps=1"
     )
     assert short_settings({"run": "mnist/ot|seed0"}) == "run=mnist/ot|seed0"
+    # a fraction never reads as a whole number: 0.9999 and 0.999 are distinct settings
+    betas = {"a.cb_beta": 0.9999, "b.cb_beta": 0.999, "c": 1.0004, "d": 2.0, "e": float("inf")}
+    assert short_settings(betas) == "a.cb_beta=0.9999 b.cb_beta=0.999 c=1.0004 d=2 e=inf"
     assert short_settings({}) == ""
 
 
