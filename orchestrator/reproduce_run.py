@@ -214,9 +214,14 @@ def _print_plan(
         left = sum(r.run_key in todo for r in runs)
         print(f"  {key:<{width}}  {len(runs):>5}  {left:>6}  {runs[0].cfg.stage1.loss}")
     keys = {s.stage1_key for s in pending}
+    read = sum(
+        not m.fidelity and bool(m.ot or m.control_of)
+        for m in (r[0].cell.method for r in cells.values())
+    )
     print(
         f"\ncells: {len(cells)}, runs: {len(specs)} ({len(pending)} to run, "
         f"{len(specs) - len(pending)} finished before)"
+        + (f"; {read} +la cells read from these runs (none of their own)" if read else "")
     )
     print(f"stage-1 builds: {len(keys)} distinct for the runs left ({len(cached)} already cached)")
     print("estimate from measured costs (orchestrator/costs.py):")

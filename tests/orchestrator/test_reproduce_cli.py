@@ -23,7 +23,11 @@ def test_a_dry_run_warns_once_per_missing_dataset(tmp_path, repo):
     assert [w.split()[1] for w in warnings] == ["CIFAR-10", "CIFAR-100"], res.stderr
     assert "data.download=false" not in "\n".join(warnings)
     assert "a dry run fetches nothing" in res.stderr
-    assert "cells: 104, runs: 104" in res.stdout  # 8 columns x 13 rows, one seed each
+    # 8 columns x 13 rows, one seed each; the OT row and its control read adjusted: no runs
+    assert (
+        "cells: 104, runs: 104 (104 to run, 0 finished before); 16 +la cells read from "
+        "these runs (none of their own)" in res.stdout
+    )
 
 
 def test_help_lists_every_tables_rows_and_columns(repo):

@@ -176,7 +176,7 @@ def test_reproduce_dry_run_needs_no_data(tmp_path, repo):
     )
     assert res.returncode == 0, res.stderr
     # 7 columns x 8 rows (7 + the OT row's +no_ot control) x 10 seeds
-    assert "cells: 56, runs: 560 (560 to run" in res.stdout
+    assert "cells: 56, runs: 560 (560 to run, 0 finished before); 14 +la cells" in res.stdout
     assert "wall clock" not in res.stdout  # nothing of it is measured: no wall clock to give
     assert "warning: SST-2" in res.stderr and not (tmp_path / "mlflow.db").exists()
 
