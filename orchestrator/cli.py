@@ -307,6 +307,14 @@ def run_command(body: Callable[[], int]) -> int:
         _close_watched(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # Ctrl-C outside a sweep's trials (they stop resumably)
+        _close_watched(err)
+        print(
+            "interrupted (Ctrl-C): its open runs are closed as KILLED; a stage-1 build "
+            "continues from its last epoch when the command runs again",
+            file=sys.stderr,
+        )
+        return 130
     except BaseException as err:
         _close_watched(err)
         raise

@@ -312,6 +312,17 @@ def stage1_cpus(cfg: ExperimentConfig, max_cpus: float) -> float:
     return min(float(cfg.stage1.threads), max(max_cpus, 1) / cfg.stage1.workers)
 
 
+def _close_interrupted_build(spec: tracking.TrackingSpec, key: str, sweep_run_id: str) -> None:
+    """The driver stopped (Ctrl-C, SIGTERM, a failure of its own) while its build of ``key``
+    ran: the task goes with the driver and cannot close its own run, so the driver closes it
+    (KILLED, ``ot.interrupted``). The epoch checkpoints stay for the next build to continue."""
+    c = tracking.client(spec.uri)
+    tags = {names.KIND: "stage1_build", names.STAGE1_HASH: key}
+    builds = tracking.runs_with_tags(c, spec.experiment_id, tags)
+    ours = [r for r in builds if r.data.tags.get(names.TRIGGERED_BY) == sweep_run_id]
+    tracking.close_running(c, ours, tag=names.INTERRUPTED, status="KILLED")
+
+
 def ensure_stage1(
     cfg: ExperimentConfig,
     storage: Storage,
@@ -349,11 +360,16 @@ def ensure_stage1(
     workers = cfg.stage1.workers
     where = f"{workers} Ray Train workers" if workers > 1 else "a Ray task"
     log(f"stage 1: building {key[:12]} on the cluster, {where} ({cfg.stage1.epochs} epochs)")
-    if workers > 1:
-        _build_data_parallel(cfg, storage, spec, num_cpus, num_gpus, sweep_run_id)
-    else:
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
-        ray.get(task.remote(cfg, storage.uri, spec, sweep_run_id=sweep_run_id))
+    try:
+        if workers > 1:
+            _build_data_parallel(cfg, storage, spec, num_cpus, num_gpus, sweep_run_id)
+        else:
+            task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(build_entry)
+            ray.get(task.remote(cfg, storage.uri, spec, sweep_run_id=sweep_run_id))
+    except BaseException:
+        if spec is not None:
+            _close_interrupted_build(spec, key, sweep_run_id)
+        raise
     entry = verify_entry(storage, key)  # what trials will read, checked once more
     if entry is None:
         raise CorruptEntry(f"stage-1 entry {key[:12]} is missing after its build")

@@ -302,6 +302,43 @@ def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> None:
         _kill_session(proc.pid)
 
 
+def test_ctrl_c_during_the_stage1_build_is_one_line_and_leaves_no_run_open(tmp_path, smoke, repo):
+    """Ctrl-C while stage 1 builds (a Ray task that opened the build's run): exit 130 with one
+    line, no traceback; the driver closes the build's run (its task goes with the driver) and
+    the sweep's as KILLED. Running the command again builds stage 1 and finishes."""
+    args = ["--trials", "2", "--set", "stage1.epochs=8"]
+    cmd = [sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke",
+           "--quiet", "--storage", str(tmp_path), *args]  # fmt: skip
+    log_path = tmp_path / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if "stage 1: building" in log_path.read_text() and kind(runs(tmp_path), "stage1_build"):
+                break
+        assert proc.poll() is None, "the sweep ended before its build could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=120)
+        finally:
+            _kill_session(proc.pid)
+    out = log_path.read_text()
+    assert rc == 130, out[-3000:]
+    assert "Traceback" not in out
+    assert out.strip().splitlines()[-1].startswith("interrupted (Ctrl-C): its open runs are")
+    rs = runs(tmp_path)
+    assert not [r for r in rs if r.info.status == "RUNNING"]
+    (build,) = kind(rs, "stage1_build")
+    assert build.info.status == "KILLED" and build.data.tags["ot.interrupted"] == "true"
+    assert kind(rs, "sweep")[0].info.status == "KILLED"
+    ok(smoke(tmp_path, *args))
+    builds = sorted(r.info.status for r in kind(runs(tmp_path), "stage1_build"))
+    assert builds == ["FINISHED", "KILLED"]
+
+
 def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
     from mlflow.tracking import MlflowClient
 
