@@ -61,6 +61,9 @@ def test_comparison_pairs_by_seed_against_the_strongest_baseline_and_the_control
             ("cb_ce", {1: 10.0, 2: 11.0, 3: 12.0}, 90.5),  # the strongest (lowest error)
             ("ot_weight_vector", {1: 12.0, 2: 12.0, 3: 13.0}, 89.0),
             ("ot_weight_vector+no_ot", {1: 14.0, 2: 15.0, 3: 15.0}, 89.0),
+            # +la readings: never the strongest baseline, compared with the adjusted control
+            ("ot_weight_vector+la", {1: 9.0, 2: 9.0, 3: 9.0}, None),
+            ("ot_weight_vector+la+no_ot", {1: 9.5, 2: 9.0, 3: 10.0}, None),
         )
     }
     assert strongest_baseline(tuned, "top1_error") == cells["cb_ce"].key
@@ -78,6 +81,10 @@ def test_comparison_pairs_by_seed_against_the_strongest_baseline_and_the_control
     assert rows[cells["cb_ce"].key]["vs_best"] is None  # itself
     assert rows[cells["ce"].key]["vs_control"] is None  # a baseline has no control
     assert rows[cells["ce"].key]["published"].mean == pytest.approx(34.0)
+    la = rows[cells["ot_weight_vector+la"].key]
+    assert la["vs_control"].mean == pytest.approx(0.5)  # 0.5, 0, 1 against +la+no_ot
+    assert la["vs_best"].mean == pytest.approx(2.0)  # 10-9, 11-9, 12-9 against CB-CE
+    assert cells["ot_weight_vector+la+no_ot"].key not in rows
 
 
 def test_accuracy_tables_count_higher_as_better():
