@@ -53,6 +53,29 @@ class CommandError(RuntimeError):
     """A user-facing failure: printed as one line, exit status 2."""
 
 
+# set when SIGTERM arrived: Ray's waits re-raise whatever a handler raised as a plain
+# KeyboardInterrupt, so the exception alone cannot tell SIGTERM from Ctrl-C
+_sigterm: list[bool] = []
+
+
+def sigterm_as_sigint() -> None:
+    """From now on SIGTERM (a scheduler's time limit, a preemption) stops the command as Ctrl-C
+    would: through the SIGINT handler of the moment (Tune's during a sweep's fit: its state
+    saved, resumable), else as KeyboardInterrupt. Called after ``ray.init``, whose driver
+    handler would exit at once (and Ray's C++ handler then aborts the process)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame) -> None:
+        _sigterm.append(True)
+        current = signal.getsignal(signal.SIGINT)
+        if not callable(current):  # SIG_IGN / SIG_DFL: nothing of Python's to call
+            raise KeyboardInterrupt
+        current(signal.SIGINT, frame)  # Tune's returns: the fit stops itself
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with the project's error form: one ``error: ...`` line (no usage block, which
     ``--help`` shows), exit status 2."""
@@ -307,14 +330,15 @@ def run_command(body: Callable[[], int]) -> int:
         _close_watched(err)
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:  # Ctrl-C outside a sweep's trials (they stop resumably)
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM outside a sweep's trials
         _close_watched(err)
+        what = "stopped (SIGTERM)" if _sigterm else "interrupted (Ctrl-C)"
         print(
-            "interrupted (Ctrl-C): its open runs are closed as KILLED; a stage-1 build "
-            "continues from its last epoch when the command runs again",
+            f"{what}: its open runs are closed as KILLED; a stage-1 build continues from its "
+            "last epoch when the command runs again",
             file=sys.stderr,
         )
-        return 130
+        return 128 + signal.SIGTERM if _sigterm else 130
     except BaseException as err:
         _close_watched(err)
         raise

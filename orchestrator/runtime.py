@@ -18,7 +18,7 @@ from trainables.data import DatasetMissing, PretrainedWeightsMissing
 from trainables.data.fetch import CACHE_VARS, MIRROR_VAR, OFFLINE_VARS, first_line
 from trainables.trial import check_config, check_data
 
-from . import cluster
+from . import cli, cluster
 from .cli import CommandError, check_ray_address
 from .stages import stage1_hash
 
@@ -118,6 +118,7 @@ def init_ray(address: str | None) -> None:
         # "local": a new Ray of this process's own, never the cluster `ray start` last
         # recorded on this machine (which plain ray.init() joins)
         ray.init(address=address or "local", **kwargs)
+        cli.sigterm_as_sigint()  # replaces the handler ray.init installed
     except Exception as err:  # a start that times out raises plain Exception ("timed out
         # during startup", seen on 2 busy cores): every failure to start is one line
         what = f"connect to Ray at {address}" if address else "start a local Ray"
