@@ -311,23 +311,12 @@ def test_sigterm_during_the_stage1_build_is_one_line_and_leaves_no_run_open(tmp_
     args = ["--trials", "2", "--set", "stage1.epochs=8"]
     cmd = [sys.executable, "-m", "orchestrator.sweep", "image_mnist_lt", "--smoke",
            "--quiet", "--storage", str(tmp_path), *args]  # fmt: skip
-    log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if "stage 1: building" in log_path.read_text() and kind(runs(tmp_path), "stage1_build"):
-                break
-        assert proc.poll() is None, "the sweep ended before its build could be interrupted"
-        proc.send_signal(signal.SIGTERM)  # the driver only, as a scheduler signals its job
-        try:
-            rc = proc.wait(timeout=120)
-        finally:
-            _kill_session(proc.pid)
-    out = log_path.read_text()
+
+    def building(log: str) -> bool:
+        return "stage 1: building" in log and bool(kind(runs(tmp_path), "stage1_build"))
+
+    # the driver only, as a scheduler signals its job
+    rc, out = _signal_when(cmd, tmp_path, repo, building, lambda p: p.send_signal(signal.SIGTERM))
     assert rc == 128 + signal.SIGTERM, out[-3000:]
     assert "Traceback" not in out and "SIGTERM received" not in out  # Ray's C++ handler
     assert out.strip().splitlines()[-1].startswith("stopped (SIGTERM): its open runs are")
@@ -339,6 +328,28 @@ def test_sigterm_during_the_stage1_build_is_one_line_and_leaves_no_run_open(tmp_
     ok(smoke(tmp_path, *args))
     builds = sorted(r.info.status for r in kind(runs(tmp_path), "stage1_build"))
     assert builds == ["FINISHED", "KILLED"]
+
+
+def _signal_when(cmd, storage: Path, repo, ready, send) -> tuple[int, str]:
+    """Start ``cmd`` (its own session, output in ``storage/driver.log``), ``send(proc)`` once
+    ``ready(log so far)``, then wait for it: (exit status, its output)."""
+    log_path = storage / "driver.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            if ready(log_path.read_text()):
+                break
+        assert proc.poll() is None, "the command ended before it could be signalled"
+        send(proc)
+        try:
+            rc = proc.wait(timeout=120)
+        finally:
+            _kill_session(proc.pid)  # whatever Ray left behind
+    return rc, log_path.read_text()
 
 
 def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
@@ -442,25 +453,15 @@ def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_
         "--storage", str(tmp_path), "--trials", "16", "--population", "4",
         "--concurrency", "1", "--set", "stage2.epochs=3",
     ]  # fmt: skip
-    log_path = tmp_path / "driver.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
-            if "stage 1:" in log_path.read_text():
-                done = [t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]
-                if len(done) >= 4:
-                    break
-        assert proc.poll() is None, "the sweep finished before it could be interrupted"
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            rc = proc.wait(timeout=120)
-        finally:
-            _kill_session(proc.pid)  # whatever Ray left behind
-    out = log_path.read_text()
+
+    def four_finished(log: str) -> bool:
+        if "stage 1:" not in log:
+            return False
+        return len([t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]) >= 4
+
+    rc, out = _signal_when(
+        cmd, tmp_path, repo, four_finished, lambda p: os.killpg(p.pid, signal.SIGINT)
+    )
     assert rc == 130, out[-3000:]
     assert (
         "interrupted: the sweep's state is saved; resume it with: "
