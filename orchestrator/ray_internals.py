@@ -121,6 +121,14 @@ def resume_held_trial(tune_controller, trial) -> None:
     controller._schedule_trial_train(trial)
 
 
+def holds_resources(tune_controller, trial) -> bool:
+    """Whether ``trial``'s actor has its resources: started, or starting (Tune still calls the
+    trial PENDING while its process boots). A trial waiting for resources has none."""
+    controller = getattr(tune_controller, "_tune_controller", tune_controller)
+    actor = controller._trial_to_actor.get(trial)
+    return actor is not None and controller._actor_manager.is_actor_started(actor)
+
+
 # -- a searcher that wraps another -------------------------------------------------------------
 
 

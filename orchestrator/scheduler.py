@@ -19,7 +19,9 @@ ASHA makes when the trials run one after another in that order; a larger lag lea
 trial rarely waits (the sweep's single trials, whose settings run at different speeds, use
 twice the concurrency). A trial waits only for trials that are running: one that failed and
 waits to be retried is not waited for (it could not start while the waiting trials hold the
-resources), so after a retry the order can differ.
+resources), so after a retry the order can differ. A trial whose actor is still starting
+(Tune calls it PENDING, its resources already held) counts as running: on a busy machine the
+second trial of a pair can report before the first one's process has started.
 
 Tune offers a scheduler no public way to resume a held trial, nor to read its rungs: those
 calls go through :mod:`orchestrator.ray_internals` (Ray 2.60; the Tune tests of this project
@@ -75,7 +77,7 @@ class OrderedASHA(ASHAScheduler):
         rung = self._rung_reached(trial.trial_id, t)
         if rung is None or value is None or t >= max_t:
             action = super().on_trial_result(tune_controller, trial, result)
-        elif self._waits(trial.trial_id, rung, value):
+        elif self._waits(tune_controller, trial.trial_id, rung, value):
             self.held[trial.trial_id] = (t, value)
             action = TrialScheduler.NOOP
         else:
@@ -122,16 +124,16 @@ class OrderedASHA(ASHAScheduler):
         least ``lag`` trials before it."""
         return self.created[other] <= self.created[trial_id] - self.lag
 
-    def _waits(self, trial_id: str, milestone: float, value: float) -> bool:
-        """Whether a trial it is compared with, still running and not recorded at
-        ``milestone`` yet, could change its decision there (:func:`_undecided`)."""
+    def _waits(self, tune_controller, trial_id: str, milestone: float, value: float) -> bool:
+        """Whether a trial it is compared with, still running (or starting) and not recorded
+        at ``milestone`` yet, could change its decision there (:func:`_undecided`)."""
         recorded = self._recorded(milestone)
         pending = sum(
             self._compared(trial_id, other)
             and other not in recorded
             and internals.tracks_trial(self, other)
             and other not in self.failing
-            and self.trials[other].status == Trial.RUNNING
+            and self._active(tune_controller, other)
             for other in self.created
         )
         if not pending:
@@ -139,6 +141,13 @@ class OrderedASHA(ASHAScheduler):
         known = [v for k, v in recorded.items() if self._compared(trial_id, k)]
         sign = internals.asha_settings(self)[2]
         return _undecided(self.bracket.cutoff, known, pending, sign * value)
+
+    def _active(self, tune_controller, trial_id: str) -> bool:
+        """Running, or starting with its resources held: it will reach the rung (or end)."""
+        trial = self.trials[trial_id]
+        return trial.status == Trial.RUNNING or (
+            trial.status == Trial.PENDING and internals.holds_resources(tune_controller, trial)
+        )
 
     def _decide(self, trial: Trial, t, value: float) -> str:
         """ASHA's rule at the rung ``t`` reaches (Tune's ``_Bracket.on_result``), against the
@@ -164,7 +173,7 @@ class OrderedASHA(ASHAScheduler):
             # free only the trials after it, which the pass reaches next
             for trial_id in sorted(self.held, key=self.created.__getitem__):
                 t, value = self.held[trial_id]
-                if self._waits(trial_id, self._rung_reached(trial_id, t), value):
+                if self._waits(tune_controller, trial_id, self._rung_reached(trial_id, t), value):
                     continue
                 del self.held[trial_id]
                 trial = self.trials[trial_id]

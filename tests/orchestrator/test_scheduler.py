@@ -79,6 +79,12 @@ class _Controller:
         self.held: set[str] = set()
         self.ends: dict[str, int] = {}
         self.resumed = self.stopped = self.held_count = 0
+        self._trial_to_actor: dict = {}  # Tune's: a trial's actor, from its request on
+        self._actor_manager = self
+        self.started: set = set()  # the actors that hold their resources
+
+    def is_actor_started(self, actor) -> bool:  # the actor manager's
+        return actor in self.started
 
     def stop_trial(self, trial: _Trial) -> None:  # Tune's: the scheduler hears the end
         self.stopped += 1
@@ -372,7 +378,38 @@ def test_a_failed_earlier_trial_is_not_waited_for():
     t0.status = "PENDING"
     sched.on_trial_add(ctl, t0)
     t0.status = "RUNNING"
-    assert sched._waits("t1", 6, 0.4) and not sched._waits("t0", 2, 0.5)
+    assert sched._waits(ctl, "t1", 6, 0.4) and not sched._waits(ctl, "t0", 2, 0.5)
+
+
+@pytest.mark.parametrize("starting", [True, False])
+def test_an_earlier_trial_still_starting_is_waited_for_but_not_one_without_resources(starting):
+    """Tune calls a trial PENDING while its actor boots (its resources held: it will report)
+    and while it waits for resources (which held trials may keep: waiting for it could
+    deadlock). A later trial at a rung waits for the first kind only, and is then decided
+    as in the sequential run (stopped: 0.4 against trial 0's 0.5)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched = _scheduler(True)
+    ctl = _Controller(sched, [[0.5] * EPOCHS, [0.4] * EPOCHS], 2, random.Random(0))
+    t0, t1 = _Trial("t0"), _Trial("t1")
+    for t in (t0, t1):
+        ctl.trials.append(t)
+        sched.on_trial_add(ctl, t)
+    t1.status, ctl.next_epoch["t1"] = "RUNNING", 3  # t0 still PENDING
+    ctl._trial_to_actor[t0] = "actor of t0"
+    if starting:
+        ctl.started.add("actor of t0")
+    sched.on_trial_result(ctl, t1, {"epoch": 1, "score": 0.4})
+    d = sched.on_trial_result(ctl, t1, {"epoch": GRACE, "score": 0.4})
+    if not starting:
+        assert d == TrialScheduler.CONTINUE and ctl.stopped == 0  # decided alone
+        return
+    assert d == TrialScheduler.NOOP
+    ctl.held.add("t1")
+    t0.status, ctl.next_epoch["t0"] = "RUNNING", 3
+    for epoch in (1, GRACE):
+        assert sched.on_trial_result(ctl, t0, {"epoch": epoch, "score": 0.5}) == "CONTINUE"
+    assert ctl.stopped == 1 and ctl.ends == {"t1": GRACE}
 
 
 _TUNE_RUN = """
