@@ -355,8 +355,9 @@ def _signal_when(cmd, storage: Path, repo, ready, send) -> tuple[int, str]:
     log_path = storage / "driver.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_sigint_as_in_a_terminal,
+        )  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
             time.sleep(0.5)
@@ -369,6 +370,13 @@ def _signal_when(cmd, storage: Path, repo, ready, send) -> tuple[int, str]:
         finally:
             _kill_session(proc.pid)  # whatever Ray left behind
     return rc, log_path.read_text()
+
+
+def _sigint_as_in_a_terminal() -> None:
+    """SIGINT's default action in the command, as a user's shell gives it: a shell without job
+    control starts background jobs (pytest run with ``&``) with SIGINT ignored, and a child
+    inherits that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_population_sweep_tracks_every_member_as_a_trial(tmp_path, smoke, repo):
@@ -476,7 +484,7 @@ def test_ctrl_c_stops_a_population_sweep_resumably_and_resume_loses_no_finished_
     def four_finished(log: str) -> bool:
         if "stage 1:" not in log:
             return False
-        return len([t for t in kind(runs(tmp_path), "trial") if t.info.status == "FINISHED"]) >= 4
+        return len(_finished_trials(tmp_path / "mlflow.db")) >= 4
 
     rc, out = _signal_when(
         cmd, tmp_path, repo, four_finished, lambda p: os.killpg(p.pid, signal.SIGINT)
