@@ -92,6 +92,10 @@ def init_ray(address: str | None) -> None:
     address = check_ray_address(address)
     if address is None:
         cluster.local_on_loopback()
+        # Ray starts its workers at nice 15 (a cluster's raylet stays responsive); here the
+        # trials are the user's job, and at 15 any other program on the machine starves them:
+        # a smoke sweep beside two busy loops took 370 s for 22 s alone (40 s at nice 0).
+        os.environ.setdefault("RAY_worker_niceness", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     # Save the experiment state at every controller step (not every 10 s): a trial the driver
     # started is then always known to a resumed sweep, so it is resumed, never re-sampled.

@@ -111,10 +111,12 @@ runtime.init_ray(None)
 import ray
 
 @ray.remote
-def pid():
-    return 0
+def niceness():
+    import os
+    return os.nice(0)
 
-ray.get([pid.remote() for _ in range(2)])  # worker processes, each with its own server
+# worker processes, each with its own server
+nice = ray.get([niceness.remote() for _ in range(2)])
 me = psutil.Process()
 seen = set()
 for _ in range(6):  # the agents may open their ports a moment after ray.init returns
@@ -130,7 +132,7 @@ for _ in range(6):  # the agents may open their ports a moment after ray.init re
     time.sleep(0.5)
 gcs = ray.get_runtime_context().gcs_address
 cluster.check_reachable(gcs)  # the check before a connect accepts a real GCS
-print(json.dumps({"gcs": gcs, "listening": sorted(seen)}))
+print(json.dumps({"gcs": gcs, "listening": sorted(seen), "niceness": nice}))
 ray.shutdown()
 """
 
@@ -141,9 +143,10 @@ def _loopback(ip: str) -> bool:
     return (mapped or addr).is_loopback
 
 
-def test_a_local_ray_listens_on_loopback_only():
+def test_a_local_ray_listens_on_loopback_only_and_runs_its_workers_at_normal_priority():
     """init_ray(None) as the commands call it: every socket that Ray's processes (this
-    driver, GCS, raylet, agents, workers) listen on is in 127.0.0.0/8."""
+    driver, GCS, raylet, agents, workers) listen on is in 127.0.0.0/8; the workers run at
+    niceness 0, not Ray's 15 (which starves the trials beside any other program)."""
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_LISTENERS)],
         cwd=REPO,
@@ -157,6 +160,7 @@ def test_a_local_ray_listens_on_loopback_only():
     names_ = {name for name, _, _ in got["listening"]}
     assert {"gcs_server", "raylet"} <= names_, got  # what is checked is really there
     assert [s for s in got["listening"] if not _loopback(s[1])] == []
+    assert got["niceness"] == [0, 0]
 
 
 def test_a_local_start_after_ray_was_imported_is_refused(monkeypatch):
