@@ -118,6 +118,9 @@ def init_ray(address: str | None) -> None:
         )
         env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
         kwargs["runtime_env"] = {"env_vars": env_vars}
+    # A new local cluster gets token auth, and Ray says so in a warning at every start: news
+    # to nobody who typed a sweep (`RAY_AUTH_MODE` set says nothing and is Ray's to read)
+    logging.getLogger(_TOKEN_LOG).addFilter(_not_token_news)
     try:
         # "local": a new Ray of this process's own, never the cluster `ray start` last
         # recorded on this machine (which plain ray.init() joins)
@@ -127,6 +130,13 @@ def init_ray(address: str | None) -> None:
         # during startup", seen on 2 busy cores): every failure to start is one line
         what = f"connect to Ray at {address}" if address else "start a local Ray"
         raise CommandError(f"cannot {what}: {first_line(err)}") from None
+
+
+_TOKEN_LOG = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_token_news(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
 
 
 def node_cpus() -> int:

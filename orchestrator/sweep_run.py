@@ -204,7 +204,8 @@ def _open(args, cfg, search: Search, storage: Storage, local_root, sweep_id: str
     parent = _open_parent(c, exp_id, cfg, args, search, sweep_id, rec)
     cli.watch_run(c, parent)
     views.publish(c, exp_id, searched=search.searched)
-    print(f"sweep {sweep_id}: {cfg.name}, {args.trials} trials; MLflow {uri}", flush=True)
+    trials = f"{args.trials} trial{'s' if args.trials != 1 else ''}"
+    print(f"sweep {sweep_id}: {cfg.name}, {trials}; MLflow {uri}", flush=True)
     return _Sweep(args, cfg, search, storage, local_root, sweep_id, uri, exp_id, c, parent)
 
 

@@ -146,7 +146,8 @@ def _loopback(ip: str) -> bool:
 def test_a_local_ray_listens_on_loopback_only_and_runs_its_workers_at_normal_priority():
     """init_ray(None) as the commands call it: every socket that Ray's processes (this
     driver, GCS, raylet, agents, workers) listen on is in 127.0.0.0/8; the workers run at
-    niceness 0, not Ray's 15 (which starves the trials beside any other program)."""
+    niceness 0, not Ray's 15 (which starves the trials beside any other program); Ray's
+    warning that a new local cluster uses token authentication is not printed."""
     res = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(_LISTENERS)],
         cwd=REPO,
@@ -161,6 +162,7 @@ def test_a_local_ray_listens_on_loopback_only_and_runs_its_workers_at_normal_pri
     assert {"gcs_server", "raylet"} <= names_, got  # what is checked is really there
     assert [s for s in got["listening"] if not _loopback(s[1])] == []
     assert got["niceness"] == [0, 0]
+    assert "Token authentication" not in res.stderr  # Ray's warning at every local start
 
 
 def test_a_local_start_after_ray_was_imported_is_refused(monkeypatch):
