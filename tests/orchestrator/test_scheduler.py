@@ -354,17 +354,25 @@ def test_tunes_asha_itself_decides_by_arrival_order():
             assert ctl.ends == {}
 
 
-def test_a_failed_earlier_trial_is_not_waited_for():
-    """A trial held for an earlier one is decided when that one fails (it may be retried, and
-    could not start while the held trials keep its resources)."""
-    from ray.tune.schedulers import TrialScheduler
-
+def _two_trials() -> tuple:
+    """(OrderedASHA, a controller, trial t0 scoring 0.5, trial t1 scoring 0.4): both added
+    in that order, PENDING."""
     sched = _scheduler(True)
     ctl = _Controller(sched, [[0.5] * EPOCHS, [0.4] * EPOCHS], 2, random.Random(0))
     t0, t1 = _Trial("t0"), _Trial("t1")
     for t in (t0, t1):
         ctl.trials.append(t)
         sched.on_trial_add(ctl, t)
+    return sched, ctl, t0, t1
+
+
+def test_a_failed_earlier_trial_is_not_waited_for():
+    """A trial held for an earlier one is decided when that one fails (it may be retried, and
+    could not start while the held trials keep its resources)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    sched, ctl, t0, t1 = _two_trials()
+    for t in (t0, t1):
         t.status, ctl.next_epoch[t.trial_id] = "RUNNING", 1
     assert sched.on_trial_result(ctl, t0, {"epoch": 1, "score": 0.5}) == TrialScheduler.CONTINUE
     for epoch in (1, 2):
@@ -389,12 +397,7 @@ def test_an_earlier_trial_still_starting_is_waited_for_but_not_one_without_resou
     as in the sequential run (stopped: 0.4 against trial 0's 0.5)."""
     from ray.tune.schedulers import TrialScheduler
 
-    sched = _scheduler(True)
-    ctl = _Controller(sched, [[0.5] * EPOCHS, [0.4] * EPOCHS], 2, random.Random(0))
-    t0, t1 = _Trial("t0"), _Trial("t1")
-    for t in (t0, t1):
-        ctl.trials.append(t)
-        sched.on_trial_add(ctl, t)
+    sched, ctl, t0, t1 = _two_trials()
     t1.status, ctl.next_epoch["t1"] = "RUNNING", 3  # t0 still PENDING
     ctl._trial_to_actor[t0] = "actor of t0"
     if starting:

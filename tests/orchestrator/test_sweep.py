@@ -288,21 +288,15 @@ def _resume_finishes_each_once(smoke, storage: Path, n: int) -> tuple:
 def _run_sweep_then_kill(cmd, storage: Path, repo, enough) -> int:
     """Start ``cmd``, wait until ``enough(ids of the FINISHED trial-kind runs)``, then SIGKILL
     it all. Returns how many trial runs had finished at the kill."""
-    with open(storage / "driver.log", "w") as log:
-        proc = subprocess.Popen(
-            cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        deadline = time.time() + 300
-        done: list = []
-        while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.2)
-            # the store is created (and migrated) before stage 1 starts: poll only after
-            if "stage 1:" in (storage / "driver.log").read_text():
-                done = _finished_trials(storage / "mlflow.db")
-                if enough(done):
-                    break
-        assert proc.poll() is None, "the sweep finished before it could be killed"
-        _kill_session(proc.pid)
+    done: list = []
+
+    def ready(log: str) -> bool:
+        if "stage 1:" not in log:  # the store is created (and migrated) before stage 1 starts
+            return False
+        done[:] = _finished_trials(storage / "mlflow.db")
+        return enough(done)
+
+    _signal_when(cmd, storage, repo, ready, lambda proc: _kill_session(proc.pid))
     return len(done)
 
 
@@ -360,7 +354,7 @@ def _signal_when(cmd, storage: Path, repo, ready, send) -> tuple[int, str]:
         )  # fmt: skip
         deadline = time.time() + 300
         while time.time() < deadline and proc.poll() is None:
-            time.sleep(0.5)
+            time.sleep(0.2)
             if ready(log_path.read_text()):
                 break
         assert proc.poll() is None, "the command ended before it could be signalled"
