@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,14 +37,17 @@ def sweep(storage: Path, trials: int, niceness: str | None, timeout: float) -> f
     if niceness is not None:
         env["RAY_worker_niceness"] = niceness
     start = time.time()
+    # its own session, so a cut run is stopped with the local Ray it started, and only that
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
-        res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=timeout)  # fmt: skip
+        _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        subprocess.run(["pkill", "-f", "ray::"], check=False)  # what the killed command left
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         return None
-    if res.returncode:
-        sys.exit(f"sweep failed: {res.stderr.strip().splitlines()[-1]}")
+    if proc.returncode:
+        sys.exit(f"sweep failed: {err.strip().splitlines()[-1]}")
     return round(time.time() - start, 1)
 
 

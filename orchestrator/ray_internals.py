@@ -2,13 +2,16 @@
 
 Tune offers no public way to: resume a trial a scheduler held at a rung; read or set an ASHA
 scheduler's rungs (to decide in trial order, and to keep them across a restore); or set a
-wrapping searcher's metric and mode. What this project needs of them is here, as small
-functions, so a Ray upgrade is checked in one place. :func:`check_ray_version` stops in one
-line on a Ray outside the range these were tested with (``TESTED_RAY``; pyproject.toml pins
-the same range).
+wrapping searcher's metric and mode; tell a starting trial from one waiting for resources; or
+keep a new local cluster from announcing its token auth. What this project needs of them is
+here, as small functions, so a Ray upgrade is checked in one place. :func:`check_ray_version`
+stops in one line on a Ray outside the range these were tested with (``TESTED_RAY``;
+pyproject.toml pins the same range).
 """
 
 from __future__ import annotations
+
+import logging
 
 import ray
 from ray.tune.schedulers import ASHAScheduler
@@ -21,6 +24,8 @@ __all__ = [
     "check_ray_version",
     "count_stop",
     "forget_trial",
+    "holds_resources",
+    "quiet_token_notice",
     "resume_held_trial",
     "rung_state",
     "set_rung_state",
@@ -127,6 +132,24 @@ def holds_resources(tune_controller, trial) -> bool:
     controller = getattr(tune_controller, "_tune_controller", tune_controller)
     actor = controller._trial_to_actor.get(trial)
     return actor is not None and controller._actor_manager.is_actor_started(actor)
+
+
+# -- Ray's start --------------------------------------------------------------------------------
+
+
+def quiet_token_notice() -> None:
+    """Drop the warning a new local cluster logs at every start that it enabled token
+    authentication (Ray's default, unchanged): news to nobody who typed a sweep. Setting
+    ``RAY_AUTH_MODE`` ourselves would silence it too, but the driver's GCS client reads that
+    mode when Ray is imported, before a command could set it."""
+    logging.getLogger(_TOKEN_LOG).addFilter(_not_token_notice)
+
+
+_TOKEN_LOG = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
 
 
 # -- a searcher that wraps another -------------------------------------------------------------

@@ -18,7 +18,7 @@ from trainables.data import DatasetMissing, PretrainedWeightsMissing
 from trainables.data.fetch import CACHE_VARS, MIRROR_VAR, OFFLINE_VARS, first_line
 from trainables.trial import check_config, check_data
 
-from . import cli, cluster
+from . import cli, cluster, ray_internals
 from .cli import CommandError, check_ray_address
 from .stages import stage1_hash
 
@@ -118,9 +118,7 @@ def init_ray(address: str | None) -> None:
         )
         env_vars = {k: os.environ[k] for k in shipped if k in os.environ}
         kwargs["runtime_env"] = {"env_vars": env_vars}
-    # A new local cluster gets token auth, and Ray says so in a warning at every start: news
-    # to nobody who typed a sweep (`RAY_AUTH_MODE` set says nothing and is Ray's to read)
-    logging.getLogger(_TOKEN_LOG).addFilter(_not_token_news)
+    ray_internals.quiet_token_notice()
     try:
         # "local": a new Ray of this process's own, never the cluster `ray start` last
         # recorded on this machine (which plain ray.init() joins)
@@ -130,13 +128,6 @@ def init_ray(address: str | None) -> None:
         # during startup", seen on 2 busy cores): every failure to start is one line
         what = f"connect to Ray at {address}" if address else "start a local Ray"
         raise CommandError(f"cannot {what}: {first_line(err)}") from None
-
-
-_TOKEN_LOG = "ray._private.authentication.authentication_token_setup"
-
-
-def _not_token_news(record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith("Token authentication is enabled for this Ray")
 
 
 def node_cpus() -> int:
