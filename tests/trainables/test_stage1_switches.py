@@ -62,6 +62,7 @@ def test_bf16_autocast_runs_the_forward_in_bfloat16_and_is_seeded(monkeypatch):
     assert abs(summary - ref) < 3.0  # ... but not what one epoch learns (percent)
 
 
+@pytest.mark.slow  # torch.compile of a ResNet on the CPU: about 40 s
 def test_compiled_stage1_trains_the_eager_model(monkeypatch):
     import torch._dynamo
 

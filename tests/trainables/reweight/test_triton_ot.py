@@ -40,6 +40,7 @@ def _within(diffs, tol) -> bool:
     return all(diff <= tol * (scale or top) for diff, scale in diffs)
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
     assert interpreted_run["interpreted"] is True
     assert len(interpreted_run["cases"]) == 5
@@ -51,6 +52,7 @@ def test_the_kernels_equal_the_reference_in_the_interpreter(interpreted_run):
         assert _within(res["diff"], tol), (case, tol, res["diff"])
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_early_stopping_on_chip_equals_the_reference(interpreted_run):
     stopping = interpreted_run["stopping"]
     assert len(stopping) == 3
@@ -64,6 +66,7 @@ def test_early_stopping_on_chip_equals_the_reference(interpreted_run):
             assert diff <= 1e-6 * scale or diff < 1e-9, (case, res["vs_fixed"])
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_a_population_batch_gives_each_member_what_it_gets_alone(interpreted_run):
     """One ot_loss call for a population's members, routed as on CUDA, each with its own eps,
     iteration cap and tol: the members the kernels take get bit for bit what they get stacked
@@ -84,6 +87,7 @@ def test_a_population_batch_gives_each_member_what_it_gets_alone(interpreted_run
             assert _within(diffs, rtol), (rule, member, diffs)
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_a_population_trains_through_the_kernels_as_its_single_trials_do(interpreted_run):
     """Stage 2 as a population (weight vectors, and weight nets) with the OT losses through
     the kernels, as on CUDA, against each member's single trial through them too, over two
@@ -132,6 +136,7 @@ def _first_step_bound(m: dict) -> float:
     return 2 * (1 + m["weight_lr"]) * (1 + m["lr"]) * e
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_a_population_s_first_float32_step_is_within_rounding_of_its_single_trials(interpreted_run):
     """The same population and single trials in float32, one step (the 21 training samples
     in one batch, one epoch): losses, learned weights and head parameters within the derived
@@ -150,6 +155,7 @@ def test_a_population_s_first_float32_step_is_within_rounding_of_its_single_tria
             assert member == single, (weights, r["diverged"])
 
 
+@pytest.mark.slow  # one interpreter run of the kernels, shared: about 40 s
 def test_the_kernels_refuse_what_they_do_not_take(interpreted_run):
     errors = interpreted_run["errors"]
     assert errors["float64"].startswith("impl='triton' takes float32 problems, got torch.float64")
