@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import difflib
+import gc
 import logging
 import os
 import re
@@ -20,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from search_spaces import EXPERIMENTS, resolve
 from trainables.config import PRESETS, ConfigError, ExperimentConfig
@@ -38,6 +40,7 @@ __all__ = [
     "check_ray_address",
     "command",
     "config_from_args",
+    "exit_with",
     "open_storage",
     "open_tracking",
     "read_tracking",
@@ -344,6 +347,14 @@ def run_command(body: Callable[[], int]) -> int:
         raise
     finally:
         _watched.clear()
+
+
+def exit_with(status: int) -> NoReturn:
+    """End a command's process with ``status``. Its objects are frozen first: the collector's
+    passes over torch's, Ray's and MLflow's objects at exit took about 2 s of every command
+    (2 cores). Nothing is skipped: the atexit handlers (Ray's shutdown among them) still run."""
+    gc.freeze()
+    sys.exit(status)
 
 
 def experiment_names() -> str:

@@ -16,7 +16,6 @@ This module reads the command line only; the run is :mod:`orchestrator.reproduce
 from __future__ import annotations
 
 import argparse
-import sys
 import textwrap
 
 from search_spaces.resolve import unknown_name
@@ -122,4 +121,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

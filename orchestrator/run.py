@@ -51,12 +51,12 @@ def _check_writable(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    cfg = cli.config_from_args(args)  # a bad name or override: said before torch loads
     # torch: only once the arguments are read (--help and a bad argument answer at once)
     from trainables.trial import run_trial
 
     from . import runtime
 
-    cfg = cli.config_from_args(args)
     if args.print_config:
         runtime.print_configs([("", cfg)], full=args.print_config == "full")
         return 0
@@ -81,4 +81,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

@@ -20,7 +20,6 @@ neither Ray, MLflow nor torch); the sweep itself is :mod:`orchestrator.sweep_run
 from __future__ import annotations
 
 import argparse
-import sys
 
 from search_spaces import EXPERIMENTS, SEARCH_SPACES, SPACES
 
@@ -108,11 +107,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _resolves(args: argparse.Namespace) -> int:
+    cli.config_from_args(args)  # raises the one-line error the run would raise later
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         _list()
         return 0
+    if not args.resume and cli.run_command(lambda: _resolves(args)):
+        return 2  # an unknown name or a bad override: said before torch, Ray and MLflow load
     cluster.before_ray_import(args.address)
     from .sweep_run import run  # Ray, MLflow and torch: only once the arguments are read
 
@@ -120,4 +126,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    cli.exit_with(main())

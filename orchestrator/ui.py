@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cli import Parser
+from .cli import Parser, exit_with
 from .tracking import default_tracking_uri
 from .ui_app import APP_NAME
 
@@ -166,4 +166,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main())

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -139,7 +141,7 @@ def test_print_config_of_a_sweep_honours_seed_and_overrides(tmp_path, capsys):
         ],
     )  # fmt: skip
     assert got["config"]["seed"] == 3 and got["config"]["stage2"]["eps"] == 0.05
-    from orchestrator.stages import stage1_hash
+    from orchestrator.stage_cache import stage1_hash
 
     cfg = resolve("image_mnist_lt", smoke=True, seed=3, overrides=["stage2.eps=0.05"])
     assert got["stage1_key"] == stage1_hash(cfg)
@@ -413,3 +415,15 @@ def test_mlflow_opens_a_new_store_without_its_info_lines(tmp_path, repo):
         got.append(res.stdout + res.stderr)
     assert "Creating initial MLflow database tables" not in got[0]
     assert "Creating initial MLflow database tables" in got[1]  # the test sees the line
+
+
+def test_a_command_exits_with_its_status_after_the_atexit_handlers(repo):
+    """exit_with freezes the objects before leaving (the collector's passes at exit cost
+    seconds), but skips nothing: Ray's shutdown is an atexit handler."""
+    code = (
+        "import atexit; atexit.register(lambda: print('handler ran', flush=True)); "
+        "from orchestrator import cli; cli.exit_with(3)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert res.returncode == 3, res.stderr
+    assert res.stdout == "handler ran\n"

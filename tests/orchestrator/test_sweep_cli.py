@@ -344,3 +344,23 @@ def test_a_searched_key_the_config_does_not_read_is_not_searched(capsys):
     assert constants == {"stage2.feature_weight": cfg.stage2.feature_weight}
     paper = Search.of(offline, resolve("image_mnist_lt", smoke=True), [])
     assert paper.unread == {} and "stage2.feature_weight" in paper.searched
+
+
+@pytest.mark.parametrize(
+    "module, args",
+    [
+        ("sweep", ["image_mnist"]),
+        ("sweep", ["image_mnist_lt", "--set", "stage2.eps=abc"]),
+        ("run", ["image_mnist"]),
+        ("run", ["image_mnist_lt", "--set", "stage2.nope=1"]),
+    ],
+)
+def test_a_bad_name_or_override_is_said_before_torch_ray_or_mlflow_load(repo, module, args):
+    """A typo costs well under a second, not the seconds of importing the heavy libraries."""
+    code = (
+        f"import sys; from orchestrator import {module}; status = {module}.main({args!r}); "
+        "print(status, *[m for m in ('torch', 'ray', 'mlflow') if m in sys.modules])"
+    )
+    res = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
+    assert res.stdout.split() == ["2"], res.stdout + res.stderr
+    assert res.stderr.startswith("error: "), res.stderr
