@@ -20,7 +20,7 @@ from trainables.trial import check_config, check_data
 
 from . import cli, cluster, ray_internals
 from .cli import CommandError, check_ray_address
-from .stages import stage1_hash
+from .stage_cache import stage1_hash
 
 __all__ = ["fitting_trials", "init_ray", "node_cpus", "preflight", "print_configs"]
 
@@ -104,6 +104,10 @@ def init_ray(address: str | None) -> None:
     # the next trial; Tune waits 2 s for that by default, then fails the next trial with
     # "Could not re-use actor" (seen on 2 busy cores). The actors inherit this process's env.
     os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
+    # MLflow holds every result: of Tune's automatic copies of each report (CSV, JSON,
+    # TensorBoard) the sweep's Tuner keeps the JSON its result grid reads; the TensorBoard
+    # writer's thread alone took ~1.5 s of a 64-setting sweep's CPU
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     kwargs: dict = dict(include_dashboard=False, logging_level=logging.WARNING)
     if address:
         # The workers of a running cluster were started by `ray start`, not by this process:

@@ -20,9 +20,9 @@ from search_spaces.paper import paper_number
 from trainables.config import apply_values
 
 from . import names, tracking
+from .control import control_run
 from .figures import draw_runs
 from .population import MEMBER, POPULATION
-from .trainable import control_run
 
 __all__ = [
     "FinishStopped",
@@ -53,11 +53,12 @@ class FinishStopped(Callback):
         tracking.close_running(c, runs, tag=names.STOPPED_EARLY, status="FINISHED")
 
 
-def draw_best(c, exp_id: str, parent: str, k: int) -> int:
-    """The PNGs of the sweep's ``k`` best settings (:func:`ranking`), drawn from their uploaded
-    data where still pending (a resumed sweep's too); every other run keeps its data for
-    ``python -m orchestrator.figures``. Returns how many were drawn."""
-    return draw_runs(c, ranking(c, exp_id, parent)[: max(0, k)])[0]
+def draw_best(c, ranked: list, k: int) -> int:
+    """The PNGs of the sweep's ``k`` best settings (``ranked``: :func:`ranking`'s runs, as
+    :func:`summarize` returns them), drawn from their uploaded data where still pending (a
+    resumed sweep's too); every other run keeps its data for ``python -m
+    orchestrator.figures``. Returns how many were drawn."""
+    return draw_runs(c, ranked[: max(0, k)])[0]
 
 
 def supersede_unknown(c, exp_id: str, parent: str, exp_path: str) -> int:
@@ -167,6 +168,7 @@ def summarize(
         "params": params,
         "metrics": m,
         "ranked": len(rows),
+        "runs": [r for *_, r in rows],  # ranked: what draw_best reads (one search of the store)
         "member": MEMBER in run.data.tags,  # picked inside a population
     }
 

@@ -160,7 +160,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         return 130
     best = summarize(cfg, sw.c, sw.exp_id, sw.parent, results, conc, population, args.order)
     control = start_control(cfg, best, args, entry)
-    draw_best(sw.c, sw.exp_id, sw.parent, args.figures)  # while the control trains
+    draw_best(sw.c, best.get("runs", []), args.figures)  # while the control trains
     return _end(sw, best, results, control, stage1_run)
 
 

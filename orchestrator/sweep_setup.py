@@ -14,6 +14,7 @@ import textwrap
 import optuna
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -261,6 +262,9 @@ def make_tuner(
                 callback,
                 RungsKept(scheduler),  # Tune saves no scheduler: --resume keeps ASHA's rungs
                 *progress.callbacks(args, max_t=max(1, epochs)),
+                # the one file per trial Tune's result grid reads (runtime.init_ray turns
+                # Tune's automatic CSV, JSON and TensorBoard writers off)
+                JsonLoggerCallback(),
             ],
             verbose=progress.tune_verbose(args),
         ),

@@ -327,7 +327,7 @@ def test_a_sweep_draws_the_figures_of_its_k_best_settings_and_keeps_the_others_d
     metric), once; the others (and a failed attempt, a run still open) keep the data with
     ``ot.figures=pending`` and no PNG, for the figures command."""
     from orchestrator import names
-    from orchestrator.sweep_results import draw_best
+    from orchestrator.sweep_results import draw_best, ranking
 
     ctx, c = sweep_context
     vals = [70.0, 90.0, 60.0, 80.0]
@@ -338,7 +338,7 @@ def test_a_sweep_draws_the_figures_of_its_k_best_settings_and_keeps_the_others_d
         assert c.get_run(t.run_id).data.tags[names.FIGURES] == "pending"
         assert "confusion_matrix.png" not in _artifacts(c, t.run_id)
     exp = ctx.tracking.experiment_id
-    assert draw_best(c, exp, ctx.parent_run_id, 2) == 2
+    assert draw_best(c, ranking(c, exp, ctx.parent_run_id), 2) == 2
     pngs = {"confusion_matrix.png", "learned_weights.png"}
     best = {done[1].run_id, done[3].run_id}  # val 90 and 80
     for t in (*done, failed, still_open):
@@ -348,6 +348,6 @@ def test_a_sweep_draws_the_figures_of_its_k_best_settings_and_keeps_the_others_d
         else:
             assert tags[names.FIGURES] == "pending" and not pngs & up
             assert {"confusion.json", "weight_mass.json", "sample_weights.npz"} <= up
-    assert draw_best(c, exp, ctx.parent_run_id, 2) == 0  # drawn once
-    assert draw_best(c, exp, ctx.parent_run_id, 0) == 0
+    assert draw_best(c, ranking(c, exp, ctx.parent_run_id), 2) == 0  # drawn once
+    assert draw_best(c, ranking(c, exp, ctx.parent_run_id), 0) == 0
     assert "warning" not in capsys.readouterr().err
