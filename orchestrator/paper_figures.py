@@ -16,7 +16,7 @@ from trainables.reweight import COSTS, StepConfig, class_prototypes, fit_batch_w
 from trainables.trial import data_and_model
 
 from . import names, tracking
-from .stages import read_entry
+from .stage_cache import read_entry
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 

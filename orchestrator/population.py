@@ -33,7 +33,7 @@ from trainables.trial import (
 
 from . import names, tracking
 from .search import member_key
-from .stages import read_entry
+from .stage_cache import read_entry
 from .trainable import SweepContext, TrialTracker, asha_rungs, inject_fault
 
 __all__ = [

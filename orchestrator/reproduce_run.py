@@ -47,7 +47,8 @@ from .costs import FIXED, Plan, estimate_plan
 from .names import experiment_name, settings_key
 from .population import reproduce_population
 from .report import has_runs, render, report_data
-from .stages import ensure_stage1, stage1_hash, verify_entry
+from .stage_cache import stage1_hash, verify_entry
+from .stages import ensure_stage1
 from .trainable import SweepContext, reproduce_trial
 
 __all__ = ["RunSpec", "plan", "population_groups", "reproduce", "run"]

@@ -43,15 +43,8 @@ from trainables.trial import (
 
 from . import artifacts, names, tracking
 from .figures import FIGURE_SAMPLES, describe, draw_figures
-from .stages import (
-    CorruptEntry,
-    build_entry,
-    flat_summary,
-    invalidate,
-    read_entry,
-    stage1_hash,
-    verify_entry,
-)
+from .stage_cache import CorruptEntry, invalidate, read_entry, stage1_hash, verify_entry
+from .stages import build_entry, flat_summary
 from .storage import Storage
 
 __all__ = [
@@ -61,7 +54,6 @@ __all__ = [
     "TrialTracker",
     "asha_grace",
     "asha_rungs",
-    "control_run",
     "inject_fault",
     "replayed_reports",
     "reported_epochs",
@@ -441,21 +433,6 @@ def replayed_reports(client, run) -> list[dict]:
         for m in client.get_metric_history(run.info.run_id, key):
             by_step.setdefault(m.step, {})[key] = m.value
     return [by_step[s] for s in sorted(by_step) if TIME_ATTR in by_step[s]]
-
-
-def control_run(cfg: ExperimentConfig, entry_uri: str, threads: int = 1) -> dict:
-    """Stage 2 of ``cfg`` (a control: ``stage2.learn_weights=false``; or a setting re-run as a
-    single trial) from the cached stage 1, untracked; its validation-selected balanced
-    accuracies and epoch (counted from 1)."""
-    torch.set_num_threads(max(1, threads))
-    stage1 = read_entry(entry_uri, features=needs_features(cfg))
-    res, _ = run_stage2(cfg, stage1, device=pick_device())
-    sel = res.selected
-    return {
-        "val": sel["val"]["balanced_acc"],
-        "test": sel["test"]["balanced_acc"],
-        "epoch": sel["epoch"] + 1,
-    }
 
 
 def stage2_trial(config: dict, ctx: SweepContext) -> None:

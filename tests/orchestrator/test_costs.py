@@ -49,7 +49,7 @@ def test_stage2_on_cached_features_is_not_priced_as_training_f1():
 
 def test_the_wall_clock_plan_of_the_smoke_offline_table_by_hand():
     from orchestrator.costs import FIXED, META_STAGE1, estimate_plan
-    from orchestrator.stages import stage1_hash
+    from orchestrator.stage_cache import stage1_hash
 
     # the +la cells are read from their rows' runs: never run, never estimated
     cells = [c for c in TABLES["offline_image"].cells(None) if not c.method.la_of]

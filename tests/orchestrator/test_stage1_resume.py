@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from orchestrator import names, tracking
-from orchestrator.stages import build_entry, checkpoint_store, partial_rel, read_entry
+from orchestrator.stage_cache import checkpoint_store, partial_rel, read_entry
+from orchestrator.stages import build_entry
 from orchestrator.storage import Storage
 from search_spaces import resolve
 from trainables.config import apply_overrides

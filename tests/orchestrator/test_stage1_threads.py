@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from orchestrator import run, stages, sweep
-from orchestrator.stages import ensure_stage1, stage1_cpus, stage1_hash
+from orchestrator.stage_cache import stage1_hash
+from orchestrator.stages import ensure_stage1, stage1_cpus
 from orchestrator.storage import Storage
 from search_spaces import resolve
 from trainables import trial

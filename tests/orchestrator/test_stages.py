@@ -10,7 +10,7 @@ import pickle
 import pytest
 import torch
 
-from orchestrator.stages import (
+from orchestrator.stage_cache import (
     CorruptEntry,
     read_entry,
     stage1_hash,

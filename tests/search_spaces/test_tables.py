@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from orchestrator.stages import stage1_hash
+from orchestrator.stage_cache import stage1_hash
 from search_spaces.tables import TABLES, cell_config, paper_value, parse_paper_cell, published_only
 from trainables.data.longtail import longtail_counts, make_longtail_split
 from trainables.trial import check_config

@@ -50,7 +50,7 @@ def test_code_outside_stage1_does_not_change_it(tmp_path):
 
 
 def test_the_data_path_is_not_part_of_the_key():
-    from orchestrator.stages import stage1_hash
+    from orchestrator.stage_cache import stage1_hash
 
     cfg = resolve("image_cifar10_lt", smoke=True)
     elsewhere = dataclasses.replace(
@@ -73,7 +73,7 @@ def test_the_stage1_key_of_a_copy_of_the_package_follows_its_code(tmp_path):
     for pkg in ("trainables", "search_spaces", "orchestrator"):
         shutil.copytree(repo / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     code = (
-        "import trainables; from orchestrator.stages import stage1_hash; "
+        "import trainables; from orchestrator.stage_cache import stage1_hash; "
         "from search_spaces import resolve; "
         "print(trainables.__file__, stage1_hash(resolve('image_mnist_lt', smoke=True)))"
     )
@@ -87,7 +87,7 @@ def test_the_stage1_key_of_a_copy_of_the_package_follows_its_code(tmp_path):
         where, digest = out.stdout.split()
         return where, digest
 
-    from orchestrator.stages import stage1_hash
+    from orchestrator.stage_cache import stage1_hash
 
     where, before = key()
     assert where == str(src / "trainables" / "__init__.py")
